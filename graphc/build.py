@@ -1,0 +1,267 @@
+"""Expansion: a Spec becomes an IR graph of primitives with symbolic shapes.
+
+Layers are expanded in dependency order (a spec may list them in any order;
+a cycle is reported with its path). Each layer's arguments are checked
+against its kind's descriptors, its inputs resolved, and its expansion run
+inside ``Builder.layer`` so every emitted op carries the layer's YAML line
+and parameter prefix. Blocks are expanded recursively with their own
+parameter scope; ``repeat: N`` makes N copies named ``<layer>.0`` ...
+``<layer>.N-1`` with distinct weights, chaining the first input.
+"""
+from __future__ import annotations
+
+from typing import Mapping
+
+import networkx as nx
+
+from .errors import GraphcError, Span, did_you_mean, known_list
+from .ir import Builder, Graph, Value, verify
+from .layers import LAYERS, Call
+from .shapes import Dim, format_shape
+from .spec import BlockDecl, InputRef, LayerDecl, Spec
+from .spec.args import Env, eval_arg, eval_int, eval_shape, resolve_args
+
+MAX_REPEAT = 1024
+MAX_EXPANDED_LAYERS = 100_000
+
+
+class _Scope:
+    """Values visible while expanding one list of layers: name -> {output: Value}."""
+
+    def __init__(self, where: str):
+        self.where = where
+        self.values: dict[str, dict[str, Value]] = {}
+        self.primary: dict[str, str] = {}
+
+    def define(self, name: str, outputs: Mapping[str, Value], primary: str) -> None:
+        self.values[name] = dict(outputs)
+        self.primary[name] = primary
+
+    def resolve(self, ref: InputRef) -> Value:
+        head, _, tail = ref.ref.partition(".")
+        if head not in self.values:
+            raise GraphcError(f"unknown name '{head}' in {self.where}", ref.span,
+                              hint=did_you_mean(head, self.values) or f"known here: {known_list(self.values)}")
+        outs = self.values[head]
+        if not tail:
+            return outs[self.primary[head]]
+        if tail not in outs:
+            raise GraphcError(f"'{head}' has no output '{tail}'", ref.span,
+                              hint=did_you_mean(tail, outs) or f"its outputs: {known_list(outs)}")
+        return outs[tail]
+
+
+class _Expander:
+    def __init__(self, spec: Spec, graph: Graph):
+        self.spec = spec
+        self.b = Builder(graph)
+        self.block_stack: list[str] = []
+        self.count = 0
+
+    def expand_list(self, layers: list[LayerDecl], scope: _Scope, env: Env) -> None:
+        for decl in _dependency_order(layers, scope):
+            self.expand_layer(decl, scope, env)
+
+    def expand_layer(self, decl: LayerDecl, scope: _Scope, env: Env) -> None:
+        block = self.spec.blocks.get(decl.kind)
+        kind = LAYERS.get(decl.kind)
+        if block is None and kind is None:
+            raise GraphcError(f"unknown layer kind '{decl.kind}'", decl.kind_span,
+                              hint=did_you_mean(decl.kind, list(LAYERS) + list(self.spec.blocks)) or
+                              "run 'graphc layers' to list the layer kinds")
+        if block is not None and kind is not None:
+            raise GraphcError(f"block '{decl.kind}' has the name of a built-in layer kind", block.span,
+                              hint="rename the block")
+        inputs = [(ref, scope.resolve(ref)) for ref in decl.inputs]
+        repeat = 1
+        if decl.repeat is not None:
+            repeat = eval_int(decl.repeat, env, "'repeat'", 1, MAX_REPEAT)
+        where = f"layer '{decl.name}'"
+        outs: dict[str, Value] = {}
+        primary = ""
+        with self.b.layer(decl.name, decl.span, decl.kind):
+            for i in range(repeat):
+                self.count += 1
+                if self.count > MAX_EXPANDED_LAYERS:
+                    raise GraphcError(f"the spec expands to more than {MAX_EXPANDED_LAYERS} layers", decl.span)
+                if repeat > 1:
+                    with self.b.scope(str(i)):
+                        outs, primary = self._one(decl, block, kind, inputs, env, where)
+                    first_ref, first_val = inputs[0] if inputs else (None, None)
+                    new = outs[primary]
+                    if first_val is not None and i + 1 < repeat:
+                        if new.type != first_val.type:
+                            raise GraphcError(f"'repeat' chains each copy's output into the next copy's first input, "
+                                              f"but {new.type} differs from {first_val.type}", decl.repeat.span)
+                        inputs = [(first_ref, new)] + inputs[1:]
+                else:
+                    outs, primary = self._one(decl, block, kind, inputs, env, where)
+        scope.define(decl.name, outs, primary)
+
+    def _one(self, decl, block, kind, inputs, env, where):
+        if kind is not None:
+            ports = self._bind_ports(decl, kind, inputs)
+            args = resolve_args(kind, decl.args, decl.arg_key_spans, env, where, decl.span)
+            call = Call(decl.name, decl.kind, decl.span, args,
+                        {**decl.arg_key_spans}, {k: v for k, (s, v) in ports.items()},
+                        {k: s for k, (s, v) in ports.items() if s is not None})
+            outs = kind.expand(self.b, call)
+            return outs, next(iter(outs))
+        return self._expand_block(decl, block, inputs, env, where)
+
+    def _bind_ports(self, decl: LayerDecl, kind, inputs) -> dict[str, tuple[Span | None, Value | None]]:
+        names = [p.name for p in kind.inputs]
+        bound: dict[str, tuple[Span | None, Value | None]] = {}
+        positional = [(r, v) for r, v in inputs if r.port is None]
+        named = [(r, v) for r, v in inputs if r.port is not None]
+        if len(positional) > len(names) and not kind.variadic:
+            r = positional[len(names)][0]
+            raise GraphcError(f"{decl.kind} takes {len(names)} input{'s' if len(names) != 1 else ''} "
+                              f"({', '.join(names)}), got {len(positional)}", r.span)
+        for i, (r, v) in enumerate(positional):
+            bound[names[i] if i < len(names) else f"x{i}"] = (r.span, v)
+        for r, v in named:
+            if r.port not in names:
+                raise GraphcError(f"{decl.kind} has no input '{r.port}'", r.span,
+                                  hint=did_you_mean(r.port, names) or f"its inputs: {', '.join(names)}")
+            if r.port in bound:
+                raise GraphcError(f"input '{r.port}' is given twice", r.span)
+            bound[r.port] = (r.span, v)
+        for p in kind.inputs:
+            if p.name not in bound:
+                if not p.optional:
+                    raise GraphcError(f"{decl.kind} '{decl.name}' needs input '{p.name}'", decl.span,
+                                      hint=p.doc or None)
+                bound[p.name] = (None, None)
+        return bound
+
+    def _expand_block(self, decl: LayerDecl, block: BlockDecl, inputs, env: Env, where: str):
+        if block.name in self.block_stack:
+            chain = " -> ".join(self.block_stack + [block.name])
+            raise GraphcError(f"block '{block.name}' uses itself: {chain}", decl.kind_span)
+        # block parameters: defaults from the block, overrides from the call, evaluated in the caller's env
+        values = {}
+        for key in decl.args:
+            if key not in block.params:
+                raise GraphcError(f"block '{block.name}' has no parameter '{key}'", decl.arg_key_spans[key],
+                                  hint=did_you_mean(key, block.params) or
+                                  (f"its parameters: {known_list(block.params)}" if block.params else None))
+        for key, default in block.params.items():
+            node = decl.args.get(key, default)
+            if node.value is None:
+                raise GraphcError(f"block '{block.name}' needs parameter '{key}'", decl.span)
+            values[key] = _eval_block_param(node, env if key in decl.args else env.child(values), key)
+        inner_env = env.child(values)
+        inner = _Scope(f"block '{block.name}'")
+        names = [n for n, _, _ in block.inputs]
+        positional = [(r, v) for r, v in inputs if r.port is None]
+        if len(positional) > len(names):
+            raise GraphcError(f"block '{block.name}' takes {len(names)} inputs, got {len(positional)}",
+                              positional[len(names)][0].span)
+        bound = {names[i]: v for i, (r, v) in enumerate(positional)}
+        for r, v in inputs:
+            if r.port is not None:
+                if r.port not in names:
+                    raise GraphcError(f"block '{block.name}' has no input '{r.port}'", r.span,
+                                      hint=did_you_mean(r.port, names))
+                bound[r.port] = v
+        for n, span, optional in block.inputs:
+            if n not in bound and not optional:
+                raise GraphcError(f"block '{block.name}' needs input '{n}'", decl.span)
+            if n in bound:
+                inner.define(n, {"": bound[n]}, "")
+        self.block_stack.append(block.name)
+        try:
+            self.expand_list(block.layers, inner, inner_env)
+        finally:
+            self.block_stack.pop()
+        outs = {k: inner.resolve(r) for k, r in block.outputs.items()}
+        return outs, next(iter(outs))
+
+
+def _eval_block_param(node, env: Env, key: str):
+    v = node.value
+    if isinstance(v, (bool, int, float)):
+        return v
+    if isinstance(v, str):
+        if v in env.params:
+            return env.params[v]
+        from .spec.args import eval_number
+        try:
+            return eval_number(node, env, f"parameter '{key}'")
+        except GraphcError:
+            if v.isidentifier():
+                return v
+            raise
+    raise GraphcError(f"parameter '{key}' must be a number, a boolean or text, not {node.type_name()}", node.span)
+
+
+def _dependency_order(layers: list[LayerDecl], scope: _Scope) -> list[LayerDecl]:
+    """Layers sorted so each comes after the layers it reads; ties keep spec order."""
+    by_name = {layer.name: layer for layer in layers}
+    for layer in layers:
+        if layer.name in scope.values:
+            raise GraphcError(f"layer '{layer.name}' has the name of an input", layer.span,
+                              hint="give the layer another name")
+    g = nx.DiGraph()
+    index = {layer.name: i for i, layer in enumerate(layers)}
+    g.add_nodes_from(by_name)
+    for layer in layers:
+        for ref in layer.inputs:
+            head = ref.ref.partition(".")[0]
+            if head in by_name:
+                if head == layer.name:
+                    raise GraphcError(f"layer '{layer.name}' reads its own output", ref.span)
+                g.add_edge(head, layer.name)
+            elif head not in scope.values:
+                known = list(scope.values) + list(by_name)
+                raise GraphcError(f"unknown name '{head}' in {scope.where}", ref.span,
+                                  hint=did_you_mean(head, known) or f"known here: {known_list(known)}")
+    try:
+        return [by_name[n] for n in nx.lexicographical_topological_sort(g, key=lambda n: index[n])]
+    except nx.NetworkXUnfeasible:
+        cycle = nx.find_cycle(g)
+        path = " -> ".join([a for a, _ in cycle] + [cycle[0][0]])
+        first = min((by_name[a] for a, _ in cycle), key=lambda l: index[l.name])
+        raise GraphcError(f"layers form a cycle: {path}", first.span,
+                          hint="a layer cannot depend on its own output; recurrent layers (lstm, gru) loop internally") from None
+
+
+def build_graph(spec: Spec) -> Graph:
+    """Expand a spec into a shape-checked IR graph (parameters declared, not allocated)."""
+    g = Graph(spec.name)
+    dims = {name: Dim.sym(name) for name in spec.dims}
+    env = Env(spec.params, dims)
+    ex = _Expander(spec, g)
+    top = _Scope("the spec")
+    for decl in spec.inputs:
+        shape = eval_shape(_ShapeNode(decl), env, f"the shape of input '{decl.name}'")
+        v = ex.b.input(decl.name, decl.dtype, shape, decl.span)
+        top.define(decl.name, {"": v}, "")
+        if decl.range is not None:
+            g.input_ranges[decl.name] = decl.range
+    for name, d in spec.dims.items():
+        if d.example is not None:
+            g.dim_examples[name] = d.example
+    ex.expand_list(spec.layers, top, env)
+    for public, ref in spec.outputs.items():
+        v = top.resolve(ref)
+        if v.name in g.outputs.values() or v.name in g.inputs:
+            # ONNX needs distinct graph outputs: copy through Identity
+            with ex.b.layer("", ref.span, "output"):
+                v = ex.b.op("Identity", [v], name_hint=public)
+        g.outputs[public] = v.name
+    g.metadata.update({"graphc.spec_name": spec.name, "graphc.spec_sha256": spec.digest})
+    verify(g)
+    return g
+
+
+class _ShapeNode:
+    """Adapter: an input's shape list as a located Node for eval_shape."""
+
+    def __init__(self, decl):
+        from .source import Node
+        self._node = Node(decl.shape, decl.span)
+
+    def __getattr__(self, item):
+        return getattr(self._node, item)

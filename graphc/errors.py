@@ -1,0 +1,108 @@
+"""User-facing errors that know where in a spec they come from.
+
+Every mistake a user can make is reported as a :class:`GraphcError` carrying a
+:class:`Span`; the CLI renders it as ``path:line:col: error: message`` followed
+by the offending line, a caret and an optional hint, and exits with code 2.
+Anything else that escapes is a bug in graphc (exit code 1).
+"""
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable
+
+
+@dataclass(frozen=True)
+class Span:
+    """A position in a source file; lines and columns are 1-based."""
+
+    path: str
+    line: int
+    col: int
+    end_col: int | None = None
+
+    def __str__(self) -> str:
+        return f"{self.path}:{self.line}:{self.col}"
+
+
+UNKNOWN_SPAN = Span("<unknown>", 0, 0)
+
+# Texts of the spec files read in this process, so diagnostics can quote the
+# offending line even when the file changed on disk since (or never existed).
+_SOURCES: dict[str, str] = {}
+
+
+def remember_source(path: str, text: str) -> None:
+    _SOURCES[path] = text
+
+
+class GraphcError(Exception):
+    """A user error: bad spec, bad weights, bad inputs. Exit code 2."""
+
+    exit_code = 2
+
+    def __init__(self, message: str, span: Span | None = None, hint: str | None = None,
+                 notes: Iterable[str] = ()):
+        super().__init__(message)
+        self.message = message
+        self.span = span
+        self.hint = hint
+        self.notes = list(notes)
+
+    def render(self, source_text: str | None = None) -> str:
+        """Render like a compiler diagnostic; reads the source line if it can."""
+        head = f"{self.span}: error: {self.message}" if self.span and self.span.line else f"graphc: error: {self.message}"
+        lines = [head]
+        text_line = _source_line(self.span, source_text)
+        if text_line is not None:
+            lines.append("  " + text_line.rstrip("\n").expandtabs(1))
+            width = 1
+            if self.span.end_col is not None:
+                width = max(1, self.span.end_col - self.span.col)
+            lines.append("  " + " " * (self.span.col - 1) + "^" + "~" * (width - 1))
+        for note in self.notes:
+            lines.append(f"note: {note}")
+        if self.hint:
+            lines.append(f"hint: {self.hint}")
+        return "\n".join(lines)
+
+    def __str__(self) -> str:  # so tests and logs see the located form
+        return self.render()
+
+
+class InternalError(Exception):
+    """A bug in graphc. Exit code 1."""
+
+    exit_code = 1
+
+
+def _source_line(span: Span | None, source_text: str | None) -> str | None:
+    if span is None or span.line <= 0:
+        return None
+    if source_text is None:
+        source_text = _SOURCES.get(span.path)
+    if source_text is None:
+        try:
+            p = Path(span.path)
+            if not p.is_file() or p.stat().st_size > 16 * 1024 * 1024:
+                return None
+            source_text = p.read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return None
+    all_lines = source_text.splitlines()
+    if span.line > len(all_lines):
+        return None
+    return all_lines[span.line - 1]
+
+
+def did_you_mean(word: str, candidates: Iterable[str]) -> str | None:
+    """A 'did you mean X?' hint for a misspelt name, or None."""
+    matches = difflib.get_close_matches(str(word), sorted(set(candidates)), n=1, cutoff=0.6)
+    return f"did you mean '{matches[0]}'?" if matches else None
+
+
+def known_list(candidates: Iterable[str], limit: int = 12) -> str:
+    names = sorted(set(candidates))
+    shown = ", ".join(names[:limit]) + (", ..." if len(names) > limit else "")
+    return shown

@@ -1,0 +1,23 @@
+"""The layer registry. Adding a layer kind: write its module, import and
+register it here, add its test file and an example spec."""
+from __future__ import annotations
+
+from ..errors import InternalError
+from .base import REQUIRED, Call, LayerKind, Param, Port
+
+LAYERS: dict[str, LayerKind] = {}
+
+
+def register(kind: type[LayerKind]) -> None:
+    if kind.kind in LAYERS:
+        raise InternalError(f"layer kind '{kind.kind}' registered twice")
+    LAYERS[kind.kind] = kind()
+
+
+from . import basic, activations, shape_ops  # noqa: E402
+
+for _module in (basic, activations, shape_ops):
+    for _kind in _module.KINDS:
+        register(_kind)
+
+__all__ = ["LAYERS", "register", "LayerKind", "Param", "Port", "Call", "REQUIRED"]

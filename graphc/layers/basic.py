@@ -1,0 +1,247 @@
+"""Linear, embedding, normalisation, dropout and elementwise combination layers."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ..ir import Builder, Init, Value
+from .base import Call, LayerKind, Param, Port
+
+
+def _transpose(w: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(w.T)
+
+
+def linear_op(b: Builder, x: Value, weight: Value, bias: Value | None) -> Value:
+    """x @ W^T + b with W stored pre-transposed at compile time, so the runtime
+    does one MatMul (which ORT fuses with the Add) and never a Transpose."""
+    out_f, in_f = (d.value for d in weight.shape)
+    w_t = b.derive(_transpose, [weight], (in_f, out_f), label=weight.name.rsplit(".", 1)[-1] + "_t")
+    y = b.op("MatMul", [x, w_t])                     # [..., in] @ [in, out] -> [..., out]
+    return b.op("Add", [y, bias]) if bias is not None else y
+
+
+def declare_linear(b: Builder, in_f: int, out_f: int, bias: bool, prefix: str = "") -> tuple[Value, Value | None]:
+    """Parameters of an nn.Linear(in_f, out_f): weight [out, in], bias [out];
+    both U(-1/sqrt(in), 1/sqrt(in)) like torch's default init."""
+    bound = 1 / math.sqrt(in_f)
+    pre = prefix + "." if prefix else ""
+    w = b.param(pre + "weight", (out_f, in_f), Init("uniform", bound), doc="[out_features, in_features]")
+    bb = b.param(pre + "bias", (out_f,), Init("uniform", bound)) if bias else None
+    return w, bb
+
+
+def last_dim(call: Call, x: Value, port: str = "x") -> int:
+    if x.rank == 0:
+        raise call.error("needs an input of rank >= 1", port)
+    d = x.shape[-1]
+    if not d.is_const:
+        raise call.error(f"the last axis of the input must have a fixed size, got '{d}'", port,
+                         hint="feature axes are fixed numbers; batch and sequence axes may be symbolic")
+    return d.value
+
+
+class Linear(LayerKind):
+    """y = x W^T + b over the last axis (torch.nn.Linear).
+
+    Parameters: ``<name>.weight`` [out_features, in_features], ``<name>.bias`` [out_features].
+    """
+
+    kind = "linear"
+    summary = "affine map over the last axis, like torch.nn.Linear"
+    params = (
+        Param("out_features", "int", doc="output width", min=1),
+        Param("in_features", "int", None, "input width; inferred from the input when omitted", min=1),
+        Param("bias", "bool", True, "add a learned bias"),
+    )
+    shape_rule = "[*, in_features] -> [*, out_features]"
+    example = "{name: fc1, kind: linear, input: x, out_features: 256}"
+
+    def expand(self, b, call):
+        x = call.inputs["x"]
+        in_f = last_dim(call, x)
+        if call["in_features"] is not None and call["in_features"] != in_f:
+            raise call.error(f"in_features is {call['in_features']} but the input has width {in_f}", "in_features")
+        w, bias = declare_linear(b, in_f, call["out_features"], call["bias"])
+        return {"y": linear_op(b, x, w, bias)}
+
+    def reference(self, args, weights, inputs):
+        y = inputs["x"] @ weights["weight"].T
+        return {"y": y + weights["bias"] if args["bias"] else y}
+
+
+class Embedding(LayerKind):
+    """Token embedding lookup (torch.nn.Embedding), optionally scaled by sqrt(d)
+    as in "Attention Is All You Need" section 3.4.
+
+    Parameter: ``<name>.weight`` [num_embeddings, embedding_dim], init N(0, 1).
+    Token ids outside [0, num_embeddings) are an error in ONNX Runtime.
+    """
+
+    kind = "embedding"
+    summary = "token id -> vector lookup, like torch.nn.Embedding"
+    params = (
+        Param("num_embeddings", "int", doc="vocabulary size", min=1),
+        Param("embedding_dim", "int", doc="vector width", min=1),
+        Param("scale", "bool", False, "multiply by sqrt(embedding_dim), as the Transformer paper does"),
+        Param("padding_idx", "int", None, "an id whose vector starts at zero (init only)", min=0),
+    )
+    inputs = (Port("ids", "integer token ids"),)
+    shape_rule = "[*] (int) -> [*, embedding_dim]"
+    example = "{name: embed, kind: embedding, input: tokens, num_embeddings: 37000, embedding_dim: 512, scale: true}"
+
+    def expand(self, b, call):
+        ids = call.inputs["ids"]
+        if ids.dtype not in ("int64", "int32"):
+            raise call.error(f"token ids must be int64 or int32, got {ids.dtype}", "ids")
+        n, d = call["num_embeddings"], call["embedding_dim"]
+        w = b.param("weight", (n, d), Init("normal", 1.0), doc="[num_embeddings, embedding_dim]")
+        if call["padding_idx"] is not None and call["padding_idx"] >= n:
+            raise call.error(f"padding_idx {call['padding_idx']} is not below num_embeddings {n}", "padding_idx")
+        if call["scale"]:
+            # fold sqrt(d) into the table once instead of a Mul per token at run time
+            w = b.derive(lambda t: (t * np.float32(math.sqrt(d))).astype(t.dtype), [w], (n, d), "weight_scaled")
+        return {"y": b.op("Gather", [w, ids], axis=0)}
+
+    def reference(self, args, weights, inputs):
+        y = weights["weight"][inputs["ids"]]
+        return {"y": y * np.float32(math.sqrt(args["embedding_dim"])) if args["scale"] else y}
+
+
+class LayerNorm(LayerKind):
+    """Layer normalisation over the last axis (torch.nn.LayerNorm(d)).
+
+    y = (x - mean) / sqrt(var + eps) * weight + bias, statistics in float32.
+    Parameters ``<name>.weight`` (ones) and ``<name>.bias`` (zeros), [d].
+    """
+
+    kind = "layer_norm"
+    summary = "LayerNorm over the last axis, like torch.nn.LayerNorm"
+    params = (
+        Param("eps", "float", 1e-5, "added to the variance (torch's default)", min=0.0),
+        Param("bias", "bool", True, "learned bias (torch's bias=True)"),
+    )
+    shape_rule = "[*, d] -> [*, d]"
+    example = "{name: norm1, kind: layer_norm, input: x}"
+
+    def expand(self, b, call):
+        x = call.inputs["x"]
+        d = last_dim(call, x)
+        return {"y": layer_norm_op(b, x, d, call["eps"], call["bias"])}
+
+    def reference(self, args, weights, inputs):
+        x = inputs["x"].astype(np.float64)
+        mu = x.mean(-1, keepdims=True)
+        var = x.var(-1, keepdims=True)
+        y = (x - mu) / np.sqrt(var + args["eps"]) * weights["weight"]
+        y = y + weights["bias"] if args["bias"] else y
+        return {"y": y.astype(inputs["x"].dtype)}
+
+
+def layer_norm_op(b: Builder, x: Value, d: int, eps: float, bias: bool = True) -> Value:
+    w = b.param("weight", (d,), Init("ones"))
+    bb = b.param("bias", (d,), Init("zeros")) if bias else None
+    return b.op("LayerNorm", [x, w] + ([bb] if bb is not None else []), eps=float(eps), axis=-1)
+
+
+def rms_norm_op(b: Builder, x: Value, d: int, eps: float) -> Value:
+    w = b.param("weight", (d,), Init("ones"))
+    return b.op("RMSNorm", [x, w], eps=float(eps), axis=-1)
+
+
+class RMSNorm(LayerKind):
+    """Root-mean-square normalisation over the last axis (torch.nn.RMSNorm(d)).
+
+    y = x / sqrt(mean(x^2) + eps) * weight. Parameter ``<name>.weight`` (ones), [d].
+    """
+
+    kind = "rms_norm"
+    summary = "RMSNorm over the last axis, like torch.nn.RMSNorm"
+    params = (Param("eps", "float", 1e-6, "added to the mean square (LLaMA-style default)", min=0.0),)
+    shape_rule = "[*, d] -> [*, d]"
+    example = "{name: norm, kind: rms_norm, input: x, eps: 1.0e-6}"
+
+    def expand(self, b, call):
+        x = call.inputs["x"]
+        return {"y": rms_norm_op(b, x, last_dim(call, x), call["eps"])}
+
+    def reference(self, args, weights, inputs):
+        x = inputs["x"].astype(np.float64)
+        y = x / np.sqrt((x ** 2).mean(-1, keepdims=True) + args["eps"]) * weights["weight"]
+        return {"y": y.astype(inputs["x"].dtype)}
+
+
+class Dropout(LayerKind):
+    """Dropout; graphc compiles inference graphs, so this is the identity."""
+
+    kind = "dropout"
+    summary = "identity at inference (kept so specs mirror training code)"
+    params = (Param("p", "float", 0.1, "drop probability during training (unused at inference)", min=0.0, max=1.0),)
+    shape_rule = "[*] -> [*]"
+    example = "{name: drop, kind: dropout, input: x, p: 0.1}"
+
+    def expand(self, b, call):
+        return {"y": call.inputs["x"]}
+
+    def reference(self, args, weights, inputs):
+        return {"y": inputs["x"]}
+
+
+class _Binary(LayerKind):
+    prim = ""
+    inputs = (Port("a", "left operand"), Port("b", "right operand"))
+    shape_rule = "broadcast(a, b)"
+
+    def expand(self, b, call):
+        return {"y": b.op(self.prim, [call.inputs["a"], call.inputs["b"]])}
+
+
+class Add(_Binary):
+    """Elementwise a + b with numpy broadcasting (residual connections)."""
+
+    kind, prim = "add", "Add"
+    summary = "elementwise a + b (residual connections)"
+    example = "{name: res, kind: add, inputs: [x, ffn]}"
+
+    def reference(self, args, weights, inputs):
+        return {"y": inputs["a"] + inputs["b"]}
+
+
+class Mul(_Binary):
+    """Elementwise a * b with numpy broadcasting (gating)."""
+
+    kind, prim = "mul", "Mul"
+    summary = "elementwise a * b (gating)"
+    example = "{name: gate, kind: mul, inputs: [x, g]}"
+
+    def reference(self, args, weights, inputs):
+        return {"y": inputs["a"] * inputs["b"]}
+
+
+class MatMul(LayerKind):
+    """Matrix product of two tensors with numpy's matmul broadcasting."""
+
+    kind = "matmul"
+    summary = "matrix product a @ b (numpy broadcasting)"
+    inputs = (Port("a", "left operand [..., n, k]"), Port("b", "right operand [..., k, m]"))
+    params = (Param("transpose_b", "bool", False, "use b with its last two axes swapped"),)
+    shape_rule = "[..., n, k] @ [..., k, m] -> [..., n, m]"
+    example = "{name: scores, kind: matmul, inputs: [q, k], transpose_b: true}"
+
+    def expand(self, b, call):
+        a, rhs = call.inputs["a"], call.inputs["b"]
+        if call["transpose_b"]:
+            if rhs.rank < 2:
+                raise call.error("transpose_b needs b of rank >= 2", "b")
+            perm = list(range(rhs.rank))
+            perm[-1], perm[-2] = perm[-2], perm[-1]
+            rhs = b.op("Transpose", [rhs], perm=perm)
+        return {"y": b.op("MatMul", [a, rhs])}
+
+    def reference(self, args, weights, inputs):
+        rhs = np.swapaxes(inputs["b"], -1, -2) if args["transpose_b"] else inputs["b"]
+        return {"y": inputs["a"] @ rhs}
+
+
+KINDS = (Linear, Embedding, LayerNorm, RMSNorm, Dropout, Add, Mul, MatMul)

@@ -1,0 +1,159 @@
+"""Assemble, check and write ONNX models.
+
+Determinism: nodes and initializers are emitted in the IR's (deterministic)
+order, names come from the spec, metadata holds no timestamps, and protobuf is
+serialised with ``deterministic=True``, so the same spec, weights and seed give
+byte-identical files.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import onnx
+from onnx import helper, numpy_helper
+
+from .. import __version__
+from ..errors import GraphcError, InternalError
+from ..ir import Graph
+from ..shapes import Dim
+from .context import LowerContext
+from .ops_core import LOWERINGS, ONNX_DTYPE
+from . import ops_attention, ops_recurrent  # noqa: F401  (registration)
+
+MIN_OPSET = 17
+DEFAULT_OPSET = 17
+MAX_OPSET = 26          # the newest ai.onnx opset ONNX Runtime 1.31 accepts
+EXTERNAL_DATA_THRESHOLD = 2_000_000_000   # protobuf's hard limit is 2 GiB
+
+
+def dim_proto_value(d: Dim) -> int | str:
+    return d.value if d.is_const else str(d).replace(" ", "")
+
+
+def _value_info(name: str, dtype: str, shape) -> onnx.ValueInfoProto:
+    return helper.make_tensor_value_info(name, ONNX_DTYPE[dtype], [dim_proto_value(d) for d in shape])
+
+
+def lower(g: Graph, opset: int = DEFAULT_OPSET) -> onnx.ModelProto:
+    if not MIN_OPSET <= opset <= MAX_OPSET:
+        raise GraphcError(f"opset {opset} is not supported",
+                          hint=f"choose an opset from {MIN_OPSET} to {MAX_OPSET} (the newest ONNX Runtime accepts)")
+    ctx = LowerContext(g, opset)
+    for op in g.ops():
+        ctx.current = op
+        fn = LOWERINGS.get(op.op)
+        if fn is None:
+            raise InternalError(f"no ONNX lowering for primitive {op.op} (was it folded?)")
+        fn(ctx, op)
+    ctx.current = None
+    used = set()
+    for n in ctx.nodes:
+        used.update(n.input)
+    initializers = []
+    for v in g.values():
+        if v.kind in ("param", "const"):
+            if v.data is None:
+                raise InternalError(f"parameter '{v.name}' has no data: materialize() first")
+            if v.name in used or v.name in g.outputs.values():
+                initializers.append(numpy_helper.from_array(v.data, v.name))
+    initializers.sort(key=lambda t: t.name)
+    inputs = [_value_info(n, g.value(n).type.dtype, g.value(n).type.shape) for n in g.inputs]
+    outputs = []
+    for public, name in g.outputs.items():
+        v = g.value(name)
+        outputs.append(_value_info(public, v.type.dtype, v.type.shape))
+    _rename_outputs(ctx, g)
+    graph = helper.make_graph(ctx.nodes, g.name, inputs, outputs, initializers + ctx.extra_initializers)
+    opsets = [helper.make_opsetid("", opset)]
+    model = helper.make_model(graph, opset_imports=opsets, producer_name="graphc", producer_version=__version__)
+    # ORT 1.31 refuses IR > 13 and onnx 1.23 stamps 14: use the lowest the opset needs
+    model.ir_version = helper.find_min_ir_version_for(opsets, ignore_unknown=True)
+    meta = dict(g.metadata)
+    meta["graphc.version"] = __version__
+    meta["graphc.opset"] = str(opset)
+    if g.dim_examples:
+        meta["graphc.dim_examples"] = json.dumps(g.dim_examples, sort_keys=True)
+    if g.input_ranges:
+        meta["graphc.input_ranges"] = json.dumps({k: list(v) for k, v in g.input_ranges.items()}, sort_keys=True)
+    helper.set_model_props(model, dict(sorted(meta.items())))
+    return model
+
+
+def _rename_outputs(ctx: LowerContext, g: Graph) -> None:
+    """Graph outputs carry the spec's public names: rename the producing node's output."""
+    mapping = {name: public for public, name in g.outputs.items()}
+    for node in ctx.nodes:
+        for i, o in enumerate(node.output):
+            if o in mapping:
+                node.output[i] = mapping[o]
+        for i, inp in enumerate(node.input):
+            if inp in mapping:
+                node.input[i] = mapping[inp]
+    for v in g.inputs:
+        if v in mapping:
+            raise InternalError("an input is a graph output without an Identity")
+
+
+def serialize(model: onnx.ModelProto) -> bytes:
+    return model.SerializeToString(deterministic=True)
+
+
+def check_model(model: onnx.ModelProto, expected_outputs: dict | None = None) -> None:
+    """The ONNX checker (full) plus strict shape inference; graphc's own output
+    shapes must agree with what ONNX infers."""
+    try:
+        onnx.checker.check_model(model, full_check=True)
+        inferred = onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True, data_prop=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
+        raise InternalError(f"graphc emitted an invalid ONNX model: {exc}") from None
+    declared = {o.name: o for o in model.graph.output}
+    for o in inferred.graph.output:
+        ours = [d.dim_value or d.dim_param for d in declared[o.name].type.tensor_type.shape.dim]
+        theirs = [d.dim_value or d.dim_param for d in o.type.tensor_type.shape.dim]
+        if ours != theirs:
+            raise InternalError(f"output {o.name}: graphc says {ours}, ONNX infers {theirs}")
+
+
+def save_model(model: onnx.ModelProto, path: str | os.PathLike) -> int:
+    """Write atomically: a temporary file in the same directory, fsync, rename.
+    A failure or Ctrl-C leaves an earlier file intact and no partial file.
+    Models whose weights exceed 2 GB store them in '<name>.data' beside the file."""
+    path = Path(path)
+    directory = path.parent if str(path.parent) else Path(".")
+    if not directory.is_dir():
+        raise GraphcError(f"cannot write {path}: directory {directory} does not exist")
+    total = sum(len(t.raw_data) for t in model.graph.initializer)
+    data_path = path.with_name(path.name + ".data")
+    tmp_paths: list[str] = []
+    try:
+        if total > EXTERNAL_DATA_THRESHOLD:
+            # onnx writes the data file beside the model it saves: save both into a
+            # private temporary directory, then move them into place, data first
+            tmp_dir = tempfile.mkdtemp(prefix=".graphc-", dir=directory)
+            tmp_paths.append(tmp_dir)
+            onnx.save_model(model, os.path.join(tmp_dir, path.name), save_as_external_data=True,
+                            all_tensors_to_one_file=True, location=data_path.name, size_threshold=1024)
+            os.replace(os.path.join(tmp_dir, data_path.name), data_path)
+            os.replace(os.path.join(tmp_dir, path.name), path)
+            return os.path.getsize(path) + os.path.getsize(data_path)
+        data = serialize(model)
+        fd, tmp = tempfile.mkstemp(prefix=".graphc-", suffix=".onnx.tmp", dir=directory)
+        tmp_paths.append(tmp)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        return len(data)
+    except OSError as exc:
+        raise GraphcError(f"cannot write {path}: {exc.strerror or exc}") from None
+    finally:
+        for t in tmp_paths:
+            if os.path.isdir(t):
+                shutil.rmtree(t, ignore_errors=True)
+            elif os.path.exists(t):
+                os.unlink(t)

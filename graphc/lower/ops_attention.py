@@ -1,0 +1,1 @@
+"""ONNX forms of the attention core (filled in by the attention issue)."""

@@ -1,0 +1,173 @@
+"""ONNX forms of the core primitives, chosen by target opset."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from onnx import TensorProto
+
+from ..ir import OpNode
+from .context import LowerContext
+
+LOWERINGS: dict[str, callable] = {}
+
+ONNX_DTYPE = {"float32": TensorProto.FLOAT, "float16": TensorProto.FLOAT16, "float64": TensorProto.DOUBLE,
+              "int64": TensorProto.INT64, "int32": TensorProto.INT32, "bool": TensorProto.BOOL}
+INT64_MAX = np.iinfo(np.int64).max
+
+
+def lowering(*names: str):
+    def deco(fn):
+        for n in names:
+            LOWERINGS[n] = fn
+        return fn
+    return deco
+
+
+@lowering("Relu", "Tanh", "Sigmoid", "Neg", "Sqrt", "Exp", "Not", "Identity",
+          "Add", "Sub", "Mul", "Div", "Pow", "And", "Or", "Equal", "Less", "Greater", "LessOrEqual",
+          "Where", "MatMul")
+def _direct(ctx: LowerContext, op: OpNode) -> None:
+    ctx.node(op.op, op.inputs, op.outputs)
+
+
+@lowering("Softmax", "LogSoftmax")
+def _softmax(ctx, op):
+    ctx.node(op.op, op.inputs, op.outputs, axis=op.attrs.get("axis", -1))
+
+
+@lowering("Cast")
+def _cast(ctx, op):
+    ctx.node("Cast", op.inputs, op.outputs, to=ONNX_DTYPE[op.attrs["to"]])
+
+
+def _dtype_of(ctx, name: str) -> np.dtype:
+    from ..ir.graph import DTYPES
+    return DTYPES[ctx.g.value(name).type.dtype]
+
+
+@lowering("Silu")
+def _silu(ctx, op):
+    (x,) = op.inputs
+    ctx.node("Mul", [x, ctx.one("Sigmoid", [x])], op.outputs)
+
+
+@lowering("Gelu")
+def _gelu(ctx, op):
+    (x,) = op.inputs
+    approximate = op.attrs.get("approximate", "none")
+    if ctx.opset >= 20:
+        ctx.node("Gelu", [x], op.outputs, approximate=approximate)
+        return
+    dt = _dtype_of(ctx, x)
+    half = ctx.const(np.array(0.5, dt))
+    one = ctx.const(np.array(1.0, dt))
+    if approximate == "tanh":
+        # 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))
+        x3 = ctx.one("Mul", [ctx.one("Mul", [x, x]), x])
+        inner = ctx.one("Add", [x, ctx.one("Mul", [x3, ctx.const(np.array(0.044715, dt))])])
+        t = ctx.one("Tanh", [ctx.one("Mul", [inner, ctx.const(np.array(math.sqrt(2 / math.pi), dt))])])
+    else:
+        # 0.5 x (1 + erf(x / sqrt 2))
+        t = ctx.one("Erf", [ctx.one("Mul", [x, ctx.const(np.array(1 / math.sqrt(2), dt))])])
+    ctx.node("Mul", [ctx.one("Mul", [x, half]), ctx.one("Add", [t, one])], op.outputs)
+
+
+@lowering("LayerNorm")
+def _layer_norm(ctx, op):
+    # stash_type=1: statistics in float32 even for float16 models
+    ctx.node("LayerNormalization", op.inputs, op.outputs, axis=-1, epsilon=float(op.attrs["eps"]), stash_type=1)
+
+
+def _reduce_mean_last(ctx, x: str) -> str:
+    if ctx.opset >= 18:
+        return ctx.one("ReduceMean", [x, ctx.const(np.array([-1], np.int64))], keepdims=1)
+    return ctx.one("ReduceMean", [x], axes=[-1], keepdims=1)
+
+
+@lowering("RMSNorm")
+def _rms_norm(ctx, op):
+    x, scale = op.inputs
+    eps = float(op.attrs["eps"])
+    if ctx.opset >= 23:
+        ctx.node("RMSNormalization", [x, scale], op.outputs, axis=-1, epsilon=eps, stash_type=1)
+        return
+    dt = _dtype_of(ctx, x)
+    xf = ctx.one("Cast", [x], to=TensorProto.FLOAT) if dt != np.float32 else x
+    ms = _reduce_mean_last(ctx, ctx.one("Mul", [xf, xf]))
+    inv = ctx.one("Reciprocal", [ctx.one("Sqrt", [ctx.one("Add", [ms, ctx.const(np.array(eps, np.float32))])])])
+    y = ctx.one("Mul", [xf, inv])
+    if dt != np.float32:
+        y = ctx.one("Cast", [y], to=ONNX_DTYPE[ctx.g.value(x).type.dtype])
+    ctx.node("Mul", [y, scale], op.outputs)
+
+
+@lowering("ReduceMax")
+def _reduce_max(ctx, op):
+    axes = list(op.attrs["axes"])
+    keep = int(op.attrs.get("keepdims", 1))
+    if ctx.opset >= 18:
+        ctx.node("ReduceMax", [op.inputs[0], ctx.const(np.array(axes, np.int64))], op.outputs, keepdims=keep)
+    else:
+        ctx.node("ReduceMax", op.inputs, op.outputs, axes=axes, keepdims=keep)
+
+
+@lowering("Reshape")
+def _reshape(ctx, op):
+    """Static target shapes only: 0 copies an input dim in place, -1 infers one;
+    no run-time Shape/Gather glue, so ORT sees a constant shape."""
+    (x,) = op.inputs
+    in_shape = ctx.g.value(x).type.shape
+    target = op.attrs["shape"]
+    out: list[int] = []
+    unresolved = []
+    for i, d in enumerate(target):
+        if d.is_const:
+            out.append(d.value)
+        elif i < len(in_shape) and in_shape[i] == d:
+            out.append(0)
+        else:
+            out.append(-1)
+            unresolved.append(d)
+    if len(unresolved) > 1:
+        raise ctx.error(f"cannot lower a reshape to [{', '.join(map(str, target))}]: "
+                        f"more than one symbolic dim moves ({', '.join(map(str, unresolved))})")
+    ctx.node("Reshape", [x, ctx.const(np.array(out, np.int64))], op.outputs)
+
+
+@lowering("Transpose")
+def _transpose(ctx, op):
+    ctx.node("Transpose", op.inputs, op.outputs, perm=list(op.attrs["perm"]))
+
+
+@lowering("Concat")
+def _concat(ctx, op):
+    ctx.node("Concat", op.inputs, op.outputs, axis=op.attrs["axis"])
+
+
+@lowering("Split")
+def _split(ctx, op):
+    ctx.node("Split", [op.inputs[0], ctx.const(np.array(op.attrs["sizes"], np.int64))], op.outputs,
+             axis=op.attrs["axis"])
+
+
+@lowering("Slice")
+def _slice(ctx, op):
+    end = op.attrs["end"]
+    ctx.node("Slice", [op.inputs[0], ctx.const(np.array([op.attrs["start"]], np.int64)),
+                       ctx.const(np.array([INT64_MAX if end is None else end], np.int64)),
+                       ctx.const(np.array([op.attrs["axis"]], np.int64))], op.outputs)
+
+
+@lowering("SliceLike")
+def _slice_like(ctx, op):
+    table, ref = op.inputs
+    ra = op.attrs["ref_axis"] % ctx.g.value(ref).type.rank
+    n = ctx.one("Shape", [ref], start=ra, end=ra + 1)            # [1] int64: the run-time length
+    ctx.node("Slice", [table, ctx.const(np.array([0], np.int64)), n,
+                       ctx.const(np.array([op.attrs["axis"]], np.int64))], op.outputs)
+
+
+@lowering("Gather")
+def _gather(ctx, op):
+    ctx.node("Gather", op.inputs, op.outputs, axis=op.attrs.get("axis", 0))

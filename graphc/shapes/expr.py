@@ -1,0 +1,186 @@
+"""A tiny, safe arithmetic language for hyperparameters and dims.
+
+Specs write ``d_model / heads`` or ``4 * d_model``. We parse these with a
+recursive-descent parser over a fixed grammar instead of ``eval``: a spec from
+someone else must never run code. Grammar::
+
+    expr  := term (('+' | '-') term)*
+    term  := unary (('*' | '/' | '//' | '%') unary)*
+    unary := '-' unary | atom
+    atom  := INT | FLOAT | NAME | '(' expr ')'
+
+``/`` on integers must divide exactly (``512 / 7`` is an error, not 73.14):
+a silently truncated head width is exactly the kind of bug a spec checker
+exists to catch. ``//`` is floor division for when truncation is meant.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Callable, Mapping, Union
+
+from ..errors import GraphcError, Span, did_you_mean
+from .dim import Dim
+
+Value = Union[int, float, Dim]
+
+_TOKEN = re.compile(r"\s*(?:(?P<num>\d+(?:\.\d*)?(?:[eE][-+]?\d+)?|\.\d+(?:[eE][-+]?\d+)?)"
+                    r"|(?P<name>[A-Za-z_][A-Za-z0-9_]*)|(?P<op>//|[-+*/%()]))")
+MAX_EXPR_CHARS = 256
+
+
+@dataclass(frozen=True)
+class Expr:
+    """A parsed expression: a tree of tuples, kept with its source text."""
+
+    text: str
+    tree: tuple
+
+    def names(self) -> set[str]:
+        out: set[str] = set()
+
+        def walk(t: tuple) -> None:
+            if t[0] == "name":
+                out.add(t[1])
+            elif t[0] in ("bin", "neg"):
+                for sub in t[2:] if t[0] == "bin" else t[1:]:
+                    walk(sub)
+        walk(self.tree)
+        return out
+
+    def evaluate(self, lookup: Callable[[str], Value | None], span: Span | None = None,
+                 known: Mapping[str, object] | None = None) -> Value:
+        return _eval(self.tree, lookup, span, self.text, known or {})
+
+
+def parse_expr(text: str, span: Span | None = None) -> Expr:
+    if len(text) > MAX_EXPR_CHARS:
+        raise GraphcError(f"expression longer than {MAX_EXPR_CHARS} characters", span)
+    tokens: list[tuple[str, str]] = []
+    pos = 0
+    stripped = text.rstrip()
+    while pos < len(stripped):
+        m = _TOKEN.match(stripped, pos)
+        if not m or m.end() == pos:
+            bad = stripped[pos:].lstrip()[:1]
+            raise GraphcError(f"unexpected character '{bad}' in expression '{text}'", span,
+                              hint="expressions use names, integers, + - * / // % and parentheses")
+        kind = m.lastgroup
+        tokens.append((kind, m.group(kind)))
+        pos = m.end()
+    parser = _Parser(tokens, text, span)
+    tree = parser.expr()
+    if parser.i != len(tokens):
+        raise GraphcError(f"unexpected '{tokens[parser.i][1]}' in expression '{text}'", span)
+    return Expr(text, tree)
+
+
+class _Parser:
+    def __init__(self, tokens: list[tuple[str, str]], text: str, span: Span | None):
+        self.tokens, self.text, self.span, self.i = tokens, text, span, 0
+        self.depth = 0
+
+    def peek(self) -> str | None:
+        return self.tokens[self.i][1] if self.i < len(self.tokens) else None
+
+    def expr(self) -> tuple:
+        self.depth += 1
+        if self.depth > 50:
+            raise GraphcError(f"expression '{self.text}' is nested too deeply", self.span)
+        left = self.term()
+        while self.peek() in ("+", "-"):
+            op = self.tokens[self.i][1]
+            self.i += 1
+            left = ("bin", op, left, self.term())
+        self.depth -= 1
+        return left
+
+    def term(self) -> tuple:
+        left = self.unary()
+        while self.peek() in ("*", "/", "//", "%"):
+            op = self.tokens[self.i][1]
+            self.i += 1
+            left = ("bin", op, left, self.unary())
+        return left
+
+    def unary(self) -> tuple:
+        if self.peek() == "-":
+            self.i += 1
+            self.depth += 1
+            if self.depth > 50:
+                raise GraphcError(f"expression '{self.text}' is nested too deeply", self.span)
+            out = ("neg", self.unary())
+            self.depth -= 1
+            return out
+        return self.atom()
+
+    def atom(self) -> tuple:
+        if self.i >= len(self.tokens):
+            raise GraphcError(f"expression '{self.text}' ends too early", self.span)
+        kind, tok = self.tokens[self.i]
+        self.i += 1
+        if kind == "num":
+            return ("num", float(tok) if any(c in tok for c in ".eE") else int(tok))
+        if kind == "name":
+            return ("name", tok)
+        if tok == "(":
+            inner = self.expr()
+            if self.peek() != ")":
+                raise GraphcError(f"missing ')' in expression '{self.text}'", self.span)
+            self.i += 1
+            return inner
+        raise GraphcError(f"unexpected '{tok}' in expression '{self.text}'", self.span)
+
+
+def _eval(t: tuple, lookup, span, text, known) -> Value:
+    kind = t[0]
+    if kind == "num":
+        return t[1]
+    if kind == "name":
+        v = lookup(t[1])
+        if v is None:
+            raise GraphcError(f"unknown name '{t[1]}' in expression '{text}'", span,
+                              hint=did_you_mean(t[1], known) or "define it under 'params:' or 'dims:'")
+        return v
+    if kind == "neg":
+        v = _eval(t[1], lookup, span, text, known)
+        return -v
+    op, a, b = t[1], _eval(t[2], lookup, span, text, known), _eval(t[3], lookup, span, text, known)
+    if isinstance(a, Dim) or isinstance(b, Dim):
+        return _dim_op(op, a, b, span, text)
+    if op == "+":
+        return a + b
+    if op == "-":
+        return a - b
+    if op == "*":
+        return a * b
+    if op in ("/", "//", "%") and b == 0:
+        raise GraphcError(f"division by zero in expression '{text}'", span)
+    if op == "/":
+        if isinstance(a, int) and isinstance(b, int):
+            if a % b:
+                raise GraphcError(f"'{text}': {a} / {b} is not a whole number", span,
+                                  hint="use // if truncation is intended")
+            return a // b
+        return a / b
+    if op == "//":
+        return a // b
+    return a % b
+
+
+def _dim_op(op: str, a, b, span, text) -> Dim:
+    if isinstance(a, float) or isinstance(b, float):
+        raise GraphcError(f"'{text}': a dimension cannot be combined with a fraction", span)
+    da = a if isinstance(a, Dim) else Dim.const(a)
+    if op == "+":
+        return da + b
+    if op == "-":
+        return da - b
+    if op == "*":
+        return da * b
+    if op == "/":
+        q = da.exact_div(b)
+        if q is None:
+            raise GraphcError(f"'{text}': {a} / {b} does not divide exactly", span)
+        return q
+    raise GraphcError(f"'{text}': operator '{op}' is not allowed on symbolic dimensions", span)

@@ -1,0 +1,6 @@
+"""Spec format v1: located YAML tree -> validated Spec objects."""
+from .model import Spec, LayerDecl, BlockDecl, InputDecl, DimDecl, InputRef
+from .parse import load_spec, parse_spec_text, FORMAT_VERSION
+
+__all__ = ["Spec", "LayerDecl", "BlockDecl", "InputDecl", "DimDecl", "InputRef",
+           "load_spec", "parse_spec_text", "FORMAT_VERSION"]

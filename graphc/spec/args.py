@@ -1,0 +1,158 @@
+"""Checking and evaluating layer arguments against a kind's descriptors."""
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from ..errors import GraphcError, Span, did_you_mean, known_list
+from ..shapes import Dim, parse_expr
+from ..source import Node
+
+MAX_DIM = 1 << 31          # no single axis of a real model is anywhere near this
+
+
+class Env:
+    """Names visible to expressions: hyperparameters (and block parameters) and dims."""
+
+    def __init__(self, params: Mapping[str, Any], dims: Mapping[str, Dim]):
+        self.params = dict(params)
+        self.dims = dict(dims)
+
+    def child(self, params: Mapping[str, Any]) -> "Env":
+        merged = dict(self.params)
+        merged.update(params)
+        return Env(merged, self.dims)
+
+    def names(self) -> list[str]:
+        return list(self.params) + list(self.dims)
+
+    def lookup_number(self, name: str):
+        v = self.params.get(name)
+        if isinstance(v, bool) or isinstance(v, str):
+            return None
+        return v
+
+    def lookup_dim(self, name: str):
+        if name in self.dims:
+            return self.dims[name]
+        return self.lookup_number(name)
+
+
+def eval_number(node: Node, env: Env, what: str, allow_dims: bool = False):
+    v = node.value
+    if isinstance(v, bool):
+        raise GraphcError(f"{what} must be a number, not a boolean", node.span)
+    if isinstance(v, (int, float)):
+        return v
+    if isinstance(v, str):
+        expr = parse_expr(v, node.span)
+        for n in expr.names():
+            if n in env.params and isinstance(env.params[n], (bool, str)):
+                raise GraphcError(f"'{n}' is {env.params[n]!r}, not a number", node.span)
+        return expr.evaluate(env.lookup_dim if allow_dims else env.lookup_number, node.span, env.names())
+    raise GraphcError(f"{what} must be a number, not {node.type_name()}", node.span)
+
+
+def eval_int(node: Node, env: Env, what: str, lo: float | None = None, hi: float | None = None) -> int:
+    v = eval_number(node, env, what)
+    if isinstance(v, float):
+        if not v.is_integer():
+            raise GraphcError(f"{what} must be an integer, got {v}", node.span)
+        v = int(v)
+    if isinstance(v, Dim):
+        raise GraphcError(f"{what} must be a fixed integer, not the symbolic dim '{v}'", node.span)
+    _check_range(v, node.span, what, lo, hi)
+    return v
+
+
+def _check_range(v, span: Span, what: str, lo, hi) -> None:
+    if lo is not None and v < lo:
+        raise GraphcError(f"{what} must be at least {lo}, got {v}", span)
+    if hi is not None and v > hi:
+        raise GraphcError(f"{what} must be at most {hi}, got {v}", span)
+
+
+def eval_shape(node: Node, env: Env, what: str, allow_minus_one: bool = False) -> tuple[Dim, ...]:
+    if not node.is_list:
+        raise GraphcError(f"{what} must be a list of dims, e.g. [batch, seq, 512], not {node.type_name()}", node.span)
+    out = []
+    for item in node.value:
+        if isinstance(item.value, str) and item.value.isidentifier() and item.value not in env.dims \
+                and item.value not in env.params:
+            raise GraphcError(f"unknown dim '{item.value}' in {what}", item.span,
+                              hint=did_you_mean(item.value, env.names()) or
+                              f"declare it under 'dims:' (e.g. dims: [{item.value}])")
+        v = eval_number(item, env, f"each dim of {what}", allow_dims=True)
+        if isinstance(v, float):
+            raise GraphcError(f"dims must be integers, got {v}", item.span)
+        d = v if isinstance(v, Dim) else Dim.const(v)
+        if d.is_const:
+            if d.value == -1 and allow_minus_one:
+                pass
+            elif d.value <= 0:
+                raise GraphcError(f"dims must be positive, got {d.value}", item.span,
+                                  hint="-1 (infer this dim) is allowed only in a reshape target" if d.value < 0 else None)
+            elif d.value > MAX_DIM:
+                raise GraphcError(f"dim {d.value} is absurdly large (limit {MAX_DIM})", item.span)
+        out.append(d)
+    return tuple(out)
+
+
+def eval_arg(param, node: Node, env: Env, where: str) -> Any:
+    what = f"'{param.name}' of {where}"
+    t = param.type
+    if node.value is None:
+        if param.required:
+            raise GraphcError(f"{what} is required", node.span)
+        return param.default
+    if t == "int":
+        return eval_int(node, env, what, param.min, param.max)
+    if t == "float":
+        v = eval_number(node, env, what)
+        if isinstance(v, Dim):
+            raise GraphcError(f"{what} must be a number, not a dim", node.span)
+        v = float(v)
+        _check_range(v, node.span, what, param.min, param.max)
+        return v
+    if t == "bool":
+        v = node.value
+        if isinstance(v, str) and isinstance(env.params.get(v), bool):
+            v = env.params[v]
+        if not isinstance(v, bool):
+            raise GraphcError(f"{what} must be true or false, not {node.type_name()}", node.span)
+        return v
+    if t == "str":
+        v = node.value
+        if isinstance(v, str) and isinstance(env.params.get(v), str):
+            v = env.params[v]
+        if not isinstance(v, str):
+            raise GraphcError(f"{what} must be text, not {node.type_name()}", node.span)
+        if param.choices and v not in param.choices:
+            raise GraphcError(f"{what} must be one of {', '.join(map(str, param.choices))}; got {v!r}", node.span,
+                              hint=did_you_mean(v, map(str, param.choices)))
+        return v
+    if t == "ints":
+        if not node.is_list:
+            raise GraphcError(f"{what} must be a list of integers, not {node.type_name()}", node.span)
+        return tuple(eval_int(x, env, f"each entry of {what}") for x in node.value)
+    if t == "shape":
+        return eval_shape(node, env, what, allow_minus_one=True)
+    raise GraphcError(f"internal: unknown parameter type {t}", node.span)  # pragma: no cover
+
+
+def resolve_args(kind, args: Mapping[str, Node], key_spans: Mapping[str, Span], env: Env, where: str,
+                 layer_span: Span) -> dict[str, Any]:
+    allowed = {p.name: p for p in kind.params}
+    for key in args:
+        if key not in allowed:
+            raise GraphcError(f"unknown argument '{key}' for {where}", key_spans[key],
+                              hint=did_you_mean(key, list(allowed) + ["input", "inputs", "repeat"]) or
+                              (f"{kind.kind} takes: {known_list(allowed)}" if allowed else f"{kind.kind} takes no arguments"))
+    out: dict[str, Any] = {}
+    for name, p in allowed.items():
+        if name in args:
+            out[name] = eval_arg(p, args[name], env, where)
+        elif p.required:
+            raise GraphcError(f"{where} needs '{name}'", layer_span, hint=p.doc or None)
+        else:
+            out[name] = p.default
+    return out

@@ -1,0 +1,394 @@
+"""Parse a spec file (and its includes) into a :class:`Spec`.
+
+Only structure is checked here: known top-level keys, well-formed layers,
+blocks, inputs and outputs, hyperparameters evaluated. Layer arguments are
+checked against each layer kind's descriptors during expansion.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from pathlib import Path
+from typing import Any, Iterable
+
+from ..errors import GraphcError, Span, did_you_mean, known_list
+from ..shapes import parse_expr
+from ..source import Node, load_yaml_file, load_yaml_text
+from ..source.yaml_loader import type_name
+from .model import BlockDecl, DimDecl, InputDecl, InputRef, LayerDecl, Spec
+
+FORMAT_VERSION = 1
+TOP_KEYS = ("graphc", "name", "doc", "include", "dims", "params", "inputs", "blocks", "layers", "outputs")
+LAYER_RESERVED = ("name", "kind", "input", "inputs", "repeat", "doc")
+BLOCK_KEYS = ("params", "inputs", "layers", "outputs", "doc")
+INPUT_KEYS = ("dtype", "shape", "range", "doc")
+SPEC_DTYPES = ("float32", "float16", "int64", "int32", "bool")
+NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+REF_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?$")
+MAX_INCLUDE_DEPTH = 16
+
+
+def check_keys(node: Node, allowed: Iterable[str], what: str) -> None:
+    allowed = tuple(allowed)
+    for key, span in node.key_spans.items():
+        if key not in allowed:
+            raise GraphcError(f"unknown key '{key}' in {what}", span,
+                              hint=did_you_mean(key, allowed) or f"allowed keys: {known_list(allowed)}")
+
+
+def expect_map(node: Node, what: str) -> Node:
+    if not node.is_map:
+        raise GraphcError(f"{what} must be a mapping, not {node.type_name()}", node.span)
+    return node
+
+
+def expect_list(node: Node, what: str) -> Node:
+    if not node.is_list:
+        raise GraphcError(f"{what} must be a list, not {node.type_name()}", node.span)
+    return node
+
+
+def expect_name(node: Node, what: str) -> str:
+    if not isinstance(node.value, str) or not NAME_RE.match(node.value):
+        shown = node.value if node.is_scalar else node.type_name()
+        raise GraphcError(f"{what} must be a name (letters, digits, '_'), got {shown!r}", node.span)
+    return node.value
+
+
+def expect_int(node: Node, what: str, lo: int | None = None, hi: int | None = None) -> int:
+    if isinstance(node.value, bool) or not isinstance(node.value, int):
+        raise GraphcError(f"{what} must be an integer, not {node.type_name()}", node.span)
+    if lo is not None and node.value < lo:
+        raise GraphcError(f"{what} must be at least {lo}, got {node.value}", node.span)
+    if hi is not None and node.value > hi:
+        raise GraphcError(f"{what} must be at most {hi}, got {node.value}", node.span)
+    return node.value
+
+
+def _doc(node: Node | None) -> str:
+    if node is None:
+        return ""
+    if not isinstance(node.value, str):
+        raise GraphcError(f"'doc' must be text, not {node.type_name()}", node.span)
+    return node.value
+
+
+def parse_ref(node: Node, what: str, port: str | None = None) -> InputRef:
+    if not isinstance(node.value, str) or not REF_RE.match(node.value):
+        shown = node.value if node.is_scalar else node.type_name()
+        raise GraphcError(f"{what} must name an input or a layer (optionally 'layer.output'), got {shown!r}",
+                          node.span)
+    return InputRef(node.value, node.span, port)
+
+
+def parse_layer(node: Node, where: str) -> LayerDecl:
+    expect_map(node, f"a layer in {where}")
+    m = node.value
+    if "name" not in m:
+        raise GraphcError("this layer has no 'name'", node.span,
+                          hint="every layer needs a name; it prefixes its parameter names")
+    name = expect_name(m["name"], "a layer name")
+    if "kind" not in m:
+        raise GraphcError(f"layer '{name}' has no 'kind'", node.span,
+                          hint="run 'graphc layers' for the list of layer kinds")
+    kind = expect_name(m["kind"], "a layer kind")
+    if "input" in m and "inputs" in m:
+        raise GraphcError(f"layer '{name}' has both 'input' and 'inputs'", node.key_spans["inputs"])
+    refs: list[InputRef] = []
+    if "input" in m:
+        refs.append(parse_ref(m["input"], "'input'"))
+    elif "inputs" in m:
+        ins = m["inputs"]
+        if ins.is_list:
+            refs = [parse_ref(x, "each of 'inputs'") for x in ins.value]
+        elif ins.is_map:
+            for port, ref in ins.value.items():
+                if ref.value is None:
+                    continue
+                refs.append(parse_ref(ref, f"input '{port}'", port=port))
+        else:
+            refs.append(parse_ref(ins, "'inputs'"))
+    args = {k: v for k, v in m.items() if k not in LAYER_RESERVED}
+    spans = {k: s for k, s in node.key_spans.items() if k not in LAYER_RESERVED}
+    return LayerDecl(name, kind, m["name"].span, m["kind"].span, refs, args, spans,
+                     m.get("repeat"), _doc(m.get("doc")))
+
+
+def parse_layers(node: Node, where: str) -> list[LayerDecl]:
+    expect_list(node, f"'layers' of {where}")
+    layers = [parse_layer(x, where) for x in node.value]
+    seen: dict[str, Span] = {}
+    for layer in layers:
+        if layer.name in seen:
+            raise GraphcError(f"duplicate layer name '{layer.name}'", layer.span,
+                              notes=[f"first defined at {seen[layer.name]}"])
+        seen[layer.name] = layer.span
+    return layers
+
+
+def parse_outputs(node: Node, where: str) -> dict[str, InputRef]:
+    out: dict[str, InputRef] = {}
+    if node.is_map:
+        for key, ref in node.value.items():
+            if not NAME_RE.match(key):
+                raise GraphcError(f"output name '{key}' must be a plain name", node.key_spans[key])
+            out[key] = parse_ref(ref, f"output '{key}'")
+    elif node.is_list:
+        for item in node.value:
+            r = parse_ref(item, "an output")
+            key = r.ref.replace(".", "_")
+            if key in out:
+                raise GraphcError(f"duplicate output '{key}'", item.span)
+            out[key] = r
+    else:
+        raise GraphcError(f"'outputs' of {where} must map output names to layers, e.g. {{y: fc2}}", node.span)
+    if not out:
+        raise GraphcError(f"{where} declares no outputs", node.span)
+    return out
+
+
+def parse_block(name: str, node: Node) -> BlockDecl:
+    expect_map(node, f"block '{name}'")
+    check_keys(node, BLOCK_KEYS, f"block '{name}'")
+    m = node.value
+    params: dict[str, Node] = {}
+    pspans: dict[str, Span] = {}
+    if "params" in m:
+        expect_map(m["params"], f"'params' of block '{name}'")
+        for k, v in m["params"].value.items():
+            if not NAME_RE.match(k):
+                raise GraphcError(f"parameter name '{k}' must be a plain name", m["params"].key_spans[k])
+            params[k], pspans[k] = v, m["params"].key_spans[k]
+    inputs: list[tuple[str, Span, bool]] = []
+    if "inputs" not in m:
+        raise GraphcError(f"block '{name}' has no 'inputs'", node.span)
+    ins = m["inputs"]
+    if ins.is_list:
+        for item in ins.value:
+            inputs.append((expect_name(item, "a block input"), item.span, False))
+    elif ins.is_map:
+        for k, v in ins.value.items():
+            opt = False
+            if v.is_map:
+                check_keys(v, ("optional", "doc"), f"block input '{k}'")
+                opt = bool(v.value.get("optional", Node(False, v.span)).value)
+            inputs.append((k, ins.key_spans[k], opt))
+    else:
+        raise GraphcError(f"'inputs' of block '{name}' must be a list of names", ins.span)
+    if "layers" not in m:
+        raise GraphcError(f"block '{name}' has no 'layers'", node.span)
+    layers = parse_layers(m["layers"], f"block '{name}'")
+    if "outputs" not in m:
+        raise GraphcError(f"block '{name}' has no 'outputs'", node.span)
+    outputs = parse_outputs(m["outputs"], f"block '{name}'")
+    return BlockDecl(name, node.span, params, pspans, inputs, layers, outputs, _doc(m.get("doc")))
+
+
+def _evaluate_params(node: Node) -> tuple[dict[str, Any], dict[str, Span]]:
+    """Hyperparameters, evaluated in order: each may use the ones above it."""
+    expect_map(node, "'params'")
+    values: dict[str, Any] = {}
+    spans: dict[str, Span] = {}
+    for key, v in node.value.items():
+        kspan = node.key_spans[key]
+        if not NAME_RE.match(key):
+            raise GraphcError(f"parameter name '{key}' must be a plain name", kspan)
+        if isinstance(v.value, str):
+            try:
+                expr = parse_expr(v.value, v.span)
+            except GraphcError:
+                values[key] = v.value   # plain text (an activation name, say)
+            else:
+                if expr.names() and not expr.names() <= set(values):
+                    missing = sorted(expr.names() - set(values))
+                    if len(expr.names()) == 1 and expr.tree[0] == "name":
+                        values[key] = v.value   # a bare word that names nothing: text
+                    else:
+                        raise GraphcError(f"unknown name '{missing[0]}' in '{v.value}'", v.span,
+                                          hint=did_you_mean(missing[0], values) or
+                                          "a parameter may only use parameters defined above it")
+                else:
+                    values[key] = expr.evaluate(values.get, v.span, values)
+        elif v.is_scalar:
+            values[key] = v.value
+        else:
+            raise GraphcError(f"parameter '{key}' must be a number, a boolean or text, not {v.type_name()}", v.span)
+        spans[key] = kspan
+    return values, spans
+
+
+def _parse_dims(node: Node) -> dict[str, DimDecl]:
+    dims: dict[str, DimDecl] = {}
+    if node.is_list:
+        for item in node.value:
+            name = expect_name(item, "a dim name")
+            if name in dims:
+                raise GraphcError(f"duplicate dim '{name}'", item.span)
+            dims[name] = DimDecl(name, item.span)
+    elif node.is_map:
+        for name, v in node.value.items():
+            kspan = node.key_spans[name]
+            if not NAME_RE.match(name):
+                raise GraphcError(f"dim name '{name}' must be a plain name", kspan)
+            example = mx = None
+            if v.is_map:
+                check_keys(v, ("example", "max", "doc"), f"dim '{name}'")
+                if "example" in v.value:
+                    example = expect_int(v.value["example"], f"the example size of '{name}'", 1, 1 << 20)
+                if "max" in v.value:
+                    mx = expect_int(v.value["max"], f"the maximum of '{name}'", 1, 1 << 31)
+            elif v.value is not None:
+                example = expect_int(v, f"the example size of '{name}'", 1, 1 << 20)
+            dims[name] = DimDecl(name, kspan, example, mx)
+    else:
+        raise GraphcError("'dims' must be a list of names or a mapping of name to example size", node.span)
+    return dims
+
+
+def _parse_inputs(node: Node) -> list[InputDecl]:
+    expect_map(node, "'inputs'")
+    out = []
+    for name, v in node.value.items():
+        kspan = node.key_spans[name]
+        if not NAME_RE.match(name):
+            raise GraphcError(f"input name '{name}' must be a plain name", kspan)
+        expect_map(v, f"input '{name}'")
+        check_keys(v, INPUT_KEYS, f"input '{name}'")
+        if "dtype" not in v.value:
+            raise GraphcError(f"input '{name}' has no 'dtype'", kspan, hint=f"one of {', '.join(SPEC_DTYPES)}")
+        dt = v.value["dtype"]
+        if dt.value not in SPEC_DTYPES:
+            raise GraphcError(f"unknown dtype {dt.value!r} for input '{name}'", dt.span,
+                              hint=did_you_mean(str(dt.value), SPEC_DTYPES) or f"one of {', '.join(SPEC_DTYPES)}")
+        if "shape" not in v.value:
+            raise GraphcError(f"input '{name}' has no 'shape'", kspan, hint="e.g. shape: [batch, seq, 512]")
+        shape = expect_list(v.value["shape"], f"the shape of '{name}'")
+        rng = None
+        if "range" in v.value:
+            r = expect_list(v.value["range"], f"the range of '{name}'")
+            if len(r.value) != 2:
+                raise GraphcError("'range' is [low, high) for random integer inputs", r.span)
+            rng = (r.value[0], r.value[1])
+        out.append(InputDecl(name, kspan, dt.value, shape.value, rng, _doc(v.value.get("doc"))))
+    return out
+
+
+class _Loader:
+    def __init__(self, root: Path, include_dirs: Iterable[Path]):
+        self.root_dir = root.resolve().parent
+        self.allowed = [self.root_dir] + [Path(d).resolve() for d in include_dirs]
+        self.texts: list[tuple[str, str]] = []
+        self.stack: list[Path] = []
+
+    def blocks_from(self, path: Path, display: str, span: Span | None) -> tuple[Node, dict[str, BlockDecl]]:
+        resolved = path.resolve()
+        if resolved in self.stack:
+            chain = " -> ".join(p.name for p in self.stack + [resolved])
+            raise GraphcError(f"include cycle: {chain}", span, hint="remove one of these includes")
+        if len(self.stack) > MAX_INCLUDE_DEPTH:
+            raise GraphcError(f"includes nested more than {MAX_INCLUDE_DEPTH} deep", span)
+        if span is None:
+            root, text = load_yaml_file(path)
+        else:
+            if not any(_within(resolved, d) for d in self.allowed):
+                raise GraphcError(f"include '{display}' is outside the spec's directory", span,
+                                  hint="pass --include-dir DIR to allow includes from another directory")
+            if not resolved.is_file():
+                raise GraphcError(f"included file not found: {display}", span,
+                                  hint=f"includes are resolved relative to {self.stack[-1].parent}")
+            root, text = load_yaml_file(resolved)
+        self.texts.append((str(path), text))
+        self.stack.append(resolved)
+        try:
+            expect_map(root, "a spec")
+            blocks: dict[str, BlockDecl] = {}
+            inc = root.value.get("include")
+            if inc is not None:
+                items = inc.value if inc.is_list else [inc]
+                for item in items:
+                    if not isinstance(item.value, str) or not item.value:
+                        raise GraphcError("'include' takes file names", item.span)
+                    target = resolved.parent / item.value
+                    _, inner = self.blocks_from(target, item.value, item.span)
+                    _merge_blocks(blocks, inner)
+            if "blocks" in root.value:
+                b = expect_map(root.value["blocks"], "'blocks'")
+                own = {}
+                for name, body in b.value.items():
+                    if not NAME_RE.match(name):
+                        raise GraphcError(f"block name '{name}' must be a plain name", b.key_spans[name])
+                    own[name] = parse_block(name, body)
+                _merge_blocks(blocks, own)
+            return root, blocks
+        finally:
+            self.stack.pop()
+
+
+def _within(path: Path, directory: Path) -> bool:
+    try:
+        path.relative_to(directory)
+        return True
+    except ValueError:
+        return False
+
+
+def _merge_blocks(into: dict[str, BlockDecl], new: dict[str, BlockDecl]) -> None:
+    for name, block in new.items():
+        if name in into and into[name] is not block:
+            raise GraphcError(f"block '{name}' is defined twice", block.span,
+                              notes=[f"first defined at {into[name].span}"])
+        into[name] = block
+
+
+def load_spec(path: str | os.PathLike, include_dirs: Iterable[str | os.PathLike] = ()) -> Spec:
+    """Read a spec file and everything it includes."""
+    loader = _Loader(Path(path), [Path(d) for d in include_dirs])
+    root, blocks = loader.blocks_from(Path(path), str(path), None)
+    return _build_spec(root, blocks, str(path), loader.texts)
+
+
+def parse_spec_text(text: str, path: str = "<spec>") -> Spec:
+    """Parse a spec held in memory (no includes relative to a file)."""
+    root = load_yaml_text(text, path)
+    expect_map(root, "a spec")
+    blocks: dict[str, BlockDecl] = {}
+    if "include" in root.value:
+        raise GraphcError("includes need a spec file on disk", root.key_spans["include"])
+    if "blocks" in root.value:
+        b = expect_map(root.value["blocks"], "'blocks'")
+        blocks = {name: parse_block(name, body) for name, body in b.value.items()}
+    return _build_spec(root, blocks, path, [(path, text)])
+
+
+def _build_spec(root: Node, blocks: dict[str, BlockDecl], path: str, texts: list[tuple[str, str]]) -> Spec:
+    expect_map(root, "a spec")
+    check_keys(root, TOP_KEYS, "the spec")
+    m = root.value
+    if "graphc" not in m:
+        raise GraphcError("the spec has no format version", root.span,
+                          hint=f"start the file with 'graphc: {FORMAT_VERSION}'")
+    version = m["graphc"]
+    if version.value != FORMAT_VERSION:
+        raise GraphcError(f"unsupported spec format version {version.value!r}", version.span,
+                          hint=f"this graphc reads format version {FORMAT_VERSION}")
+    name = expect_name(m["name"], "the spec name") if "name" in m else Path(path).stem.replace("-", "_")
+    dims = _parse_dims(m["dims"]) if "dims" in m else {}
+    params, pspans = _evaluate_params(m["params"]) if "params" in m else ({}, {})
+    for k in params:
+        if k in dims:
+            raise GraphcError(f"'{k}' is both a dim and a parameter", pspans[k])
+    if "inputs" not in m:
+        raise GraphcError("the spec has no 'inputs'", root.span, hint="e.g. inputs: {x: {dtype: float32, shape: [batch, 784]}}")
+    inputs = _parse_inputs(m["inputs"])
+    if "layers" not in m:
+        raise GraphcError("the spec has no 'layers'", root.span)
+    layers = parse_layers(m["layers"], "the spec")
+    if "outputs" not in m:
+        raise GraphcError("the spec has no 'outputs'", root.span, hint="e.g. outputs: {y: last_layer}")
+    outputs = parse_outputs(m["outputs"], "the spec")
+    digest = hashlib.sha256()
+    for p, t in texts:
+        digest.update(Path(p).name.encode() + b"\0" + t.encode() + b"\0")
+    return Spec(path, name, version.value, dims, params, pspans, inputs, blocks, layers, outputs, root.span,
+                _doc(m.get("doc")), [p for p, _ in texts], digest.hexdigest())
