@@ -1,0 +1,2 @@
+"""Scaled dot-product and multi-head attention, with masks."""
+KINDS = ()

@@ -1,0 +1,2 @@
+"""Positional encodings and feed-forward blocks."""
+KINDS = ()

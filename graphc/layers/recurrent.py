@@ -1,0 +1,2 @@
+"""LSTM and GRU layers and cells (see issue: recurrent layers)."""
+KINDS = ()

@@ -1,0 +1,2 @@
+"""Transformer encoder/decoder layers, stacks and whole models."""
+KINDS = ()
