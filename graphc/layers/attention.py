@@ -1,2 +1,363 @@
-"""Scaled dot-product and multi-head attention, with masks."""
-KINDS = ()
+"""Scaled dot-product and multi-head attention, with every mask a user meets.
+
+Math (Vaswani et al. 2017, eq. 1; torch.nn.MultiheadAttention):
+    Attention(Q, K, V) = softmax(Q K^T * scale + M) V,   scale = 1/sqrt(head_dim)
+    head_h = Attention(x W_q[h], m W_k[h'], m W_v[h'])     h' = floor(h * kv_heads / heads)
+    MHA(x, m) = concat(head_1 .. head_H) W_o^T + b_o       (W_o optional)
+
+Mask polarity (the place exporters ship wrong numbers) is converted once, in
+``build_masks``, to a single boolean "True = masked out" tensor:
+- ``key_padding_mask`` [batch, key_seq] bool: True = padding (torch MHA) by
+  default; ``key_padding_polarity: keep`` for HF-style 1 = real token.
+- ``key_lengths`` [batch] int: keys at positions >= length are padding.
+- ``attn_mask`` bool [q, k] / [batch, q, k] / [batch, heads, q, k]: True =
+  masked (torch MHA) by default for ``multihead_attention``, True = may attend
+  (F.scaled_dot_product_attention, ONNX Attention) by default for
+  ``scaled_dot_product_attention``; set ``attn_mask_polarity`` to say which.
+  A float ``attn_mask`` is added to the scores (-inf entries count as masked).
+- ``causal: true``: query i sees keys 0..i (torch's top-left alignment).
+Rows with every key masked give zeros, never NaN, in float32 and float16.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ..ir import Builder, Init, Value
+from ..prims.attention_core import attention_reference
+from ..shapes import Dim, format_shape
+from .base import Call, LayerKind, Param, Port
+from .basic import declare_linear, last_dim, linear_op
+
+IMPL = Param("impl", "str", "auto", "attention lowering: auto (measured choice), decomposed (MatMul/Softmax, "
+             "any opset) or fused (ONNX Attention, opset >= 23)", choices=("auto", "decomposed", "fused"))
+
+
+def _polarity(name: str, default: str) -> Param:
+    return Param(name, "str", default, "boolean mask meaning: 'masked' = True masks a position out, "
+                 "'keep' = True lets it be attended", choices=("masked", "keep"))
+
+
+# --------------------------------------------------------------------------- masks
+
+def build_masks(b: Builder, call: Call, batch: Dim, q_len: Dim, k_len: Dim, heads: int, dtype: str,
+                kp_polarity: str = "masked", am_polarity: str = "masked") -> tuple[Value | None, Value | None]:
+    """All mask inputs -> (masked: bool, True = masked out, rank 4; bias: float additive, rank 4)."""
+    masked: Value | None = None
+    bias: Value | None = None
+
+    def add(m: Value) -> None:
+        nonlocal masked
+        masked = m if masked is None else b.op("Or", [masked, m])
+
+    kpm = call.inputs.get("key_padding_mask")
+    if kpm is not None:
+        if kpm.dtype != "bool":
+            raise call.error(f"key_padding_mask must be bool ({'True = padding' if kp_polarity == 'masked' else 'True = real token'}), "
+                             f"got {kpm.dtype}", "key_padding_mask",
+                             hint="for 1 = real token / 0 = padding masks, cast to bool and set key_padding_polarity: keep")
+        if kpm.rank != 2 or kpm.shape[0] != batch or kpm.shape[1] != k_len:
+            raise call.error(f"key_padding_mask must be [batch, key_seq] = {format_shape((batch, k_len))}, "
+                             f"got {format_shape(kpm.shape)}", "key_padding_mask")
+        m = kpm if kp_polarity == "masked" else b.op("Not", [kpm])
+        add(b.op("Reshape", [m], shape=(batch, Dim.const(1), Dim.const(1), k_len)))   # [B, Sk] -> [B, 1, 1, Sk]
+    lengths = call.inputs.get("key_lengths")
+    if lengths is not None:
+        if lengths.dtype not in ("int64", "int32") or lengths.rank != 1 or lengths.shape[0] != batch:
+            raise call.error(f"key_lengths must be int64 [batch] = {format_shape((batch,))}, got "
+                             f"{lengths.dtype}{format_shape(lengths.shape)}", "key_lengths")
+        if lengths.dtype != "int64":
+            lengths = b.op("Cast", [lengths], to="int64")
+        key_ref = call.inputs.get("key") or call.inputs.get("k") or call.inputs.get("query") or call.inputs.get("q")
+        pos = b.op("Arange", [key_ref], axis=-2 if key_ref.rank == 4 else 1)                 # [Sk]
+        lens = b.op("Reshape", [lengths], shape=(batch, Dim.const(1)))                      # [B] -> [B, 1]
+        pad = b.op("LessOrEqual", [lens, pos])                                              # [B, Sk]: pos >= len
+        add(b.op("Reshape", [pad], shape=(batch, Dim.const(1), Dim.const(1), k_len)))      # -> [B, 1, 1, Sk]
+    am = call.inputs.get("attn_mask")
+    if am is not None:
+        if am.rank == 2:
+            shape4 = (Dim.const(1), Dim.const(1)) + am.shape                                # [Sq, Sk] -> [1, 1, Sq, Sk]
+        elif am.rank == 3:
+            shape4 = (am.shape[0], Dim.const(1)) + am.shape[1:]                             # [B, Sq, Sk] -> [B, 1, Sq, Sk]
+        elif am.rank == 4:
+            shape4 = am.shape
+        else:
+            raise call.error(f"attn_mask must be [q, k], [batch, q, k] or [batch, heads, q, k], "
+                             f"got {format_shape(am.shape)}", "attn_mask")
+        want = (batch, Dim.const(heads), q_len, k_len)
+        for got, full, what in zip(shape4, want, ("batch", "heads", "query length", "key length")):
+            if got != 1 and got != full:
+                raise call.error(f"attn_mask {format_shape(am.shape)} does not fit the scores "
+                                 f"{format_shape(want)}: its {what} is {got}, expected {full} or 1", "attn_mask")
+        am4 = b.op("Reshape", [am], shape=shape4) if am.rank != 4 else am
+        if am.dtype == "bool":
+            add(am4 if am_polarity == "masked" else b.op("Not", [am4]))
+        elif am.dtype == dtype:
+            bias = am4
+        else:
+            raise call.error(f"attn_mask must be bool or {dtype} (additive), got {am.dtype}", "attn_mask")
+    return masked, bias
+
+
+def _np_masks(args, inputs, batch, heads, sq, sk, kp_pol, am_pol):
+    masked = np.zeros((batch, 1, 1, sk), bool)
+    bias = None
+    if inputs.get("key_padding_mask") is not None:
+        kpm = inputs["key_padding_mask"]
+        masked = masked | (kpm if kp_pol == "masked" else ~kpm)[:, None, None, :]
+    if inputs.get("key_lengths") is not None:
+        masked = masked | (np.arange(sk)[None, :] >= inputs["key_lengths"][:, None])[:, None, None, :]
+    am = inputs.get("attn_mask")
+    if am is not None:
+        am4 = am.reshape((1, 1) + am.shape) if am.ndim == 2 else am[:, None] if am.ndim == 3 else am
+        if am.dtype == bool:
+            masked = masked | (am4 if am_pol == "masked" else ~am4)
+        else:
+            bias = am4
+    return masked, bias
+
+
+# --------------------------------------------------------------------------- SDPA
+
+class ScaledDotProductAttention(LayerKind):
+    """softmax(Q K^T * scale + mask) V on [batch, heads, seq, head_dim] tensors,
+    like torch.nn.functional.scaled_dot_product_attention (with ``enable_gqa``
+    when key/value have fewer heads). No parameters.
+
+    Boolean ``attn_mask`` defaults to SDPA's polarity: True = may attend."""
+
+    kind = "scaled_dot_product_attention"
+    summary = "softmax(Q K^T * scale + mask) V over [batch, heads, seq, head_dim]"
+    params = (
+        Param("scale", "float", None, "score scale; default 1/sqrt(head_dim)", min=0.0),
+        Param("causal", "bool", False, "query i attends to keys 0..i only"),
+        _polarity("attn_mask_polarity", "keep"),
+        _polarity("key_padding_polarity", "masked"),
+        IMPL,
+    )
+    inputs = (Port("q", "queries [batch, heads, q_seq, head_dim]"),
+              Port("k", "keys [batch, kv_heads, k_seq, head_dim]"),
+              Port("v", "values [batch, kv_heads, k_seq, v_dim]"),
+              Port("attn_mask", "bool or additive float mask, [q, k] / [batch, q, k] / [batch, heads, q, k]", True),
+              Port("key_padding_mask", "bool [batch, k_seq]", True),
+              Port("key_lengths", "int [batch]: keys at positions >= length are padding", True))
+    shape_rule = "[B, H, Sq, D], [B, Hkv, Sk, D], [B, Hkv, Sk, Dv] -> [B, H, Sq, Dv]"
+    example = "{name: attn, kind: scaled_dot_product_attention, inputs: [q, k, v], causal: true}"
+
+    def expand(self, b, call):
+        q, k, v = call.inputs["q"], call.inputs["k"], call.inputs["v"]
+        for port, t in (("q", q), ("k", k), ("v", v)):
+            if t.rank != 4:
+                raise call.error(f"{port} must be [batch, heads, seq, head_dim], got {format_shape(t.shape)}", port)
+        d = q.shape[3]
+        if not d.is_const:
+            raise call.error(f"head_dim must be a fixed number, got '{d}'", "q")
+        scale = call["scale"] if call["scale"] is not None else 1 / math.sqrt(d.value)
+        heads = q.shape[1].value if q.shape[1].is_const else 1
+        masked, bias = build_masks(b, call, q.shape[0], q.shape[2], k.shape[2], heads, q.dtype,
+                                   call["key_padding_polarity"], call["attn_mask_polarity"])
+        ins = [q, k, v] + [m for m in (masked, bias) if m is not None]
+        y = b.op("Attention", ins, scale=float(scale), causal=call["causal"], impl=call["impl"],
+                 has_masked=masked is not None, has_bias=bias is not None)
+        return {"y": y}
+
+    def reference(self, args, weights, inputs):
+        q, k, v = inputs["q"], inputs["k"], inputs["v"]
+        scale = args["scale"] if args["scale"] is not None else 1 / math.sqrt(q.shape[-1])
+        masked, bias = _np_masks(args, inputs, q.shape[0], q.shape[1], q.shape[2], k.shape[2],
+                                 args["key_padding_polarity"], args["attn_mask_polarity"])
+        return {"y": attention_reference(q, k, v, masked, bias, scale, args["causal"])}
+
+
+# --------------------------------------------------------------------------- MHA
+
+class MultiheadAttention(LayerKind):
+    """Multi-head attention like torch.nn.MultiheadAttention(batch_first=True),
+    plus grouped-query heads and an optional output projection.
+
+    Inputs are [batch, seq, width]. Parameters (torch names):
+    ``in_proj_weight`` [(heads + 2*kv_heads) * head_dim, embed_dim] and
+    ``in_proj_bias`` when key and value have the query's width (torch packs
+    q, k, v rows as [W_q; W_k; W_v]); otherwise ``q_proj_weight``,
+    ``k_proj_weight``, ``v_proj_weight`` and ``in_proj_bias``;
+    ``out_proj.weight`` [embed_dim, heads * head_dim] and ``out_proj.bias``.
+    Head h uses the feature slice [h*head_dim, (h+1)*head_dim). Without the
+    output projection the output is the concatenation of the heads, width
+    heads * head_dim (the tutorial: 8 heads of width 3 give 24).
+
+    The 1/sqrt(head_dim) scale is folded into the query weights at compile
+    time, and self-attention runs one fused QKV MatMul.
+    """
+
+    kind = "multihead_attention"
+    summary = "multi-head attention like torch.nn.MultiheadAttention (GQA, masks, optional out_proj)"
+    params = (
+        Param("heads", "int", doc="number of query heads", min=1),
+        Param("head_dim", "int", None, "width of each head; default embed_dim / heads (must divide)", min=1),
+        Param("kv_heads", "int", None, "key/value heads (grouped-query attention); default heads; must divide heads", min=1),
+        Param("embed_dim", "int", None, "query width; inferred from the query when omitted", min=1),
+        Param("bias", "bool", True, "biases on the input and output projections"),
+        Param("out_proj", "bool", True, "apply the output projection (false: output the concatenated heads)"),
+        Param("scale", "float", None, "score scale; default 1/sqrt(head_dim)", min=0.0),
+        Param("causal", "bool", False, "query i attends to keys 0..i only (look-ahead mask)"),
+        _polarity("key_padding_polarity", "masked"),
+        _polarity("attn_mask_polarity", "masked"),
+        IMPL,
+    )
+    inputs = (Port("query", "[batch, q_seq, embed_dim]"),
+              Port("key", "[batch, k_seq, kdim]; default: the query (self-attention)", True),
+              Port("value", "[batch, k_seq, vdim]; default: the key", True),
+              Port("key_padding_mask", "bool [batch, k_seq]; True = padding unless key_padding_polarity: keep", True),
+              Port("key_lengths", "int [batch]: keys at positions >= length are padding", True),
+              Port("attn_mask", "bool (True = masked unless attn_mask_polarity: keep) or additive float; "
+                   "[q, k], [batch, q, k] or [batch, heads, q, k]", True))
+    shape_rule = "[B, Sq, E] (+ [B, Sk, kdim], [B, Sk, vdim]) -> [B, Sq, E] (or [B, Sq, heads*head_dim] without out_proj)"
+    example = "{name: attn, kind: multihead_attention, input: x, heads: 8}"
+
+    def config(self, call: Call) -> dict:
+        q = call.inputs["query"]
+        if q.rank != 3:
+            raise call.error(f"query must be [batch, seq, embed_dim], got {format_shape(q.shape)}", "query")
+        e = last_dim(call, q, "query")
+        if call["embed_dim"] is not None and call["embed_dim"] != e:
+            raise call.error(f"embed_dim is {call['embed_dim']} but the query has width {e}", "embed_dim")
+        heads = call["heads"]
+        hd = call["head_dim"]
+        if hd is None:
+            if e % heads:
+                raise call.error(f"{heads} heads do not divide embed_dim {e}", "heads",
+                                 hint="choose heads dividing the width, or set head_dim explicitly")
+            hd = e // heads
+        kvh = call["kv_heads"] or heads
+        if heads % kvh:
+            raise call.error(f"kv_heads {kvh} does not divide heads {heads}", "kv_heads")
+        key = call.inputs.get("key") or q
+        value = call.inputs.get("value") or key
+        for port, t in (("key", key), ("value", value)):
+            if t.rank != 3 or t.shape[0] != q.shape[0]:
+                raise call.error(f"{port} must be [batch, seq, width] with the query's batch {q.shape[0]}, "
+                                 f"got {format_shape(t.shape)}", port)
+        if key.shape[1] != value.shape[1]:
+            raise call.error(f"key length {key.shape[1]} differs from value length {value.shape[1]}", "value")
+        kdim, vdim = last_dim(call, key, "key"), last_dim(call, value, "value")
+        return dict(e=e, heads=heads, hd=hd, kvh=kvh, kdim=kdim, vdim=vdim, packed=(kdim == e and vdim == e),
+                    self_attn=(key.name == q.name and value.name == q.name),
+                    scale=call["scale"] if call["scale"] is not None else 1 / math.sqrt(hd))
+
+    def expand(self, b, call):
+        c = self.config(call)
+        x = call.inputs["query"]
+        key = call.inputs.get("key") or x
+        value = call.inputs.get("value") or key
+        e, heads, hd, kvh = c["e"], c["heads"], c["hd"], c["kvh"]
+        nq, nk = heads * hd, kvh * hd
+        bias_on = call["bias"]
+        scale = np.float32(c["scale"])
+        xavier = Init("xavier_uniform", 1.0)
+        if c["packed"]:
+            w_in = b.param("in_proj_weight", (nq + 2 * nk, e), xavier, doc="rows [W_q; W_k; W_v]")
+            w_parts = [w_in]
+        else:
+            w_parts = [b.param("q_proj_weight", (nq, e), xavier), b.param("k_proj_weight", (nk, c["kdim"]), xavier),
+                       b.param("v_proj_weight", (nk, c["vdim"]), xavier)]
+        b_in = b.param("in_proj_bias", (nq + 2 * nk,), Init("zeros")) if bias_on else None
+
+        def rows(lo: int, hi: int, fold: bool):
+            """W[lo:hi]^T (and the matching bias), the query part pre-scaled."""
+            if c["packed"]:
+                src, off = w_parts[0], 0
+            else:
+                src, off = (w_parts[0], 0) if lo < nq else (w_parts[1], nq) if lo < nq + nk else (w_parts[2], nq + nk)
+            width = src.shape[1].value
+            s = scale if fold else np.float32(1)
+            wt = b.derive(lambda w, a=lo - off, z=hi - off, s=s: np.ascontiguousarray((w[a:z] * s).T),
+                          [src], (width, hi - lo), label=f"w{lo}_{hi}_t")
+            bt = None
+            if b_in is not None:
+                bt = b.derive(lambda bb, a=lo, z=hi, s=s: bb[a:z] * s, [b_in], (hi - lo,), label=f"b{lo}_{hi}")
+            return wt, bt
+
+        def project(inp: Value, lo: int, hi: int, fold: bool = False) -> Value:
+            wt, bt = rows(lo, hi, fold)
+            y = b.op("MatMul", [inp, wt])
+            return b.op("Add", [y, bt]) if bt is not None else y
+
+        if c["self_attn"] and c["packed"]:
+            # one MatMul for q, k and v
+            wq, bq = rows(0, nq, True)
+            wkv, bkv = rows(nq, nq + 2 * nk, False)
+            w_all = b.derive(lambda a, z: np.ascontiguousarray(np.concatenate([a, z], axis=1)), [wq, wkv],
+                             (e, nq + 2 * nk), label="qkv_weight_t")
+            qkv = b.op("MatMul", [x, w_all])                                   # [B, S, (H + 2 Hkv) D]
+            if bias_on:
+                b_all = b.derive(lambda a, z: np.concatenate([a, z]), [bq, bkv], (nq + 2 * nk,), label="qkv_bias")
+                qkv = b.op("Add", [qkv, b_all])
+            q, k, v = b.op("Split", [qkv], n_out=3, axis=-1, sizes=[nq, nk, nk])
+        else:
+            q = project(x, 0, nq, fold=True)
+            if key.name == value.name and c["packed"]:
+                kv = project(key, nq, nq + 2 * nk)
+                k, v = b.op("Split", [kv], n_out=2, axis=-1, sizes=[nk, nk])
+            else:
+                k = project(key, nq, nq + nk)
+                v = project(value, nq + nk, nq + 2 * nk)
+        bsz, sq, sk = x.shape[0], x.shape[1], key.shape[1]
+        one = Dim.const
+
+        def heads_first(t: Value, n: int, s: Dim) -> Value:
+            t = b.op("Reshape", [t], shape=(bsz, s, one(n), one(hd)))          # [B, S, n*D] -> [B, S, n, D]
+            return b.op("Transpose", [t], perm=[0, 2, 1, 3])                    # -> [B, n, S, D]
+
+        qh, kh, vh = heads_first(q, heads, sq), heads_first(k, kvh, sk), heads_first(v, kvh, sk)
+        masked, bias = build_masks(b, call, bsz, sq, sk, heads, x.dtype,
+                                   call["key_padding_polarity"], call["attn_mask_polarity"])
+        ins = [qh, kh, vh] + [m for m in (masked, bias) if m is not None]
+        att = b.op("Attention", ins, scale=1.0, causal=call["causal"], impl=call["impl"],
+                   has_masked=masked is not None, has_bias=bias is not None)   # [B, H, Sq, D]
+        att = b.op("Transpose", [att], perm=[0, 2, 1, 3])                       # -> [B, Sq, H, D]
+        y = b.op("Reshape", [att], shape=(bsz, sq, one(nq)))                    # -> [B, Sq, H*D]
+        if call["out_proj"]:
+            with b.scope("out_proj"):
+                w, bb = declare_linear(b, nq, e, bias_on)
+                y = linear_op(b, y, w, bb)                                      # -> [B, Sq, E]
+        return {"y": y}
+
+    def reference(self, args, weights, inputs):
+        x = inputs["query"].astype(np.float64)
+        key = inputs.get("key")
+        key = x if key is None else key.astype(np.float64)
+        value = inputs.get("value")
+        value = key if value is None else value.astype(np.float64)
+        e = x.shape[-1]
+        heads = args["heads"]
+        hd = args["head_dim"] or e // heads
+        kvh = args["kv_heads"] or heads
+        nq, nk = heads * hd, kvh * hd
+        if "in_proj_weight" in weights:
+            w = weights["in_proj_weight"]
+            wq, wk, wv = w[:nq], w[nq:nq + nk], w[nq + nk:]
+        else:
+            wq, wk, wv = weights["q_proj_weight"], weights["k_proj_weight"], weights["v_proj_weight"]
+        bq = bk = bv = 0
+        if args["bias"]:
+            bb = weights["in_proj_bias"]
+            bq, bk, bv = bb[:nq], bb[nq:nq + nk], bb[nq + nk:]
+        q, k, v = x @ wq.T + bq, key @ wk.T + bk, value @ wv.T + bv
+        bsz, sq, sk = x.shape[0], x.shape[1], key.shape[1]
+        qh = q.reshape(bsz, sq, heads, hd).transpose(0, 2, 1, 3)
+        kh = k.reshape(bsz, sk, kvh, hd).transpose(0, 2, 1, 3)
+        vh = v.reshape(bsz, sk, kvh, hd).transpose(0, 2, 1, 3)
+        scale = args["scale"] if args["scale"] is not None else 1 / math.sqrt(hd)
+        masked, bias = _np_masks(args, inputs, bsz, heads, sq, sk, args["key_padding_polarity"],
+                                 args["attn_mask_polarity"])
+        o = attention_reference(qh, kh, vh, masked, bias, scale, args["causal"])
+        o = o.transpose(0, 2, 1, 3).reshape(bsz, sq, nq)
+        if args["out_proj"]:
+            o = o @ weights["out_proj.weight"].T
+            if args["bias"]:
+                o = o + weights["out_proj.bias"]
+        return {"y": o}
+
+
+KINDS = (ScaledDotProductAttention, MultiheadAttention)

@@ -1,1 +1,151 @@
-"""ONNX forms of the attention core (filled in by the attention issue)."""
+"""ONNX forms of the attention core: the portable MatMul/Softmax decomposition
+(every opset) or the opset-23 ``Attention`` operator.
+
+The choice ('auto'), from measurements on ORT 1.31 CPU (shared/ANCHORS.md and
+docs/attention.md): with no mask or only a causal mask the fused operator is
+as fast or faster (causal: 3.30 ms fused vs 4.41 ms decomposed at B8 H8 S256
+d64), so it is used when the target opset is >= 23; with padding or user masks
+the decomposed form is used, because ORT rejects broadcast key-padding masks on
+``Attention`` and expanding them costs a [B, 1, Sq, Sk] tensor per call.
+"""
+from __future__ import annotations
+
+import numpy as np
+from onnx import TensorProto
+
+from ..ir import OpNode
+from .context import LowerContext
+from .ops_core import ONNX_DTYPE, lowering
+
+
+def _dtype(ctx: LowerContext, name: str) -> np.dtype:
+    from ..ir.graph import DTYPES
+    return DTYPES[ctx.g.value(name).type.dtype]
+
+
+def _dim_of(ctx: LowerContext, name: str, axis: int) -> str:
+    return ctx.one("Shape", [name], start=axis, end=axis + 1)       # [1] int64
+
+
+def use_fused(ctx: LowerContext, op: OpNode) -> bool:
+    impl = op.attrs.get("impl", "auto")
+    if ctx.opset < 23:
+        if impl == "fused":
+            raise ctx.error("impl: fused needs --opset 23 or newer (the ONNX Attention operator)")
+        return False
+    if impl == "fused":
+        return True
+    if impl == "decomposed":
+        return False
+    return not op.attrs.get("has_masked") and not op.attrs.get("has_bias")
+
+
+@lowering("Attention")
+def _attention(ctx: LowerContext, op: OpNode) -> None:
+    if use_fused(ctx, op):
+        _fused(ctx, op)
+    else:
+        _decomposed(ctx, op)
+
+
+def _mask_inputs(op: OpNode):
+    rest = list(op.inputs[3:])
+    masked = rest.pop(0) if op.attrs.get("has_masked") else None
+    bias = rest.pop(0) if op.attrs.get("has_bias") else None
+    return masked, bias
+
+
+def _fused(ctx: LowerContext, op: OpNode) -> None:
+    q, k, v = op.inputs[:3]
+    masked, bias = _mask_inputs(op)
+    inputs = [q, k, v]
+    mask = None
+    if masked is not None:
+        keep = ctx.one("Not", [masked])                               # ONNX Attention: True = may attend
+        # ORT rejects broadcast [B,1,1,Sk] masks on Attention: expand to [B, 1, Sq, Sk]
+        shape = ctx.one("Concat", [_dim_of(ctx, q, 0), ctx.const(np.array([1], np.int64)),
+                                   _dim_of(ctx, q, 2), _dim_of(ctx, k, 2)], axis=0)
+        mask = ctx.one("Expand", [keep, shape])
+        if bias is not None:
+            lowest = ctx.const(np.array(np.finfo(_dtype(ctx, q)).min, _dtype(ctx, q)))
+            mask = ctx.one("Where", [mask, bias, lowest])
+    elif bias is not None:
+        mask = bias
+    if mask is not None:
+        inputs.append(mask)
+    ctx.node("Attention", inputs, op.outputs, scale=float(op.attrs.get("scale", 1.0)),
+             is_causal=int(bool(op.attrs.get("causal"))))
+
+
+def _decomposed(ctx: LowerContext, op: OpNode) -> None:
+    q, k, v = op.inputs[:3]
+    masked, bias = _mask_inputs(op)
+    qt, kt = ctx.g.value(q).type, ctx.g.value(k).type
+    dt = _dtype(ctx, q)
+    hq, hkv = qt.shape[1].value, kt.shape[1].value
+    group = hq // hkv if hq and hkv else 1
+    scale = float(op.attrs.get("scale", 1.0))
+    if scale != 1.0:
+        q = ctx.one("Mul", [q, ctx.const(np.array(scale, dt))])       # scale the smaller operand
+    if group > 1:
+        # GQA without materialising repeated KV: query heads of one group share a KV head
+        q = ctx.one("Reshape", [q, ctx.const(np.array([0, hkv, -1, 0], np.int64))])   # [B,Hq,Sq,D] -> [B,Hkv,G*Sq,D]
+    k_t = ctx.one("Transpose", [k], perm=[0, 1, 3, 2])                  # [B,Hkv,Sk,D] -> [B,Hkv,D,Sk]
+    scores = ctx.one("MatMul", [q, k_t])                                # [B,Hkv,G*Sq,Sk]
+    if group > 1:
+        scores = ctx.one("Reshape", [scores, ctx.const(np.array([0, hq, -1, 0], np.int64))])  # -> [B,Hq,Sq,Sk]
+    if bias is not None:
+        scores = ctx.one("Add", [scores, bias])
+        neg_inf = ctx.one("IsInf", [bias], detect_positive=0)
+        masked = neg_inf if masked is None else ctx.one("Or", [masked, neg_inf])
+    if op.attrs.get("causal"):
+        causal = _causal_masked(ctx, q if group == 1 else op.inputs[0], k)
+        masked = causal if masked is None else ctx.one("Or", [masked, causal])
+    if masked is not None:
+        # the lowest finite value, not -inf: -inf rows would give 0/0 = NaN in softmax
+        lowest = ctx.const(np.array(np.finfo(dt).min, dt))
+        scores = ctx.one("Where", [masked, lowest, scores])
+    if dt == np.float16:
+        probs = ctx.one("Cast", [ctx.one("Softmax", [ctx.one("Cast", [scores], to=TensorProto.FLOAT)], axis=-1)],
+                        to=TensorProto.FLOAT16)                         # softmax in float32 for fp16 models
+    else:
+        probs = ctx.one("Softmax", [scores], axis=-1)
+    if group > 1:
+        probs = ctx.one("Reshape", [probs, ctx.const(np.array([0, hkv, -1, 0], np.int64))])  # -> [B,Hkv,G*Sq,Sk]
+    out = ctx.one("MatMul", [probs, v])                                 # [B,Hkv,G*Sq,Dv]
+    needs_zeroing = masked is not None and (op.attrs.get("has_masked") or op.attrs.get("has_bias"))
+    if group > 1:
+        out = ctx.one("Reshape", [out, ctx.const(np.array([0, hq, -1, 0], np.int64))])      # -> [B,Hq,Sq,Dv]
+    if needs_zeroing:
+        # rows where every key is masked: softmax over equal lowest values is uniform; zero them
+        keep = ctx.one("Cast", [ctx.one("Not", [masked])], to=ONNX_DTYPE[str(np.dtype(dt))])
+        if ctx.opset >= 18:
+            any_key = ctx.one("ReduceMax", [keep, ctx.const(np.array([-1], np.int64))], keepdims=1)  # [.., Sq|1, 1]
+        else:
+            any_key = ctx.one("ReduceMax", [keep], axes=[-1], keepdims=1)
+        ctx.node("Mul", [out, any_key], op.outputs)
+    else:
+        ctx.node("Identity", [out], op.outputs)
+
+
+def _causal_masked(ctx: LowerContext, q: str, k: str) -> str:
+    """True above the diagonal (query i may see keys 0..i: PyTorch's top-left
+    alignment), built at run time for the actual [Sq, Sk]."""
+    q_axis = 2
+    shape = ctx.one("Concat", [_dim_of(ctx, q, q_axis), _dim_of(ctx, k, 2)], axis=0)
+    ones = ctx.one("ConstantOfShape", [shape], value=_int_tensor(1))
+    lower = ctx.one("Trilu", [ones], upper=0)                                # 1 on and below the diagonal
+    return ctx.one("Equal", [lower, ctx.const(np.array(0, np.int64))])       # True = masked
+
+
+def _int_tensor(v: int):
+    from onnx import helper
+    return helper.make_tensor("value", TensorProto.INT64, [1], [v])
+
+
+@lowering("Arange")
+def _arange(ctx: LowerContext, op: OpNode) -> None:
+    (ref,) = op.inputs
+    axis = op.attrs["axis"] % ctx.g.value(ref).type.rank
+    n = ctx.one("Squeeze", [_dim_of(ctx, ref, axis), ctx.const(np.array([0], np.int64))])
+    ctx.node("Range", [ctx.const(np.array(0, np.int64)), n, ctx.const(np.array(1, np.int64))], op.outputs)

@@ -130,9 +130,30 @@ def _reshape(ctx, op):
             out.append(-1)
             unresolved.append(d)
     if len(unresolved) > 1:
+        if _squeeze_unsqueeze(ctx, x, in_shape, target, op.outputs):
+            return
         raise ctx.error(f"cannot lower a reshape to [{', '.join(map(str, target))}]: "
                         f"more than one symbolic dim moves ({', '.join(map(str, unresolved))})")
     ctx.node("Reshape", [x, ctx.const(np.array(out, np.int64))], op.outputs)
+
+
+def _squeeze_unsqueeze(ctx, x, in_shape, target, outputs) -> bool:
+    """A reshape that only removes or inserts size-1 axes ([Sq, Sk] -> [1, 1, Sq, Sk]):
+    Squeeze + Unsqueeze keep it free of run-time shape arithmetic."""
+    core_in = [d for d in in_shape if d != 1]
+    core_out = [d for d in target if d != 1]
+    if core_in != core_out:
+        return False
+    ones_in = [i for i, d in enumerate(in_shape) if d == 1]
+    ones_out = [i for i, d in enumerate(target) if d == 1]
+    y = x
+    if ones_in:
+        y = ctx.one("Squeeze", [y, ctx.const(np.array(ones_in, np.int64))])
+    if ones_out:
+        ctx.node("Unsqueeze", [y, ctx.const(np.array(ones_out, np.int64))], outputs)
+    else:
+        ctx.node("Identity", [y], outputs)
+    return True
 
 
 @lowering("Transpose")

@@ -269,7 +269,10 @@ def _parse_inputs(node: Node) -> list[InputDecl]:
             r = expect_list(v.value["range"], f"the range of '{name}'")
             if len(r.value) != 2:
                 raise GraphcError("'range' is [low, high) for random integer inputs", r.span)
-            rng = (r.value[0], r.value[1])
+            lo, hi = (expect_int(x, f"the range of '{name}'") for x in r.value)
+            if hi <= lo:
+                raise GraphcError(f"the range of '{name}' is empty: [{lo}, {hi})", r.span)
+            rng = (lo, hi)
         out.append(InputDecl(name, kspan, dt.value, shape.value, rng, _doc(v.value.get("doc"))))
     return out
 
