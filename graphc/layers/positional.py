@@ -1,2 +1,537 @@
-"""Positional encodings and feed-forward blocks."""
-KINDS = ()
+"""Positional encodings and the Transformer feed-forward block.
+
+Attention is permutation-invariant, so every Transformer needs some notion of
+position. The kinds here cover the common ones:
+
+- ``sinusoidal_pe``: the fixed table of "Attention Is All You Need" (section 3.5);
+- ``learned_pe``: a trained table of absolute positions (BERT, GPT-2);
+- ``rope``: rotary embeddings (RoFormer), applied to queries and keys, in both
+  the GPT-NeoX ("half") and GPT-J ("interleaved") conventions;
+- ``alibi_bias()``: the ALiBi additive attention bias (a function for the
+  attention layer; no layer kind);
+- ``feed_forward``: FFN(x) = linear2(act(linear1(x))), with SwiGLU as an option.
+
+Run-time sequence length: every table is precomputed once (in float64, stored
+in the model's dtype) with ``max_len`` rows and cut to the actual length with
+the ``SliceLike`` primitive, which reads the length from the input's shape at
+run time. One compiled model therefore serves every length up to ``max_len``
+and no length is baked into the graph. Tables are shared between all the uses
+in one graph (a stack of 12 RoPE layers stores one cos/sin pair, not 24).
+
+See docs/positional.md for the formulas and the named variants.
+"""
+from __future__ import annotations
+
+import math
+import weakref
+from typing import Callable
+
+import numpy as np
+
+from ..errors import GraphcError
+from ..ir import Builder, Init, Value
+from ..shapes import Dim
+from . import basic
+from .base import Call, LayerKind, Param, Port
+
+FLOAT_INPUTS = ("float32", "float16")
+MAX_TABLE_LEN = 1 << 20           # a table longer than this is a mistake, not a model
+ALIBI_MAX_LEN = 8192
+
+# ------------------------------------------------------------------ tables (float64 numpy)
+
+
+def sinusoid_table(max_len: int, d: int, style: str = "interleaved") -> np.ndarray:
+    """The paper's table in float64, [max_len, d].
+
+    angle(pos, i) = pos / 10000^(2i/d) for i in [0, d/2);
+    ``interleaved`` (the paper): column 2i = sin, column 2i+1 = cos;
+    ``concat``: columns [0, d/2) = sin, [d/2, d) = cos (same frequencies, channels permuted).
+    """
+    pos = np.arange(max_len, dtype=np.float64)[:, None]                 # [L, 1]
+    two_i = np.arange(0, d, 2, dtype=np.float64)[None, :]              # [1, d/2]
+    angle = pos / np.power(10000.0, two_i / d)                         # [L, d/2]
+    if style == "concat":
+        return np.concatenate([np.sin(angle), np.cos(angle)], axis=1)  # [L, d]
+    pe = np.empty((max_len, d), dtype=np.float64)
+    pe[:, 0::2] = np.sin(angle)
+    pe[:, 1::2] = np.cos(angle)
+    return pe
+
+
+def rope_tables(max_len: int, d: int, base: float, style: str) -> tuple[np.ndarray, np.ndarray]:
+    """cos and signed-sin tables, float64 [max_len, d], for y = x * cos + swap(x) * sin_signed.
+
+    theta_i = base^(-2i/d), angle(pos, i) = pos * theta_i, i in [0, d/2).
+    ``half``: pair (i, i + d/2) turns by angle_i; swap(x) = [x2 | x1]; sin_signed = [-sin | sin].
+    ``interleaved``: pair (2i, 2i+1) turns by angle_i; swap(x) exchanges each pair;
+    sin_signed = [-sin_0, sin_0, -sin_1, sin_1, ...]. Folding the sign of the
+    usual ``rotate_half`` into the table saves a Neg per tensor at run time.
+    """
+    pos = np.arange(max_len, dtype=np.float64)[:, None]                 # [L, 1]
+    theta = np.power(float(base), -np.arange(0, d, 2, dtype=np.float64) / d)
+    angle = pos * theta[None, :]                                        # [L, d/2]
+    c, s = np.cos(angle), np.sin(angle)
+    if style == "half":
+        return np.concatenate([c, c], axis=1), np.concatenate([-s, s], axis=1)
+    cos = np.repeat(c, 2, axis=1)                                       # [L, d/2] -> [L, d]
+    sin = np.stack([-s, s], axis=-1).reshape(max_len, d)                # [L, d/2, 2] -> [L, d]
+    return cos, sin
+
+
+def alibi_slopes(heads: int) -> np.ndarray:
+    """Per-head slopes of ALiBi (Press et al. 2022), float64 [heads].
+
+    For a power of two n: m_h = 2^(-8h/n), h = 1..n (a geometric sequence).
+    Otherwise (the paper's recipe, as in its reference code): the slopes of the
+    largest power of two c below heads, then every other slope of 2c, up to heads.
+    """
+    def pow2(n: int) -> list[float]:
+        return [2.0 ** (-8.0 * h / n) for h in range(1, n + 1)]
+    if heads & (heads - 1) == 0:
+        return np.array(pow2(heads))
+    c = 1 << (heads.bit_length() - 1)
+    return np.array(pow2(c) + pow2(2 * c)[0::2][:heads - c])
+
+
+# ------------------------------------------------------------------ graph helpers
+
+_SHARED: "weakref.WeakKeyDictionary[object, dict[tuple, Value]]" = weakref.WeakKeyDictionary()
+
+
+def _shared_const(b: Builder, key: tuple, make: Callable[[], np.ndarray], hint: str) -> Value:
+    """One initializer per distinct table per graph, however many layers use it."""
+    per_graph = _SHARED.setdefault(b.g, {})
+    if key not in per_graph:
+        per_graph[key] = b.const(make(), hint)
+    return per_graph[key]
+
+
+def _seq_axis_problem(x: Value, seq_axis: int) -> str | None:
+    """Why seq_axis cannot be x's sequence axis, or None."""
+    if x.rank < 2:
+        return f"needs an input of rank >= 2 (a sequence axis and a feature axis), got rank {x.rank}"
+    if not -x.rank <= seq_axis < x.rank:
+        return f"seq_axis {seq_axis} is out of range for an input of rank {x.rank}"
+    if seq_axis % x.rank == x.rank - 1:
+        return "seq_axis cannot be the last axis: the last axis holds the features"
+    return None
+
+
+def _length_problem(x: Value, seq_axis: int, max_len: int) -> str | None:
+    n = x.shape[seq_axis]
+    if n.is_const and n.value > max_len:
+        return f"the sequence axis has length {n.value}, longer than max_len {max_len}"
+    return None
+
+
+def _table_layout(table: np.ndarray, rank: int, seq_axis: int) -> np.ndarray:
+    """[L, d] -> [L, 1, ..., 1, d] so that, sliced to [S, 1.., d], it broadcasts
+    against an input whose axis ``seq_axis`` is S (any axes before it broadcast)."""
+    ones = rank - 2 - seq_axis % rank
+    return table.reshape((table.shape[0],) + (1,) * ones + (table.shape[1],))   # [L, d] -> [L, 1.., d]
+
+
+def _slice_to_seq(b: Builder, table: Value, x: Value, seq_axis: int) -> Value:
+    """table[:S] with S read from x's shape at run time (no length in the graph)."""
+    return b.op("SliceLike", [table, x], axis=0, ref_axis=seq_axis % x.rank)
+
+
+def _float_input(call: Call, x: Value, port: str = "x") -> None:
+    if x.dtype not in FLOAT_INPUTS:
+        raise call.error(f"needs a floating-point input, got {x.dtype}", port)
+
+
+def _check_seq(call: Call, x: Value, seq_axis: int, max_len: int) -> None:
+    msg = _seq_axis_problem(x, seq_axis)
+    if msg:
+        raise call.error(msg, "seq_axis", hint="batch-first [batch, seq, d] uses seq_axis: 1")
+    msg = _length_problem(x, seq_axis, max_len)
+    if msg:
+        raise call.error(msg, "max_len", hint="raise max_len, or declare the sequence axis as a symbolic dim")
+
+
+# ------------------------------------------------------------------ sinusoidal
+
+
+class SinusoidalPE(LayerKind):
+    """Fixed sinusoidal positional encoding ("Attention Is All You Need", section 3.5).
+
+        PE(pos, 2i)   = sin(pos / 10000^(2i/d))
+        PE(pos, 2i+1) = cos(pos / 10000^(2i/d))          y = x + PE[:seq]
+
+    Each pair of channels is a sinusoid whose wavelength grows geometrically from
+    2*pi to 10000*2*pi, so PE(pos + k) is a fixed linear function of PE(pos): the
+    paper's reason for choosing it. ``style`` names the channel order and never
+    changes silently: ``interleaved`` is the paper (sine on even channels, cosine
+    on odd, as in the PyTorch tutorial's ``pe[:, 0::2] = sin; pe[:, 1::2] = cos``);
+    ``concat`` puts all sines first, then all cosines (same frequencies; tensor2tensor's
+    layout, but not its ``half_dim - 1`` denominators, which graphc does not offer).
+
+    The table is computed in float64 (the PyTorch tutorial's float32 version is
+    off by up to 8e-4 near position 10000 at d = 512) and stored as a
+    [max_len, d] constant in the input's dtype; it is sliced to the run-time
+    sequence length, so one model serves any length up to max_len. The paper also scales embeddings by
+    sqrt(d_model) before adding PE: use ``embedding`` with ``scale: true``.
+    No parameters.
+    """
+
+    kind = "sinusoidal_pe"
+    summary = "fixed sine/cosine positional encoding (the Transformer paper), any run-time length"
+    params = (
+        Param("max_len", "int", 5000, "rows of the precomputed table: the longest sequence the model accepts",
+              min=1, max=MAX_TABLE_LEN),
+        Param("style", "str", "interleaved",
+              "'interleaved' (the paper: sin on even channels, cos on odd) or 'concat' (all sines, then all cosines)",
+              choices=("interleaved", "concat")),
+        Param("add", "bool", True, "true: y = x + PE[:seq]; false: y = PE[:seq] alone, shaped to broadcast "
+              "against x ([seq, d] for a batch-first input)"),
+        Param("seq_axis", "int", 1, "the sequence axis of x (1 for batch-first [batch, seq, d], "
+              "0 for [seq, batch, d])"),
+    )
+    inputs = (Port("x", "[batch, seq, d] (batch-first; see seq_axis) embeddings"),)
+    outputs = (Port("y", "x + PE, same shape as x (or PE alone when add is false)"),)
+    shape_rule = "[batch, seq, d] -> [batch, seq, d]   (add: false -> [seq, d])"
+    example = "{name: pos, kind: sinusoidal_pe, input: embed, max_len: 5000}"
+
+    def expand(self, b, call):
+        x = call.inputs["x"]
+        _float_input(call, x)
+        s, max_len = call["seq_axis"], call["max_len"]
+        _check_seq(call, x, s, max_len)
+        d = basic.last_dim(call, x)
+        if d % 2:
+            raise call.error(f"needs an even feature width (sin/cos pairs), got {d}", "x",
+                             hint="the paper's encoding pairs channels 2i and 2i+1")
+        layout = (x.rank, s % x.rank)
+        key = ("sinusoid", max_len, d, call["style"], x.dtype, layout)
+        table = _shared_const(
+            b, key, lambda: _table_layout(sinusoid_table(max_len, d, call["style"]), x.rank, s).astype(x.dtype),
+            "pe_table")
+        pe = _slice_to_seq(b, table, x, s)                 # [seq, 1.., d]
+        return {"y": b.op("Add", [x, pe]) if call["add"] else pe}
+
+    def reference(self, args, weights, inputs):
+        # written per channel j from the formula: i = j // 2, sin if j is even else cos
+        x = inputs["x"]
+        s = args["seq_axis"] % x.ndim
+        n, d = x.shape[s], x.shape[-1]
+        pos = np.arange(n, dtype=np.float64)[:, None]
+        j = np.arange(d)
+        if args["style"] == "interleaved":
+            i, use_sin = j // 2, j % 2 == 0
+        else:
+            i, use_sin = j % (d // 2), j < d // 2
+        angle = pos / 10000.0 ** (2.0 * i / d)
+        pe = np.where(use_sin, np.sin(angle), np.cos(angle))
+        pe = pe.reshape((n,) + (1,) * (x.ndim - 2 - s) + (d,))   # [seq, d] -> [seq, 1.., d]
+        return {"y": (x + pe if args["add"] else pe).astype(x.dtype)}
+
+
+# ------------------------------------------------------------------ learned
+
+
+class LearnedPE(LayerKind):
+    """Learned absolute positional embedding (BERT, GPT-2 ``wpe``).
+
+        y = x + weight[:seq]
+
+    ``weight`` is an ``nn.Embedding(max_len, d)`` table looked up at positions
+    0..seq-1; since those positions are always a prefix, the lookup is a slice
+    (no Gather, no position-id input), taken at run time so any length up to
+    max_len works. Parameter ``<name>.weight`` [max_len, d], init N(0, 1) like
+    torch.nn.Embedding.
+    """
+
+    kind = "learned_pe"
+    summary = "trained absolute position table added to x (like BERT/GPT-2), any run-time length"
+    params = (
+        Param("max_len", "int", 512, "rows of the table: the longest sequence the model accepts",
+              min=1, max=MAX_TABLE_LEN),
+        Param("seq_axis", "int", 1, "the sequence axis of x (1 for batch-first [batch, seq, d])"),
+    )
+    inputs = (Port("x", "[batch, seq, d] (batch-first; see seq_axis) embeddings"),)
+    shape_rule = "[batch, seq, d] -> [batch, seq, d]"
+    example = "{name: pos, kind: learned_pe, input: embed, max_len: 1024}"
+
+    def expand(self, b, call):
+        x = call.inputs["x"]
+        _float_input(call, x)
+        s, max_len = call["seq_axis"], call["max_len"]
+        _check_seq(call, x, s, max_len)
+        d = basic.last_dim(call, x)
+        w = b.param("weight", (max_len, d), Init("normal", 1.0), dtype=x.dtype, doc="[max_len, d]")
+        ones = x.rank - 2 - s % x.rank
+        if ones:
+            # folded at compile time: the stored weight keeps torch's [max_len, d] layout
+            shape = (max_len,) + (1,) * ones + (d,)
+            w = b.derive(lambda t: t.reshape(shape), [w], shape, "weight_bcast",   # [L, d] -> [L, 1.., d]
+                         dtype=x.dtype)
+        return {"y": b.op("Add", [x, _slice_to_seq(b, w, x, s)])}
+
+    def reference(self, args, weights, inputs):
+        x = inputs["x"]
+        s = args["seq_axis"] % x.ndim
+        pe = weights["weight"][: x.shape[s]]
+        pe = pe.reshape((x.shape[s],) + (1,) * (x.ndim - 2 - s) + (x.shape[-1],))   # [seq, d] -> [seq, 1.., d]
+        return {"y": x + pe}
+
+
+# ------------------------------------------------------------------ rotary
+
+
+def apply_rope(b: Builder, x: Value, style: str, base: float, max_len: int, seq_axis: int = -2) -> Value:
+    """Rotary position embedding of x (queries or keys), positions 0..seq-1.
+
+    x: [..., seq, ..., head_dim] with its sequence axis at ``seq_axis`` (default
+    -2: [batch, heads, seq, head_dim]). ``style``: ``half`` (GPT-NeoX, HF LLaMA:
+    channel i pairs with i + head_dim/2) or ``interleaved`` (GPT-J, Meta LLaMA:
+    channel 2i pairs with 2i+1). Emits y = x * cos + swap(x) * sin_signed with
+    cos/sin tables precomputed (see ``rope_tables``) and sliced to the run-time
+    length. Errors are GraphcErrors located at the current layer.
+    """
+    if style not in ("half", "interleaved"):
+        raise b.error(f"unknown rope style {style!r}", hint="'half' (GPT-NeoX) or 'interleaved' (GPT-J)")
+    if x.dtype not in FLOAT_INPUTS:
+        raise b.error(f"rope needs a floating-point input, got {x.dtype}")
+    msg = _seq_axis_problem(x, seq_axis) or _length_problem(x, seq_axis, max_len)
+    if msg:
+        raise b.error("rope: " + msg)
+    dim = x.shape[-1]
+    if not dim.is_const or dim.value % 2:
+        raise b.error(f"rope needs a fixed, even head_dim (rotation pairs), got {dim}")
+    if not base > 1.0:
+        raise b.error(f"rope base must be greater than 1, got {base}")
+    d, h = dim.value, dim.value // 2
+    layout = (x.rank, seq_axis % x.rank)
+
+    def tables(which: int) -> Callable[[], np.ndarray]:
+        return lambda: _table_layout(rope_tables(max_len, d, base, style)[which], *layout).astype(x.dtype)
+
+    key = ("rope", max_len, d, float(base), style, x.dtype, layout)
+    cos = _slice_to_seq(b, _shared_const(b, key + ("cos",), tables(0), "rope_cos"), x, seq_axis)   # [seq, 1.., d]
+    sin = _slice_to_seq(b, _shared_const(b, key + ("sin",), tables(1), "rope_sin"), x, seq_axis)   # [seq, 1.., d]
+    if style == "half":
+        x1 = b.op("Slice", [x], axis=-1, start=0, end=h)             # [..., d/2]
+        x2 = b.op("Slice", [x], axis=-1, start=h, end=d)             # [..., d/2]
+        swapped = b.op("Concat", [x2, x1], axis=-1)                  # [..., d]: [x2 | x1]
+    else:
+        pairs = b.op("Reshape", [x], shape=x.shape[:-1] + (Dim.const(h), Dim.const(2)))  # [..., d] -> [..., d/2, 2]
+        even, odd = b.op("Split", [pairs], n_out=2, axis=-1, sizes=(1, 1))               # 2 x [..., d/2, 1]
+        flipped = b.op("Concat", [odd, even], axis=-1)                                   # [..., d/2, 2]
+        swapped = b.op("Reshape", [flipped], shape=x.shape)                              # [..., d/2, 2] -> [..., d]
+    return b.op("Add", [b.op("Mul", [x, cos]), b.op("Mul", [swapped, sin])])
+
+
+class Rope(LayerKind):
+    """Rotary position embedding (RoFormer, Su et al. 2021) applied to one tensor.
+
+    Channels are grouped in pairs; pair i at position pos is rotated by the angle
+    pos * theta_i with theta_i = base^(-2i/head_dim):
+
+        [y_a]   [cos  -sin] [x_a]
+        [y_b] = [sin   cos] [x_b]
+
+    so the dot product of a rotated query and key depends only on their
+    relative position. Which channels form a pair is the ``style`` and the two
+    conventions give different numbers, so it is always named:
+
+    - ``half`` (GPT-NeoX, HF LLaMA/Mistral ``rotate_half``; ONNX RotaryEmbedding
+      interleaved=0): a = i, b = i + head_dim/2;
+    - ``interleaved`` (GPT-J, Meta's original LLaMA with complex numbers; ONNX
+      interleaved=1): a = 2i, b = 2i + 1.
+
+    cos/sin tables [max_len, head_dim] are precomputed in float64 and sliced to
+    the run-time sequence length; positions start at 0 (no KV-cache offset).
+    The attention layer applies the same rotation to q and k with ``apply_rope``.
+    No parameters. The whole head is rotated (no partial ``rotary_dim``).
+    """
+
+    kind = "rope"
+    summary = "rotary position embedding (half = GPT-NeoX, interleaved = GPT-J), any run-time length"
+    params = (
+        Param("head_dim", "int", None, "rotated width; inferred from the last axis when omitted", min=2),
+        Param("base", "float", 10000.0, "theta_i = base^(-2i/head_dim) (10000 in RoFormer and LLaMA)"),
+        Param("style", "str", "half", "'half' (GPT-NeoX/HF LLaMA: pairs i, i+d/2) or "
+              "'interleaved' (GPT-J: pairs 2i, 2i+1)", choices=("half", "interleaved")),
+        Param("max_len", "int", 4096, "rows of the cos/sin tables: the longest sequence accepted",
+              min=1, max=MAX_TABLE_LEN),
+        Param("seq_axis", "int", -2, "the sequence axis of x (-2 for [batch, heads, seq, head_dim])"),
+    )
+    inputs = (Port("x", "[batch, heads, seq, head_dim] queries or keys (see seq_axis)"),)
+    shape_rule = "[batch, heads, seq, head_dim] -> [batch, heads, seq, head_dim]"
+    example = "{name: q_rot, kind: rope, input: q_heads, style: half, base: 10000.0}"
+
+    def expand(self, b, call):
+        x = call.inputs["x"]
+        _float_input(call, x)
+        _check_seq(call, x, call["seq_axis"], call["max_len"])
+        d = basic.last_dim(call, x)
+        if call["head_dim"] is not None and call["head_dim"] != d:
+            raise call.error(f"head_dim is {call['head_dim']} but the input's last axis is {d}", "head_dim")
+        if d % 2:
+            raise call.error(f"needs an even head_dim (channels rotate in pairs), got {d}",
+                             "head_dim" if call["head_dim"] is not None else "x")
+        if not call["base"] > 1.0:
+            raise call.error(f"base must be greater than 1, got {call['base']}", "base")
+        return {"y": apply_rope(b, x, call["style"], call["base"], call["max_len"], call["seq_axis"])}
+
+    def reference(self, args, weights, inputs):
+        # complex-number form: each pair (a, b) is a + ib, multiplied by e^(i pos theta)
+        x = inputs["x"].astype(np.float64)
+        s = args["seq_axis"] % x.ndim
+        n, d = x.shape[s], x.shape[-1]
+        theta = args["base"] ** (-2.0 * np.arange(d // 2) / d)
+        rot = np.exp(1j * np.arange(n)[:, None] * theta[None, :])          # [seq, d/2]
+        rot = rot.reshape((n,) + (1,) * (x.ndim - 2 - s) + (d // 2,))      # [seq, d/2] -> [seq, 1.., d/2]
+        if args["style"] == "half":
+            z = (x[..., : d // 2] + 1j * x[..., d // 2:]) * rot
+            y = np.concatenate([z.real, z.imag], axis=-1)
+        else:
+            z = (x[..., 0::2] + 1j * x[..., 1::2]) * rot
+            y = np.stack([z.real, z.imag], axis=-1).reshape(x.shape)       # [..., d/2, 2] -> [..., d]
+        return {"y": y.astype(inputs["x"].dtype)}
+
+
+# ------------------------------------------------------------------ ALiBi
+
+
+def alibi_bias(b: Builder, heads: int, q_ref: Value, k_ref: Value, max_len: int = ALIBI_MAX_LEN) -> Value:
+    """ALiBi (Press et al., "Train Short, Test Long") additive attention bias, [1, heads, Sq, Sk].
+
+        bias[0, h, i, j] = m_h * (j - i),   m_h from ``alibi_slopes(heads)``
+
+    to be added to the attention scores before softmax. Sq and Sk are read at
+    run time from axis -2 of q_ref and k_ref ([batch, seq, E] or [batch, heads,
+    seq, d]). For j <= i this is the paper's -m_h * (i - j); the paper is causal
+    and future keys (j > i) must be masked by the caller. Any offset between the
+    query and key positions (past keys) shifts a whole row by a constant, which
+    softmax ignores. Positions come from a [max_len] table (exact in float32);
+    the bias is float32, or float16 when q_ref is.
+    """
+    if isinstance(heads, bool) or not isinstance(heads, int) or heads < 1:
+        raise b.error(f"ALiBi needs a positive number of heads, got {heads!r}")
+    for name, ref in (("queries", q_ref), ("keys", k_ref)):
+        if ref.rank < 2:
+            raise b.error(f"ALiBi reads the {name}' length from axis -2, but the tensor has rank {ref.rank}")
+        n = ref.shape[-2]
+        if n.is_const and n.value > max_len:
+            raise b.error(f"ALiBi: the {name}' length {n.value} exceeds the position table ({max_len})")
+    positions = np.arange(max_len, dtype=np.float32)
+    q_pos = b.op("SliceLike", [_shared_const(b, ("alibi_q", max_len), lambda: positions[:, None], "alibi_qpos"),
+                               q_ref], axis=0, ref_axis=q_ref.rank - 2)          # [Sq, 1]
+    k_pos = b.op("SliceLike", [_shared_const(b, ("alibi_k", max_len), lambda: positions[None, :], "alibi_kpos"),
+                               k_ref], axis=1, ref_axis=k_ref.rank - 2)          # [1, Sk]
+    rel = b.op("Sub", [k_pos, q_pos])                                           # [Sq, Sk]: j - i
+    slopes = _shared_const(b, ("alibi_slopes", heads),
+                           lambda: alibi_slopes(heads).astype(np.float32).reshape(1, heads, 1, 1), "alibi_slopes")
+    bias = b.op("Mul", [rel, slopes])                                           # [1, heads, Sq, Sk]
+    return b.op("Cast", [bias], to="float16") if q_ref.dtype == "float16" else bias
+
+
+# ------------------------------------------------------------------ feed-forward
+
+FFN_ACTIVATIONS = ("relu", "gelu", "gelu_tanh", "silu", "swiglu")
+
+
+def feed_forward_op(b: Builder, x: Value, d_model: int, d_ff: int, activation: str, bias: bool) -> Value:
+    """The position-wise FFN inside the current scope, with torch's module names:
+
+    ``linear1`` (d_model -> d_ff), ``linear2`` (d_ff -> d_model) and, for swiglu
+    only, ``linear3`` (d_model -> d_ff, the linear "up" branch):
+
+        relu / gelu / gelu_tanh / silu:  y = linear2(act(linear1(x)))
+        swiglu:                          y = linear2(silu(linear1(x)) * linear3(x))
+
+    (LLaMA's w1, w2, w3 are linear1, linear2, linear3.) Errors are GraphcErrors
+    located at the current layer.
+    """
+    if activation not in FFN_ACTIVATIONS:
+        raise b.error(f"unknown feed-forward activation {activation!r}", hint="one of " + ", ".join(FFN_ACTIVATIONS))
+    last = x.shape[-1] if x.rank else None
+    if last is None or last != Dim.const(d_model):
+        raise b.error(f"the feed-forward block expects width {d_model} on the last axis, got "
+                      f"{'a scalar' if last is None else last}")
+    with b.scope("linear1"):
+        w1, b1 = basic.declare_linear(b, d_model, d_ff, bias)
+        h = basic.linear_op(b, x, w1, b1)                    # [*, d_model] -> [*, d_ff]
+    if activation == "relu":
+        h = b.op("Relu", [h])
+    elif activation in ("gelu", "gelu_tanh"):
+        h = b.op("Gelu", [h], approximate="tanh" if activation == "gelu_tanh" else "none")
+    else:
+        h = b.op("Silu", [h])
+    if activation == "swiglu":
+        with b.scope("linear3"):
+            w3, b3 = basic.declare_linear(b, d_model, d_ff, bias)
+            h = b.op("Mul", [h, basic.linear_op(b, x, w3, b3)])   # silu(gate) * up, [*, d_ff]
+    with b.scope("linear2"):
+        w2, b2 = basic.declare_linear(b, d_ff, d_model, bias)
+        return basic.linear_op(b, h, w2, b2)                 # [*, d_ff] -> [*, d_model]
+
+
+def _erf(x: np.ndarray) -> np.ndarray:
+    return np.vectorize(math.erf)(x)
+
+
+def _silu(x: np.ndarray) -> np.ndarray:
+    return x / (1 + np.exp(-x))
+
+
+class FeedForward(LayerKind):
+    """Position-wise feed-forward network of the Transformer (section 3.3) and its
+    gated variant:
+
+        FFN(x)    = linear2(act(linear1(x)))                 act: relu (the paper), gelu,
+                                                               gelu_tanh, silu
+        SwiGLU(x) = linear2(silu(linear1(x)) * linear3(x))   (Shazeer 2020, LLaMA)
+
+    Parameter names follow nn.TransformerEncoderLayer so its state_dict loads
+    directly: ``<name>.linear1.weight`` [d_ff, d_model], ``.linear1.bias`` [d_ff],
+    ``.linear2.weight`` [d_model, d_ff], ``.linear2.bias`` [d_model]; swiglu adds
+    ``.linear3.weight`` [d_ff, d_model] (and ``.linear3.bias``). LLaMA's w1/w2/w3
+    map to linear1/linear2/linear3 (set bias: false for LLaMA). Dropout is the
+    identity at inference and is left out.
+    """
+
+    kind = "feed_forward"
+    summary = "Transformer FFN linear2(act(linear1(x))), relu/gelu/silu or SwiGLU"
+    params = (
+        Param("d_ff", "int", 2048, "hidden width (2048 in the paper and nn.TransformerEncoderLayer)", min=1),
+        Param("activation", "str", "relu", "relu (the paper, torch default), gelu (erf), gelu_tanh, silu, "
+              "or swiglu (gated: silu(linear1(x)) * linear3(x))", choices=FFN_ACTIVATIONS),
+        Param("bias", "bool", True, "biases on every linear (false for LLaMA-style SwiGLU)"),
+    )
+    inputs = (Port("x", "[*, d_model]"),)
+    shape_rule = "[*, d_model] -> [*, d_model]"
+    example = "{name: ffn, kind: feed_forward, input: x, d_ff: 2048, activation: relu}"
+
+    def expand(self, b, call):
+        x = call.inputs["x"]
+        _float_input(call, x)
+        d = basic.last_dim(call, x)
+        return {"y": feed_forward_op(b, x, d, call["d_ff"], call["activation"], call["bias"])}
+
+    def reference(self, args, weights, inputs):
+        x = inputs["x"].astype(np.float64)
+        bias = args["bias"]
+
+        def lin(name, v):
+            y = v @ weights[name + ".weight"].astype(np.float64).T
+            return y + weights[name + ".bias"] if bias else y
+        h = lin("linear1", x)
+        act = args["activation"]
+        if act == "relu":
+            h = np.maximum(h, 0)
+        elif act == "gelu":
+            h = 0.5 * h * (1 + _erf(h / math.sqrt(2)))
+        elif act == "gelu_tanh":
+            h = 0.5 * h * (1 + np.tanh(math.sqrt(2 / math.pi) * (h + 0.044715 * h ** 3)))
+        elif act == "silu":
+            h = _silu(h)
+        else:
+            h = _silu(h) * lin("linear3", x)
+        return {"y": lin("linear2", h).astype(inputs["x"].dtype)}
+
+
+KINDS = (SinusoidalPE, LearnedPE, Rope, FeedForward)
