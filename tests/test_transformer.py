@@ -170,3 +170,40 @@ def test_spec_files_load_torch_state_dicts_and_match(tmp_path):
                                   src_key_padding_mask=torch.from_numpy(sp), tgt_key_padding_mask=torch.from_numpy(tp),
                                   memory_key_padding_mask=torch.from_numpy(sp)).numpy()
     assert _max_diff_valid(got, want, tp) <= TOL and np.all(np.isfinite(got))
+
+
+def _paper_count(d, ff, n_enc, n_dec, vocab):
+    """Analytic count from the architecture, written out independently of graphc."""
+    attn = 4 * d * d + 4 * d                   # W_q, W_k, W_v, W_o and their biases
+    ffn = 2 * d * ff + ff + d
+    norm = 2 * d
+    return n_enc * (attn + ffn + 2 * norm) + n_dec * (2 * attn + ffn + 3 * norm) + vocab * d
+
+
+@pytest.mark.parametrize("spec,d,ff,paper", [("transformer_base", 512, 2048, 65e6), ("transformer_big", 1024, 4096, 213e6)])
+def test_paper_models_parameter_counts(spec, d, ff, paper):
+    import json
+    r = graphc_cli("params", f"specs/{spec}.yaml", "--json")
+    assert r.returncode == 0, r.stderr
+    total = json.loads(r.stdout)["total"]
+    assert total == _paper_count(d, ff, 6, 6, 37000)
+    assert abs(total - paper) / paper < 0.05
+    r = graphc_cli("info", f"specs/{spec}.yaml", "--json")
+    assert json.loads(r.stdout)["total_params"] == total
+
+
+@pytest.mark.slow
+def test_base_model_runs_at_unseen_lengths_with_tied_weights(tmp_path):
+    out = tmp_path / "base.onnx"
+    r = graphc_cli("build", "specs/transformer_base.yaml", "-o", str(out))
+    assert r.returncode == 0, r.stderr
+    import onnx
+    m = onnx.load(out)
+    weights = sum(int(np.prod(t.dims)) for t in m.graph.initializer)
+    # the model's weights + one extra [37000, 512] copy (the scaled table for both embeddings and
+    # the transposed table for the tied projection replace the raw one) + one shared 5000-row sinusoid table
+    assert weights < 63_082_496 + 37000 * 512 + 5000 * 512 + 100_000
+    for src_len, tgt_len in ((23, 7), (1, 1)):
+        r = graphc_cli("run", str(out), "--random", "--dim", f"src_seq={src_len}", "--dim", f"tgt_seq={tgt_len}")
+        assert r.returncode == 0, r.stderr
+        assert f"log_probs: float32[2, {tgt_len}, 37000]" in r.stdout and "NON-FINITE" not in r.stdout

@@ -58,6 +58,7 @@ class Builder:
         self._span: Span | None = None
         self._kind: str = ""
         self._counter = 0
+        self._derived: dict[tuple, Value] = {}
 
     # context -----------------------------------------------------------------
     @contextlib.contextmanager
@@ -157,7 +158,14 @@ class Builder:
         return outs[0] if len(outs) == 1 else tuple(outs)
 
     def derive(self, fn: Callable[..., np.ndarray], inputs: Sequence[Value], shape: Sequence[int],
-               label: str, dtype: str = "float32") -> Value:
-        """A value computed from parameters once, at compile time (see prims.core Derive)."""
-        return self.op("Derive", inputs, name_hint=label, fn=fn, label=label, dtype=dtype,
-                       shape=tuple(Dim.const(int(s)) for s in shape))
+               label: str, dtype: str = "float32", key: tuple | None = None) -> Value:
+        """A value computed from parameters once, at compile time (see prims.core Derive).
+        With ``key``, layers that derive the same thing (a tied, scaled embedding
+        table) share one result instead of storing two copies."""
+        if key is not None and key in self._derived:
+            return self._derived[key]
+        out = self.op("Derive", inputs, name_hint=label, fn=fn, label=label, dtype=dtype,
+                      shape=tuple(Dim.const(int(s)) for s in shape))
+        if key is not None:
+            self._derived[key] = out
+        return out

@@ -17,7 +17,8 @@ def linear_op(b: Builder, x: Value, weight: Value, bias: Value | None) -> Value:
     """x @ W^T + b with W stored pre-transposed at compile time, so the runtime
     does one MatMul (which ORT fuses with the Add) and never a Transpose."""
     out_f, in_f = (d.value for d in weight.shape)
-    w_t = b.derive(_transpose, [weight], (in_f, out_f), label=weight.name.rsplit(".", 1)[-1] + "_t")
+    w_t = b.derive(_transpose, [weight], (in_f, out_f), label=weight.name.rsplit(".", 1)[-1] + "_t",
+                   key=("transpose", weight.name))
     y = b.op("MatMul", [x, w_t])                     # [..., in] @ [in, out] -> [..., out]
     return b.op("Add", [y, bias]) if bias is not None else y
 
@@ -54,6 +55,8 @@ class Linear(LayerKind):
         Param("out_features", "int", doc="output width", min=1),
         Param("in_features", "int", None, "input width; inferred from the input when omitted", min=1),
         Param("bias", "bool", True, "add a learned bias"),
+        Param("tie", "str", None, "use an existing [out_features, in_features] parameter as the weight, e.g. "
+              "'embed.weight' for an output projection tied to the embedding (the Transformer paper)"),
     )
     shape_rule = "[*, in_features] -> [*, out_features]"
     example = "{name: fc1, kind: linear, input: x, out_features: 256}"
@@ -61,9 +64,17 @@ class Linear(LayerKind):
     def expand(self, b, call):
         x = call.inputs["x"]
         in_f = last_dim(call, x)
+        out_f = call["out_features"]
         if call["in_features"] is not None and call["in_features"] != in_f:
             raise call.error(f"in_features is {call['in_features']} but the input has width {in_f}", "in_features")
-        w, bias = declare_linear(b, in_f, call["out_features"], call["bias"])
+        if call["tie"] is None:
+            w, bias = declare_linear(b, in_f, out_f, call["bias"])
+        else:
+            w = b.existing_param(call["tie"], call.arg_spans.get("tie"))
+            if w.type.concrete_shape() != (out_f, in_f):
+                raise call.error(f"tied weight '{call['tie']}' is {list(w.type.concrete_shape())}, this layer needs "
+                                 f"[{out_f}, {in_f}] (out_features, in_features)", "tie")
+            bias = b.param("bias", (out_f,), Init("uniform", 1 / math.sqrt(in_f))) if call["bias"] else None
         return {"y": linear_op(b, x, w, bias)}
 
     def reference(self, args, weights, inputs):
@@ -86,6 +97,7 @@ class Embedding(LayerKind):
         Param("embedding_dim", "int", doc="vector width", min=1),
         Param("scale", "bool", False, "multiply by sqrt(embedding_dim), as the Transformer paper does"),
         Param("padding_idx", "int", None, "an id whose vector starts at zero (init only)", min=0),
+        Param("tie", "str", None, "share an existing table, e.g. 'src_embed.weight' (shared source/target vocabulary)"),
     )
     inputs = (Port("ids", "integer token ids"),)
     shape_rule = "[*] (int) -> [*, embedding_dim]"
@@ -96,12 +108,18 @@ class Embedding(LayerKind):
         if ids.dtype not in ("int64", "int32"):
             raise call.error(f"token ids must be int64 or int32, got {ids.dtype}", "ids")
         n, d = call["num_embeddings"], call["embedding_dim"]
-        w = b.param("weight", (n, d), Init("normal", 1.0), doc="[num_embeddings, embedding_dim]")
+        if call["tie"] is None:
+            w = b.param("weight", (n, d), Init("normal", 1.0), doc="[num_embeddings, embedding_dim]")
+        else:
+            w = b.existing_param(call["tie"], call.arg_spans.get("tie"))
+            if w.type.concrete_shape() != (n, d):
+                raise call.error(f"tied table '{call['tie']}' is {list(w.type.concrete_shape())}, not [{n}, {d}]", "tie")
         if call["padding_idx"] is not None and call["padding_idx"] >= n:
             raise call.error(f"padding_idx {call['padding_idx']} is not below num_embeddings {n}", "padding_idx")
         if call["scale"]:
             # fold sqrt(d) into the table once instead of a Mul per token at run time
-            w = b.derive(lambda t: (t * np.float32(math.sqrt(d))).astype(t.dtype), [w], (n, d), "weight_scaled")
+            w = b.derive(lambda t: (t * np.float32(math.sqrt(d))).astype(t.dtype), [w], (n, d), "weight_scaled",
+                         key=("scaled", w.name))
         return {"y": b.op("Gather", [w, ids], axis=0)}
 
     def reference(self, args, weights, inputs):

@@ -37,6 +37,8 @@ def _common_params(d_ff_default: int = 2048) -> tuple[Param, ...]:
         Param("eps", "float", 1e-5, "norm epsilon (torch layer_norm_eps)", min=0.0),
         Param("bias", "bool", True, "biases in attention, feed-forward and LayerNorm"),
         Param("kv_heads", "int", None, "key/value heads for grouped-query attention (default: heads)", min=1),
+        Param("key_padding_polarity", "str", "masked", "padding masks: 'masked' = True is padding (torch), "
+              "'keep' = True is a real token (HF attention_mask)", choices=("masked", "keep")),
         IMPL,
     )
 
@@ -44,7 +46,7 @@ def _common_params(d_ff_default: int = 2048) -> tuple[Param, ...]:
 def _cfg(call: Call, d_model: int) -> dict:
     return dict(d=d_model, heads=call["heads"], d_ff=call["d_ff"], act=call["activation"], norm=call["norm"],
                 first=call["norm_first"], eps=call["eps"], bias=call["bias"], kv_heads=call["kv_heads"],
-                impl=call["impl"])
+                impl=call["impl"], kp_polarity=call["key_padding_polarity"])
 
 
 def _norm(b: Builder, x: Value, scope: str, cfg: dict) -> Value:
@@ -58,7 +60,8 @@ def _attention(b: Builder, outer: Call, scope: str, query: Value, key: Value | N
                masks: Mapping[str, Value | None], cfg: dict, causal: bool) -> Value:
     """Expand multihead_attention under ``scope`` (self_attn / multihead_attn)."""
     args = {p.name: p.default for p in _MHA.params}
-    args.update(heads=cfg["heads"], bias=cfg["bias"], causal=causal, kv_heads=cfg["kv_heads"], impl=cfg["impl"])
+    args.update(heads=cfg["heads"], bias=cfg["bias"], causal=causal, kv_heads=cfg["kv_heads"], impl=cfg["impl"],
+                key_padding_polarity=cfg["kp_polarity"])
     inputs = {"query": query, "key": key, "value": key, **masks}
     call = Call(outer.name, outer.kind, outer.span, args, outer.arg_spans, inputs, outer.input_spans)
     with b.scope(scope):
@@ -138,7 +141,8 @@ def _masks(call: Call, kpm: str, lengths: str, attn: str | None = None) -> dict:
 def _layer_np(x, w, prefix, cfg, causal, masks, memory=None, mem_masks=None):
     """numpy reference of one encoder (memory None) or decoder layer, from the formulas."""
     mha_args = {p.name: p.default for p in _MHA.params}
-    mha_args.update(heads=cfg["heads"], bias=cfg["bias"], kv_heads=cfg["kv_heads"])
+    mha_args.update(heads=cfg["heads"], bias=cfg["bias"], kv_heads=cfg["kv_heads"],
+                    key_padding_polarity=cfg.get("kp_polarity", "masked"))
 
     def sub(name):
         return {k[len(prefix + name) + 1:]: v for k, v in w.items() if k.startswith(prefix + name + ".")}
@@ -193,7 +197,8 @@ def _np_masks(inputs, kpm, lengths, attn=None):
 
 def _np_cfg(args, d):
     return dict(d=d, heads=args["heads"], d_ff=args["d_ff"], act=args["activation"], norm=args["norm"],
-                first=args["norm_first"], eps=args["eps"], bias=args["bias"], kv_heads=args["kv_heads"])
+                first=args["norm_first"], eps=args["eps"], bias=args["bias"], kv_heads=args["kv_heads"],
+                kp_polarity=args["key_padding_polarity"])
 
 
 class TransformerEncoderLayer(LayerKind):

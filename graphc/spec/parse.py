@@ -27,6 +27,7 @@ SPEC_DTYPES = ("float32", "float16", "int64", "int32", "bool")
 NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 REF_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?$")
 MAX_INCLUDE_DEPTH = 16
+MAX_INCLUDED_FILES = 256
 
 
 def check_keys(node: Node, allowed: Iterable[str], what: str) -> None:
@@ -169,10 +170,20 @@ def parse_block(name: str, node: Node) -> BlockDecl:
             inputs.append((expect_name(item, "a block input"), item.span, False))
     elif ins.is_map:
         for k, v in ins.value.items():
+            if not NAME_RE.match(k):
+                raise GraphcError(f"block input name '{k}' must be a plain name", ins.key_spans[k])
             opt = False
             if v.is_map:
                 check_keys(v, ("optional", "doc"), f"block input '{k}'")
-                opt = bool(v.value.get("optional", Node(False, v.span)).value)
+                if "optional" in v.value:
+                    flag = v.value["optional"]
+                    if not isinstance(flag.value, bool):
+                        raise GraphcError(f"'optional' of block input '{k}' must be true or false, "
+                                          f"not {flag.type_name()}", flag.span)
+                    opt = flag.value
+            elif v.value is not None and not isinstance(v.value, str):
+                raise GraphcError(f"block input '{k}' takes {{optional: true}} or a doc string, "
+                                  f"not {v.type_name()}", v.span)
             inputs.append((k, ins.key_spans[k], opt))
     else:
         raise GraphcError(f"'inputs' of block '{name}' must be a list of names", ins.span)
@@ -209,6 +220,9 @@ def _evaluate_params(node: Node) -> tuple[dict[str, Any], dict[str, Span]]:
                                           hint=did_you_mean(missing[0], values) or
                                           "a parameter may only use parameters defined above it")
                 else:
+                    for n in sorted(expr.names()):
+                        if isinstance(values[n], (bool, str)):
+                            raise GraphcError(f"'{n}' is {values[n]!r}, not a number, in '{v.value}'", v.span)
                     values[key] = expr.evaluate(values.get, v.span, values)
         elif v.is_scalar:
             values[key] = v.value
@@ -246,7 +260,19 @@ def _parse_dims(node: Node) -> dict[str, DimDecl]:
     return dims
 
 
-def _parse_inputs(node: Node) -> list[InputDecl]:
+def _range_end(node: Node, params: dict, what: str) -> int:
+    """An integer, or an expression over the spec's params ('vocab', 'max_len - 1')."""
+    if isinstance(node.value, str):
+        v = parse_expr(node.value, node.span).evaluate(
+            lambda n: params.get(n) if not isinstance(params.get(n), (bool, str)) else None, node.span, params)
+        if not isinstance(v, int):
+            raise GraphcError(f"{what} must be an integer, got {v}", node.span)
+        return v
+    return expect_int(node, what)
+
+
+def _parse_inputs(node: Node, params: dict | None = None) -> list[InputDecl]:
+    params = params or {}
     expect_map(node, "'inputs'")
     out = []
     for name, v in node.value.items():
@@ -258,8 +284,9 @@ def _parse_inputs(node: Node) -> list[InputDecl]:
         if "dtype" not in v.value:
             raise GraphcError(f"input '{name}' has no 'dtype'", kspan, hint=f"one of {', '.join(SPEC_DTYPES)}")
         dt = v.value["dtype"]
-        if dt.value not in SPEC_DTYPES:
-            raise GraphcError(f"unknown dtype {dt.value!r} for input '{name}'", dt.span,
+        if not isinstance(dt.value, str) or dt.value not in SPEC_DTYPES:
+            shown = repr(dt.value) if dt.is_scalar else dt.type_name()
+            raise GraphcError(f"unknown dtype {shown} for input '{name}'", dt.span,
                               hint=did_you_mean(str(dt.value), SPEC_DTYPES) or f"one of {', '.join(SPEC_DTYPES)}")
         if "shape" not in v.value:
             raise GraphcError(f"input '{name}' has no 'shape'", kspan, hint="e.g. shape: [batch, seq, 512]")
@@ -269,7 +296,7 @@ def _parse_inputs(node: Node) -> list[InputDecl]:
             r = expect_list(v.value["range"], f"the range of '{name}'")
             if len(r.value) != 2:
                 raise GraphcError("'range' is [low, high) for random integer inputs", r.span)
-            lo, hi = (expect_int(x, f"the range of '{name}'") for x in r.value)
+            lo, hi = (_range_end(x, params, f"the range of '{name}'") for x in r.value)
             if hi <= lo:
                 raise GraphcError(f"the range of '{name}' is empty: [{lo}, {hi})", r.span)
             rng = (lo, hi)
@@ -283,14 +310,21 @@ class _Loader:
         self.allowed = [self.root_dir] + [Path(d).resolve() for d in include_dirs]
         self.texts: list[tuple[str, str]] = []
         self.stack: list[Path] = []
+        # each file is parsed once: a diamond (two includes of one file) must not
+        # define its blocks twice, and a fan-out of includes must not multiply work
+        self.done: dict[Path, tuple[Node, dict[str, BlockDecl]]] = {}
 
     def blocks_from(self, path: Path, display: str, span: Span | None) -> tuple[Node, dict[str, BlockDecl]]:
         resolved = path.resolve()
         if resolved in self.stack:
             chain = " -> ".join(p.name for p in self.stack + [resolved])
             raise GraphcError(f"include cycle: {chain}", span, hint="remove one of these includes")
+        if resolved in self.done:
+            return self.done[resolved]
         if len(self.stack) > MAX_INCLUDE_DEPTH:
             raise GraphcError(f"includes nested more than {MAX_INCLUDE_DEPTH} deep", span)
+        if len(self.done) >= MAX_INCLUDED_FILES:
+            raise GraphcError(f"more than {MAX_INCLUDED_FILES} files included", span)
         if span is None:
             root, text = load_yaml_file(path)
         else:
@@ -305,6 +339,8 @@ class _Loader:
         self.stack.append(resolved)
         try:
             expect_map(root, "a spec")
+            if span is not None:
+                check_keys(root, TOP_KEYS, f"included file '{display}'")
             blocks: dict[str, BlockDecl] = {}
             inc = root.value.get("include")
             if inc is not None:
@@ -323,6 +359,7 @@ class _Loader:
                         raise GraphcError(f"block name '{name}' must be a plain name", b.key_spans[name])
                     own[name] = parse_block(name, body)
                 _merge_blocks(blocks, own)
+            self.done[resolved] = (root, blocks)
             return root, blocks
         finally:
             self.stack.pop()
@@ -360,7 +397,10 @@ def parse_spec_text(text: str, path: str = "<spec>") -> Spec:
         raise GraphcError("includes need a spec file on disk", root.key_spans["include"])
     if "blocks" in root.value:
         b = expect_map(root.value["blocks"], "'blocks'")
-        blocks = {name: parse_block(name, body) for name, body in b.value.items()}
+        for name, body in b.value.items():
+            if not NAME_RE.match(name):
+                raise GraphcError(f"block name '{name}' must be a plain name", b.key_spans[name])
+            blocks[name] = parse_block(name, body)
     return _build_spec(root, blocks, path, [(path, text)])
 
 
@@ -372,8 +412,9 @@ def _build_spec(root: Node, blocks: dict[str, BlockDecl], path: str, texts: list
         raise GraphcError("the spec has no format version", root.span,
                           hint=f"start the file with 'graphc: {FORMAT_VERSION}'")
     version = m["graphc"]
-    if version.value != FORMAT_VERSION:
-        raise GraphcError(f"unsupported spec format version {version.value!r}", version.span,
+    if isinstance(version.value, bool) or version.value != FORMAT_VERSION:
+        shown = repr(version.value) if version.is_scalar else version.type_name()
+        raise GraphcError(f"unsupported spec format version {shown}", version.span,
                           hint=f"this graphc reads format version {FORMAT_VERSION}")
     name = expect_name(m["name"], "the spec name") if "name" in m else Path(path).stem.replace("-", "_")
     dims = _parse_dims(m["dims"]) if "dims" in m else {}
@@ -383,7 +424,7 @@ def _build_spec(root: Node, blocks: dict[str, BlockDecl], path: str, texts: list
             raise GraphcError(f"'{k}' is both a dim and a parameter", pspans[k])
     if "inputs" not in m:
         raise GraphcError("the spec has no 'inputs'", root.span, hint="e.g. inputs: {x: {dtype: float32, shape: [batch, 784]}}")
-    inputs = _parse_inputs(m["inputs"])
+    inputs = _parse_inputs(m["inputs"], params)
     if "layers" not in m:
         raise GraphcError("the spec has no 'layers'", root.span)
     layers = parse_layers(m["layers"], "the spec")
