@@ -28,6 +28,8 @@ def op_flops(g: Graph, op: OpNode, env: Mapping[str, int]) -> int | None:
         return None if n is None or k is None else 2 * n * k
     if op.op in ("Reshape", "Transpose", "Identity", "Concat", "Split", "Slice", "SliceLike", "Gather", "Cast"):
         return 0
+    if op.op == "Derive":     # runs once at compile time on the weights, never at inference
+        return 0
     custom = op.attrs.get("flops")
     if callable(custom):
         return custom(g, op, env)
@@ -84,6 +86,27 @@ def layer_rows(g: Graph, env: Mapping[str, int], depth: int | None = None) -> li
                         counted_params.add(name)
                         row.params += _numel(v.type.shape, {}) or 0
     return list(rows.values())
+
+
+def layer_kind(spec, path: str) -> str:
+    """The spec kind of a layer path ('encoder.layers.0.self_attn' -> the kind
+    declared for self_attn in its block), following blocks and repeat indices.
+    Empty for the internals of a built-in kind, which have no declaration."""
+    layers, kind = spec.layers, ""
+    parts = path.split(".") if path else []
+    i = 0
+    while i < len(parts):
+        decl = next((d for d in layers if d.name == parts[i]), None)
+        if decl is None:
+            return ""
+        kind, i = decl.kind, i + 1
+        if decl.repeat is not None and i < len(parts) and parts[i].isdigit():
+            i += 1
+        block = spec.blocks.get(decl.kind)
+        if block is None:
+            return kind if i == len(parts) else ""
+        layers = block.layers
+    return kind
 
 
 def _subst(d: Dim, env: Mapping[str, int]):

@@ -15,14 +15,75 @@ from typing import Mapping
 import networkx as nx
 
 from .errors import GraphcError, Span, did_you_mean, known_list
-from .ir import Builder, Graph, Value, verify
+from .ir import DTYPES, Builder, Graph, Value, verify
 from .layers import LAYERS, Call
 from .shapes import Dim, format_shape
 from .spec import BlockDecl, InputRef, LayerDecl, Spec
 from .spec.args import Env, eval_arg, eval_int, eval_shape, resolve_args
 
 MAX_REPEAT = 1024
-MAX_EXPANDED_LAYERS = 100_000
+# Expansion costs ~60 us per primitive; these bound a spec's compile time to a
+# few seconds however 'repeat' and nested blocks multiply (a 96-layer GPT is
+# ~5,000 primitives).
+MAX_EXPANDED_LAYERS = 20_000
+MAX_OPS = 30_000
+# Parameters (and compile-time constant tables) are counted as layers declare
+# them, before any weight exists; past this budget the compile stops at the
+# layer that crossed it. Building a model takes about three times its
+# parameter bytes of memory (weights, ONNX tensors, serialised bytes), so
+# 4 GiB of parameters is a large but safe default; --max-param-bytes raises it.
+DEFAULT_MAX_PARAM_BYTES = 4 << 30
+
+
+def format_bytes(n: int) -> str:
+    for unit, size in (("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= size:
+            return f"{n / size:.1f} {unit}"
+    return f"{n} bytes"
+
+
+class _BoundedBuilder(Builder):
+    """A Builder that keeps a running total of parameter bytes and primitive
+    count, so that an absurd width or a runaway 'repeat' is refused, located at
+    the layer responsible, before anything is allocated or the graph grows
+    for minutes."""
+
+    def __init__(self, graph: Graph, max_param_bytes: int | None):
+        super().__init__(graph)
+        self.max_param_bytes = max_param_bytes
+        self.param_bytes = 0
+        self.n_ops = 0
+        self.biggest: tuple[int, str] = (0, "")
+
+    def _account(self, name: str, nbytes: int) -> None:
+        self.param_bytes += nbytes
+        self.biggest = max(self.biggest, (nbytes, name))
+        if self.max_param_bytes is not None and self.param_bytes > self.max_param_bytes:
+            err = self.error(
+                f"the model's parameters would take at least {format_bytes(self.param_bytes)}, over the "
+                f"budget of {format_bytes(self.max_param_bytes)}",
+                hint="check the widths for a typo; if the model really is this large, pass "
+                     "--max-param-bytes (e.g. --max-param-bytes 64G)")
+            err.notes.append(f"the largest is '{self.biggest[1]}' ({format_bytes(self.biggest[0])})")
+            raise err
+
+    def param(self, local, shape, init, dtype="float32", doc=""):
+        count = 1
+        for s in shape:
+            count *= int(s)
+        self._account(self.qualified(local), count * DTYPES[dtype].itemsize)
+        return super().param(local, shape, init, dtype, doc)
+
+    def const(self, array, hint="const"):
+        self._account(f"{self.path}/{hint}" if self.path else hint, int(array.nbytes))
+        return super().const(array, hint)
+
+    def op(self, prim, inputs, n_out=1, name_hint=None, **attrs):
+        self.n_ops += 1
+        if self.n_ops > MAX_OPS:
+            raise self.error(f"the spec expands to more than {MAX_OPS} primitive operations",
+                             hint="'repeat' and blocks multiply; a real model needs far fewer")
+        return super().op(prim, inputs, n_out, name_hint, **attrs)
 
 
 class _Scope:
@@ -52,9 +113,9 @@ class _Scope:
 
 
 class _Expander:
-    def __init__(self, spec: Spec, graph: Graph):
+    def __init__(self, spec: Spec, graph: Graph, max_param_bytes: int | None = DEFAULT_MAX_PARAM_BYTES):
         self.spec = spec
-        self.b = Builder(graph)
+        self.b = _BoundedBuilder(graph, max_param_bytes)
         self.block_stack: list[str] = []
         self.count = 0
 
@@ -128,6 +189,9 @@ class _Expander:
                 raise GraphcError(f"input '{r.port}' is given twice", r.span)
             bound[r.port] = (r.span, v)
         for p in kind.inputs:
+            if p.name in bound and bound[p.name][1] is None and not p.optional:
+                raise GraphcError(f"{decl.kind} '{decl.name}' needs input '{p.name}', but it is given an optional "
+                                  f"block input that is not connected", bound[p.name][0])
             if p.name not in bound:
                 if not p.optional:
                     raise GraphcError(f"{decl.kind} '{decl.name}' needs input '{p.name}'", decl.span,
@@ -168,14 +232,17 @@ class _Expander:
         for n, span, optional in block.inputs:
             if n not in bound and not optional:
                 raise GraphcError(f"block '{block.name}' needs input '{n}'", decl.span)
-            if n in bound:
-                inner.define(n, {"": bound[n]}, "")
+            # an unconnected optional input resolves to None: the optional ports it feeds stay unconnected
+            inner.define(n, {"": bound.get(n)}, "")
         self.block_stack.append(block.name)
         try:
             self.expand_list(block.layers, inner, inner_env)
         finally:
             self.block_stack.pop()
         outs = {k: inner.resolve(r) for k, r in block.outputs.items()}
+        for k, r in block.outputs.items():
+            if outs[k] is None:
+                raise GraphcError(f"block output '{k}' is an optional input that was not connected", r.span)
         return outs, next(iter(outs))
 
 
@@ -227,12 +294,14 @@ def _dependency_order(layers: list[LayerDecl], scope: _Scope) -> list[LayerDecl]
                           hint="a layer cannot depend on its own output; recurrent layers (lstm, gru) loop internally") from None
 
 
-def build_graph(spec: Spec) -> Graph:
-    """Expand a spec into a shape-checked IR graph (parameters declared, not allocated)."""
+def build_graph(spec: Spec, max_param_bytes: int | None = DEFAULT_MAX_PARAM_BYTES) -> Graph:
+    """Expand a spec into a shape-checked IR graph (parameters declared, not
+    allocated). ``max_param_bytes`` bounds the parameters' total size (None: no
+    bound); a spec over it is refused at the layer that crosses it."""
     g = Graph(spec.name)
     dims = {name: Dim.sym(name) for name in spec.dims}
     env = Env(spec.params, dims)
-    ex = _Expander(spec, g)
+    ex = _Expander(spec, g, max_param_bytes)
     top = _Scope("the spec")
     for decl in spec.inputs:
         shape = eval_shape(_ShapeNode(decl), env, f"the shape of input '{decl.name}'")

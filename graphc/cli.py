@@ -33,6 +33,28 @@ def _dims(values: Sequence[str]) -> dict[str, int]:
     return out
 
 
+_SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def _byte_size(text: str) -> int:
+    """'4G', '512MiB', '1000000' -> bytes (binary units), for --max-param-bytes."""
+    t = text.strip().upper().removesuffix("B").removesuffix("I")
+    unit = t[-1:] if t[-1:] in _SIZE_UNITS else ""
+    try:
+        n = float(t[:len(t) - len(unit)])
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a size like 4G, 512M or 1000000, got '{text}'") from None
+    if not n > 0 or n * _SIZE_UNITS[unit] > 1 << 60:
+        raise argparse.ArgumentTypeError(f"expected a positive size, got '{text}'")
+    return int(n * _SIZE_UNITS[unit])
+
+
+def _add_budget_arg(p: argparse.ArgumentParser) -> None:
+    from .build import DEFAULT_MAX_PARAM_BYTES
+    p.add_argument("--max-param-bytes", type=_byte_size, default=DEFAULT_MAX_PARAM_BYTES, metavar="SIZE",
+                   help="refuse models whose parameters exceed this (e.g. 16G; default 4G)")
+
+
 def _is_spec(path: str) -> bool:
     return Path(path).suffix.lower() in (".yaml", ".yml")
 
@@ -42,11 +64,13 @@ def _add_compile_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed for initial weights when --weights is not given")
     p.add_argument("--opset", type=int, default=None, help="target ONNX opset (17..26; default 17)")
     p.add_argument("--include-dir", action="append", default=[], help="also allow includes from this directory")
+    _add_budget_arg(p)
 
 
-def _compile(args):
+def _compile(args, progress=None, keep_weights=True):
     from .compiler import compile_spec
-    return compile_spec(args.spec, args.weights, args.seed, args.opset, args.include_dir)
+    return compile_spec(args.spec, args.weights, args.seed, args.opset, args.include_dir, progress=progress,
+                        keep_weights=keep_weights, max_param_bytes=args.max_param_bytes)
 
 
 # ------------------------------------------------------------------ commands
@@ -54,7 +78,7 @@ def _compile(args):
 def cmd_check(args) -> int:
     from .compiler import check_spec
     t0 = time.perf_counter()
-    spec, g = check_spec(args.spec, args.include_dir)
+    spec, g = check_spec(args.spec, args.include_dir, args.max_param_bytes)
     from .analysis import layer_rows
     rows = layer_rows(g, _dims(args.dim), depth=args.depth)
     width = max([len(r.layer) for r in rows] + [5])
@@ -70,15 +94,19 @@ def cmd_check(args) -> int:
 
 def cmd_build(args) -> int:
     from .lower import check_model, save_model
+    from .compiler import check_output_path
     out = Path(args.output)
-    for src in [args.spec] + ([args.weights] if args.weights else []):
-        if out.exists() and Path(src).exists() and os.path.samefile(out, src):
-            raise GraphcError(f"refusing to write the output over the input {src}", hint="choose another -o path")
+    check_output_path(out, [args.spec, args.weights])      # before a long compile, not after
     t0 = time.perf_counter()
-    compiled = _compile(args)
-    if args.check:
-        check_model(compiled.model)
-    size = save_model(compiled.model, out)
+    from .progress import Progress
+    with Progress(enabled=False if args.quiet else None) as progress:   # stderr, only on a terminal
+        compiled = _compile(args, progress, keep_weights=False)
+        check_output_path(out, compiled.spec.sources)      # the included files are known now
+        if args.check:
+            progress("onnx_check")
+            check_model(compiled.model)
+        progress("write", detail=str(out))
+        size = save_model(compiled.model, out)
     if not args.quiet:
         n_params = sum(int(np.prod(t.dims)) for t in compiled.model.graph.initializer)
         print(f"wrote {out} ({size / 1e6:.1f} MB, {len(compiled.model.graph.node)} nodes, "
@@ -88,27 +116,19 @@ def cmd_build(args) -> int:
 
 
 def _load_inputs(items: Sequence[str]) -> dict[str, np.ndarray]:
-    feeds = {}
-    for item in items or ():
-        name, sep, path = item.partition("=")
-        if not sep:
-            if item.endswith(".npz"):
-                try:
-                    with np.load(item, allow_pickle=False) as z:
-                        feeds.update({k: z[k] for k in z.files})
-                except (OSError, ValueError) as exc:
-                    raise GraphcError(f"cannot read inputs from {item}: {exc}") from None
-                continue
-            raise GraphcError(f"--input expects NAME=FILE.npy (or FILE.npz), got '{item}'")
-        try:
-            feeds[name] = np.load(path, allow_pickle=False)
-        except (OSError, ValueError) as exc:
-            raise GraphcError(f"cannot read input '{name}' from {path}: {exc}") from None
-    return feeds
+    from .runtime.session import load_inputs
+    return load_inputs(items)
 
 
 def cmd_run(args) -> int:
     from .runtime import make_session, random_inputs, run_model
+    for flag in ("bench", "warmup", "threads"):
+        if (getattr(args, flag) or 0) < 0:
+            raise GraphcError(f"--{flag} must not be negative")
+    if args.output:
+        from .compiler import check_output_path
+        check_output_path(args.output, [args.model, args.weights] +
+                          [i.partition("=")[2] or i for i in args.input])
     if _is_spec(args.model):
         args.spec = args.model
         from .lower import serialize
@@ -147,15 +167,8 @@ def cmd_run(args) -> int:
                 line += f"  NON-FINITE: {bad}"
         print(line)
     if args.output:
-        out = Path(args.output)
-        fd, tmp = tempfile.mkstemp(prefix=".graphc-", suffix=".npz", dir=out.parent if str(out.parent) else ".")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez(f, **outs)
-            os.replace(tmp, out)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        from .runtime.session import save_outputs
+        save_outputs(outs, args.output)
     return 0
 
 
@@ -180,11 +193,13 @@ def cmd_params(args) -> int:
 
 
 def cmd_info(args) -> int:
-    from .analysis import layer_rows
+    from .analysis import layer_kind, layer_rows
     from .compiler import check_spec
-    _, g = check_spec(args.spec, args.include_dir)
+    spec, g = check_spec(args.spec, args.include_dir)
     dims = {**g.dim_examples, **_dims(args.dim)}
     rows = layer_rows(g, dims, depth=args.depth)
+    for r in rows:
+        r.kind = r.kind or layer_kind(spec, r.layer)
     total_p = sum(r.params for r in rows)
     total_f = None if any(r.flops is None for r in rows) else sum(r.flops for r in rows)
     if args.json:
@@ -192,15 +207,17 @@ def cmd_info(args) -> int:
                           "total_params": total_p, "total_flops": total_f}, indent=1))
         return 0
     width = max([len(r.layer) for r in rows] + [5])
+    kwidth = max([len(r.kind) for r in rows] + [4])
     swidth = max([len(r.shape) for r in rows] + [12])
-    print(f"{'layer':<{width}}  {'output shape':<{swidth}}  {'params':>12}  {'FLOPs':>14}")
-    print("-" * (width + swidth + 32))
+    rule = "-" * (width + kwidth + swidth + 34)
+    print(f"{'layer':<{width}}  {'kind':<{kwidth}}  {'output shape':<{swidth}}  {'params':>12}  {'FLOPs':>14}")
+    print(rule)
     for r in rows:
         flops = "?" if r.flops is None else f"{r.flops:,}"
-        print(f"{r.layer:<{width}}  {r.shape:<{swidth}}  {r.params:>12,}  {flops:>14}")
-    print("-" * (width + swidth + 32))
+        print(f"{r.layer:<{width}}  {r.kind:<{kwidth}}  {r.shape:<{swidth}}  {r.params:>12,}  {flops:>14}")
+    print(rule)
     tf = "?" if total_f is None else f"{total_f:,}"
-    print(f"{'total':<{width}}  {'':<{swidth}}  {total_p:>12,}  {tf:>14}")
+    print(f"{'total':<{width}}  {'':<{kwidth}}  {'':<{swidth}}  {total_p:>12,}  {tf:>14}")
     print(f"dims: {', '.join(f'{k}={v}' for k, v in dims.items()) or '(none)'}; "
           f"{total_p * 4 / 1e6:.1f} MB of float32 weights")
     return 0
@@ -209,13 +226,40 @@ def cmd_info(args) -> int:
 def cmd_graph(args) -> int:
     from .compiler import check_spec
     from .render import render_graph
-    _, g = check_spec(args.spec, args.include_dir)
-    text = render_graph(g, args.format, ops=args.ops, dims=_dims(args.dim))
+    if args.format == "png" and not args.output:
+        raise GraphcError("--format png writes binary data; give a file with -o", hint="e.g. -o model.png")
+    spec, g = check_spec(args.spec, args.include_dir)
+    text = render_graph(g, args.format, ops=args.ops, dims=_dims(args.dim), spec=spec)
     if args.output:
         from .render import write_atomic
         write_atomic(args.output, text)
     else:
         sys.stdout.write(text if isinstance(text, str) else text.decode())
+    return 0
+
+
+def cmd_layers(args) -> int:
+    from .layers import LAYERS
+    from .reference import layer_detail_text, layers_list_text
+    if args.kind is None:
+        sys.stdout.write(layers_list_text())
+        return 0
+    if args.kind not in LAYERS:
+        from .errors import did_you_mean
+        raise GraphcError(f"unknown layer kind '{args.kind}'",
+                          hint=did_you_mean(args.kind, LAYERS) or "'graphc layers' lists the layer kinds")
+    sys.stdout.write(layer_detail_text(LAYERS[args.kind]))
+    return 0
+
+
+def cmd_schema(args) -> int:
+    from .schema import schema_json
+    text = schema_json()
+    if args.output:
+        from .render import write_atomic
+        write_atomic(args.output, text)
+    else:
+        sys.stdout.write(text)
     return 0
 
 
@@ -232,13 +276,16 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--dim", action="append", default=[], metavar="NAME=N", help="show shapes at these dim sizes")
     c.add_argument("--depth", type=int, default=None, help="group layers at this nesting depth")
     c.add_argument("--include-dir", action="append", default=[])
+    _add_budget_arg(c)
     c.set_defaults(fn=cmd_check)
 
     b = sub.add_parser("build", help="compile a spec to an .onnx file")
     b.add_argument("spec")
     b.add_argument("-o", "--output", required=True)
     _add_compile_args(b)
-    b.add_argument("--no-check", dest="check", action="store_false", help="skip the ONNX checker")
+    b.add_argument("--check", action="store_true",
+                   help="also run onnx.checker (full) and ONNX's strict shape inference on the output "
+                        "(the test suite does this for every example; it adds seconds on big models)")
     b.add_argument("-q", "--quiet", action="store_true")
     b.set_defaults(fn=cmd_build)
 
@@ -269,14 +316,23 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--include-dir", action="append", default=[])
     i.set_defaults(fn=cmd_info)
 
-    g = sub.add_parser("graph", help="the graph as dot or mermaid text")
+    g = sub.add_parser("graph", help="draw the graph: dot or mermaid text, or svg/png through Graphviz")
     g.add_argument("spec")
-    g.add_argument("--format", default="dot", choices=["dot", "mermaid"])
+    g.add_argument("--format", default="dot", choices=["dot", "mermaid", "svg", "png"],
+                   help="svg and png need Graphviz's 'dot' program; png needs -o")
     g.add_argument("--ops", action="store_true", help="primitive ops instead of spec layers")
     g.add_argument("--dim", action="append", default=[], metavar="NAME=N")
     g.add_argument("-o", "--output")
     g.add_argument("--include-dir", action="append", default=[])
     g.set_defaults(fn=cmd_graph)
+
+    ly = sub.add_parser("layers", help="list the layer kinds, or show one kind's parameters, shapes and example")
+    ly.add_argument("kind", nargs="?", default=None)
+    ly.set_defaults(fn=cmd_layers)
+
+    sc = sub.add_parser("schema", help="print the JSON Schema of the spec format (for editors)")
+    sc.add_argument("-o", "--output", help="write to this file instead of stdout")
+    sc.set_defaults(fn=cmd_schema)
     return p
 
 
@@ -291,6 +347,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("graphc: interrupted; no output was written", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # the reader went away (`graphc params big.yaml | head`): not an error, and
+        # Python must not complain again when it flushes stdout at exit
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        except (OSError, ValueError, AttributeError):
+            pass
+        return 141   # 128 + SIGPIPE, what a Unix tool killed by the closed pipe reports
     except RecursionError:
         print("graphc: error: the input is nested too deeply", file=sys.stderr)
         return 2

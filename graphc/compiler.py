@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from dataclasses import dataclass
 from typing import Iterable, Mapping
 
 import numpy as np
 
-from .build import build_graph
+from .build import DEFAULT_MAX_PARAM_BYTES, build_graph
+from .errors import GraphcError
 from .ir import Graph
 from .spec import Spec, load_spec
 from .weights import load_weights, materialize
@@ -24,24 +26,61 @@ class Compiled:
         return serialize(self.model)
 
 
-def check_spec(path: str | os.PathLike, include_dirs: Iterable[str] = ()) -> tuple[Spec, Graph]:
-    """Parse and shape-check a spec; no weights are allocated."""
+def check_output_path(output: str | os.PathLike, inputs: Iterable[str | os.PathLike | None]) -> None:
+    """Refuse an output path that cannot be written, or that is one of the
+    compile's own inputs (the spec, a file it includes, the weights): writing
+    there would destroy the source the output was made from. Checked before
+    the (possibly long) compile, and again once the includes are known."""
+    out = Path(output)
+    directory = out.parent if str(out.parent) else Path(".")
+    if not directory.is_dir():
+        raise GraphcError(f"cannot write {out}: directory {directory} does not exist")
+    if out.is_dir():
+        raise GraphcError(f"cannot write {out}: it is a directory")
+    if not out.exists():
+        return
+    for src in inputs:
+        if src is None or not Path(src).exists():
+            continue
+        try:
+            same = os.path.samefile(out, src)
+        except OSError:
+            continue
+        if same:
+            raise GraphcError(f"refusing to write the output over the input {src}", hint="choose another output path")
+
+
+def check_spec(path: str | os.PathLike, include_dirs: Iterable[str] = (),
+               max_param_bytes: int | None = DEFAULT_MAX_PARAM_BYTES) -> tuple[Spec, Graph]:
+    """Parse and shape-check a spec; no weights are allocated. A spec whose
+    parameters exceed ``max_param_bytes`` (None: no limit) is refused here."""
     spec = load_spec(path, include_dirs)
-    return spec, build_graph(spec)
+    return spec, build_graph(spec, max_param_bytes)
 
 
 def compile_spec(path: str | os.PathLike, weights: str | os.PathLike | Mapping[str, np.ndarray] | None = None,
                  seed: int = 0, opset: int | None = None, include_dirs: Iterable[str] = (),
-                 attention: str = "auto") -> Compiled:
+                 attention: str = "auto", progress=None, keep_weights: bool = True,
+                 max_param_bytes: int | None = DEFAULT_MAX_PARAM_BYTES) -> Compiled:
+    """``progress``: an optional callback told of each stage (graphc.progress.Progress draws it).
+    ``keep_weights=False`` moves the weights into the ONNX model instead of copying
+    them (``Compiled.graph`` then has no tensor data): the CLI's build uses it to
+    keep peak memory near twice the weight bytes."""
     from .lower import DEFAULT_OPSET, lower
-    spec, graph = check_spec(path, include_dirs)
+    from .progress import report
+    report(progress, "check")
+    spec, graph = check_spec(path, include_dirs, max_param_bytes)
     if isinstance(weights, (str, os.PathLike)):
         source = str(weights)
-        weights = load_weights(weights)
+        report(progress, "read", detail=source)
+        weights = load_weights(weights, max_bytes=max_param_bytes)
     else:
         source = "weights"
-    materialize(graph, weights, seed, source)
+    seeded = weights is None
+    materialize(graph, weights, seed, source, progress=progress)
+    weights = None          # the graph holds what it needs; drop the file's other references
     graph.metadata["graphc.attention"] = attention
-    graph.metadata["graphc.seed"] = str(seed) if weights is None else "weights"
-    model = lower(graph, opset or DEFAULT_OPSET)
+    graph.metadata["graphc.seed"] = str(seed) if seeded else "weights"
+    report(progress, "lower")
+    model = lower(graph, opset or DEFAULT_OPSET, release_weights=not keep_weights)
     return Compiled(spec, graph, model)

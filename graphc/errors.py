@@ -56,11 +56,13 @@ class GraphcError(Exception):
         lines = [head]
         text_line = _source_line(self.span, source_text)
         if text_line is not None:
-            lines.append("  " + text_line.rstrip("\n").expandtabs(1))
+            shown, offset = _window(text_line.rstrip("\n").expandtabs(1), self.span.col - 1)
             width = 1
             if self.span.end_col is not None:
                 width = max(1, self.span.end_col - self.span.col)
-            lines.append("  " + " " * (self.span.col - 1) + "^" + "~" * (width - 1))
+            width = min(width, max(1, len(shown) - offset))
+            lines.append("  " + shown)
+            lines.append("  " + " " * offset + "^" + "~" * (width - 1))
         for note in self.notes:
             lines.append(f"note: {note}")
         if self.hint:
@@ -75,6 +77,25 @@ class InternalError(Exception):
     """A bug in graphc. Exit code 1."""
 
     exit_code = 1
+
+
+QUOTE_WIDTH = 160
+
+
+def _window(line: str, col0: int) -> tuple[str, int]:
+    """The part of a long source line around 0-based column ``col0`` (a
+    generated or minified spec can have a line of a megabyte; quoting all of
+    it buries the message). Returns the text and the caret's offset in it."""
+    if len(line) <= QUOTE_WIDTH:
+        return line, col0
+    start = max(0, min(col0 - QUOTE_WIDTH // 2, len(line) - QUOTE_WIDTH))
+    text = line[start:start + QUOTE_WIDTH]
+    offset = col0 - start
+    if start > 0:
+        text, offset = "..." + text, offset + 3
+    if start + QUOTE_WIDTH < len(line):
+        text += "..."
+    return text, offset
 
 
 def _source_line(span: Span | None, source_text: str | None) -> str | None:

@@ -1,89 +1,279 @@
-"""Text pictures of the graph: Graphviz dot and Mermaid, at the level of spec
-layers (default) or primitive ops."""
+"""Pictures of the graph: Graphviz dot, Mermaid, and SVG/PNG through Graphviz.
+
+Two levels. The default is the spec's own layers: one node per top-level
+layer (a block use or a ``repeat`` stack stays one node), wired as the spec
+wires them, labelled ``name: kind`` and the layer's output shape. It is drawn
+from the spec plus the built graph rather than from the ops alone, because
+layers that emit no ops (dropout at inference) would otherwise vanish and
+their neighbours appear wired to each other. ``ops=True`` draws the primitive
+ops instead (compile-time ``Derive`` ops are left out: they are folded into
+constants and are not in the ONNX file).
+
+Shapes are symbolic (``[batch, 256]``) unless dims are given.
+"""
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
 import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
 
 from .analysis import _subst
+from .errors import GraphcError
 from .ir import Graph
 from .shapes import format_shape
 
+GRAPHVIZ_HINT = "install Graphviz (Debian/Ubuntu: apt-get install graphviz; macOS: brew install graphviz)"
+IMAGE_FORMATS = ("svg", "png")
+TEXT_FORMATS = ("dot", "mermaid")
 
-def _layer_edges(g: Graph, dims: Mapping[str, int]):
-    """Collapse ops to their top-level spec layer; an edge wherever a value crosses layers."""
-    def top(path: str) -> str:
-        return path.split(".")[0] if path else "output"
-    nodes: dict[str, str] = {}
-    for name in g.inputs:
-        nodes[name] = f"{name}\\n{format_shape(g.value(name).type.shape)}"
-    owner = {name: name for name in g.inputs}
-    edges: list[tuple[str, str]] = []
+
+@dataclass
+class _Picture:
+    """Backend-neutral: nodes (id -> label lines, role) and labelled edges."""
+
+    nodes: dict[str, list[str]] = field(default_factory=dict)
+    roles: dict[str, str] = field(default_factory=dict)       # input | output | layer | op
+    edges: list[tuple[str, str, str]] = field(default_factory=list)
+
+    def node(self, key: str, lines: list[str], role: str) -> None:
+        self.nodes[key] = lines
+        self.roles[key] = role
+
+    def edge(self, a: str, b: str, label: str = "") -> None:
+        if (a, b, label) not in self.edges:
+            self.edges.append((a, b, label))
+
+
+def _shape(t, dims: Mapping[str, int]) -> str:
+    return format_shape(tuple(_subst(d, dims) for d in t.shape))
+
+
+def _top(path: str) -> str:
+    return path.split(".")[0] if path else ""
+
+
+# ------------------------------------------------------------------ layer level
+
+def _leaving_values(g: Graph) -> dict[str, list[str]]:
+    """For each top-level layer, the values it produces that something outside
+    it reads (another layer or a graph output), in emission order; those are
+    its outputs as the rest of the graph sees them."""
+    owner: dict[str, str] = {}
+    last: dict[str, str] = {}
     for op in g.ops():
-        layer = top(op.layer)
+        if op.op == "Derive":
+            continue
+        top = _top(op.layer)
         for o in op.outputs:
-            owner[o] = layer
-            t = g.value(o).type
-            nodes[layer] = f"{layer}\\n{format_shape(tuple(_subst(d, dims) for d in t.shape))}"
+            owner[o] = top
+            last[top] = o
+    leaving: dict[str, list[str]] = {}
+    for op in g.ops():
+        top = _top(op.layer)
         for i in op.inputs:
             src = owner.get(i)
-            if src is not None and src != layer and (src, layer) not in edges:
-                edges.append((src, layer))
-    for public, name in g.outputs.items():
+            if src and src != top and i not in leaving.setdefault(src, []):
+                leaving[src].append(i)
+    for name in g.outputs.values():
         src = owner.get(name)
-        nodes[f"out:{public}"] = f"{public}\\n{format_shape(g.value(name).type.shape)}"
-        if src is not None:
-            edges.append((src, f"out:{public}"))
-    return nodes, edges
+        if src and name not in leaving.setdefault(src, []):
+            leaving[src].append(name)
+    for top, name in last.items():
+        if not leaving.get(top):
+            leaving[top] = [name]
+    return leaving
 
 
-def _op_edges(g: Graph, dims: Mapping[str, int]):
-    nodes: dict[str, str] = {}
-    producer: dict[str, str] = {}
-    edges = []
+def _spec_picture(spec, g: Graph, dims: Mapping[str, int]) -> _Picture:
+    pic = _Picture()
+    leaving = _leaving_values(g)
+    decls = {d.name: d for d in spec.layers}
+    shapes: dict[str, str] = {}
+
+    def shape_of(name: str, seen: frozenset = frozenset()) -> str:
+        """Primary output shape of an input or layer; a layer with no ops of its
+        own (dropout) passes its first input's shape through."""
+        if name in shapes:
+            return shapes[name]
+        if name in g.inputs:
+            shapes[name] = _shape(g.value(name).type, dims)
+        elif leaving.get(name):
+            shapes[name] = ", ".join(dict.fromkeys(_shape(g.value(v).type, dims) for v in leaving[name][:3]))
+        elif name in decls and decls[name].inputs and name not in seen:
+            shapes[name] = shape_of(decls[name].inputs[0].ref.partition(".")[0], seen | {name})
+        else:
+            shapes[name] = "?"
+        return shapes[name]
+
+    for decl in spec.inputs:
+        pic.node(decl.name, [decl.name, shape_of(decl.name)], "input")
+    for d in spec.layers:
+        head = f"{d.name}: {d.kind}"
+        if d.repeat is not None:
+            head += f" ×{d.repeat.value}"
+        pic.node(d.name, [head, shape_of(d.name)], "layer")
+    for d in spec.layers:
+        for ref in d.inputs:
+            src, _, port_out = ref.ref.partition(".")
+            label = port_out if port_out else ""
+            if ref.port:
+                label = f"{label} → {ref.port}" if label else ref.port
+            pic.edge(src, d.name, label)
+    for public, ref in spec.outputs.items():
+        key = f"out:{public}"
+        pic.node(key, [public, _shape(g.value(g.outputs[public]).type, dims)], "output")
+        src, _, port_out = ref.ref.partition(".")
+        pic.edge(src, key, port_out)
+    return pic
+
+
+def _graph_picture(g: Graph, dims: Mapping[str, int]) -> _Picture:
+    """Layer level from the graph alone (no spec at hand): ops collapsed to
+    their top-level layer."""
+    pic = _Picture()
+    owner = {name: name for name in g.inputs}
     for name in g.inputs:
-        nodes[name] = f"{name}\\n{format_shape(g.value(name).type.shape)}"
+        pic.node(name, [name, _shape(g.value(name).type, dims)], "input")
+    for op in g.ops():
+        if op.op == "Derive":
+            continue
+        layer = _top(op.layer) or "output"
+        for o in op.outputs:
+            owner[o] = layer
+            pic.node(layer, [layer, _shape(g.value(o).type, dims)], "layer")
+        for i in op.inputs:
+            src = owner.get(i)
+            if src is not None and src != layer:
+                pic.edge(src, layer)
+    for public, name in g.outputs.items():
+        pic.node(f"out:{public}", [public, _shape(g.value(name).type, dims)], "output")
+        if owner.get(name) is not None:
+            pic.edge(owner[name], f"out:{public}")
+    return pic
+
+
+def _op_picture(g: Graph, dims: Mapping[str, int]) -> _Picture:
+    pic = _Picture()
+    producer: dict[str, str] = {}
+    for name in g.inputs:
+        pic.node(name, [name, _shape(g.value(name).type, dims)], "input")
         producer[name] = name
     for op in g.ops():
-        t = g.value(op.outputs[0]).type if op.outputs else None
-        shape = format_shape(tuple(_subst(d, dims) for d in t.shape)) if t else ""
-        nodes[op.id] = f"{op.op}\\n{op.layer}\\n{shape}"
+        if op.op == "Derive":
+            continue
+        shape = _shape(g.value(op.outputs[0]).type, dims) if op.outputs else ""
+        pic.node(op.id, [op.op, op.layer, shape] if op.layer else [op.op, shape], "op")
         for o in op.outputs:
             producer[o] = op.id
         for i in op.inputs:
             if i in producer:
-                edges.append((producer[i], op.id))
+                pic.edge(producer[i], op.id)
     for public, name in g.outputs.items():
-        nodes[f"out:{public}"] = public
-        edges.append((producer[name], f"out:{public}"))
-    return nodes, edges
+        pic.node(f"out:{public}", [public, _shape(g.value(name).type, dims)], "output")
+        if name in producer:
+            pic.edge(producer[name], f"out:{public}")
+    return pic
 
 
-def render_graph(g: Graph, fmt: str = "dot", ops: bool = False, dims: Mapping[str, int] | None = None) -> str:
-    nodes, edges = (_op_edges if ops else _layer_edges)(g, dims or {})
-    ids = {n: f"n{i}" for i, n in enumerate(nodes)}
-    if fmt == "mermaid":
-        lines = ["flowchart TD"]
-        for n, label in nodes.items():
-            text = label.replace("\\n", "<br/>").replace('"', "'")
-            lines.append(f'  {ids[n]}["{text}"]')
-        for a, b in edges:
-            lines.append(f"  {ids[a]} --> {ids[b]}")
-        return "\n".join(lines) + "\n"
-    lines = [f'digraph "{g.name}" {{', "  rankdir=TB;", '  node [shape=box, fontname="Helvetica"];']
-    for n, label in nodes.items():
-        shape = ', shape=ellipse' if n in g.inputs or n.startswith("out:") else ""
-        lines.append(f'  {ids[n]} [label="{label}"{shape}];')
-    for a, b in edges:
-        lines.append(f"  {ids[a]} -> {ids[b]};")
+# ------------------------------------------------------------------ backends
+
+def _dot_escape(text: str) -> str:
+    return text.replace("\\", "\\\\").replace('"', '\\"')
+
+
+_DOT_STYLE = {
+    "input": 'shape=ellipse, style=filled, fillcolor="#e3f2e1"',
+    "output": 'shape=ellipse, style=filled, fillcolor="#fdf0d5"',
+    "layer": 'shape=box, style="rounded,filled", fillcolor="#e8eef9"',
+    "op": 'shape=box, style="rounded,filled", fillcolor="#f2f2f2"',
+}
+
+
+def _to_dot(pic: _Picture, title: str) -> str:
+    ids = {n: f"n{i}" for i, n in enumerate(pic.nodes)}
+    lines = [f'digraph "{_dot_escape(title)}" {{', "  rankdir=TB;",
+             '  node [fontname="Helvetica", fontsize=11];', '  edge [fontname="Helvetica", fontsize=9];']
+    for n, label in pic.nodes.items():
+        text = "\\n".join(_dot_escape(x) for x in label)
+        lines.append(f'  {ids[n]} [label="{text}", {_DOT_STYLE[pic.roles[n]]}];')
+    for a, b, label in pic.edges:
+        if a in ids and b in ids:
+            attr = f' [label="{_dot_escape(label)}"]' if label else ""
+            lines.append(f"  {ids[a]} -> {ids[b]}{attr};")
     lines.append("}")
     return "\n".join(lines) + "\n"
 
 
+def _mermaid_escape(text: str) -> str:
+    return (text.replace("&", "#amp;").replace('"', "#quot;").replace("<", "#lt;").replace(">", "#gt;")
+            .replace("|", "#124;"))
+
+
+def _to_mermaid(pic: _Picture) -> str:
+    ids = {n: f"n{i}" for i, n in enumerate(pic.nodes)}
+    lines = ["flowchart TD"]
+    for n, label in pic.nodes.items():
+        text = "<br/>".join(_mermaid_escape(x) for x in label)
+        if pic.roles[n] in ("input", "output"):
+            lines.append(f'  {ids[n]}(["{text}"])')
+        else:
+            lines.append(f'  {ids[n]}["{text}"]')
+    for a, b, label in pic.edges:
+        if a in ids and b in ids:
+            arrow = f'-->|"{_mermaid_escape(label)}"|' if label else "-->"
+            lines.append(f"  {ids[a]} {arrow} {ids[b]}")
+    return "\n".join(lines) + "\n"
+
+
+def render_graph(g: Graph, fmt: str = "dot", ops: bool = False, dims: Mapping[str, int] | None = None,
+                 spec=None) -> str | bytes:
+    """The graph as dot or mermaid text, or svg (text) / png (bytes) through
+    Graphviz. Pass ``spec`` for the layer-level view to follow the spec exactly."""
+    dims = dims or {}
+    if ops:
+        pic = _op_picture(g, dims)
+    elif spec is not None:
+        pic = _spec_picture(spec, g, dims)
+    else:
+        pic = _graph_picture(g, dims)
+    if fmt == "mermaid":
+        return _to_mermaid(pic)
+    dot = _to_dot(pic, g.name)
+    if fmt == "dot":
+        return dot
+    if fmt in IMAGE_FORMATS:
+        data = dot_to_image(dot, fmt)
+        return data.decode("utf-8") if fmt == "svg" else data
+    raise GraphcError(f"unknown graph format '{fmt}'", hint=f"one of {', '.join(TEXT_FORMATS + IMAGE_FORMATS)}")
+
+
+def dot_to_image(dot_text: str, fmt: str) -> bytes:
+    """Run Graphviz's ``dot`` on the text. Graphviz is an optional system
+    package, so its absence is a user error with the install command."""
+    exe = shutil.which("dot")
+    if exe is None:
+        raise GraphcError("Graphviz 'dot' not found; it is needed for --format svg and png", hint=GRAPHVIZ_HINT)
+    try:
+        proc = subprocess.run([exe, f"-T{fmt}"], input=dot_text.encode("utf-8"), capture_output=True, timeout=120)
+    except subprocess.TimeoutExpired:
+        raise GraphcError("Graphviz 'dot' took more than 120 s; the graph is too large to draw",
+                          hint="draw at the layer level (without --ops), or use --format dot") from None
+    except OSError as exc:
+        raise GraphcError(f"cannot run Graphviz 'dot' ({exc})", hint=GRAPHVIZ_HINT) from None
+    if proc.returncode != 0:
+        err = proc.stderr.decode("utf-8", "replace").strip()
+        raise GraphcError(f"Graphviz 'dot' failed (exit {proc.returncode}): {err[:500]}")
+    return proc.stdout
+
+
 def write_atomic(path: str | os.PathLike, data: str | bytes) -> None:
     p = Path(path)
+    if not (p.parent if str(p.parent) else Path(".")).is_dir():
+        raise GraphcError(f"cannot write {p}: directory {p.parent} does not exist")
     fd, tmp = tempfile.mkstemp(prefix=".graphc-", dir=p.parent if str(p.parent) else ".")
     try:
         with os.fdopen(fd, "wb") as f:

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import struct
 import zipfile
+import zlib
 from pathlib import Path
 from typing import Mapping
 
@@ -27,74 +29,153 @@ _ST_DTYPES = {"F32": np.float32, "F16": np.float16, "F64": np.float64, "I64": np
 MAX_HEADER = 100 << 20
 
 
-def read_safetensors(path: Path) -> dict[str, np.ndarray]:
+def _over_budget(shown: str, total: int, max_bytes: int | None) -> None:
+    if max_bytes is not None and total > max_bytes:
+        from .build import format_bytes
+        raise GraphcError(f"{shown}: the tensors in this file take more than {format_bytes(max_bytes)}",
+                          hint="if the model really is this large, pass --max-param-bytes (e.g. 64G)")
+
+
+def read_safetensors(path: Path, max_bytes: int | None = None) -> dict[str, np.ndarray]:
     """A strict reader of the safetensors format (8-byte header length, JSON
     header, raw little-endian data); every offset is bounds-checked so a
     truncated or foreign file is an error, never a crash or a huge allocation."""
     shown = str(path)
-    with open(path, "rb") as f:
-        head = f.read(8)
-        if len(head) < 8:
-            raise GraphcError(f"{shown}: not a safetensors file (shorter than its 8-byte header)")
-        (n,) = struct.unpack("<Q", head)
-        size = path.stat().st_size
-        if n > MAX_HEADER or 8 + n > size:
-            raise GraphcError(f"{shown}: not a safetensors file, or truncated (header of {n} bytes in a {size}-byte file)")
+    try:
+        with open(path, "rb") as f:
+            return _read_safetensors(f, path, shown, max_bytes)
+    except OSError as exc:
+        raise GraphcError(f"cannot read weights file {shown}: {exc.strerror or exc}") from None
+
+
+def _read_safetensors(f, path: Path, shown: str, max_bytes: int | None) -> dict[str, np.ndarray]:
+    head = f.read(8)
+    if len(head) < 8:
+        raise GraphcError(f"{shown}: not a safetensors file (shorter than its 8-byte header)")
+    (n,) = struct.unpack("<Q", head)
+    size = path.stat().st_size
+    if n > MAX_HEADER or 8 + n > size:
+        raise GraphcError(f"{shown}: not a safetensors file, or truncated (header of {n} bytes in a {size}-byte file)")
+    try:
+        header = json.loads(f.read(n).decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise GraphcError(f"{shown}: corrupt safetensors header ({exc})") from None
+    except RecursionError:
+        raise GraphcError(f"{shown}: corrupt safetensors header (nested too deeply)") from None
+    if not isinstance(header, dict):
+        raise GraphcError(f"{shown}: corrupt safetensors header (not a JSON object)")
+    data_len = size - 8 - n
+    entries = []
+    total = 0
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
         try:
-            header = json.loads(f.read(n).decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise GraphcError(f"{shown}: corrupt safetensors header ({exc})") from None
-        if not isinstance(header, dict):
-            raise GraphcError(f"{shown}: corrupt safetensors header (not a JSON object)")
-        data_len = size - 8 - n
-        out: dict[str, np.ndarray] = {}
-        for name, info in header.items():
-            if name == "__metadata__":
-                continue
-            try:
-                dtype_name, shape, (start, end) = info["dtype"], info["shape"], info["data_offsets"]
-                shape = tuple(int(s) for s in shape)
-                start, end = int(start), int(end)
-            except (KeyError, TypeError, ValueError):
-                raise GraphcError(f"{shown}: corrupt entry for tensor '{name}'") from None
-            if dtype_name not in _ST_DTYPES:
-                raise GraphcError(f"{shown}: tensor '{name}' has unknown dtype {dtype_name}")
-            if _ST_DTYPES[dtype_name] is None:
-                raise GraphcError(f"{shown}: tensor '{name}' is bfloat16, which graphc does not load",
-                                  hint="convert to float32 (tensor.float()) before saving")
-            dtype = np.dtype(_ST_DTYPES[dtype_name]).newbyteorder("<")
-            count = int(np.prod(shape)) if shape else 1
-            if any(s < 0 for s in shape) or not 0 <= start <= end <= data_len or end - start != count * dtype.itemsize:
-                raise GraphcError(f"{shown}: tensor '{name}' lies outside the file or has the wrong size; "
-                                  f"the file is truncated or corrupt")
-            f.seek(8 + n + start)
-            out[name] = np.frombuffer(f.read(end - start), dtype=dtype).reshape(shape).astype(dtype.newbyteorder("="))
+            dtype_name, shape, (start, end) = info["dtype"], info["shape"], info["data_offsets"]
+            if not isinstance(dtype_name, str) or not isinstance(shape, list):
+                raise TypeError
+            shape = tuple(_json_int(s) for s in shape)
+            start, end = _json_int(start), _json_int(end)
+        except (KeyError, TypeError, ValueError):
+            raise GraphcError(f"{shown}: corrupt entry for tensor '{name}'") from None
+        if dtype_name not in _ST_DTYPES:
+            raise GraphcError(f"{shown}: tensor '{name}' has unknown dtype {dtype_name}")
+        if _ST_DTYPES[dtype_name] is None:
+            raise GraphcError(f"{shown}: tensor '{name}' is bfloat16, which graphc does not load",
+                              hint="convert to float32 (tensor.float()) before saving")
+        dtype = np.dtype(_ST_DTYPES[dtype_name]).newbyteorder("<")
+        count = math.prod(shape)        # exact: numpy's prod would wrap around on absurd shapes
+        if any(s < 0 for s in shape) or not 0 <= start <= end <= data_len or end - start != count * dtype.itemsize:
+            raise GraphcError(f"{shown}: tensor '{name}' lies outside the file or has the wrong size; "
+                              f"the file is truncated or corrupt")
+        total += end - start
+        _over_budget(shown, total, max_bytes)
+        entries.append((name, dtype, shape, start, end))
+    out: dict[str, np.ndarray] = {}
+    for name, dtype, shape, start, end in entries:
+        f.seek(8 + n + start)
+        data = f.read(end - start)
+        if len(data) != end - start:
+            raise GraphcError(f"{shown}: truncated while reading tensor '{name}'")
+        out[name] = np.frombuffer(data, dtype=dtype).reshape(shape).astype(dtype.newbyteorder("="))
     return out
 
 
-def read_npz(path: Path) -> dict[str, np.ndarray]:
+def _json_int(v) -> int:
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise ValueError("not an integer")
+    return v
+
+
+def read_npz(path: Path, max_bytes: int | None = None) -> dict[str, np.ndarray]:
+    """Read an .npz (a zip of .npy files) member by member, each header (dtype,
+    shape) checked before its data is read: a few kilobytes of zip can declare,
+    or inflate to, terabytes. Object arrays (pickles) are refused outright."""
     shown = str(path)
     try:
-        with np.load(path, allow_pickle=False) as z:
-            if not isinstance(z, np.lib.npyio.NpzFile):
-                raise GraphcError(f"{shown}: a .npy array, not an .npz archive of named tensors")
-            return {k: z[k] for k in z.files}
+        with open(path, "rb") as f:
+            magic = f.read(6)
+    except OSError as exc:
+        raise GraphcError(f"cannot read weights file {shown}: {exc.strerror or exc}") from None
+    if magic == b"\x93NUMPY":
+        raise GraphcError(f"{shown}: a .npy array, not an .npz archive of named tensors",
+                          hint="save with numpy.savez(path, **state_dict_as_numpy)")
+    try:
+        return _read_npz(path, shown, max_bytes)
     except GraphcError:
         raise
-    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as exc:
-        raise GraphcError(f"{shown}: not a readable .npz file ({exc})",
+    except (zipfile.BadZipFile, zlib.error, ValueError, OSError, EOFError, NotImplementedError, RuntimeError) as exc:
+        raise GraphcError(f"{shown}: not a readable .npz file ({str(exc)[:200]})",
                           hint="save with numpy.savez(path, **state_dict_as_numpy)") from None
 
 
-def load_weights(path: str | Path) -> dict[str, np.ndarray]:
+def _read_npz(path: Path, shown: str, max_bytes: int | None) -> dict[str, np.ndarray]:
+    fmt = np.lib.format
+    out: dict[str, np.ndarray] = {}
+    total = 0
+    with zipfile.ZipFile(path) as zf:
+        for info in zf.infolist():
+            if info.is_dir():
+                continue
+            if not info.filename.endswith(".npy"):
+                raise GraphcError(f"{shown}: member '{info.filename}' is not a .npy tensor")
+            key = info.filename[:-4]
+            with zf.open(info) as f:
+                version = fmt.read_magic(f)
+                if version == (1, 0):
+                    shape, fortran, dtype = fmt.read_array_header_1_0(f)
+                elif version == (2, 0):
+                    shape, fortran, dtype = fmt.read_array_header_2_0(f)
+                else:
+                    raise GraphcError(f"{shown}: tensor '{key}' uses .npy format {version}, which graphc does not read")
+                if dtype.hasobject or dtype.fields is not None or dtype.subdtype is not None:
+                    raise GraphcError(f"{shown}: tensor '{key}' has dtype {dtype}; weights are plain numeric tensors")
+                nbytes = math.prod(shape) * dtype.itemsize
+                total += nbytes
+                _over_budget(shown, total, max_bytes)
+                arr = np.empty(shape[::-1] if fortran else shape, dtype)
+                view = memoryview(arr.reshape(-1).view(np.uint8)) if arr.size else memoryview(b"")
+                got = 0
+                while got < nbytes:
+                    k = f.readinto(view[got:])
+                    if not k:
+                        raise GraphcError(f"{shown}: tensor '{key}' is truncated ({got} of {nbytes} bytes)")
+                    got += k
+                out[key] = arr.T if fortran else arr
+    return out
+
+
+def load_weights(path: str | Path, max_bytes: int | None = None) -> dict[str, np.ndarray]:
+    """Read a weights file; ``max_bytes`` bounds the tensors' total size (checked
+    from the file's headers before any tensor is read)."""
     p = Path(path)
     if not p.is_file():
         raise GraphcError(f"weights file not found: {path}")
     suffix = p.suffix.lower()
     if suffix == ".safetensors":
-        return read_safetensors(p)
+        return read_safetensors(p, max_bytes)
     if suffix == ".npz":
-        return read_npz(p)
+        return read_npz(p, max_bytes)
     raise GraphcError(f"{path}: unknown weights format '{suffix}'", hint="use .safetensors or .npz")
 
 
@@ -103,6 +184,13 @@ def _rng_for(name: str, seed: int) -> np.random.Generator:
     # change the initial weights of the others, and order never matters.
     digest = hashlib.sha256(f"{seed}:{name}".encode()).digest()
     return np.random.default_rng(int.from_bytes(digest[:8], "little"))
+
+
+def _uniform(rng: np.random.Generator, shape, bound: float) -> np.ndarray:
+    out = rng.random(size=shape, dtype=np.float32)
+    out *= np.float32(2 * bound)
+    out -= np.float32(bound)
+    return out
 
 
 def initial_value(info: ValueInfo, seed: int) -> np.ndarray:
@@ -114,21 +202,28 @@ def initial_value(info: ValueInfo, seed: int) -> np.ndarray:
     if init.kind == "ones":
         return np.ones(shape, dtype)
     rng = _rng_for(info.name, seed)
+    # drawn in float32 directly: float64 draws + a cast doubled the init time of big models
     if init.kind == "uniform":
-        return rng.uniform(-init.a, init.a, size=shape).astype(dtype)
+        return _uniform(rng, shape, init.a).astype(dtype, copy=False)
     if init.kind == "normal":
-        return (rng.standard_normal(size=shape) * init.a).astype(dtype)
+        return (rng.standard_normal(size=shape, dtype=np.float32) * np.float32(init.a)).astype(dtype, copy=False)
     if init.kind == "xavier_uniform":
         fan_out, fan_in = shape[0], shape[1]
         bound = init.a * np.sqrt(6.0 / (fan_in + fan_out))
-        return rng.uniform(-bound, bound, size=shape).astype(dtype)
+        return _uniform(rng, shape, bound).astype(dtype, copy=False)
     raise InternalError(f"unknown init {init.kind}")
 
 
 def materialize(g: Graph, weights: Mapping[str, np.ndarray] | None = None, seed: int = 0,
-                source: str = "weights") -> None:
-    """Give every parameter data (from ``weights`` or seeded init), then fold Derive ops."""
+                source: str = "weights", progress=None) -> None:
+    """Give every parameter data (from ``weights`` or seeded init), then fold Derive ops.
+
+    ``progress`` (optional, see graphc.progress) hears of each tensor with the
+    bytes done so far, because this is the slow part of building a big model."""
+    from .progress import report
     params = g.params()
+    total = sum(_nbytes(p) for p in params)
+    done = 0
     if weights is not None:
         problems = []
         expected = {p.name: p for p in params}
@@ -156,13 +251,28 @@ def materialize(g: Graph, weights: Mapping[str, np.ndarray] | None = None, seed:
                               hint="names follow torch state_dict conventions; 'graphc params SPEC' lists them")
         for p in params:
             arr = np.asarray(weights[p.name])
-            if not np.all(np.isfinite(arr)):
-                raise GraphcError(f"{source}: tensor '{p.name}' contains NaN or infinity")
-            p.data = np.ascontiguousarray(arr.astype(DTYPES[p.type.dtype], copy=False))
+            # checked after the cast: float64 1e300 becomes inf in float32
+            with np.errstate(over="ignore", invalid="ignore"):
+                data = np.ascontiguousarray(arr.astype(DTYPES[p.type.dtype], copy=False))
+            if data.dtype.kind == "f" and not np.all(np.isfinite(data)):
+                why = "contains NaN or infinity" if not np.all(np.isfinite(arr)) else \
+                    f"has values too large for {p.type.dtype}"
+                raise GraphcError(f"{source}: tensor '{p.name}' {why}")
+            p.data = data
+            done += p.data.nbytes
+            report(progress, "weights", done, total, p.name)
     else:
         for p in params:
             p.data = initial_value(p, seed)
+            done += p.data.nbytes
+            report(progress, "weights", done, total, p.name)
+    report(progress, "fold")
     fold_derived(g)
+
+
+def _nbytes(p: ValueInfo) -> int:
+    shape = p.type.concrete_shape() or ()
+    return int(np.prod(shape, dtype=np.int64)) * DTYPES[p.type.dtype].itemsize
 
 
 def fold_derived(g: Graph) -> None:
@@ -180,13 +290,18 @@ def fold_derived(g: Graph) -> None:
                                 f"declared {info.type}")
         g.remove_op(op.id)
         info.kind, info.data = "const", out
+        # free inputs nothing else reads any more (raw weights once transposed, the
+        # halves of a packed QKV) now, not at the end: keeps peak memory near 1x weights
+        for name in set(op.inputs):
+            if g.has_value(name) and not g.users(name) and name not in g.outputs.values():
+                g.remove_value(name)
         # a readable initializer name: '<layer path>.<label>' where free
         nice = f"{op.layer}.{op.attrs['label']}" if op.layer else op.attrs["label"]
         if not g.has_value(nice):
             _rename_value(g, out_name, nice)
-    for p in g.params():
-        if not g.users(p.name) and p.name not in g.outputs.values():
-            g.remove_value(p.name)
+    for v in list(g.values()):
+        if v.kind in ("param", "const") and not g.users(v.name) and v.name not in g.outputs.values():
+            g.remove_value(v.name)
     verify(g)
 
 

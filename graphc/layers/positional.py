@@ -28,7 +28,6 @@ from typing import Callable
 
 import numpy as np
 
-from ..errors import GraphcError
 from ..ir import Builder, Init, Value
 from ..shapes import Dim
 from . import basic

@@ -1,1 +1,29 @@
-"""ONNX forms of LSTM and GRU (filled in by the recurrent issue)."""
+"""ONNX forms of LSTM and GRU: one native node each.
+
+``layout=0`` always (ORT's CPU kernels reject ``layout=1``; layers add explicit
+Transposes for batch-first data). GRU always carries ``linear_before_reset=1``
+explicitly: that is PyTorch's GRU, and the ONNX default (0) computes a
+different function with no error to warn about it.
+"""
+from __future__ import annotations
+
+from ..ir import OpNode
+from ..prims.recurrent import REQUIRED, SLOTS
+from .context import LowerContext
+from .ops_core import lowering
+
+
+@lowering("LSTM", "GRU")
+def _rnn(ctx: LowerContext, op: OpNode) -> None:
+    # the IR keeps only the inputs that exist (named in 'given'); ONNX wants
+    # positional slots with "" for the missing optional ones, trailing ones dropped
+    given = set(op.attrs.get("given", ()))
+    present = iter(op.inputs)
+    inputs = [next(present) if s in REQUIRED or s in given else "" for s in SLOTS[op.op]]
+    while inputs[-1] == "":
+        inputs.pop()
+    attrs = {"hidden_size": int(op.attrs["hidden_size"]), "direction": op.attrs.get("direction", "forward"),
+             "layout": 0}
+    if op.op == "GRU":
+        attrs["linear_before_reset"] = 1
+    ctx.node(op.op, inputs, op.outputs, **attrs)

@@ -7,7 +7,12 @@ are terse and do not name the symbolic dim ('batch') that broke.
 from __future__ import annotations
 
 import json
-from typing import Mapping
+import os
+import tempfile
+import zipfile
+import zlib
+from pathlib import Path
+from typing import Mapping, Sequence
 
 import numpy as np
 
@@ -16,6 +21,12 @@ from ..errors import GraphcError
 _ORT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,
               "tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(bool)": np.bool_}
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
+# --random inputs are for trying a model out; a typo like --dim seq=1000000000
+# must be an error, not an attempt to fill tens of gigabytes with noise
+MAX_RANDOM_INPUT_BYTES = 1 << 30
+# np.load reads any file it is given; these are the ways a file that is not
+# (or no longer) an array fails, besides our own checks
+_LOAD_ERRORS = (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error, NotImplementedError, RuntimeError)
 
 
 def make_session(model: bytes | str, provider: str = "cpu", threads: int | None = None,
@@ -92,26 +103,124 @@ def random_inputs(session, dims: Mapping[str, int], seed: int = 0) -> dict[str, 
     env = {**examples, **dims}
     rng = np.random.default_rng(seed)
     feeds = {}
+    total = 0
     for info in session.get_inputs():
-        shape = []
-        for d in info.shape:
-            if isinstance(d, int):
-                shape.append(d)
-            elif d in env:
-                shape.append(int(env[d]))
-            else:
-                raise GraphcError(f"input '{info.name}' has dim '{d}' with no size",
-                                  hint=f"pass --dim {d}=N")
-        dtype = _ORT_TYPES.get(info.type, np.float32)
-        if np.dtype(dtype).kind == "f":
+        shape = [_dim_size(info.name, d, env) for d in info.shape]
+        dtype = np.dtype(_ORT_TYPES.get(info.type, np.float32))
+        count = 1
+        for n in shape:
+            count *= n
+        total += count * dtype.itemsize
+        if total > MAX_RANDOM_INPUT_BYTES:
+            raise GraphcError(f"random inputs of these sizes would take more than {MAX_RANDOM_INPUT_BYTES >> 20} MiB "
+                              f"(input '{info.name}' is {shape})", hint="pass smaller --dim values")
+        if dtype.kind == "f":
             arr = rng.standard_normal(shape).astype(dtype)
         elif dtype == np.bool_:
             arr = rng.random(shape) < 0.1
         else:
             lo, hi = ranges.get(info.name, (0, 2))
+            limits = np.iinfo(dtype)
+            if not (isinstance(lo, int) and isinstance(hi, int) and limits.min <= lo < hi <= limits.max + 1):
+                raise GraphcError(f"input '{info.name}': the range [{lo}, {hi}) does not fit {dtype.name}")
             arr = rng.integers(lo, hi, size=shape).astype(dtype)
         feeds[info.name] = arr
     return feeds
+
+
+def _dim_size(input_name: str, d, env: Mapping[str, int]) -> int:
+    """The size of one declared axis: a number, a dim name, or an expression
+    over dim names as graphc writes it ('seq+1', '2*seq')."""
+    if isinstance(d, int) and d >= 0:
+        return d
+    if isinstance(d, str) and d in env:
+        return int(env[d])
+    if isinstance(d, str) and d:
+        from ..shapes import parse_expr
+        try:
+            v = parse_expr(d).evaluate(lambda n: env.get(n))
+        except GraphcError:
+            v = None
+        if isinstance(v, int) and v >= 0:
+            return v
+    raise GraphcError(f"input '{input_name}' has dim '{d}' with no size",
+                      hint="pass --dim NAME=N for the dims it uses")
+
+
+def load_inputs(items: Sequence[str]) -> dict[str, np.ndarray]:
+    """--input NAME=FILE.npy and --input FILE.npz (every array in it, by name)."""
+    feeds: dict[str, np.ndarray] = {}
+    for item in items or ():
+        name, sep, path = item.partition("=")
+        if not sep:
+            if not item.endswith(".npz"):
+                raise GraphcError(f"--input expects NAME=FILE.npy (or FILE.npz), got '{item}'")
+            feeds.update(_load_npz_inputs(item))
+            continue
+        if not name.isidentifier():
+            raise GraphcError(f"--input expects NAME=FILE.npy, got '{item}'")
+        feeds[name] = _load_array(path, f"input '{name}'")
+    return feeds
+
+
+def _load_array(path: str, what: str) -> np.ndarray:
+    if not Path(path).is_file():
+        raise GraphcError(f"cannot read {what}: file not found: {path}")
+    try:
+        with open(path, "rb") as f:
+            magic = f.read(6)
+    except OSError as exc:
+        raise GraphcError(f"cannot read {what} from {path}: {exc.strerror or exc}") from None
+    if magic != b"\x93NUMPY" and not magic.startswith(b"PK"):
+        raise GraphcError(f"cannot read {what}: {path} is not a .npy file", hint="save it with numpy.save")
+    try:
+        arr = np.load(path, allow_pickle=False)
+    except _LOAD_ERRORS as exc:
+        raise GraphcError(f"cannot read {what} from {path}: {str(exc)[:200]}") from None
+    if not isinstance(arr, np.ndarray):
+        arr.close()
+        raise GraphcError(f"{path} is an .npz archive; for {what} give a .npy file",
+                          hint=f"or pass the archive alone: --input {path}")
+    return arr
+
+
+def _load_npz_inputs(path: str) -> dict[str, np.ndarray]:
+    if not Path(path).is_file():
+        raise GraphcError(f"cannot read inputs: file not found: {path}")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            if not isinstance(z, np.lib.npyio.NpzFile):
+                raise GraphcError(f"{path} is a single .npy array, not an .npz archive",
+                                  hint="pass it as --input NAME=FILE")
+            return {k: z[k] for k in z.files}
+    except GraphcError:
+        raise
+    except _LOAD_ERRORS as exc:
+        raise GraphcError(f"cannot read inputs from {path}: {str(exc)[:200]}") from None
+
+
+def save_outputs(outs: Mapping[str, np.ndarray], path: str | os.PathLike) -> None:
+    """Write outputs to an .npz atomically: a temporary file beside it, then a
+    rename, so an error or Ctrl-C never leaves a partial file or clobbers an
+    earlier one."""
+    out = Path(path)
+    directory = out.parent if str(out.parent) else Path(".")
+    if not directory.is_dir():
+        raise GraphcError(f"cannot write {out}: directory {directory} does not exist")
+    if out.is_dir():
+        raise GraphcError(f"cannot write {out}: it is a directory")
+    tmp = None
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".graphc-", suffix=".npz.tmp", dir=directory)
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **outs)
+        os.replace(tmp, out)
+        tmp = None
+    except OSError as exc:
+        raise GraphcError(f"cannot write {out}: {exc.strerror or exc}") from None
+    finally:
+        if tmp is not None and os.path.exists(tmp):
+            os.unlink(tmp)
 
 
 def run_model(session, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -1,13 +1,15 @@
 """Checking and evaluating layer arguments against a kind's descriptors."""
 from __future__ import annotations
 
+import math
 from typing import Any, Mapping
 
-from ..errors import GraphcError, Span, did_you_mean, known_list
+from ..errors import GraphcError, InternalError, Span, did_you_mean, known_list
 from ..shapes import Dim, parse_expr
 from ..source import Node
 
 MAX_DIM = 1 << 31          # no single axis of a real model is anywhere near this
+MAX_INT = MAX_DIM          # integer arguments (widths, lengths, axes, sizes) are dims or index into them
 
 
 class Env:
@@ -42,14 +44,23 @@ def eval_number(node: Node, env: Env, what: str, allow_dims: bool = False):
     if isinstance(v, bool):
         raise GraphcError(f"{what} must be a number, not a boolean", node.span)
     if isinstance(v, (int, float)):
-        return v
+        return _finite(v, node, what)
     if isinstance(v, str):
         expr = parse_expr(v, node.span)
-        for n in expr.names():
+        for n in sorted(expr.names()):
             if n in env.params and isinstance(env.params[n], (bool, str)):
                 raise GraphcError(f"'{n}' is {env.params[n]!r}, not a number", node.span)
-        return expr.evaluate(env.lookup_dim if allow_dims else env.lookup_number, node.span, env.names())
+        return _finite(expr.evaluate(env.lookup_dim if allow_dims else env.lookup_number, node.span, env.names()),
+                       node, what)
     raise GraphcError(f"{what} must be a number, not {node.type_name()}", node.span)
+
+
+def _finite(v, node: Node, what: str):
+    """NaN and infinity (YAML's .nan/.inf, or 1e308 * 10) are never meaningful
+    arguments, and slip through range checks because NaN compares false."""
+    if isinstance(v, float) and not math.isfinite(v):
+        raise GraphcError(f"{what} must be a finite number, got {v}", node.span)
+    return v
 
 
 def eval_int(node: Node, env: Env, what: str, lo: float | None = None, hi: float | None = None) -> int:
@@ -61,6 +72,10 @@ def eval_int(node: Node, env: Env, what: str, lo: float | None = None, hi: float
     if isinstance(v, Dim):
         raise GraphcError(f"{what} must be a fixed integer, not the symbolic dim '{v}'", node.span)
     _check_range(v, node.span, what, lo, hi)
+    if abs(v) > MAX_INT:
+        # an unbounded width would reach numpy/ONNX as an int64 overflow, or as a
+        # parameter tensor nobody can allocate; refuse it here, located
+        raise GraphcError(f"{what} is absurdly large: {v} (the limit is {MAX_INT})", node.span)
     return v
 
 
@@ -85,6 +100,8 @@ def eval_shape(node: Node, env: Env, what: str, allow_minus_one: bool = False) -
         if isinstance(v, float):
             raise GraphcError(f"dims must be integers, got {v}", item.span)
         d = v if isinstance(v, Dim) else Dim.const(v)
+        if not d.is_const and all(c <= 0 for c in d.terms.values()):
+            raise GraphcError(f"dims must be positive, but '{d}' is never positive", item.span)
         if d.is_const:
             if d.value == -1 and allow_minus_one:
                 pass
@@ -136,7 +153,7 @@ def eval_arg(param, node: Node, env: Env, where: str) -> Any:
         return tuple(eval_int(x, env, f"each entry of {what}") for x in node.value)
     if t == "shape":
         return eval_shape(node, env, what, allow_minus_one=True)
-    raise GraphcError(f"internal: unknown parameter type {t}", node.span)  # pragma: no cover
+    raise InternalError(f"unknown parameter type {t!r} for {what}")  # pragma: no cover
 
 
 def resolve_args(kind, args: Mapping[str, Node], key_spans: Mapping[str, Span], env: Env, where: str,
