@@ -26,7 +26,8 @@ def op_flops(g: Graph, op: OpNode, env: Mapping[str, int]) -> int | None:
         n = _numel(outs[0].shape, env)
         k = a.shape[-1].evaluate(env) if a.shape[-1].symbols <= set(env) else None
         return None if n is None or k is None else 2 * n * k
-    if op.op in ("Reshape", "Transpose", "Identity", "Concat", "Split", "Slice", "SliceLike", "Gather", "Cast"):
+    if op.op in ("Reshape", "Transpose", "Identity", "Concat", "Split", "Slice", "SliceLike", "Gather", "Cast",
+                 "Derive"):   # Derive runs once at compile time, not per inference
         return 0
     if op.op == "Derive":     # runs once at compile time on the weights, never at inference
         return 0

@@ -314,6 +314,9 @@ def build_graph(spec: Spec, max_param_bytes: int | None = DEFAULT_MAX_PARAM_BYTE
             g.dim_examples[name] = d.example
     ex.expand_list(spec.layers, top, env)
     for public, ref in spec.outputs.items():
+        if public in g.inputs:
+            raise GraphcError(f"output '{public}' has the name of an input", ref.span,
+                              hint="ONNX needs distinct input and output names; rename the output")
         v = top.resolve(ref)
         if v.name in g.outputs.values() or v.name in g.inputs:
             # ONNX needs distinct graph outputs: copy through Identity

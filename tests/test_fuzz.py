@@ -70,8 +70,8 @@ weird_values = st.one_of(
     st.lists(weird_scalars, max_size=4),
     st.dictionaries(st.sampled_from(NAMES + ["name", "kind", "input", "shape", "dtype"]), weird_scalars,
                     max_size=3),
-    st.just([[[[1]]]]),
-    st.just({"a": {"a": {"a": {}}}}),
+    st.builds(lambda: [[[[1]]]]),                 # fresh objects: mutations edit values in place
+    st.builds(lambda: {"a": {"a": {"a": {}}}}),
 )
 GARBAGE = list(":[]{}-#&*!|>'\",%@`?\t\n \\") + ["\x00", "\u00e9", "\ufeff", "\r", "\u2028", ": ", "- ",
                                                  "&a ", "*a", "<<: ", "!!python/name:os.system "]
@@ -147,7 +147,8 @@ def _mutate_tree(data, tree):
     elif op == "duplicate" and isinstance(parent, list):
         parent.insert(key, _copy(parent[key]))
     elif op == "wrap":
-        parent[key] = data.draw(st.sampled_from([[parent[key]], {"x": parent[key]}, [parent[key], parent[key]]]))
+        v = parent[key]
+        parent[key] = data.draw(st.sampled_from([[v], {"x": v}, [v, _copy(v)]]))
     else:
         parent[key] = data.draw(weird_values, label="value")
     return tree

@@ -266,91 +266,97 @@ def _rss_kb(field_name: str) -> int:
 
 
 def worker_compile(job: dict) -> dict:
-    """compile_spec + save_model in this (fresh) process: time and RSS growth."""
+    """compile_spec + save_model of each item in this (fresh) process: time and the
+    growth of RSS over the post-import baseline."""
     import tracemalloc
     from graphc.compiler import compile_spec
     from graphc.lower import save_model
     import onnx  # noqa: F401  (imported before the baseline, as the CLI does)
-    base = _rss_kb("VmRSS")
-    try:
-        with open("/proc/self/clear_refs", "w") as f:     # reset the peak RSS (VmHWM) to now
-            f.write("5")
-    except OSError:
-        pass
-    t0 = time.perf_counter()
-    model = compile_spec(job["spec"], job["weights"], keep_weights=False).model
-    save_model(model, job["out"])
-    seconds = time.perf_counter() - t0
-    peak = _rss_kb("VmHWM")
-    res = {"inproc_s": seconds, "rss_base_mb": base / 1024, "rss_peak_delta_mb": (peak - base) / 1024,
-           "nodes": len(model.graph.node)}
-    del model
-    if job.get("tracemalloc"):
-        tracemalloc.start()
-        model = compile_spec(job["spec"], job["weights"], keep_weights=False).model
-        save_model(model, job["out"])
-        res["tracemalloc_peak_mb"] = tracemalloc.get_traced_memory()[1] / 2**20
-        tracemalloc.stop()
-    return res
+    results = []
+    for item in job["items"]:
+        base = _rss_kb("VmRSS")
+        try:
+            with open("/proc/self/clear_refs", "w") as f:     # reset the peak RSS (VmHWM) to now
+                f.write("5")
+        except OSError:
+            pass
+        t0 = time.perf_counter()
+        model = compile_spec(item["spec"], item["weights"], keep_weights=False).model
+        save_model(model, item["out"])
+        seconds = time.perf_counter() - t0
+        peak = _rss_kb("VmHWM")
+        res = {"inproc_s": seconds, "rss_base_mb": base / 1024, "rss_peak_delta_mb": (peak - base) / 1024,
+               "nodes": len(model.graph.node)}
+        del model
+        if job.get("tracemalloc"):        # Python and numpy allocations only: protobuf's C memory is not traced
+            tracemalloc.start()
+            save_model(compile_spec(item["spec"], item["weights"], keep_weights=False).model, item["out"])
+            res["tracemalloc_peak_mb"] = tracemalloc.get_traced_memory()[1] / 2**20
+            tracemalloc.stop()
+        results.append(res)
+    return {"results": results}
 
 
 def worker_export(job: dict) -> dict:
-    """torch.onnx.export of one module at one or more shapes, each timed inside."""
+    """torch.onnx.export of each item's module at one or more shapes, each timed inside."""
     import warnings
     import torch
     warnings.filterwarnings("ignore")
     torch.set_num_threads(job["threads"])
     torch.backends.mha.set_fastpath_enabled(False)   # the legacy exporter cannot trace the fused fast path
     dynamo = job["exporter"] == "dynamo"
-    out = {"exporter": job["exporter"], "exports": []}
     t0 = time.perf_counter()
     torch.onnx.export(torch.nn.Linear(4, 4), (torch.zeros(2, 4),), job["warmup_out"], dynamo=dynamo)
-    out["startup_s"] = time.perf_counter() - t0          # the exporter's one-off start-up, paid once per process
-    w = WORKLOADS[job["workload"]]
-    m = load_module(w.name, job["weights"])
-    for e in job["exports"]:
-        feeds = make_inputs(w, Case("export", e["dims"], tuple(e["lengths"]) if e.get("lengths") else None))
-        args = tuple(torch.from_numpy(feeds[a]) for a in w.torch_args)
-        kw = {"input_names": list(w.torch_args), "output_names": list(w.outputs)}
-        if dynamo:
-            from torch.export import Dim
-            kw["dynamic_shapes"] = tuple({ax: Dim.DYNAMIC for ax in w.dynamic.get(a, {})} or None
-                                         for a in w.torch_args)
-        rec = {"key": e["key"], "path": e["path"]}
-        t0 = time.perf_counter()
-        try:
-            with torch.no_grad():
-                torch.onnx.export(m, args, e["path"], dynamo=dynamo, **kw)
-            rec["inproc_s"] = time.perf_counter() - t0
-            rec["size_mb"] = sum(p.stat().st_size for p in Path(e["path"]).parent.glob(Path(e["path"]).name + "*")) / 1e6
-        except Exception as exc:   # recorded, not fatal: the table says which exporter failed where
-            rec["error"] = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ''}"
-        out["exports"].append(rec)
+    out = {"startup_s": time.perf_counter() - t0, "results": []}   # the exporter's one-off start-up
+    for item in job["items"]:
+        w = WORKLOADS[item["workload"]]
+        m = load_module(w.name, item["weights"])
+        recs = []
+        for e in item["exports"]:
+            feeds = make_inputs(w, Case("export", e["dims"]))
+            args = tuple(torch.from_numpy(feeds[a]) for a in w.torch_args)
+            kw = {"input_names": list(w.torch_args), "output_names": list(w.outputs)}
+            if dynamo:
+                from torch.export import Dim
+                kw["dynamic_shapes"] = tuple({ax: Dim.DYNAMIC for ax in w.dynamic.get(a, {})} or None
+                                             for a in w.torch_args)
+            rec = {"key": e["key"], "path": e["path"]}
+            t0 = time.perf_counter()
+            try:
+                with torch.no_grad():
+                    torch.onnx.export(m, args, e["path"], dynamo=dynamo, **kw)
+                rec["inproc_s"] = time.perf_counter() - t0
+                p = Path(e["path"])
+                rec["size_mb"] = sum(f.stat().st_size for f in p.parent.glob(p.name + "*")) / 1e6
+            except Exception as exc:   # recorded, not fatal: the table says which exporter failed where
+                msg = str(exc).strip()
+                rec["error"] = f"{type(exc).__name__}: {msg.splitlines()[0][:300] if msg else ''}"
+            recs.append(rec)
+        out["results"].append({"exports": recs})
     return out
 
 
 def run_child(argv: list[str], timeout: float) -> dict:
     """Run a fresh Python process; wall time from outside, peak RSS of that child alone."""
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p))
     t0 = time.perf_counter()
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
         p = subprocess.Popen([sys.executable, *argv], cwd=ROOT, env=env, stdout=out, stderr=err)
-        deadline = t0 + timeout
         while True:
             pid, status, usage = os.wait4(p.pid, os.WNOHANG)
             if pid:
                 break
-            if time.perf_counter() > deadline:
+            if time.perf_counter() - t0 > timeout:
                 p.kill()
                 pid, status, usage = os.wait4(p.pid, 0)
                 break
-            time.sleep(0.005)
+            time.sleep(0.002)
         wall = time.perf_counter() - t0
-        p.returncode = os.waitstatus_to_exitcode(status)
+        p.returncode = os.waitstatus_to_exitcode(status)     # Popen must not wait for it again
         out.seek(0)
         err.seek(0)
         return {"wall_s": wall, "maxrss_mb": usage.ru_maxrss / 1024, "rc": p.returncode,
-                "stdout": out.read(), "stderr": err.read()[-2000:]}
+                "stdout": out.read(), "stderr": err.read()[-3000:]}
 
 
 def child_job(kind: str, job: dict, tmp: Path, timeout: float) -> dict:
@@ -360,23 +366,33 @@ def child_job(kind: str, job: dict, tmp: Path, timeout: float) -> dict:
     try:
         res = json.loads(r["stdout"].strip().splitlines()[-1])
     except (json.JSONDecodeError, IndexError):
-        res = {"error": f"worker exited {r['rc']}: {r['stderr'].strip().splitlines()[-1:]}"}
+        tail = r["stderr"].strip().splitlines()
+        res = {"error": f"worker exited {r['rc']}: {tail[-1] if tail else ''}"}
     res.update(wall_s=r["wall_s"], maxrss_mb=r["maxrss_mb"])
     return res
 
 
 # ----------------------------------------------------------------- measurements
 
-def session(path: str, threads: int):
-    from graphc.runtime import make_session      # ORT_ENABLE_ALL, intra = threads, inter = 1
-    return make_session(path, "cpu", threads)
+def session(path: str, threads: int, spin: bool):
+    """The same options for every model: ORT_ENABLE_ALL, intra-op = threads, inter-op 1."""
+    import onnxruntime as ort
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.log_severity_level = 3
+    # ORT's workers busy-wait after each run by default; interleaved with torch on a
+    # shared 2-core machine that steals the cores the next candidate needs
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
+    return ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
 
 
-def matmul_limit(threads: int, reps: int, quick: bool) -> dict:
+def matmul_limit(args) -> dict:
     """GFLOP/s of one MatMul (activation x weight initializer) in ORT: the practical limit."""
-    import onnx
     from onnx import TensorProto, helper, numpy_helper
-    shapes = [(256, 512, 512)] if quick else [(2048, 512, 2048), (2048, 2048, 512), (128, 512, 2048), (1024, 1024, 1024)]
+    shapes = [(256, 512, 512)] if args.quick else \
+        [(2048, 512, 2048), (2048, 2048, 512), (128, 512, 2048), (1024, 1024, 1024)]
     out = {}
     rng = np.random.default_rng(0)
     for m, k, n in shapes:
@@ -385,17 +401,10 @@ def matmul_limit(threads: int, reps: int, quick: bool) -> dict:
                               [helper.make_tensor_value_info("x", TensorProto.FLOAT, [m, k])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [m, n])], [w])
         model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
-        from graphc.runtime import make_session
-        s = make_session(model.SerializeToString(), "cpu", threads)
+        s = session(model.SerializeToString(), args.threads, args.spin)
         feeds = {"x": rng.standard_normal((m, k), np.float32)}
-        for _ in range(3):
-            s.run(None, feeds)
-        times = []
-        for _ in range(reps):
-            t0 = time.perf_counter()
-            s.run(None, feeds)
-            times.append(time.perf_counter() - t0)
-        out[f"{m}x{k}x{n}"] = 2 * m * k * n / statistics.median(times) / 1e9
+        med, _ = time_candidates({"mm": lambda: s.run(None, feeds)}, 3, max(args.reps, 5))
+        out[f"{m}x{k}x{n}"] = 2 * m * k * n / (med["mm"] / 1e3) / 1e9
     return out
 
 
@@ -424,99 +433,117 @@ def max_abs(a, b, case: Case | None = None, w: Workload | None = None) -> float:
     if a.shape != b.shape:
         return float("inf")
     if case is not None and case.lengths and w is not None and w.name == "encoder":
-        keep = ~(np.arange(a.shape[1])[None, :] >= np.asarray(case.lengths)[:, None])   # eager zeroes padded rows
+        keep = np.arange(a.shape[1])[None, :] < np.asarray(case.lengths)[:, None]   # eager zeroes padded rows
         a, b = a[keep], b[keep]
     return float(np.max(np.abs(a - b))) if a.size else 0.0
 
 
-def bench_workload(w: Workload, args, tmp: Path, log) -> dict:
-    import torch
-    cases = w.quick_cases if args.quick else w.cases
-    res = {"spec": w.spec, "cases": {}, "compile": {}}
-    wdir = tmp / w.name
-    wdir.mkdir()
-    weights = make_weights(w.name, args.seed)
-    npz = wdir / "weights.npz"
-    np.savez(npz, **weights)
-    res["weight_bytes"] = int(sum(a.nbytes for a in weights.values()))
-    del weights
-    log(f"[{w.name}] weights {res['weight_bytes'] / 1e6:.1f} MB")
+def bench_group(ws: list[Workload], args, tmp: Path, log) -> dict:
+    """Every measurement of a group of workloads. A full run makes one group per
+    workload (every compile and export in a fresh process); --quick makes one group
+    of all, sharing each worker process (fewer start-ups; not fresh per workload)."""
+    res, npz, gpath = {}, {}, {}
+    fresh = len(ws) == 1
+    for w in ws:
+        wdir = tmp / w.name
+        wdir.mkdir()
+        weights = make_weights(w.name, args.seed)
+        npz[w.name], gpath[w.name] = wdir / "weights.npz", wdir / "graphc.onnx"
+        np.savez(npz[w.name], **weights)
+        res[w.name] = {"spec": w.spec, "weight_bytes": int(sum(a.nbytes for a in weights.values())),
+                       "fresh_process": fresh, "compile": {}, "cases": {}}
+        del weights
 
-    # --- compile: graphc
-    spec = str(ROOT / w.spec)
-    gpath = wdir / "graphc.onnx"
-    inproc = [child_job("compile", {"spec": spec, "weights": str(npz), "out": str(gpath),
-                                    "tracemalloc": i == 0 and not args.quick}, tmp, 600)
-              for i in range(args.compile_reps)]
-    cli = [run_child(["-m", "graphc", "build", spec, "--weights", str(npz), "-o", str(gpath)], 600)
-           for _ in range(args.compile_reps)]
-    if any(c["rc"] != 0 for c in cli) or any("error" in c for c in inproc):
-        raise RuntimeError(f"graphc build failed on {w.spec}: {cli[0]['stderr'] or inproc[0]}")
-    said = [float(m.group(1)) for c in cli for m in [re.search(r" in ([0-9.]+) s", c["stdout"])] if m]
-    g = {"inproc_s": statistics.median(r["inproc_s"] for r in inproc),
-         "wall_s": statistics.median(c["wall_s"] for c in cli),
-         "cli_reported_s": statistics.median(said) if said else None,
-         "cli_maxrss_mb": max(c["maxrss_mb"] for c in cli),
-         "rss_peak_delta_mb": max(r["rss_peak_delta_mb"] for r in inproc),
-         "tracemalloc_peak_mb": inproc[0].get("tracemalloc_peak_mb"),
-         "nodes": inproc[0]["nodes"], "size_mb": gpath.stat().st_size / 1e6,
-         "runs_inproc_s": [r["inproc_s"] for r in inproc], "runs_wall_s": [c["wall_s"] for c in cli]}
-    g["peak_over_weights"] = g["rss_peak_delta_mb"] * 2**20 / res["weight_bytes"]
-    res["compile"]["graphc"] = g
-    log(f"[{w.name}] graphc compile {g['inproc_s']:.3f} s in-process, {g['wall_s']:.2f} s wall, "
-        f"peak +{g['rss_peak_delta_mb']:.0f} MB")
+    # --- compile: graphc, in-process in fresh workers and through the CLI
+    items = [{"spec": str(ROOT / w.spec), "weights": str(npz[w.name]), "out": str(gpath[w.name])} for w in ws]
+    reps = [child_job("compile", {"items": items, "tracemalloc": i == 0 and not args.quick}, tmp, 900)
+            for i in range(args.compile_reps)]
+    for r in reps:
+        if "error" in r:
+            raise RuntimeError(f"graphc compile worker failed: {r['error']}")
+    for j, w in enumerate(ws):
+        runs = [r["results"][j] for r in reps]
+        cli = [run_child(["-m", "graphc", "build", items[j]["spec"], "--weights", items[j]["weights"],
+                          "-o", items[j]["out"]], 600) for _ in range(args.compile_reps)]
+        if any(c["rc"] != 0 for c in cli):
+            raise RuntimeError(f"graphc build failed on {w.spec}: {cli[0]['stderr']}")
+        said = [float(m.group(1)) for c in cli for m in [re.search(r" in ([0-9.]+) s$", c["stdout"].strip())] if m]
+        g = {"inproc_s": statistics.median(r["inproc_s"] for r in runs),
+             "wall_s": statistics.median(c["wall_s"] for c in cli),
+             "cli_reported_s": statistics.median(said) if said else None,
+             "cli_maxrss_mb": max(c["maxrss_mb"] for c in cli),
+             "rss_peak_delta_mb": max(r["rss_peak_delta_mb"] for r in runs),
+             "tracemalloc_peak_mb": runs[0].get("tracemalloc_peak_mb"),
+             "nodes": runs[0]["nodes"], "size_mb": gpath[w.name].stat().st_size / 1e6,
+             "runs_inproc_s": [r["inproc_s"] for r in runs], "runs_wall_s": [c["wall_s"] for c in cli]}
+        g["peak_over_weights"] = g["rss_peak_delta_mb"] * 2**20 / res[w.name]["weight_bytes"]
+        res[w.name]["compile"]["graphc"] = g
+        log(f"[{w.name}] weights {res[w.name]['weight_bytes'] / 1e6:.1f} MB; graphc compile {g['inproc_s']:.3f} s "
+            f"in-process, {g['wall_s']:.2f} s wall, peak +{g['rss_peak_delta_mb']:.0f} MB")
 
-    # --- compile: torch exporters, each in a fresh process
-    exported: dict[str, dict] = {}        # exporter -> case label -> onnx path
+    # --- compile: the torch exporters, in fresh workers
+    exported: dict[str, dict] = {w.name: {} for w in ws}     # workload -> exporter -> case label -> path
     for exp in args.exporters:
-        if exp == "dynamo":
-            jobs = [{"key": "dynamic", "dims": w.example, "path": str(wdir / "dynamo.onnx")}]
-        else:                      # the legacy exporter bakes the sequence length: one export per shape
-            jobs, seen = [], set()
-            for c in cases:
-                key = json.dumps(c.dims, sort_keys=True)
-                if key not in seen:
-                    seen.add(key)
-                    jobs.append({"key": key, "dims": c.dims, "path": str(wdir / f"legacy-{len(seen)}.onnx")})
-        r = child_job("export", {"exporter": exp, "workload": w.name, "weights": str(npz), "threads": args.threads,
-                                 "exports": jobs, "warmup_out": str(wdir / f"warmup-{exp}.onnx")}, tmp, 900)
-        first = (r.get("exports") or [{}])[0]
-        res["compile"][exp] = {"inproc_s": first.get("inproc_s"), "startup_s": r.get("startup_s"),
-                               "wall_s": r["wall_s"], "maxrss_mb": r["maxrss_mb"], "size_mb": first.get("size_mb"),
-                               "error": r.get("error") or first.get("error"),
-                               "reexports": [{k: e.get(k) for k in ("key", "inproc_s", "error")}
-                                             for e in r.get("exports", [])[1:]]}
-        if first.get("path") and not first.get("error"):
-            import onnx
-            res["compile"][exp]["nodes"] = len(onnx.load(first["path"], load_external_data=False).graph.node)
-        paths = {e["key"]: e["path"] for e in r.get("exports", []) if "error" not in e}
-        exported[exp] = {c.label: paths.get("dynamic", paths.get(json.dumps(c.dims, sort_keys=True))) for c in cases}
-        log(f"[{w.name}] {exp} export {res['compile'][exp]['inproc_s'] or float('nan'):.3f} s in-process, "
-            f"{r['wall_s']:.2f} s wall" + (f"  ERROR {res['compile'][exp]['error']}" if res["compile"][exp]["error"] else ""))
+        jitems = []
+        for w in ws:
+            cases = w.quick_cases if args.quick else w.cases
+            if exp == "dynamo":     # one export with dynamic batch and sequence dims
+                jobs = [{"key": "dynamic", "dims": w.example, "path": str(tmp / w.name / "dynamo.onnx")}]
+            else:                   # the legacy exporter bakes the sequence length: one export per shape
+                keys = list(dict.fromkeys(json.dumps(c.dims, sort_keys=True) for c in cases))
+                jobs = [{"key": k, "dims": json.loads(k), "path": str(tmp / w.name / f"legacy-{i}.onnx")}
+                        for i, k in enumerate(keys)]
+            jitems.append({"workload": w.name, "weights": str(npz[w.name]), "exports": jobs})
+        r = child_job("export", {"exporter": exp, "threads": args.threads, "items": jitems,
+                                 "warmup_out": str(tmp / f"warmup-{exp}.onnx")}, tmp, 900)
+        for j, w in enumerate(ws):
+            recs = r["results"][j]["exports"] if "results" in r else [{"error": r.get("error")}]
+            first = recs[0]
+            info = {"inproc_s": first.get("inproc_s"), "startup_s": r.get("startup_s"),
+                    "wall_s": r["wall_s"] if fresh else None, "maxrss_mb": r["maxrss_mb"] if fresh else None,
+                    "size_mb": first.get("size_mb"), "error": first.get("error"),
+                    "reexports": [{k: e.get(k) for k in ("key", "inproc_s", "error")} for e in recs[1:]]}
+            if not first.get("error"):
+                import onnx
+                info["nodes"] = len(onnx.load(first["path"], load_external_data=False).graph.node)
+            res[w.name]["compile"][exp] = info
+            paths = {e["key"]: e["path"] for e in recs if "error" not in e}
+            cases = w.quick_cases if args.quick else w.cases
+            exported[w.name][exp] = {c.label: paths.get("dynamic", paths.get(json.dumps(c.dims, sort_keys=True)))
+                                     for c in cases}
+            log(f"[{w.name}] {exp} export {fmt(info['inproc_s'], '.3f')} s in-process, "
+                f"{fmt(info['wall_s'])} s wall" + (f"  ERROR {info['error']}" if info["error"] else ""))
 
-    # --- latency and parity
-    module = load_module(w.name, str(npz))
-    sessions = {"graphc": session(str(gpath), args.threads)}
+    for w in ws:
+        latency(w, res[w.name], str(npz[w.name]), str(gpath[w.name]), exported[w.name], args, log)
+    return res
+
+
+def latency(w: Workload, res: dict, npz: str, gpath: str, exported: dict, args, log) -> None:
+    """ORT latency of graphc's model and every export, and eager, interleaved; parity."""
+    import torch
+    module = load_module(w.name, npz)
+    sessions = {gpath: session(gpath, args.threads, args.spin)}
+    cases = w.quick_cases if args.quick else w.cases
     for c in cases:
         feeds = make_inputs(w, c, seed=1)
         tin = tuple(torch.from_numpy(feeds[a]) for a in w.torch_args)
-        cands, errors = {}, {}
-        gs = sessions["graphc"]
-        cands["graphc"] = lambda gs=gs, f=feeds: gs.run(None, f)
+        gs = sessions[gpath]
+        cands = {"graphc": lambda gs=gs, f=feeds: gs.run(None, f)}
+        errors = {}
         for exp, by_case in exported.items():
             p = by_case.get(c.label)
             if p is None:
                 errors[exp] = "export failed"
                 continue
             try:
-                s = sessions.get(p) or session(p, args.threads)
+                s = sessions.get(p) or session(p, args.threads, args.spin)
                 sessions[p] = s
-                names = [i.name for i in s.get_inputs()]
-                ef = {n: feeds[n] for n in names}
+                ef = {i.name: feeds[i.name] for i in s.get_inputs()}
                 s.run(None, ef)
                 cands[exp] = lambda s=s, f=ef: s.run(None, f)
             except Exception as exc:   # a model that loads but fails at this shape: recorded
-                errors[exp] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+                errors[exp] = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:200]}"
 
         def eager(m=module, t=tin):
             with torch.inference_mode():
@@ -525,20 +552,16 @@ def bench_workload(w: Workload, args, tmp: Path, log) -> dict:
         cands["eager"] = eager
         med, outs = time_candidates(cands, args.warmup, args.reps)
         ref = [o.numpy() for o in outs["eager"]]
-        parity = {}
-        for name, o in outs.items():
-            if name != "eager":
-                parity[name] = {out: max_abs(a, r, c, w) for out, a, r in zip(w.outputs, o, ref)}
+        parity = {name: {out: max_abs(a, r, c, w) for out, a, r in zip(w.outputs, o, ref)}
+                  for name, o in outs.items() if name != "eager"}
         f = flops(w.name, c.dims)
-        cr = {"dims": c.dims, "lengths": list(c.lengths) if c.lengths else None, "ms": med, "errors": errors,
-              "max_abs_diff": parity, "gflop": f / 1e9,
-              "gflops": {n: f / (t / 1e3) / 1e9 for n, t in med.items()}}
-        res["cases"][c.label] = cr
+        res["cases"][c.label] = {"dims": c.dims, "lengths": list(c.lengths) if c.lengths else None, "ms": med,
+                                 "errors": errors, "max_abs_diff": parity, "gflop": f / 1e9,
+                                 "gflops": {n: f / (t / 1e3) / 1e9 for n, t in med.items()}}
         log(f"[{w.name}] {c.label}: " + ", ".join(f"{n} {t:.2f} ms" for n, t in med.items())
             + (f"  errors: {errors}" if errors else ""))
     if w.name in ("lstm", "lstm_uni"):
-        res["varlen_max_abs_diff"] = lstm_varlen_parity(w, module, sessions["graphc"], cases[-1])
-    return res
+        res["varlen_max_abs_diff"] = lstm_varlen_parity(w, module, sessions[gpath], cases[-1])
 
 
 def lstm_varlen_parity(w: Workload, module, sess, case: Case) -> dict:
@@ -583,6 +606,8 @@ def targets(results: dict, limit: float) -> list[dict]:
                 add(f"compile {what}", name, None, True, f"{exp} export failed: {e['error']}")
                 continue
             for kind in ("inproc_s", "wall_s"):
+                if e.get(kind) is None:      # --quick shares one export process: no per-workload wall time
+                    continue
                 q = ratio(g[kind], e[kind])
                 add(f"compile {what} ({'in-process' if kind == 'inproc_s' else 'process wall'})", name, q,
                     q is not None and q <= want, f"graphc {g[kind]:.3f} s vs {exp} {e[kind]:.3f} s")
@@ -629,7 +654,7 @@ def markdown(report: dict) -> str:
         for e in exps:
             x = c.get(e, {})
             if x.get("error"):
-                row += f" FAILED: {x['error'][:60]} | {x['wall_s']:.2f} | – | – |"
+                row += f" FAILED: {x['error'][:60]} | {fmt(x.get('wall_s'))} | – | – |"
             else:
                 row += (f" {fmt(x.get('inproc_s'), '.3f')} (+{fmt(x.get('startup_s'), '.2f')}) | {fmt(x.get('wall_s'))} |"
                         f" {fmt(ratio(g['inproc_s'], x.get('inproc_s')), '.3f')} | {fmt(ratio(g['wall_s'], x.get('wall_s')), '.3f')} |")
@@ -678,6 +703,9 @@ def main(argv=None) -> int:
     p.add_argument("--compile-reps", type=int, help="fresh-process compiles of graphc per workload (default 3; quick 1)")
     p.add_argument("--threads", type=int, default=2, help="ORT intra-op threads and torch threads (default 2)")
     p.add_argument("--exporters", help="comma-separated: dynamo,legacy (default both; quick: legacy)")
+    p.add_argument("--spin", action="store_true",
+                   help="keep ORT's and OpenMP's busy-waiting threads (their defaults); by default both are off, "
+                        "for every candidate alike, because they steal cores from the next candidate on a shared machine")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json-out", help="write every number to this JSON file")
     p.add_argument("--_worker", nargs=2, help=argparse.SUPPRESS)
@@ -703,6 +731,8 @@ def main(argv=None) -> int:
                   file=sys.stderr)
             args.exporters.remove("dynamo")
 
+    if not args.spin:
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")   # read when torch loads OpenMP: before the import
     import onnxruntime
     import torch
     torch.set_num_threads(args.threads)
@@ -712,19 +742,20 @@ def main(argv=None) -> int:
     def log(msg):
         print(f"# {time.perf_counter() - t_start:6.1f}s {msg}", file=sys.stderr, flush=True)
 
-    mm_reps = max(args.reps, 5)
-    mm = matmul_limit(args.threads, mm_reps, args.quick)
+    mm = matmul_limit(args)
     log("single MatMul GFLOP/s: " + ", ".join(f"{k} {v:.0f}" for k, v in mm.items()))
     results = {}
     with tempfile.TemporaryDirectory(prefix="graphc-bench-") as td:
-        for n in names:
-            results[n] = bench_workload(WORKLOADS[n], args, Path(td), log)
-    mm2 = matmul_limit(args.threads, mm_reps, args.quick)             # a second pass: the limit is the best seen
+        groups = [names] if args.quick else [[n] for n in names]
+        for group in groups:
+            results.update(bench_group([WORKLOADS[n] for n in group], args, Path(td), log))
+    mm2 = matmul_limit(args)             # a second pass: the limit is the best seen
     mm = {k: max(v, mm2[k]) for k, v in mm.items()}
     limit = max(mm.values())
     report = {
         "config": {"quick": args.quick, "threads": args.threads, "reps": args.reps, "warmup": args.warmup,
                    "compile_reps": args.compile_reps, "exporters": args.exporters, "seed": args.seed,
+                   "spin": args.spin, "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
                    "workloads": names},
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "processor": platform.processor(),
                     "python": platform.python_version(), "torch": torch.__version__,

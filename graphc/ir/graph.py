@@ -118,7 +118,8 @@ class Graph:
             raise InternalError(f"op '{node.id}' defined twice")
         self.nx.add_node(key, op=node)
         for name in node.inputs:
-            self.nx.add_edge("v:" + name, key)
+            if name:                         # "" = an omitted optional input (ONNX convention)
+                self.nx.add_edge("v:" + name, key)
         for name in node.outputs:
             self.value(name).producer = node.id
             self.nx.add_edge(key, "v:" + name)

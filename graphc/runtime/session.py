@@ -7,6 +7,7 @@ are terse and do not name the symbolic dim ('batch') that broke.
 from __future__ import annotations
 
 import json
+import re
 import os
 import tempfile
 import zipfile
@@ -119,7 +120,7 @@ def random_inputs(session, dims: Mapping[str, int], seed: int = 0) -> dict[str, 
         elif dtype == np.bool_:
             arr = rng.random(shape) < 0.1
         else:
-            lo, hi = ranges.get(info.name, (0, 2))
+            lo, hi = (_range_value(v, env) for v in ranges.get(info.name, (0, 2)))
             limits = np.iinfo(dtype)
             if not (isinstance(lo, int) and isinstance(hi, int) and limits.min <= lo < hi <= limits.max + 1):
                 raise GraphcError(f"input '{info.name}': the range [{lo}, {hi}) does not fit {dtype.name}")
@@ -223,11 +224,24 @@ def save_outputs(outs: Mapping[str, np.ndarray], path: str | os.PathLike) -> Non
             os.unlink(tmp)
 
 
+def _range_value(v, env):
+    """A range end: an integer, or an expression over dims stored by the compiler ('seq + 1')."""
+    if isinstance(v, str):
+        from ..shapes import parse_expr
+        try:
+            return parse_expr(v).evaluate(lambda n: env.get(n), None, env)
+        except GraphcError as exc:
+            raise GraphcError(f"cannot evaluate the input range '{v}': {exc.message}",
+                              hint="pass the dims it uses with --dim NAME=N") from None
+    return v
+
+
 def run_model(session, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     check_inputs(session, feeds)
     names = [o.name for o in session.get_outputs()]
     try:
         outs = session.run(names, dict(feeds))
     except Exception as exc:
-        raise GraphcError(f"ONNX Runtime failed: {str(exc).splitlines()[0][:400]}") from None
+        text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).splitlines()[0][:400]   # ORT colours its log lines
+        raise GraphcError(f"ONNX Runtime failed: {text}") from None
     return dict(zip(names, outs))

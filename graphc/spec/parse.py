@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from ..errors import GraphcError, Span, did_you_mean, known_list
-from ..shapes import parse_expr
+from ..shapes import Dim, parse_expr
 from ..source import Node, load_yaml_file, load_yaml_text
 from ..source.yaml_loader import type_name
 from .model import BlockDecl, DimDecl, InputDecl, InputRef, LayerDecl, Spec
@@ -260,18 +260,28 @@ def _parse_dims(node: Node) -> dict[str, DimDecl]:
     return dims
 
 
-def _range_end(node: Node, params: dict, what: str) -> int:
-    """An integer, or an expression over the spec's params ('vocab', 'max_len - 1')."""
+def _range_end(node: Node, params: dict, dims: Iterable[str], what: str) -> int | str:
+    """An integer, or an expression over params and dims ('vocab', 'seq + 1').
+    Params are substituted now; an end that still names dims is kept as text
+    (e.g. 'seq + 1') and evaluated when the dims are known (graphc run --random)."""
     if isinstance(node.value, str):
-        v = parse_expr(node.value, node.span).evaluate(
-            lambda n: params.get(n) if not isinstance(params.get(n), (bool, str)) else None, node.span, params)
+        dims = set(dims)
+
+        def lookup(n):
+            if n in dims:
+                return Dim.sym(n)
+            v = params.get(n)
+            return None if isinstance(v, (bool, str)) else v
+        v = parse_expr(node.value, node.span).evaluate(lookup, node.span, list(params) + list(dims))
+        if isinstance(v, Dim):
+            return v.value if v.is_const else str(v)
         if not isinstance(v, int):
             raise GraphcError(f"{what} must be an integer, got {v}", node.span)
         return v
     return expect_int(node, what)
 
 
-def _parse_inputs(node: Node, params: dict | None = None) -> list[InputDecl]:
+def _parse_inputs(node: Node, params: dict | None = None, dims: Iterable[str] = ()) -> list[InputDecl]:
     params = params or {}
     expect_map(node, "'inputs'")
     out = []
@@ -296,8 +306,8 @@ def _parse_inputs(node: Node, params: dict | None = None) -> list[InputDecl]:
             r = expect_list(v.value["range"], f"the range of '{name}'")
             if len(r.value) != 2:
                 raise GraphcError("'range' is [low, high) for random integer inputs", r.span)
-            lo, hi = (_range_end(x, params, f"the range of '{name}'") for x in r.value)
-            if hi <= lo:
+            lo, hi = (_range_end(x, params, dims, f"the range of '{name}'") for x in r.value)
+            if isinstance(lo, int) and isinstance(hi, int) and hi <= lo:
                 raise GraphcError(f"the range of '{name}' is empty: [{lo}, {hi})", r.span)
             rng = (lo, hi)
         out.append(InputDecl(name, kspan, dt.value, shape.value, rng, _doc(v.value.get("doc"))))
@@ -424,7 +434,7 @@ def _build_spec(root: Node, blocks: dict[str, BlockDecl], path: str, texts: list
             raise GraphcError(f"'{k}' is both a dim and a parameter", pspans[k])
     if "inputs" not in m:
         raise GraphcError("the spec has no 'inputs'", root.span, hint="e.g. inputs: {x: {dtype: float32, shape: [batch, 784]}}")
-    inputs = _parse_inputs(m["inputs"], params)
+    inputs = _parse_inputs(m["inputs"], params, dims)
     if "layers" not in m:
         raise GraphcError("the spec has no 'layers'", root.span)
     layers = parse_layers(m["layers"], "the spec")
