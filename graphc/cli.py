@@ -174,7 +174,7 @@ def cmd_run(args) -> int:
 
 def cmd_params(args) -> int:
     from .compiler import check_spec
-    _, g = check_spec(args.spec, args.include_dir)
+    _, g = check_spec(args.spec, args.include_dir, args.max_param_bytes)
     total = 0
     rows = []
     for p in g.params():
@@ -195,7 +195,7 @@ def cmd_params(args) -> int:
 def cmd_info(args) -> int:
     from .analysis import layer_kind, layer_rows
     from .compiler import check_spec
-    spec, g = check_spec(args.spec, args.include_dir)
+    spec, g = check_spec(args.spec, args.include_dir, args.max_param_bytes)
     dims = {**g.dim_examples, **_dims(args.dim)}
     rows = layer_rows(g, dims, depth=args.depth)
     for r in rows:
@@ -228,10 +228,12 @@ def cmd_graph(args) -> int:
     from .render import render_graph
     if args.format == "png" and not args.output:
         raise GraphcError("--format png writes binary data; give a file with -o", hint="e.g. -o model.png")
-    spec, g = check_spec(args.spec, args.include_dir)
+    spec, g = check_spec(args.spec, args.include_dir, args.max_param_bytes)
     text = render_graph(g, args.format, ops=args.ops, dims=_dims(args.dim), spec=spec)
     if args.output:
+        from .compiler import check_output_path
         from .render import write_atomic
+        check_output_path(args.output, spec.sources)     # never over the spec or its includes
         write_atomic(args.output, text)
     else:
         sys.stdout.write(text if isinstance(text, str) else text.decode())
@@ -256,7 +258,9 @@ def cmd_schema(args) -> int:
     from .schema import schema_json
     text = schema_json()
     if args.output:
+        from .compiler import check_output_path
         from .render import write_atomic
+        check_output_path(args.output, [])
         write_atomic(args.output, text)
     else:
         sys.stdout.write(text)
@@ -306,6 +310,7 @@ def build_parser() -> argparse.ArgumentParser:
     pa.add_argument("spec")
     pa.add_argument("--json", action="store_true")
     pa.add_argument("--include-dir", action="append", default=[])
+    _add_budget_arg(pa)
     pa.set_defaults(fn=cmd_params)
 
     i = sub.add_parser("info", help="per-layer table: output shape, params, FLOPs")
@@ -314,6 +319,7 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--depth", type=int, default=None)
     i.add_argument("--json", action="store_true")
     i.add_argument("--include-dir", action="append", default=[])
+    _add_budget_arg(i)
     i.set_defaults(fn=cmd_info)
 
     g = sub.add_parser("graph", help="draw the graph: dot or mermaid text, or svg/png through Graphviz")
@@ -324,6 +330,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--dim", action="append", default=[], metavar="NAME=N")
     g.add_argument("-o", "--output")
     g.add_argument("--include-dir", action="append", default=[])
+    _add_budget_arg(g)
     g.set_defaults(fn=cmd_graph)
 
     ly = sub.add_parser("layers", help="list the layer kinds, or show one kind's parameters, shapes and example")
@@ -337,9 +344,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
     try:
+        parser = build_parser()         # inside the try: Ctrl-C during start-up is no traceback either
+        args = parser.parse_args(argv)
         return args.fn(args)
     except GraphcError as exc:
         print(exc.render(), file=sys.stderr)

@@ -37,6 +37,8 @@ def check_output_path(output: str | os.PathLike, inputs: Iterable[str | os.PathL
         raise GraphcError(f"cannot write {out}: directory {directory} does not exist")
     if out.is_dir():
         raise GraphcError(f"cannot write {out}: it is a directory")
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise GraphcError(f"cannot write {out}: permission denied on directory {directory}")
     if not out.exists():
         return
     for src in inputs:

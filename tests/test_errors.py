@@ -1,13 +1,21 @@
 """Error goldens: each file in tests/errors/ starts with the exact diagnostic it
 must produce ('# expect: LINE:COL: error: MESSAGE', optionally '# hint: ...').
-Run through the CLI: exit code 2, the located message, no traceback."""
+Each runs through the CLI's entry point (``graphc.cli.main``, in-process: the
+goldens are many and a subprocess costs a second of imports each) for both
+check and build: exit code 2, the located message, the offending line quoted
+with a caret under the column, no traceback, no output file. A few also run
+as real subprocesses, so the installed entry point is covered too."""
+import contextlib
+import io
 from pathlib import Path
 
 import pytest
 
+from graphc.cli import main
 from helpers import ROOT, graphc_cli
 
 CASES = sorted((ROOT / "tests" / "errors").glob("*.yaml"))
+SUBPROCESS_CASES = ["malformed", "unknown_kind", "param_budget", "alias_bomb"]
 
 
 def _expectations(path: Path):
@@ -20,22 +28,42 @@ def _expectations(path: Path):
     return expect, hint
 
 
-@pytest.mark.parametrize("path", CASES, ids=[p.stem for p in CASES])
-@pytest.mark.parametrize("command", ["check", "build"])
-def test_error_golden(path, command, tmp_path):
+def _run_in_process(args):
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        rc = main(args)
+    return rc, err.getvalue()
+
+
+def _check_diagnostic(path: Path, rc: int, stderr: str, out: Path):
     expect, hint = _expectations(path)
     rel = path.relative_to(ROOT)
-    out = tmp_path / "out.onnx"
-    args = [command, str(rel)] + (["-o", str(out)] if command == "build" else [])
-    r = graphc_cli(*args)
-    assert r.returncode == 2, r.stderr
-    first = r.stderr.splitlines()[0]
-    assert first == f"{rel}:{expect}"
-    assert "Traceback" not in r.stderr
-    lines = r.stderr.splitlines()
+    assert rc == 2, stderr
+    lines = stderr.splitlines()
+    assert lines[0] == f"{rel}:{expect}"
+    assert "Traceback" not in stderr
     # the offending line is quoted with a caret under the reported column
     col = int(expect.split(":")[1])
     assert lines[2].startswith("  " + " " * (col - 1) + "^")
     if hint:
-        assert f"hint: {hint}" in r.stderr
+        assert f"hint: {hint}" in stderr
     assert not out.exists()
+
+
+@pytest.mark.parametrize("path", CASES, ids=[p.stem for p in CASES])
+@pytest.mark.parametrize("command", ["check", "build"])
+def test_error_golden(path, command, tmp_path, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    rel = path.relative_to(ROOT)
+    out = tmp_path / "out.onnx"
+    args = [command, str(rel)] + (["-o", str(out)] if command == "build" else [])
+    rc, stderr = _run_in_process(args)
+    _check_diagnostic(path, rc, stderr, out)
+
+
+@pytest.mark.parametrize("name", SUBPROCESS_CASES)
+def test_error_golden_through_the_real_cli(name, tmp_path):
+    path = ROOT / "tests" / "errors" / f"{name}.yaml"
+    out = tmp_path / "out.onnx"
+    r = graphc_cli("build", str(path.relative_to(ROOT)), "-o", str(out))
+    _check_diagnostic(path, r.returncode, r.stderr, out)

@@ -131,7 +131,18 @@ class Slice(LayerKind):
         x = call.inputs["x"]
         if not -x.rank <= call["axis"] < x.rank:
             raise call.error(f"axis {call['axis']} is out of range for rank {x.rank}", "axis")
-        return {"y": b.op("Slice", [x], axis=call["axis"], start=call["start"], end=call["end"])}
+        start, end = call["start"], call["end"]
+        size = x.shape[call["axis"]]
+        # an empty slice (or, on a symbolic axis, end before start) would give a
+        # zero or negative dim that only fails, obscurely, at run time
+        if size.is_const:
+            empty = len(range(*slice(start, end).indices(size.value))) == 0
+        else:
+            empty = end is not None and (start >= 0) == (end >= 0) and end <= start
+        if empty:
+            raise call.error(f"[{start}:{'' if end is None else end}] of an axis of size {size} is empty",
+                             "end" if end is not None else "start")
+        return {"y": b.op("Slice", [x], axis=call["axis"], start=start, end=end)}
 
     def reference(self, args, weights, inputs):
         index = [slice(None)] * inputs["x"].ndim

@@ -7,10 +7,13 @@ byte-identical files.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import signal
 import tempfile
+import threading
 from pathlib import Path
 
 import onnx
@@ -143,9 +146,11 @@ def check_model(model: onnx.ModelProto, expected_outputs: dict | None = None) ->
 
 
 def save_model(model: onnx.ModelProto, path: str | os.PathLike) -> int:
-    """Write atomically: a temporary file in the same directory, fsync, rename.
-    A failure or Ctrl-C leaves an earlier file intact and no partial file.
-    Models whose weights exceed 2 GB store them in '<name>.data' beside the file."""
+    """Write atomically: a temporary file in the same directory, then a rename.
+    A failure, Ctrl-C or SIGTERM leaves an earlier file intact and no partial
+    file. Models whose weights exceed 2 GB store them in '<name>.data' beside
+    the file; the two renames that put that pair in place run with Ctrl-C
+    deferred, so the pair is never half replaced."""
     path = Path(path)
     directory = path.parent if str(path.parent) else Path(".")
     if not directory.is_dir():
@@ -154,25 +159,31 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike) -> int:
     data_path = path.with_name(path.name + ".data")
     tmp_paths: list[str] = []
     try:
-        if total > EXTERNAL_DATA_THRESHOLD:
-            # onnx writes the data file beside the model it saves: save both into a
-            # private temporary directory, then move them into place, data first
-            tmp_dir = tempfile.mkdtemp(prefix=".graphc-", dir=directory)
-            tmp_paths.append(tmp_dir)
-            onnx.save_model(model, os.path.join(tmp_dir, path.name), save_as_external_data=True,
-                            all_tensors_to_one_file=True, location=data_path.name, size_threshold=1024)
-            os.replace(os.path.join(tmp_dir, data_path.name), data_path)
-            os.replace(os.path.join(tmp_dir, path.name), path)
-            return os.path.getsize(path) + os.path.getsize(data_path)
-        data = serialize(model)
-        fd, tmp = tempfile.mkstemp(prefix=".graphc-", suffix=".onnx.tmp", dir=directory)
-        tmp_paths.append(tmp)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        # rename is atomic: readers see the old file or the new one, never a part
-        # (no fsync: that guards against power loss, at seconds per big model)
-        os.replace(tmp, path)
-        return len(data)
+        with _terminate_as_interrupt():
+            if total > EXTERNAL_DATA_THRESHOLD:
+                # onnx writes the data file beside the model it saves: save both into a
+                # private temporary directory, then move them into place, data first
+                with _signals_deferred():
+                    tmp_dir = tempfile.mkdtemp(prefix=".graphc-", dir=directory)
+                    tmp_paths.append(tmp_dir)
+                onnx.save_model(model, os.path.join(tmp_dir, path.name), save_as_external_data=True,
+                                all_tensors_to_one_file=True, location=data_path.name, size_threshold=1024)
+                tmp_data = os.path.join(tmp_dir, data_path.name)
+                with _signals_deferred():
+                    if os.path.exists(tmp_data):     # absent when every tensor is under size_threshold
+                        os.replace(tmp_data, data_path)
+                    os.replace(os.path.join(tmp_dir, path.name), path)
+                return os.path.getsize(path) + (os.path.getsize(data_path) if data_path.exists() else 0)
+            data = serialize(model)
+            with _signals_deferred():     # no window where the temporary file exists unrecorded
+                fd, tmp = tempfile.mkstemp(prefix=".graphc-", suffix=".onnx.tmp", dir=directory)
+                tmp_paths.append(tmp)
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            # rename is atomic: readers see the old file or the new one, never a part
+            # (no fsync: that guards against power loss, at seconds per big model)
+            os.replace(tmp, path)
+            return len(data)
     except OSError as exc:
         raise GraphcError(f"cannot write {path}: {exc.strerror or exc}") from None
     finally:
@@ -181,3 +192,53 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike) -> int:
                 shutil.rmtree(t, ignore_errors=True)
             elif os.path.exists(t):
                 os.unlink(t)
+
+
+def _in_main_thread() -> bool:
+    return threading.current_thread() is threading.main_thread()
+
+
+@contextlib.contextmanager
+def _signals_deferred():
+    """Hold SIGINT/SIGTERM over a few system calls that must not be split; a
+    signal that arrives meanwhile takes effect (KeyboardInterrupt) right after.
+    Done with Python-level handlers rather than a thread signal mask: the
+    kernel may deliver a process signal to any thread (ONNX Runtime and BLAS
+    start several), and Python runs handlers in the main thread regardless."""
+    if not _in_main_thread():
+        yield
+        return
+    pending: list[int] = []
+
+    def hold(signum, frame):
+        pending.append(signum)
+    old = {s: signal.signal(s, hold) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, handler in old.items():
+            signal.signal(s, handler)
+        if pending:
+            handler = old[pending[0]]
+            if callable(handler):
+                handler(pending[0], None)          # default_int_handler raises KeyboardInterrupt
+            elif handler == signal.SIG_DFL:
+                os.kill(os.getpid(), pending[0])    # the default action, now that it is safe
+
+
+@contextlib.contextmanager
+def _terminate_as_interrupt():
+    """SIGTERM's default action kills the process on the spot, leaving the
+    temporary file behind; while writing, turn it into KeyboardInterrupt so
+    the cleanup above runs."""
+    if not _in_main_thread() or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        yield
+        return
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+    signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)

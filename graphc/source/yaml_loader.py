@@ -102,7 +102,8 @@ class _Converter:
                 raise GraphcError(f"cannot read this value: {getattr(exc, 'problem', None) or exc}", span) from None
             except (ValueError, OverflowError, TypeError) as exc:
                 # e.g. an integer of more than 4300 digits (Python's int/str conversion limit)
-                raise GraphcError(f"cannot read this value: {str(exc).split(';')[0]}", span) from None
+                why = "the number is too long" if "digits" in str(exc) else str(exc).split(";")[0]
+                raise GraphcError(f"cannot read this value: {why}", span) from None
             if isinstance(value, (bytes, bytearray)) or not isinstance(value, (str, int, float, bool, type(None))):
                 raise GraphcError(f"unsupported YAML value of type {type(value).__name__}", span,
                                   hint="use plain numbers, strings, booleans, lists and mappings")

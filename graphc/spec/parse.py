@@ -327,7 +327,8 @@ class _Loader:
     def blocks_from(self, path: Path, display: str, span: Span | None) -> tuple[Node, dict[str, BlockDecl]]:
         resolved = path.resolve()
         if resolved in self.stack:
-            chain = " -> ".join(p.name for p in self.stack + [resolved])
+            cycle = self.stack[self.stack.index(resolved):] + [resolved]
+            chain = " -> ".join(p.name for p in cycle)
             raise GraphcError(f"include cycle: {chain}", span, hint="remove one of these includes")
         if resolved in self.done:
             return self.done[resolved]
