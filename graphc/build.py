@@ -29,10 +29,12 @@ MAX_EXPANDED_LAYERS = 20_000
 MAX_OPS = 30_000
 # Parameters (and compile-time constant tables) are counted as layers declare
 # them, before any weight exists; past this budget the compile stops at the
-# layer that crossed it. Building a model takes about three times its
-# parameter bytes of memory (weights, ONNX tensors, serialised bytes), so
-# 4 GiB of parameters is a large but safe default; --max-param-bytes raises it.
-DEFAULT_MAX_PARAM_BYTES = 4 << 30
+# layer that crossed it. Building takes about twice the parameter bytes of
+# memory and ~15 s per GB; 2 GiB is also the most a single .onnx protobuf
+# holds. So the default admits every model that fits one file (the paper's
+# big Transformer is 0.86 GB), refuses a typo'd width in milliseconds, and
+# --max-param-bytes raises it for bigger models (stored with external data).
+DEFAULT_MAX_PARAM_BYTES = 2 << 30
 
 
 def format_bytes(n: int) -> str:
@@ -57,7 +59,8 @@ class _BoundedBuilder(Builder):
 
     def _account(self, name: str, nbytes: int) -> None:
         self.param_bytes += nbytes
-        self.biggest = max(self.biggest, (nbytes, name))
+        if nbytes > self.biggest[0]:
+            self.biggest = (nbytes, name)
         if self.max_param_bytes is not None and self.param_bytes > self.max_param_bytes:
             err = self.error(
                 f"the model's parameters would take at least {format_bytes(self.param_bytes)}, over the "

@@ -52,7 +52,7 @@ def _byte_size(text: str) -> int:
 def _add_budget_arg(p: argparse.ArgumentParser) -> None:
     from .build import DEFAULT_MAX_PARAM_BYTES
     p.add_argument("--max-param-bytes", type=_byte_size, default=DEFAULT_MAX_PARAM_BYTES, metavar="SIZE",
-                   help="refuse models whose parameters exceed this (e.g. 16G; default 4G)")
+                   help="refuse models whose parameters exceed this (e.g. 16G; default 2G)")
 
 
 def _is_spec(path: str) -> bool:

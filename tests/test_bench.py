@@ -73,9 +73,9 @@ def test_parity_with_pytorch_eager(report):
 def test_ratios_and_targets_reported(report):
     assert report["targets"]
     for t in report["targets"]:
-        assert t["status"] in ("PASS", "MISS")
+        assert t["status"] in ("PASS", "MISS", "N/A")
         assert t["value"] is None or _positive(t["value"]), t
     kinds = {t["target"].split(" (")[0] for t in report["targets"]}
-    assert {"compile not slower than dynamo=False", "latency below PyTorch eager",
+    assert {"compile not slower than legacy", "latency below PyTorch eager",
             "transformer compiled in < 1 s"} <= kinds
     assert any(t["target"].startswith("latency <= ") for t in report["targets"])

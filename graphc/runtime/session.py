@@ -10,6 +10,7 @@ import json
 import re
 import os
 import tempfile
+import weakref
 import zipfile
 import zlib
 from pathlib import Path
@@ -41,9 +42,13 @@ def make_session(model: bytes | str, provider: str = "cpu", threads: int | None 
         raise GraphcError(f"the {provider} provider is not available in this onnxruntime "
                           f"(available: {', '.join(available)})",
                           hint="install the GPU build: pip install 'graphc[gpu]' (onnxruntime-gpu) on a machine with CUDA")
+    if threads is not None and not 0 <= threads <= MAX_THREADS:
+        # ORT would try to start them all: 99999 threads is a hang, not an error
+        raise GraphcError(f"--threads must be between 0 and {MAX_THREADS}, got {threads}")
+    ort.set_default_logger_severity(4)      # failures are reported once, by us, not also as ORT log lines
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    opts.log_severity_level = 3
+    opts.log_severity_level = 4             # fatal only: run_model reports failures itself
     if threads:
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
@@ -51,10 +56,55 @@ def make_session(model: bytes | str, provider: str = "cpu", threads: int | None 
         opts.optimized_model_filepath = optimized_path
     providers = [wanted] + (["CPUExecutionProvider"] if wanted != "CPUExecutionProvider" else [])
     try:
-        return ort.InferenceSession(model, sess_options=opts, providers=providers)
+        session = ort.InferenceSession(model, sess_options=opts, providers=providers)
     except Exception as exc:  # ORT raises its own exception types for unreadable models
         what = model if isinstance(model, str) else "the model"
         raise GraphcError(f"ONNX Runtime cannot load {what}: {str(exc).splitlines()[0][:300]}") from None
+    try:
+        _SOURCES[session] = model
+    except TypeError:           # pragma: no cover  (a session type without weak references)
+        pass
+    return session
+
+
+# the model each session was made from, read again only if a run needs to know its ops
+_SOURCES: "weakref.WeakKeyDictionary[object, bytes | str]" = weakref.WeakKeyDictionary()
+MAX_THREADS = 1024
+# ONNX Runtime 1.31's LSTM/GRU/RNN kernels crash the process (SIGSEGV, abort) on
+# an empty batch or sequence instead of returning an error
+_CRASH_ON_EMPTY = frozenset({"LSTM", "GRU", "RNN", "Scan", "Loop"})
+
+
+def _op_types(session) -> set[str] | None:
+    try:
+        model = _SOURCES.get(session)
+    except TypeError:           # pragma: no cover
+        model = None
+    if model is None:
+        return None
+    import onnx
+    try:
+        proto = onnx.load_from_string(model) if isinstance(model, bytes) else \
+            onnx.load(model, load_external_data=False)
+    except Exception:
+        return None
+    types = {n.op_type for n in proto.graph.node}
+    for fn in proto.functions:
+        types.update(n.op_type for n in fn.node)
+    return types
+
+
+def _refuse_empty_inputs_that_crash(session, feeds: Mapping[str, np.ndarray]) -> None:
+    empty = [(name, arr.shape) for name, arr in feeds.items() if 0 in arr.shape]
+    if not empty:
+        return
+    types = _op_types(session)
+    risky = sorted(_CRASH_ON_EMPTY & types) if types is not None else ["(unknown ops)"]
+    if risky:
+        name, shape = empty[0]
+        raise GraphcError(f"input '{name}' is empty (shape {list(shape)}); this model uses "
+                          f"{', '.join(risky)}, which needs at least one batch row and one time step",
+                          hint="ONNX Runtime crashes on empty inputs to recurrent ops, so graphc refuses them")
 
 
 def model_meta(session) -> dict[str, str]:
@@ -122,6 +172,9 @@ def random_inputs(session, dims: Mapping[str, int], seed: int = 0) -> dict[str, 
         else:
             lo, hi = (_range_value(v, env) for v in ranges.get(info.name, (0, 2)))
             limits = np.iinfo(dtype)
+            if isinstance(lo, int) and isinstance(hi, int) and hi <= lo:
+                raise GraphcError(f"input '{info.name}': its range [{lo}, {hi}) is empty at these dims",
+                                  hint="pass larger --dim values")
             if not (isinstance(lo, int) and isinstance(hi, int) and limits.min <= lo < hi <= limits.max + 1):
                 raise GraphcError(f"input '{info.name}': the range [{lo}, {hi}) does not fit {dtype.name}")
             arr = rng.integers(lo, hi, size=shape).astype(dtype)
@@ -238,6 +291,7 @@ def _range_value(v, env):
 
 def run_model(session, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     check_inputs(session, feeds)
+    _refuse_empty_inputs_that_crash(session, feeds)
     names = [o.name for o in session.get_outputs()]
     try:
         outs = session.run(names, dict(feeds))
