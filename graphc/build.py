@@ -10,9 +10,16 @@ parameter scope; ``repeat: N`` makes N copies named ``<layer>.0`` ...
 """
 from __future__ import annotations
 
+import contextlib
+import os
 from typing import Mapping
 
 import networkx as nx
+
+try:
+    import resource
+except ImportError:  # pragma: no cover  (not on Windows)
+    resource = None
 
 from .errors import GraphcError, Span, did_you_mean, known_list
 from .ir import DTYPES, Builder, Graph, Value, verify
@@ -35,6 +42,38 @@ MAX_OPS = 30_000
 # big Transformer is 0.86 GB), refuses a typo'd width in milliseconds, and
 # --max-param-bytes raises it for bigger models (stored with external data).
 DEFAULT_MAX_PARAM_BYTES = 2 << 30
+
+
+# Some layers compute constant tables in numpy while they expand (positional
+# encodings: max_len x width), before the Builder can count them; an absurd
+# width would have numpy fill tens of gigabytes first. While a spec expands,
+# the process's address space is capped (where the OS allows) at its current
+# size plus twice the budget plus this slack, so such an allocation fails at
+# once and is reported at the layer.
+GUARD_SLACK_BYTES = 1 << 30
+
+
+@contextlib.contextmanager
+def _address_space_guard(max_param_bytes: int | None):
+    limits = None
+    if max_param_bytes is not None and resource is not None:
+        try:
+            with open("/proc/self/statm") as f:
+                current = int(f.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+            soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+            cap = current + 2 * max_param_bytes + GUARD_SLACK_BYTES
+            if hard != resource.RLIM_INFINITY:
+                cap = min(cap, hard)
+            if soft == resource.RLIM_INFINITY or cap < soft:
+                resource.setrlimit(resource.RLIMIT_AS, (cap, hard))
+                limits = (soft, hard)
+        except (OSError, ValueError):
+            limits = None
+    try:
+        yield
+    finally:
+        if limits is not None:
+            resource.setrlimit(resource.RLIMIT_AS, limits)
 
 
 def format_bytes(n: int) -> str:
@@ -169,7 +208,13 @@ class _Expander:
             call = Call(decl.name, decl.kind, decl.span, args,
                         {**decl.arg_key_spans}, {k: v for k, (s, v) in ports.items()},
                         {k: s for k, (s, v) in ports.items() if s is not None})
-            outs = kind.expand(self.b, call)
+            try:
+                outs = kind.expand(self.b, call)
+            except MemoryError:
+                raise GraphcError(f"{decl.kind} '{decl.name}': building this layer needs more memory than the "
+                                  f"parameter budget allows", decl.span,
+                                  hint="check its sizes (widths, max_len) for a typo; if they are meant, "
+                                       "raise --max-param-bytes") from None
             return outs, next(iter(outs))
         return self._expand_block(decl, block, inputs, env, where)
 
@@ -315,7 +360,8 @@ def build_graph(spec: Spec, max_param_bytes: int | None = DEFAULT_MAX_PARAM_BYTE
     for name, d in spec.dims.items():
         if d.example is not None:
             g.dim_examples[name] = d.example
-    ex.expand_list(spec.layers, top, env)
+    with _address_space_guard(max_param_bytes):
+        ex.expand_list(spec.layers, top, env)
     for public, ref in spec.outputs.items():
         if public in g.inputs:
             raise GraphcError(f"output '{public}' has the name of an input", ref.span,

@@ -8,7 +8,7 @@ located ``path:line:col: error:`` (or ``graphc: error:`` for errors that are
 not about a place in the spec) -- never an internal error (exit 1), never a
 traceback, never a hang, and a failed build leaves the earlier output intact.
 
-CI runs a bounded, derandomized pass (about 2,000 examples, a minute). A long
+CI runs a bounded, derandomized pass (about 5,000 examples, a minute). A long
 run (examples per spec)::
 
     GRAPHC_FUZZ_EXAMPLES=20000 python -m pytest tests/test_fuzz.py -x
@@ -39,9 +39,9 @@ from helpers import SPECS
 
 FUZZ_SEED = int(os.environ.get("GRAPHC_FUZZ_SEED", "0"))
 ALL = sorted(SPECS.rglob("*.yaml"))
-# CI: about 2,000 examples shared among the example specs (roughly a minute,
+# CI: about 5,000 examples shared among the example specs (roughly a minute,
 # however many specs there are); GRAPHC_FUZZ_EXAMPLES sets the count per spec
-EXAMPLES = int(os.environ.get("GRAPHC_FUZZ_EXAMPLES", max(20, 2000 // max(1, len(ALL)))))
+EXAMPLES = int(os.environ.get("GRAPHC_FUZZ_EXAMPLES", max(20, 5000 // max(1, len(ALL)))))
 # a mutated spec is built only while its parameters stay below this (builds of
 # the big example models take seconds; their checks are still fuzzed)
 BUILD_PARAMS = 10_000_000

@@ -277,6 +277,17 @@ def test_huge_width_is_refused_before_any_allocation(tmp_path):
     assert "5,000,000,000 parameters" in out
 
 
+def test_constant_tables_too_big_for_the_budget_fail_at_their_layer(tmp_path):
+    """A positional table (max_len x width) is computed while its layer
+    expands; an absurd width fails at once, located, instead of filling RAM."""
+    p = tmp_path / "pe.yaml"
+    p.write_text("graphc: 1\ndims: [batch, seq]\ninputs: {x: {dtype: float32, shape: [batch, seq, 131072]}}\n"
+                 "layers: [{name: pe, kind: sinusoidal_pe, input: x, max_len: 65536}]\noutputs: {y: pe}\n")
+    t0 = time.perf_counter()
+    assert_user_error(cli("check", p), "sinusoidal_pe 'pe'", located=str(p))
+    assert time.perf_counter() - t0 < 5
+
+
 def test_max_param_bytes_flag_on_build_and_run(tiny, tmp_path):
     out = tmp_path / "o.onnx"
     # tiny has 15 float32 parameters = 60 bytes

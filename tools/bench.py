@@ -1,32 +1,20 @@
 #!/usr/bin/env python
-"""graphc against what users would pick instead: torch.onnx.export (the dynamo
-exporter and the legacy dynamo=False one) and PyTorch eager, in one run.
+"""graphc against what users would pick instead: torch.onnx.export (the dynamo exporter and
+the legacy dynamo=False one) and PyTorch eager, on the same weights, in one run.
 
-    python tools/bench.py --json-out bench.json            # full run (~10 min on 2 cores)
+    python tools/bench.py --json-out bench.json            # full run (~6 min on 2 cores)
     python tools/bench.py --quick --json-out /tmp/q.json   # tiny inputs, legacy exporter only (< 60 s)
     python tools/bench.py --only encoder,gru --reps 10
 
-Per workload (specs/*.yaml and the equivalent torch.nn module, same weights):
-  compile   spec + weights -> .onnx on disk. graphc: `graphc build` in a fresh process
-            (timed from outside, peak RSS from wait4) and compile_spec + save_model in a
-            fresh process (timed inside, RSS growth over the post-import baseline).
-            torch: each exporter in a fresh process; a tiny warm-up export first takes the
-            exporter's one-off start-up, then the real export is timed inside; the wall
-            time of the whole process is reported as well.
-  latency   ONNX Runtime CPU (ORT_ENABLE_ALL, intra-op threads = --threads, inter-op 1) on
-            graphc's model and on every torch export, and PyTorch eager with
-            torch.set_num_threads(--threads); candidates interleaved round by round (ABAB,
-            the order rotating) and medians taken, so machine drift hits all alike.
-  GFLOP/s   analytic multiply-add FLOPs (2*M*N*K per MatMul) over the median latency,
-            against the best single-MatMul ONNX graph in ORT on this machine.
-  parity    max |difference| of every output against PyTorch eager.
-
-Ratios are graphc / alternative: below 1 means graphc is faster or smaller.
-Absolute numbers drift on shared machines; only same-run ratios mean something.
+Measures compile time and memory (fresh processes), ONNX Runtime CPU latency (candidates
+interleaved round by round), GFLOP/s against a single MatMul, and parity with eager. How
+each number is taken, and the results: docs/benchmarks.md. Ratios are graphc / alternative
+(below 1: graphc is faster or smaller); only same-run ratios mean something on a shared machine.
 """
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import platform
@@ -104,57 +92,51 @@ def torch_module(name: str, device=None):
     def causal(n, like):
         return torch.ones(n, n, dtype=torch.bool, device=like.device).triu(1)   # True = masked
 
-    class MHA(nn.Module):
-        def __init__(self):
+    class Holder(nn.Module):          # the attribute name is the state_dict prefix
+        def __init__(self, **modules):
             super().__init__()
-            self.attn = nn.MultiheadAttention(D, HEADS, batch_first=True)
+            for attr, module in modules.items():
+                setattr(self, attr, module)
 
+    class MHA(Holder):
         def forward(self, x, key_padding_mask):
             return self.attn(x, x, x, key_padding_mask=key_padding_mask, need_weights=False)[0]
 
-    class MHACausal(MHA):
+    class MHACausal(Holder):
         def forward(self, x):
             return self.attn(x, x, x, attn_mask=causal(x.shape[1], x), is_causal=True, need_weights=False)[0]
 
-    class Encoder(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.encoder = nn.TransformerEncoder(
-                nn.TransformerEncoderLayer(D, HEADS, FF, dropout=0.0, batch_first=True), 6)
-
+    class Encoder(Holder):
         def forward(self, src, src_key_padding_mask):
             return self.encoder(src, src_key_padding_mask=src_key_padding_mask)
 
-    class Transformer(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.transformer = nn.Transformer(D, HEADS, 6, 6, FF, dropout=0.0, batch_first=True)
-
+    class Transformer(Holder):
         def forward(self, src, tgt, src_key_padding_mask, tgt_key_padding_mask):
             return self.transformer(src, tgt, tgt_mask=causal(tgt.shape[1], tgt), tgt_is_causal=True,
                                     src_key_padding_mask=src_key_padding_mask,
                                     tgt_key_padding_mask=tgt_key_padding_mask,
                                     memory_key_padding_mask=src_key_padding_mask)
 
-    class LSTM(nn.Module):
-        def __init__(self, bidirectional):
-            super().__init__()
-            self.lstm = nn.LSTM(RNN_IN, RNN_H, 2, batch_first=True, bidirectional=bidirectional)
-
+    class LSTM(Holder):
         def forward(self, x):
             y, (h, c) = self.lstm(x)
             return y, h, c
 
-    class GRU(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.gru = nn.GRU(RNN_IN, RNN_H, 2, batch_first=True)
-
+    class GRU(Holder):
         def forward(self, x, h0):
             return self.gru(x, h0)
 
-    make = {"mha": MHA, "mha_causal": MHACausal, "encoder": Encoder, "transformer": Transformer,
-            "lstm": lambda: LSTM(True), "lstm_uni": lambda: LSTM(False), "gru": GRU}[name]
+    def lstm(bidirectional):
+        return LSTM(lstm=nn.LSTM(RNN_IN, RNN_H, 2, batch_first=True, bidirectional=bidirectional))
+
+    make = {"mha": lambda: MHA(attn=nn.MultiheadAttention(D, HEADS, batch_first=True)),
+            "mha_causal": lambda: MHACausal(attn=nn.MultiheadAttention(D, HEADS, batch_first=True)),
+            "encoder": lambda: Encoder(encoder=nn.TransformerEncoder(
+                nn.TransformerEncoderLayer(D, HEADS, FF, dropout=0.0, batch_first=True), 6)),
+            "transformer": lambda: Transformer(transformer=nn.Transformer(D, HEADS, 6, 6, FF, dropout=0.0,
+                                                                          batch_first=True)),
+            "lstm": lambda: lstm(True), "lstm_uni": lambda: lstm(False),
+            "gru": lambda: GRU(gru=nn.GRU(RNN_IN, RNN_H, 2, batch_first=True))}[name]
     with torch.device(device or "cpu"):
         return make().eval()
 
@@ -321,23 +303,37 @@ def worker_export(job: dict) -> dict:
     return out
 
 
+# Runs a module (-m NAME) or a script in this process and writes its peak RSS (VmHWM: this
+# process image's own) to stderr at exit. ru_maxrss from wait4 would not do: Linux carries
+# the parent's high-water mark into a forked child, and the parent here holds torch and models.
+_PEAK_WRAPPER = """import atexit, runpy, sys
+def _peak():
+    with open('/proc/self/status') as f:
+        sys.stderr.write(''.join('\\nBENCH_' + l for l in f if l.startswith('VmHWM')))
+atexit.register(_peak)
+if sys.argv[1] == '-m':
+    sys.argv = sys.argv[2:]
+    runpy.run_module(sys.argv[0], run_name='__main__', alter_sys=True)
+else:
+    sys.argv = sys.argv[1:]
+    runpy.run_path(sys.argv[0], run_name='__main__')
+"""
+
+
 def run_child(argv: list[str], timeout: float) -> dict:
-    """Run a fresh Python process; wall time from outside, peak RSS of that child alone."""
+    """Run a fresh Python process: wall time from outside, its peak RSS from inside."""
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p))
     t0 = time.perf_counter()
-    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
-        p = subprocess.Popen([sys.executable, *argv], cwd=ROOT, env=env, stdout=out, stderr=err)
-        while not (r := os.wait4(p.pid, os.WNOHANG))[0]:       # wait4: this child's own rusage
-            if time.perf_counter() - t0 > timeout:
-                p.kill()
-                r = os.wait4(p.pid, 0)
-            time.sleep(0.002)
-        _, status, usage = r
-        wall = time.perf_counter() - t0
-        p.returncode = os.waitstatus_to_exitcode(status)     # Popen must not wait for it again
-        out.seek(0), err.seek(0)
-        return {"wall_s": wall, "maxrss_mb": usage.ru_maxrss / 1024, "rc": p.returncode,
-                "stdout": out.read(), "stderr": err.read()[-3000:]}
+    try:
+        p = subprocess.run([sys.executable, "-c", _PEAK_WRAPPER, *argv], cwd=ROOT, env=env, capture_output=True,
+                           text=True, timeout=timeout)
+        rc, out, err = p.returncode, p.stdout, p.stderr
+    except subprocess.TimeoutExpired as exc:
+        rc, out, err = -9, exc.stdout or "", f"timed out after {timeout} s"
+    wall = time.perf_counter() - t0
+    peak = re.findall(r"BENCH_VmHWM:\s*(\d+)", err)
+    return {"wall_s": wall, "maxrss_mb": int(peak[-1]) / 1024 if peak else None, "rc": rc,
+            "stdout": out if isinstance(out, str) else out.decode(), "stderr": err[-3000:]}
 
 
 def child_job(kind: str, job: dict, tmp: Path, timeout: float) -> dict:
@@ -452,7 +448,7 @@ def compile_graphc(ws, res, npz, gpath, args, tmp: Path, log) -> None:
     def items(rep):
         return [{"spec": str(ROOT / w.spec), "weights": str(npz[w.name]),
                  "out": str(tmp / w.name / f"graphc-{rep}.onnx")} for w in ws]
-    reps = []
+    reps, opset = [], ["--opset", str(args.opset)] if args.opset else []
     for i in range(args.compile_reps):
         job = {"items": items(i), "tracemalloc": i == 0 and not args.quick, "opset": args.opset}
         reps.append(child_job("compile", job, tmp, 900))
@@ -461,13 +457,11 @@ def compile_graphc(ws, res, npz, gpath, args, tmp: Path, log) -> None:
         for it in items(i):
             os.unlink(it["out"])
     for j, w in enumerate(ws):
-        runs = [r["results"][j] for r in reps]
-        cli = []
+        runs, cli = [r["results"][j] for r in reps], []
         for i in range(args.compile_reps):
             it = items(f"cli-{i}")[j]
-            opset = ["--opset", str(args.opset)] if args.opset else []
-            cli.append(run_child(["-m", "graphc", "build", it["spec"], "--weights", it["weights"], "-o", it["out"], *opset],
-                                 600))
+            cli.append(run_child(["-m", "graphc", "build", it["spec"], "--weights", it["weights"], "-o", it["out"],
+                                  *opset], 600))
             if cli[-1]["rc"] != 0:
                 raise RuntimeError(f"graphc build failed on {w.spec}: {cli[-1]['stderr']}")
             os.replace(it["out"], gpath[w.name])
@@ -475,12 +469,13 @@ def compile_graphc(ws, res, npz, gpath, args, tmp: Path, log) -> None:
         g = {"inproc_s": statistics.median(r["inproc_s"] for r in runs),
              "wall_s": statistics.median(c["wall_s"] for c in cli),
              "cli_reported_s": statistics.median(said) if said else None,
-             "cli_maxrss_mb": max(c["maxrss_mb"] for c in cli),
+             "cli_maxrss_mb": max((c["maxrss_mb"] or 0) for c in cli) or None,
              "rss_peak_delta_mb": max(r["rss_peak_delta_mb"] for r in runs),
              "tracemalloc_peak_mb": runs[0].get("tracemalloc_peak_mb"),
              "nodes": runs[0]["nodes"], "size_mb": gpath[w.name].stat().st_size / 1e6,
              "runs_inproc_s": [r["inproc_s"] for r in runs], "runs_wall_s": [c["wall_s"] for c in cli]}
         g["peak_over_weights"] = g["rss_peak_delta_mb"] * 2**20 / res[w.name]["weight_bytes"]
+        g["maxrss_mb"] = g["cli_maxrss_mb"]      # the whole `graphc build` process, imports included
         res[w.name]["compile"]["graphc"] = g
         log(f"[{w.name}] weights {res[w.name]['weight_bytes'] / 1e6:.1f} MB; graphc compile {g['inproc_s']:.3f} s "
             f"in-process, {g['wall_s']:.2f} s wall, peak +{g['rss_peak_delta_mb']:.0f} MB")
@@ -516,7 +511,10 @@ def export_torch(ws, res, npz, args, tmp: Path, log) -> dict:
             info["ratio_wall"] = ratio(g["wall_s"], info["wall_s"])
             if not first.get("error"):
                 import onnx
-                info["nodes"] = len(onnx.load(first["path"], load_external_data=False).graph.node)
+                try:
+                    info["nodes"] = len(onnx.load(first["path"], load_external_data=False).graph.node)
+                except Exception as exc:   # an unreadable file: ORT reports it again below, per shape
+                    info["error"] = f"unreadable export: {type(exc).__name__}"
             res[w.name]["compile"][exp] = info
             paths = {e["key"]: e["path"] for e in recs if "error" not in e}
             cases = w.quick_cases if args.quick else w.cases
@@ -662,7 +660,8 @@ def markdown(report: dict) -> str:
     lines.append("### Compile (spec + weights -> .onnx on disk): seconds in-process / process wall; "
                  "ratio = graphc / exporter\n")
     head = ("| workload | weights MB | graphc |" + "".join(f" {e} (start-up) |" for e in exps)
-            + "".join(f" ratio vs {e} |" for e in exps) + " graphc peak RSS / weights | nodes graphc / " + " / ".join(exps) + " |")
+            + "".join(f" ratio vs {e} |" for e in exps) + " graphc compile peak RSS / weights |"
+            " process peak RSS MB graphc / " + " / ".join(exps) + " | nodes graphc / " + " / ".join(exps) + " |")
     lines += [head, "|" + "---|" * (head.count("|") - 1)]
     for name, r in res.items():
         c, g = r["compile"], r["compile"]["graphc"]
@@ -674,6 +673,7 @@ def markdown(report: dict) -> str:
         row += "".join(f" {fmt(c.get(e, {}).get('ratio_inproc'), '.3f')} / {fmt(c.get(e, {}).get('ratio_wall'), '.3f')} |"
                        for e in exps)
         row += f" {g['peak_over_weights']:.2f}x |" if r["fresh_process"] else " – (shared process) |"
+        row += f" {' / '.join(fmt(c.get(k, {}).get('maxrss_mb'), '.0f') for k in ['graphc', *exps])} |"
         row += f" {' / '.join(str(c.get(k, {}).get('nodes', '–')) for k in ['graphc', *exps])} |"
         lines.append(row)
     lines.append("\n### ONNX Runtime latency, ms (medians, interleaved); ratio = graphc / alternative\n")
@@ -737,9 +737,8 @@ def main(argv=None) -> int:
     p.add_argument("--_worker", nargs=2, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args._worker:
-        job = json.loads(Path(args._worker[1]).read_text())
         fn = worker_compile if args._worker[0] == "compile" else worker_export
-        print(json.dumps(fn(job)))
+        print(json.dumps(fn(json.loads(Path(args._worker[1]).read_text()))))
         return 0
     args.reps = args.reps or (3 if args.quick else 20)
     args.warmup = args.warmup or (1 if args.quick else 3)
@@ -749,13 +748,9 @@ def main(argv=None) -> int:
     bad = [n for n in names if n not in WORKLOADS] + [e for e in args.exporters if e not in ("dynamo", "legacy")]
     if bad:
         p.error(f"unknown workload or exporter: {', '.join(bad)} (workloads: {', '.join(WORKLOADS)})")
-    if "dynamo" in args.exporters:
-        try:
-            import onnxscript  # noqa: F401
-        except ImportError:
-            print("note: onnxscript is not installed; the dynamo exporter is skipped (pip install onnxscript)",
-                  file=sys.stderr)
-            args.exporters.remove("dynamo")
+    if "dynamo" in args.exporters and importlib.util.find_spec("onnxscript") is None:
+        print("note: the dynamo exporter needs onnxscript (pip install onnxscript): skipped", file=sys.stderr)
+        args.exporters.remove("dynamo")
 
     if not args.spin:
         os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")   # read when torch loads OpenMP: before the import
