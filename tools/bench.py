@@ -14,6 +14,7 @@ each number is taken, and the results: docs/benchmarks.md. Ratios are graphc / a
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
 import json
 import os
@@ -241,11 +242,8 @@ def worker_compile(job: dict) -> dict:
     results = []
     for item in job["items"]:
         base = _rss_kb("VmRSS")
-        try:
-            with open("/proc/self/clear_refs", "w") as f:     # reset the peak RSS (VmHWM) to now
-                f.write("5")
-        except OSError:
-            pass
+        with contextlib.suppress(OSError), open("/proc/self/clear_refs", "w") as f:
+            f.write("5")                                    # reset the peak RSS (VmHWM) to now
         t0 = time.perf_counter()
         model = compile_spec(item["spec"], item["weights"], opset=job["opset"], keep_weights=False).model
         save_model(model, item["out"])
@@ -307,16 +305,10 @@ def worker_export(job: dict) -> dict:
 # process image's own) to stderr at exit. ru_maxrss from wait4 would not do: Linux carries
 # the parent's high-water mark into a forked child, and the parent here holds torch and models.
 _PEAK_WRAPPER = """import atexit, runpy, sys
-def _peak():
-    with open('/proc/self/status') as f:
-        sys.stderr.write(''.join('\\nBENCH_' + l for l in f if l.startswith('VmHWM')))
-atexit.register(_peak)
-if sys.argv[1] == '-m':
-    sys.argv = sys.argv[2:]
-    runpy.run_module(sys.argv[0], run_name='__main__', alter_sys=True)
-else:
-    sys.argv = sys.argv[1:]
-    runpy.run_path(sys.argv[0], run_name='__main__')
+atexit.register(lambda: sys.stderr.write(''.join('\\nBENCH_' + l for l in open('/proc/self/status') if l[:5] == 'VmHWM')))
+module = sys.argv[1] == '-m'
+sys.argv = sys.argv[1 + module:]
+runpy.run_module(sys.argv[0], run_name='__main__', alter_sys=True) if module else runpy.run_path(sys.argv[0], run_name='__main__')
 """
 
 
@@ -392,21 +384,31 @@ def matmul_limit(args) -> dict:
     return out
 
 
-def time_candidates(cands: dict, warmup: int, reps: int) -> tuple[dict, dict]:
-    """cands: name -> zero-argument callable returning outputs. Interleaved rounds,
-    the order rotating each round; returns the times (ms) and the first outputs."""
+def time_candidates(cands: dict, warmup: int, reps: int, solo=("eager",), block: int = 5) -> tuple[dict, dict]:
+    """cands: name -> zero-argument callable; returns the times (ms) and first outputs. ORT
+    candidates run in interleaved rounds, the order rotating; eager runs in blocks alternating
+    with them, each block opened by an untimed call and closed by a pause (docs/benchmarks.md)."""
     outs = {name: fn() for name, fn in cands.items()}
     for _ in range(warmup - 1):
         for fn in cands.values():
             fn()
     times = {n: [] for n in cands}
-    names = list(cands)
-    for r in range(reps):
-        k = r % len(names)
-        for name in names[k:] + names[:k]:
-            t0 = time.perf_counter()
+    names = [n for n in cands if n not in solo]
+
+    def timed(name):
+        t0 = time.perf_counter()
+        cands[name]()
+        times[name].append((time.perf_counter() - t0) * 1e3)
+    for start in range(0, reps, block):
+        for r in range(start, min(reps, start + block)):
+            k = r % len(names)
+            for name in names[k:] + names[:k]:
+                timed(name)
+        for name in (n for n in solo if n in cands):
             cands[name]()
-            times[name].append((time.perf_counter() - t0) * 1e3)
+            for _ in range(start, min(reps, start + block)):
+                timed(name)
+            time.sleep(0.05)
     return times, outs
 
 
@@ -555,8 +557,7 @@ def latency(w: Workload, res: dict, npz: str, gpath: str, exported: dict, args, 
             with torch.inference_mode():
                 r = m(*t)
             return [r] if isinstance(r, torch.Tensor) else list(r)
-        cands["eager"] = eager
-        cands["matmul"] = args.matmul_ref[0]     # the practical limit, under the same load as the rest
+        cands.update(eager=eager, matmul=args.matmul_ref[0])    # matmul: the practical limit, same load
         times, outs = time_candidates(cands, args.warmup, args.reps)
         mm_ms = statistics.median(times.pop("matmul"))
         med = {n: statistics.median(t) for n, t in times.items()}
@@ -574,8 +575,7 @@ def latency(w: Workload, res: dict, npz: str, gpath: str, exported: dict, args, 
             "ratio_of_min": {n: min(times["graphc"]) / min(t) for n, t in times.items() if n != "graphc"},
             "matmul_gflops_interleaved": args.matmul_ref[1] / (mm_ms / 1e3) / 1e9}
         log(f"[{w.name}] {c.label}: " + ", ".join(f"{n} {t:.2f} ms" for n, t in med.items())
-            + f", matmul {res['cases'][c.label]['matmul_gflops_interleaved']:.0f} GFLOP/s"
-            + (f"  errors: {errors}" if errors else ""))
+            + f", matmul {mm_ms:.2f} ms" + (f"  errors: {errors}" if errors else ""))
     if w.name.startswith("lstm"):
         res["varlen_max_abs_diff"] = lstm_varlen_parity(w, module, sessions[gpath], cases[-1])
 
@@ -729,8 +729,8 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=2, help="ORT intra-op threads and torch threads (default 2)")
     p.add_argument("--exporters", help="comma-separated: dynamo,legacy (default both; quick: legacy)")
     p.add_argument("--spin", action="store_true",
-                   help="keep ORT's and OpenMP's busy-waiting threads (their defaults); by default both are off, "
-                        "for every candidate alike, because they steal cores from the next candidate on a shared machine")
+                   help="let ORT's worker threads busy-wait between runs (its default); off by default, for every "
+                        "ORT model alike, because spinning threads steal the cores of the next interleaved candidate")
     p.add_argument("--opset", type=int, help="graphc's target opset (default: graphc's own; 23 emits ONNX Attention)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json-out", help="write every number to this JSON file")
@@ -752,8 +752,6 @@ def main(argv=None) -> int:
         print("note: the dynamo exporter needs onnxscript (pip install onnxscript): skipped", file=sys.stderr)
         args.exporters.remove("dynamo")
 
-    if not args.spin:
-        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")   # read when torch loads OpenMP: before the import
     import onnx
     import onnxruntime
     import torch
@@ -779,9 +777,8 @@ def main(argv=None) -> int:
     report = {
         "config": {"quick": args.quick, "threads": args.threads, "reps": args.reps, "warmup": args.warmup,
                    "compile_reps": args.compile_reps, "exporters": args.exporters, "seed": args.seed, "spin": args.spin,
-                   "graphc_opset": args.opset,
-                   "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"), "workloads": names,
-                   "matmul_ref_shape": "x".join(map(str, ref_shape))},
+                   "graphc_opset": args.opset, "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+                   "workloads": names, "matmul_ref_shape": "x".join(map(str, ref_shape))},
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
                     "torch": torch.__version__, "onnxruntime": onnxruntime.__version__, "onnx": onnx.__version__,
                     "loadavg_start": load0},
