@@ -131,6 +131,17 @@ _TGT_PORTS = (Port("tgt_key_padding_mask", "bool [batch, tgt_seq], True = paddin
               Port("tgt_mask", "bool (True = masked) or additive float [tgt_seq, tgt_seq], on top of causal", True))
 
 
+def _decoder_inputs(call: Call):
+    """x, memory, target masks, memory masks and config of a decoder layer or stack,
+    with the memory's width checked against d_model."""
+    x, mem = call.inputs["x"], call.inputs["memory"]
+    d = _check_width(call, x, "x")
+    if _check_width(call, mem, "memory") != d:
+        raise call.error(f"memory width {mem.shape[-1]} differs from d_model {d}", "memory")
+    return (x, mem, _masks(call, "tgt_key_padding_mask", "tgt_lengths", "tgt_mask"),
+            _masks(call, "memory_key_padding_mask", "memory_lengths"), _cfg(call, d))
+
+
 def _masks(call: Call, kpm: str, lengths: str, attn: str | None = None) -> dict:
     out = {"key_padding_mask": call.inputs.get(kpm), "key_lengths": call.inputs.get(lengths)}
     if attn:
@@ -242,13 +253,8 @@ class TransformerDecoderLayer(LayerKind):
     example = "{name: layer, kind: transformer_decoder_layer, inputs: {x: tgt, memory: enc}, heads: 8}"
 
     def expand(self, b, call):
-        x, mem = call.inputs["x"], call.inputs["memory"]
-        d = _check_width(call, x, "x")
-        if _check_width(call, mem, "memory") != d:
-            raise call.error(f"memory width {mem.shape[-1]} differs from d_model {d}", "memory")
-        cfg = _cfg(call, d)
-        return {"y": decoder_layer_op(b, call, x, mem, _masks(call, "tgt_key_padding_mask", "tgt_lengths", "tgt_mask"),
-                                      _masks(call, "memory_key_padding_mask", "memory_lengths"), cfg, call["causal"])}
+        x, mem, self_masks, mem_masks, cfg = _decoder_inputs(call)
+        return {"y": decoder_layer_op(b, call, x, mem, self_masks, mem_masks, cfg, call["causal"])}
 
     def reference(self, args, weights, inputs):
         x = inputs["x"].astype(np.float64)
@@ -311,13 +317,8 @@ class TransformerDecoder(LayerKind):
     example = "{name: decoder, kind: transformer_decoder, inputs: {x: tgt, memory: encoder}, layers: 6, heads: 8}"
 
     def expand(self, b, call):
-        x, mem = call.inputs["x"], call.inputs["memory"]
-        d = _check_width(call, x, "x")
-        if _check_width(call, mem, "memory") != d:
-            raise call.error(f"memory width {mem.shape[-1]} differs from d_model {d}", "memory")
-        cfg = _cfg(call, d)
-        return {"y": decoder_stack_op(b, call, x, mem, _masks(call, "tgt_key_padding_mask", "tgt_lengths", "tgt_mask"),
-                                      _masks(call, "memory_key_padding_mask", "memory_lengths"), cfg,
+        x, mem, self_masks, mem_masks, cfg = _decoder_inputs(call)
+        return {"y": decoder_stack_op(b, call, x, mem, self_masks, mem_masks, cfg,
                                       call["layers"], call["final_norm"], call["causal"])}
 
     def reference(self, args, weights, inputs):
