@@ -64,13 +64,15 @@ def _add_compile_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed for initial weights when --weights is not given")
     p.add_argument("--opset", type=int, default=None, help="target ONNX opset (17..26; default 17)")
     p.add_argument("--include-dir", action="append", default=[], help="also allow includes from this directory")
+    p.add_argument("--dtype", default="float32", choices=["float32", "float16"],
+                   help="precision of the model's float tensors (float16: softmax and norms still in float32)")
     _add_budget_arg(p)
 
 
 def _compile(args, progress=None, keep_weights=True):
     from .compiler import compile_spec
     return compile_spec(args.spec, args.weights, args.seed, args.opset, args.include_dir, progress=progress,
-                        keep_weights=keep_weights, max_param_bytes=args.max_param_bytes)
+                        keep_weights=keep_weights, max_param_bytes=args.max_param_bytes, dtype=args.dtype)
 
 
 # ------------------------------------------------------------------ commands

@@ -12,7 +12,7 @@ from .build import DEFAULT_MAX_PARAM_BYTES, build_graph
 from .errors import GraphcError
 from .ir import Graph
 from .spec import Spec, load_spec
-from .weights import load_weights, materialize
+from .weights import fold_derived, load_weights, materialize
 
 
 @dataclass
@@ -63,8 +63,10 @@ def check_spec(path: str | os.PathLike, include_dirs: Iterable[str] = (),
 def compile_spec(path: str | os.PathLike, weights: str | os.PathLike | Mapping[str, np.ndarray] | None = None,
                  seed: int = 0, opset: int | None = None, include_dirs: Iterable[str] = (),
                  attention: str = "auto", progress=None, keep_weights: bool = True,
-                 max_param_bytes: int | None = DEFAULT_MAX_PARAM_BYTES) -> Compiled:
-    """``progress``: an optional callback told of each stage (graphc.progress.Progress draws it).
+                 max_param_bytes: int | None = DEFAULT_MAX_PARAM_BYTES, dtype: str = "float32") -> Compiled:
+    """``dtype="float16"`` converts the whole model to half precision after the
+    weights are in (graphc.ir.precision says which parts stay float32).
+    ``progress``: an optional callback told of each stage (graphc.progress.Progress draws it).
     ``keep_weights=False`` moves the weights into the ONNX model instead of copying
     them (``Compiled.graph`` then has no tensor data): the CLI's build uses it to
     keep peak memory near twice the weight bytes."""
@@ -79,8 +81,19 @@ def compile_spec(path: str | os.PathLike, weights: str | os.PathLike | Mapping[s
     else:
         source = "weights"
     seeded = weights is None
-    materialize(graph, weights, seed, source, progress=progress)
+    if dtype not in ("float32", "float16"):
+        raise GraphcError(f"unknown model dtype '{dtype}'", hint="choose float32 or float16")
+    materialize(graph, weights, seed, source, progress=progress, fold=False)
     weights = None          # the graph holds what it needs; drop the file's other references
+    if dtype == "float16":
+        from .ir.precision import check_float16_range
+        check_float16_range(graph.params())     # named as the user's weights, before folding renames them
+    report(progress, "fold")
+    fold_derived(graph)
+    if dtype == "float16":
+        from .ir.precision import convert_to_float16
+        report(progress, "float16")
+        convert_to_float16(graph)
     graph.metadata["graphc.attention"] = attention
     graph.metadata["graphc.seed"] = str(seed) if seeded else "weights"
     report(progress, "lower")

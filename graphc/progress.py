@@ -28,6 +28,7 @@ STAGE_TEXT = {
     "read": "reading weights",
     "weights": "weights",
     "fold": "folding derived tensors",
+    "float16": "converting to float16",
     "lower": "lowering to ONNX",
     "onnx_check": "running the ONNX checker",
     "write": "writing",

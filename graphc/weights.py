@@ -215,8 +215,9 @@ def initial_value(info: ValueInfo, seed: int) -> np.ndarray:
 
 
 def materialize(g: Graph, weights: Mapping[str, np.ndarray] | None = None, seed: int = 0,
-                source: str = "weights", progress=None) -> None:
-    """Give every parameter data (from ``weights`` or seeded init), then fold Derive ops.
+                source: str = "weights", progress=None, fold: bool = True) -> None:
+    """Give every parameter data (from ``weights`` or seeded init), then fold Derive
+    ops (unless ``fold`` is False: the caller inspects the raw parameters first).
 
     ``progress`` (optional, see graphc.progress) hears of each tensor with the
     bytes done so far, because this is the slow part of building a big model."""
@@ -266,8 +267,9 @@ def materialize(g: Graph, weights: Mapping[str, np.ndarray] | None = None, seed:
             p.data = initial_value(p, seed)
             done += p.data.nbytes
             report(progress, "weights", done, total, p.name)
-    report(progress, "fold")
-    fold_derived(g)
+    if fold:
+        report(progress, "fold")
+        fold_derived(g)
 
 
 def _nbytes(p: ValueInfo) -> int:

@@ -33,7 +33,14 @@ def _direct(ctx: LowerContext, op: OpNode) -> None:
 
 @lowering("Softmax", "LogSoftmax")
 def _softmax(ctx, op):
-    ctx.node(op.op, op.inputs, op.outputs, axis=op.attrs.get("axis", -1))
+    """In float32 for float16 models: exp and the sum overflow or lose the
+    small probabilities in half precision."""
+    axis = op.attrs.get("axis", -1)
+    if _dtype_of(ctx, op.inputs[0]) == np.float16:
+        y = ctx.one(op.op, [ctx.one("Cast", op.inputs, to=TensorProto.FLOAT)], axis=axis)
+        ctx.node("Cast", [y], op.outputs, to=TensorProto.FLOAT16)
+        return
+    ctx.node(op.op, op.inputs, op.outputs, axis=axis)
 
 
 @lowering("Cast")
@@ -114,8 +121,14 @@ def _reduce_max(ctx, op):
 
 @lowering("Reshape")
 def _reshape(ctx, op):
-    """Static target shapes only: 0 copies an input dim in place, -1 infers one;
-    no run-time Shape/Gather glue, so ORT sees a constant shape."""
+    """Static target shapes: 0 copies an input dim in place, -1 infers one;
+    no run-time Shape/Gather glue, so ORT sees a constant shape.
+
+    One exception: a -1 cannot be inferred when another target dim is 0 at run
+    time (ORT fails on an empty batch: 0 elements / 0 is no size). So a -1
+    beside copied symbolic dims is lowered as Squeeze/Unsqueeze where the
+    reshape only moves size-1 axes (the usual case: [B, Sk] -> [B, 1, 1, Sk]),
+    and otherwise that one dim is computed from the input's run-time shape."""
     (x,) = op.inputs
     in_shape = ctx.g.value(x).type.shape
     target = op.attrs["shape"]
@@ -134,7 +147,37 @@ def _reshape(ctx, op):
             return
         raise ctx.error(f"cannot lower a reshape to [{', '.join(map(str, target))}]: "
                         f"more than one symbolic dim moves ({', '.join(map(str, unresolved))})")
+    if unresolved and 0 in out:
+        if _squeeze_unsqueeze(ctx, x, in_shape, target, op.outputs):
+            return
+        ctx.node("Reshape", [x, reshape_target(ctx, x, len(in_shape), out)], op.outputs)
+        return
     ctx.node("Reshape", [x, ctx.const(np.array(out, np.int64))], op.outputs)
+
+
+def reshape_target(ctx, x: str, rank: int, out: list[int]) -> str:
+    """The Reshape target for `out` (0 = copy the input dim in place, one -1,
+    the rest constants), safe for empty tensors: if a copied dim may be 0 at
+    run time, ONNX cannot infer the -1, so it is computed instead as the
+    product of the input dims that are not copied over the constant target
+    dims (exact: copied dims are equal on both sides)."""
+    if -1 not in out or 0 not in out:
+        return ctx.const(np.array(out, np.int64))
+    j = out.index(-1)
+    rest = [i for i in range(rank) if not (i < len(out) and out[i] == 0)]
+    if not rest:                # nothing left to infer from (cannot happen for a consistent reshape)
+        return ctx.const(np.array(out, np.int64))
+    known = int(np.prod([v for v in out if v > 0], dtype=np.int64))
+    if rest == list(range(rest[0], rest[-1] + 1)):
+        dims = ctx.one("Shape", [x], start=rest[0], end=rest[-1] + 1)
+    else:
+        dims = ctx.one("Gather", [ctx.one("Shape", [x]), ctx.const(np.array(rest, np.int64))], axis=0)
+    size = dims if len(rest) == 1 else ctx.one("ReduceProd", [dims], keepdims=1)       # [1]
+    if known != 1:
+        size = ctx.one("Div", [size, ctx.const(np.array([known], np.int64))])
+    parts = ([ctx.const(np.array(out[:j], np.int64))] if j else []) + [size] + \
+        ([ctx.const(np.array(out[j + 1:], np.int64))] if j + 1 < len(out) else [])
+    return ctx.one("Concat", parts, axis=0)
 
 
 def _squeeze_unsqueeze(ctx, x, in_shape, target, outputs) -> bool:
