@@ -95,7 +95,7 @@ def cmd_check(args) -> int:
 
 
 def cmd_build(args) -> int:
-    from .lower import check_model, save_model
+    from .lower import check_model_file
     from .compiler import check_output_path
     out = Path(args.output)
     check_output_path(out, [args.spec, args.weights])      # before a long compile, not after
@@ -104,15 +104,16 @@ def cmd_build(args) -> int:
     with Progress(enabled=False if args.quiet else None) as progress:   # stderr, only on a terminal
         compiled = _compile(args, progress, keep_weights=False)
         check_output_path(out, compiled.spec.sources)      # the included files are known now
+        verify = None
         if args.check:
-            progress("onnx_check")
-            check_model(compiled.model)
+            def verify(written: str) -> None:              # the bytes on disk, before they replace anything
+                progress("onnx_check")
+                check_model_file(written)
         progress("write", detail=str(out))
-        size = save_model(compiled.model, out)
+        size = compiled.save(out, verify)
     if not args.quiet:
-        n_params = sum(int(np.prod(t.dims)) for t in compiled.model.graph.initializer)
         print(f"wrote {out} ({size / 1e6:.1f} MB, {len(compiled.model.graph.node)} nodes, "
-              f"{n_params:,} weights, opset {compiled.model.opset_import[0].version}) in "
+              f"{compiled.count_weights():,} weights, opset {compiled.model.opset_import[0].version}) in "
               f"{time.perf_counter() - t0:.2f} s")
     return 0
 

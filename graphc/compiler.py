@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Iterable, Mapping
 
 import numpy as np
@@ -17,13 +17,31 @@ from .weights import fold_derived, load_weights, materialize
 
 @dataclass
 class Compiled:
+    """A compiled model. With ``keep_weights=False`` the proto holds no weight
+    bytes: ``weights`` lists (name, array) and ``save``/``to_bytes`` stream them."""
     spec: Spec
     graph: Graph
     model: object          # onnx.ModelProto (kept untyped: only graphc.lower imports onnx)
+    weights: list = field(default_factory=list)
 
     def to_bytes(self) -> bytes:
         from .lower import serialize
-        return serialize(self.model)
+        if not self.weights:
+            return serialize(self.model)
+        import io
+        from .lower.stream import write_model
+        buf = io.BytesIO()
+        write_model(buf, self.model, self.weights)
+        return buf.getvalue()
+
+    def save(self, path: str | os.PathLike, verify=None) -> int:
+        """Write atomically (see graphc.lower.save_model); returns the bytes written."""
+        from .lower import save_model
+        return save_model(self.model, path, self.weights, verify)
+
+    def count_weights(self) -> int:
+        inline = sum(int(np.prod(t.dims)) for t in self.model.graph.initializer)
+        return inline + sum(int(a.size) for _, a in self.weights)
 
 
 def check_output_path(output: str | os.PathLike, inputs: Iterable[str | os.PathLike | None]) -> None:
@@ -67,10 +85,10 @@ def compile_spec(path: str | os.PathLike, weights: str | os.PathLike | Mapping[s
     """``dtype="float16"`` converts the whole model to half precision after the
     weights are in (graphc.ir.precision says which parts stay float32).
     ``progress``: an optional callback told of each stage (graphc.progress.Progress draws it).
-    ``keep_weights=False`` moves the weights into the ONNX model instead of copying
-    them (``Compiled.graph`` then has no tensor data): the CLI's build uses it to
-    keep peak memory near twice the weight bytes."""
-    from .lower import DEFAULT_OPSET, lower
+    ``keep_weights=False`` leaves the weights out of the proto: ``Compiled.save``
+    streams them from their arrays to the file, so a build holds each weight
+    once (the CLI's build and tools/bench.py use it)."""
+    from .lower import DEFAULT_OPSET, lower, lower_by_reference
     from .progress import report
     report(progress, "check")
     spec, graph = check_spec(path, include_dirs, max_param_bytes)
@@ -97,5 +115,7 @@ def compile_spec(path: str | os.PathLike, weights: str | os.PathLike | Mapping[s
     graph.metadata["graphc.attention"] = attention
     graph.metadata["graphc.seed"] = str(seed) if seeded else "weights"
     report(progress, "lower")
-    model = lower(graph, opset or DEFAULT_OPSET, release_weights=not keep_weights)
-    return Compiled(spec, graph, model)
+    if keep_weights:
+        return Compiled(spec, graph, lower(graph, opset or DEFAULT_OPSET))
+    model, arrays = lower_by_reference(graph, opset or DEFAULT_OPSET)
+    return Compiled(spec, graph, model, arrays)

@@ -11,6 +11,8 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import mmap
+import os
 import struct
 import zipfile
 import zlib
@@ -91,13 +93,13 @@ def _read_safetensors(f, path: Path, shown: str, max_bytes: int | None) -> dict[
         total += end - start
         _over_budget(shown, total, max_bytes)
         entries.append((name, dtype, shape, start, end))
+    # mapped, not read: each tensor is a read-only view of the file (no copy;
+    # safetensors is little-endian, which numpy reads as is on x86 and ARM)
     out: dict[str, np.ndarray] = {}
+    mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if entries else None
     for name, dtype, shape, start, end in entries:
-        f.seek(8 + n + start)
-        data = f.read(end - start)
-        if len(data) != end - start:
-            raise GraphcError(f"{shown}: truncated while reading tensor '{name}'")
-        out[name] = np.frombuffer(data, dtype=dtype).reshape(shape).astype(dtype.newbyteorder("="))
+        arr = np.frombuffer(mapped, dtype=dtype, count=math.prod(shape), offset=8 + n + start).reshape(shape)
+        out[name] = arr if dtype.isnative else arr.astype(dtype.newbyteorder("="))
     return out
 
 
@@ -130,10 +132,15 @@ def read_npz(path: Path, max_bytes: int | None = None) -> dict[str, np.ndarray]:
 
 
 def _read_npz(path: Path, shown: str, max_bytes: int | None) -> dict[str, np.ndarray]:
-    fmt = np.lib.format
+    """Uncompressed members (numpy.savez) are mapped, not read: their arrays are
+    read-only views of the file, so loading costs no copy and no memory beyond
+    the page cache (the build then copies each weight once, into the output).
+    Compressed members (numpy.savez_compressed) are inflated into new arrays."""
     out: dict[str, np.ndarray] = {}
     total = 0
-    with zipfile.ZipFile(path) as zf:
+    with open(path, "rb") as raw, zipfile.ZipFile(raw) as zf:
+        size = os.fstat(raw.fileno()).st_size
+        mapped = mmap.mmap(raw.fileno(), 0, access=mmap.ACCESS_READ) if size else None
         for info in zf.infolist():
             if info.is_dir():
                 continue
@@ -141,28 +148,57 @@ def _read_npz(path: Path, shown: str, max_bytes: int | None) -> dict[str, np.nda
                 raise GraphcError(f"{shown}: member '{info.filename}' is not a .npy tensor")
             key = info.filename[:-4]
             with zf.open(info) as f:
-                version = fmt.read_magic(f)
-                if version == (1, 0):
-                    shape, fortran, dtype = fmt.read_array_header_1_0(f)
-                elif version == (2, 0):
-                    shape, fortran, dtype = fmt.read_array_header_2_0(f)
-                else:
-                    raise GraphcError(f"{shown}: tensor '{key}' uses .npy format {version}, which graphc does not read")
-                if dtype.hasobject or dtype.fields is not None or dtype.subdtype is not None:
-                    raise GraphcError(f"{shown}: tensor '{key}' has dtype {dtype}; weights are plain numeric tensors")
+                shape, fortran, dtype = _npy_header(f, shown, key)
                 nbytes = math.prod(shape) * dtype.itemsize
                 total += nbytes
                 _over_budget(shown, total, max_bytes)
-                arr = np.empty(shape[::-1] if fortran else shape, dtype)
-                view = memoryview(arr.reshape(-1).view(np.uint8)) if arr.size else memoryview(b"")
-                got = 0
-                while got < nbytes:
-                    k = f.readinto(view[got:])
-                    if not k:
-                        raise GraphcError(f"{shown}: tensor '{key}' is truncated ({got} of {nbytes} bytes)")
-                    got += k
+                if info.compress_type == zipfile.ZIP_STORED and mapped is not None:
+                    start = _stored_data_offset(mapped, info) + f.tell()
+                    if start + nbytes > min(size, _stored_data_offset(mapped, info) + info.file_size):
+                        raise GraphcError(f"{shown}: tensor '{key}' is truncated")
+                    arr = np.frombuffer(mapped, dtype, count=math.prod(shape), offset=start)
+                    arr = arr.reshape(shape[::-1] if fortran else shape)
+                else:
+                    arr = _read_into(f, shape[::-1] if fortran else shape, dtype, nbytes, shown, key)
                 out[key] = arr.T if fortran else arr
     return out
+
+
+def _npy_header(f, shown: str, key: str):
+    fmt = np.lib.format
+    version = fmt.read_magic(f)
+    if version == (1, 0):
+        shape, fortran, dtype = fmt.read_array_header_1_0(f)
+    elif version == (2, 0):
+        shape, fortran, dtype = fmt.read_array_header_2_0(f)
+    else:
+        raise GraphcError(f"{shown}: tensor '{key}' uses .npy format {version}, which graphc does not read")
+    if dtype.hasobject or dtype.fields is not None or dtype.subdtype is not None:
+        raise GraphcError(f"{shown}: tensor '{key}' has dtype {dtype}; weights are plain numeric tensors")
+    return shape, fortran, dtype
+
+
+def _stored_data_offset(mapped: mmap.mmap, info: zipfile.ZipInfo) -> int:
+    """Where a stored member's bytes begin: after its local file header, whose
+    name and extra-field lengths may differ from the central directory's."""
+    at = info.header_offset
+    header = mapped[at:at + 30]
+    if len(header) != 30 or header[:4] != b"PK\x03\x04":
+        raise zipfile.BadZipFile(f"bad local header for {info.filename}")
+    name_len, extra_len = struct.unpack("<HH", header[26:30])
+    return at + 30 + name_len + extra_len
+
+
+def _read_into(f, shape, dtype, nbytes: int, shown: str, key: str) -> np.ndarray:
+    arr = np.empty(shape, dtype)
+    view = memoryview(arr.reshape(-1).view(np.uint8)) if arr.size else memoryview(b"")
+    got = 0
+    while got < nbytes:
+        k = f.readinto(view[got:])
+        if not k:
+            raise GraphcError(f"{shown}: tensor '{key}' is truncated ({got} of {nbytes} bytes)")
+        got += k
+    return arr
 
 
 def load_weights(path: str | Path, max_bytes: int | None = None) -> dict[str, np.ndarray]:
@@ -296,6 +332,7 @@ def fold_derived(g: Graph) -> None:
         # halves of a packed QKV) now, not at the end: keeps peak memory near 1x weights
         for name in set(op.inputs):
             if g.has_value(name) and not g.users(name) and name not in g.outputs.values():
+                release_mapped_pages(g.value(name).data)
                 g.remove_value(name)
         # a readable initializer name: '<layer path>.<label>' where free
         nice = f"{op.layer}.{op.attrs['label']}" if op.layer else op.attrs["label"]
@@ -305,6 +342,29 @@ def fold_derived(g: Graph) -> None:
         if v.kind in ("param", "const") and not g.users(v.name) and v.name not in g.outputs.values():
             g.remove_value(v.name)
     verify(g)
+
+
+def release_mapped_pages(arr: np.ndarray | None) -> None:
+    """Tell the kernel this process is done with the file pages behind a
+    tensor mapped from a weights file (the originals of transposed or stacked
+    weights): they leave this process's resident memory at once instead of
+    when the whole file is unmapped, which keeps a build's peak near one copy
+    of the weights. The page cache keeps them; nothing is written. A no-op for
+    ordinary arrays."""
+    if arr is None or not hasattr(mmap, "MADV_DONTNEED"):
+        return
+    base = arr
+    while isinstance(base, np.ndarray) and base.base is not None:
+        base = base.base
+    if isinstance(base, memoryview):          # np.frombuffer keeps a memoryview of the map
+        base = base.obj
+    if not isinstance(base, mmap.mmap) or not arr.nbytes:
+        return
+    start = arr.__array_interface__["data"][0] - np.frombuffer(base, np.uint8, count=1).ctypes.data
+    lo = -(-start // mmap.PAGESIZE) * mmap.PAGESIZE                  # whole pages inside the tensor only:
+    hi = (start + arr.nbytes) // mmap.PAGESIZE * mmap.PAGESIZE       # its neighbours may still be in use
+    if hi > lo:
+        base.madvise(mmap.MADV_DONTNEED, lo, hi - lo)
 
 
 def _rename_value(g: Graph, old: str, new: str) -> None:

@@ -233,11 +233,10 @@ def _rss_kb(field_name: str) -> int:
 
 
 def worker_compile(job: dict) -> dict:
-    """compile_spec + save_model of each item in this (fresh) process: time and the
+    """compile_spec + Compiled.save of each item in this (fresh) process: time and the
     growth of RSS over the post-import baseline."""
     import tracemalloc
     from graphc.compiler import compile_spec
-    from graphc.lower import save_model
     import onnx  # noqa: F401  (imported before the baseline, as the CLI does)
     results = []
     for item in job["items"]:
@@ -245,17 +244,17 @@ def worker_compile(job: dict) -> dict:
         with contextlib.suppress(OSError), open("/proc/self/clear_refs", "w") as f:
             f.write("5")                                    # reset the peak RSS (VmHWM) to now
         t0 = time.perf_counter()
-        model = compile_spec(item["spec"], item["weights"], opset=job["opset"], keep_weights=False).model
-        save_model(model, item["out"])
+        compiled = compile_spec(item["spec"], item["weights"], opset=job["opset"], keep_weights=False)
+        compiled.save(item["out"])
+        model = compiled.model
         seconds = time.perf_counter() - t0
         peak = _rss_kb("VmHWM")
         res = {"inproc_s": seconds, "rss_base_mb": base / 1024, "rss_peak_delta_mb": (peak - base) / 1024,
                "nodes": len(model.graph.node)}
-        del model
+        del model, compiled
         if job.get("tracemalloc"):        # Python and numpy allocations only: protobuf's C memory is not traced
             tracemalloc.start()
-            save_model(compile_spec(item["spec"], item["weights"], opset=job["opset"], keep_weights=False).model,
-                       item["out"])
+            compile_spec(item["spec"], item["weights"], opset=job["opset"], keep_weights=False).save(item["out"])
             res["tracemalloc_peak_mb"] = tracemalloc.get_traced_memory()[1] / 2**20
             tracemalloc.stop()
         results.append(res)
@@ -445,7 +444,7 @@ def bench_group(ws: list[Workload], args, tmp: Path, log) -> dict:
 
 
 def compile_graphc(ws, res, npz, gpath, args, tmp: Path, log) -> None:
-    """graphc: compile_spec + save_model timed inside fresh workers, and `graphc build` timed from outside.
+    """graphc: compile_spec + Compiled.save timed inside fresh workers, and `graphc build` timed from outside.
     Every compile writes a new file, as the exporters do: replacing a big file costs its unlink."""
     def items(rep):
         return [{"spec": str(ROOT / w.spec), "weights": str(npz[w.name]),

@@ -15,7 +15,9 @@ import signal
 import tempfile
 import threading
 from pathlib import Path
+from typing import Callable, Sequence
 
+import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
@@ -42,6 +44,21 @@ def _value_info(name: str, dtype: str, shape) -> onnx.ValueInfoProto:
 
 
 def lower(g: Graph, opset: int = DEFAULT_OPSET, release_weights: bool = False) -> onnx.ModelProto:
+    """The whole model as one proto, weights included (``release_weights``
+    drops each weight from the graph once the proto holds a copy)."""
+    model, weights = lower_by_reference(g, opset)
+    graph = model.graph
+    for name, data in weights:
+        _add_initializer(graph, name, data)
+        if release_weights:
+            g.value(name).data = None   # the proto now owns the bytes
+    return model
+
+
+def lower_by_reference(g: Graph, opset: int = DEFAULT_OPSET) -> tuple[onnx.ModelProto, list[tuple[str, np.ndarray]]]:
+    """The model without its weights, and the (name, array) of each weight in
+    initializer order (the graph's own arrays, not copies): ``save_model(model, path, weights)`` streams their
+    arrays to the file without copying them into the proto (graphc.lower.stream)."""
     if not MIN_OPSET <= opset <= MAX_OPSET:
         raise GraphcError(f"opset {opset} is not supported",
                           hint=f"choose an opset from {MIN_OPSET} to {MAX_OPSET} (the newest ONNX Runtime accepts)")
@@ -81,10 +98,6 @@ def lower(g: Graph, opset: int = DEFAULT_OPSET, release_weights: bool = False) -
     graph.node.extend(ctx.nodes)
     graph.input.extend(inputs)
     graph.output.extend(outputs)
-    for v in weights:
-        _add_initializer(graph, v.name, v.data)
-        if release_weights:
-            v.data = None   # the proto now owns the bytes
     graph.initializer.extend(ctx.extra_initializers)
     # ORT 1.31 refuses IR > 13 and onnx 1.23 stamps 14: use the lowest the opset needs
     model.ir_version = helper.find_min_ir_version_for(opsets, ignore_unknown=True)
@@ -96,7 +109,7 @@ def lower(g: Graph, opset: int = DEFAULT_OPSET, release_weights: bool = False) -
     if g.input_ranges:
         meta["graphc.input_ranges"] = json.dumps({k: list(v) for k, v in g.input_ranges.items()}, sort_keys=True)
     helper.set_model_props(model, dict(sorted(meta.items())))
-    return model
+    return model, [(v.name, v.data) for v in weights]
 
 
 def _add_initializer(graph: onnx.GraphProto, name: str, data) -> None:
@@ -145,53 +158,63 @@ def check_model(model: onnx.ModelProto, expected_outputs: dict | None = None) ->
             raise InternalError(f"output {o.name}: graphc says {ours}, ONNX infers {theirs}")
 
 
-def save_model(model: onnx.ModelProto, path: str | os.PathLike) -> int:
-    """Write atomically: a temporary file in the same directory, then a rename.
-    A failure, Ctrl-C or SIGTERM leaves an earlier file intact and no partial
-    file. Models whose weights exceed 2 GB store them in '<name>.data' beside
-    the file; the two renames that put that pair in place run with Ctrl-C
-    deferred, so the pair is never half replaced."""
+def check_model_file(path: str | os.PathLike) -> None:
+    """check_model on a written file, as a runtime would read it."""
+    check_model(onnx.load(str(path)))
+
+
+def save_model(model: onnx.ModelProto, path: str | os.PathLike, weights: Sequence[tuple[str, np.ndarray]] = (),
+               verify: Callable[[str], None] | None = None) -> int:
+    """Write atomically: into a private temporary directory beside ``path``,
+    then a rename. A failure, Ctrl-C or SIGTERM leaves an earlier file intact
+    and no partial file. ``weights`` (name, array), from lower_by_reference,
+    are streamed from their arrays (graphc.lower.stream) instead of being
+    copied into the proto first. Models whose weights exceed 2 GB store them
+    in '<name>.data' beside the file; the two renames that put that pair in
+    place run with Ctrl-C deferred, so the pair is never half replaced.
+    ``verify(temporary_path)`` runs on the written file before it is put in
+    place (``graphc build --check``): a model that fails it never lands."""
+    from .stream import with_external_data, write_model
     path = Path(path)
     directory = path.parent if str(path.parent) else Path(".")
     if not directory.is_dir():
         raise GraphcError(f"cannot write {path}: directory {directory} does not exist")
-    total = sum(len(t.raw_data) for t in model.graph.initializer)
+    total = sum(len(t.raw_data) for t in model.graph.initializer) + sum(a.nbytes for _, a in weights)
     data_path = path.with_name(path.name + ".data")
     tmp_paths: list[str] = []
     try:
         with _terminate_as_interrupt():
+            with _signals_deferred():     # no window where the temporary directory exists unrecorded
+                tmp_dir = tempfile.mkdtemp(prefix=".graphc-", dir=directory)
+                tmp_paths.append(tmp_dir)
+            tmp_model = os.path.join(tmp_dir, path.name)
+            tmp_data = os.path.join(tmp_dir, data_path.name)
             if total > EXTERNAL_DATA_THRESHOLD:
-                # onnx writes the data file beside the model it saves: save both into a
-                # private temporary directory, then move them into place, data first
-                with _signals_deferred():
-                    tmp_dir = tempfile.mkdtemp(prefix=".graphc-", dir=directory)
-                    tmp_paths.append(tmp_dir)
-                onnx.save_model(model, os.path.join(tmp_dir, path.name), save_as_external_data=True,
-                                all_tensors_to_one_file=True, location=data_path.name, size_threshold=1024)
-                tmp_data = os.path.join(tmp_dir, data_path.name)
-                with _signals_deferred():
-                    if os.path.exists(tmp_data):     # absent when every tensor is under size_threshold
-                        os.replace(tmp_data, data_path)
-                    os.replace(os.path.join(tmp_dir, path.name), path)
-                return os.path.getsize(path) + (os.path.getsize(data_path) if data_path.exists() else 0)
-            data = serialize(model)
-            with _signals_deferred():     # no window where the temporary file exists unrecorded
-                fd, tmp = tempfile.mkstemp(prefix=".graphc-", suffix=".onnx.tmp", dir=directory)
-                tmp_paths.append(tmp)
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-            # rename is atomic: readers see the old file or the new one, never a part
-            # (no fsync: that guards against power loss, at seconds per big model)
-            os.replace(tmp, path)
-            return len(data)
+                if weights:
+                    with open(tmp_data, "wb") as f:
+                        model = with_external_data(model, weights, f, data_path.name)
+                # onnx writes the data file beside the model it saves (its own
+                # tensors: all of them for a full proto, none after the line above)
+                onnx.save_model(model, tmp_model, save_as_external_data=True, all_tensors_to_one_file=True,
+                                location=data_path.name, size_threshold=1024)
+            else:
+                with open(tmp_model, "wb") as f:
+                    write_model(f, model, weights)
+            if verify is not None:
+                verify(tmp_model)
+            with _signals_deferred():
+                # rename is atomic: readers see the old file or the new one, never a part
+                # (no fsync: that guards against power loss, at seconds per big model)
+                if os.path.exists(tmp_data):     # absent when every tensor is under size_threshold
+                    os.replace(tmp_data, data_path)
+                os.replace(tmp_model, path)
+            external = total > EXTERNAL_DATA_THRESHOLD and data_path.exists()
+            return os.path.getsize(path) + (os.path.getsize(data_path) if external else 0)
     except OSError as exc:
         raise GraphcError(f"cannot write {path}: {exc.strerror or exc}") from None
     finally:
         for t in tmp_paths:
-            if os.path.isdir(t):
-                shutil.rmtree(t, ignore_errors=True)
-            elif os.path.exists(t):
-                os.unlink(t)
+            shutil.rmtree(t, ignore_errors=True)
 
 
 def _in_main_thread() -> bool:
