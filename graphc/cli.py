@@ -155,9 +155,11 @@ def cmd_run(args) -> int:
             session.run(None, feeds)
             times.append(time.perf_counter() - t0)
         times.sort()
-        print(f"latency over {args.bench} runs after {args.warmup} warm-up: median {times[len(times) // 2] * 1e3:.3f} ms, "
-              f"min {times[0] * 1e3:.3f} ms, max {times[-1] * 1e3:.3f} ms ({args.provider}, "
-              f"{args.threads or 'default'} threads)")
+        shapes = ", ".join(f"{k} {v.dtype}{list(v.shape)}" for k, v in feeds.items())
+        print(f"inputs: {shapes}")
+        print(f"latency over {args.bench} runs after {args.warmup} warm-up: median {_quantile(times, 0.5):.3f} ms, "
+              f"p10 {_quantile(times, 0.1):.3f} ms, p90 {_quantile(times, 0.9):.3f} ms, min {times[0] * 1e3:.3f} ms "
+              f"({args.provider}, {args.threads or 'default'} threads)")
     for name, arr in outs.items():
         line = f"{name}: {arr.dtype}{list(arr.shape)}"
         if arr.size and arr.dtype.kind == "f":
@@ -173,6 +175,12 @@ def cmd_run(args) -> int:
         from .runtime.session import save_outputs
         save_outputs(outs, args.output)
     return 0
+
+
+def _quantile(sorted_seconds: list[float], q: float) -> float:
+    """The q-quantile in milliseconds (nearest rank: a run that happened)."""
+    i = min(len(sorted_seconds) - 1, max(0, round(q * (len(sorted_seconds) - 1))))
+    return sorted_seconds[i] * 1e3
 
 
 def cmd_params(args) -> int:

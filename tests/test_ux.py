@@ -378,3 +378,18 @@ def test_closed_pipe_is_not_a_crash():
     finally:
         os.close(w)
     assert p.returncode == 141 and b"internal error" not in p.stderr
+
+
+def test_run_bench_reports_inputs_and_latency_quantiles():
+    """`graphc run SPEC --bench N`: the inputs it timed (shapes at the given dims)
+    and median/p10/p90/min, in that order; p10 <= median <= p90."""
+    import re
+    r = graphc_cli("run", "specs/mha.yaml", "--random", "--dim", "seq=9", "--dim", "batch=3",
+                   "--bench", "7", "--warmup", "1", "--threads", "1")
+    assert r.returncode == 0, r.stderr
+    assert "inputs: x float32[3, 9, 512], key_padding_mask bool[3, 9]" in r.stdout
+    m = re.search(r"latency over 7 runs after 1 warm-up: median ([\d.]+) ms, p10 ([\d.]+) ms, "
+                  r"p90 ([\d.]+) ms, min ([\d.]+) ms \(cpu, 1 threads\)", r.stdout)
+    assert m, r.stdout
+    median, p10, p90, low = map(float, m.groups())
+    assert low <= p10 <= median <= p90
