@@ -45,8 +45,9 @@ DEFAULT_MAX_PARAM_BYTES = 2 << 30
 
 
 # Some layers compute constant tables in numpy while they expand (positional
-# encodings: max_len x width), before the Builder can count them; an absurd
-# width would have numpy fill tens of gigabytes first. While a spec expands,
+# encodings: max_len x width). They ask the Builder first (over_budget), so a
+# table over the budget is refused before it is computed; as a second line of
+# defence against any other large temporary, while a spec expands,
 # the process's address space is capped (where the OS allows) at its current
 # size plus twice the budget plus this slack, so such an allocation fails at
 # once and is reported at the layer.
@@ -108,6 +109,14 @@ class _BoundedBuilder(Builder):
                      "--max-param-bytes (e.g. --max-param-bytes 64G)")
             err.notes.append(f"the largest is '{self.biggest[1]}' ({format_bytes(self.biggest[0])})")
             raise err
+
+    def over_budget(self, nbytes: int) -> str | None:
+        """Why `nbytes` more (a table a layer is about to compute) would not fit
+        the budget, or None; nothing is counted (the const or param that follows is)."""
+        if self.max_param_bytes is None or self.param_bytes + nbytes <= self.max_param_bytes:
+            return None
+        return (f"the model's parameters and tables would take at least {format_bytes(self.param_bytes + nbytes)}, "
+                f"over the budget of {format_bytes(self.max_param_bytes)}")
 
     def param(self, local, shape, init, dtype="float32", doc=""):
         count = 1

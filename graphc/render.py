@@ -271,14 +271,28 @@ def dot_to_image(dot_text: str, fmt: str) -> bytes:
 
 
 def write_atomic(path: str | os.PathLike, data: str | bytes) -> None:
+    """Write a file whole or not at all: into a fresh temporary directory beside
+    it, then one rename. Any OSError on the way (no permission, a missing
+    directory, a full disk) is a GraphcError; an earlier file is left as it was
+    and no temporary is left behind. The file gets the usual permissions (the
+    umask's), not mkstemp's owner-only ones."""
     p = Path(path)
-    if not (p.parent if str(p.parent) else Path(".")).is_dir():
-        raise GraphcError(f"cannot write {p}: directory {p.parent} does not exist")
-    fd, tmp = tempfile.mkstemp(prefix=".graphc-", dir=p.parent if str(p.parent) else ".")
+    directory = p.parent if str(p.parent) else Path(".")
+    if not directory.is_dir():
+        raise GraphcError(f"cannot write {p}: directory {directory} does not exist")
+    if p.is_dir():
+        raise GraphcError(f"cannot write {p}: it is a directory")
+    payload = data.encode() if isinstance(data, str) else data
+    tmp_dir = None
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data.encode() if isinstance(data, str) else data)
+        tmp_dir = tempfile.mkdtemp(prefix=".graphc-", dir=directory)
+        tmp = os.path.join(tmp_dir, p.name)
+        with open(tmp, "wb") as f:
+            f.write(payload)
         os.replace(tmp, p)
+    except OSError as exc:
+        raise GraphcError(f"cannot write {p}: {exc.strerror or exc}",
+                          hint="check that the directory is writable and the disk has room") from None
     finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        if tmp_dir is not None:
+            shutil.rmtree(tmp_dir, ignore_errors=True)

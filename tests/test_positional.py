@@ -7,9 +7,12 @@
 - RoPE half/interleaved against independent numpy (and torch) implementations;
 - feed_forward against torch nn.Linear / nn.TransformerEncoderLayer modules (1e-5);
 - ALiBi slopes and bias against the paper's formula;
-- located errors.
+- located errors; tables over the parameter budget refused before they are computed,
+  and tables within it built in little more memory than they hold.
 """
 import math
+import time
+import tracemalloc
 
 import numpy as np
 import pytest
@@ -390,3 +393,39 @@ def test_errors_on_integer_input_and_from_helper_functions():
         _standalone(lambda b, v: feed_forward_op(b, v["x"], 8, 16, "relu", True), {"x": ["batch", 6]})
     with pytest.raises(GraphcError, match="exceeds the position table"):
         _standalone(lambda b, v: alibi_bias(b, 4, v["q"], v["q"], max_len=8), {"q": ["batch", 9, 4]})
+
+
+@pytest.mark.parametrize("max_len", [1 << 20, 100_000_000])
+@pytest.mark.parametrize("kind,shape", [("sinusoidal_pe", ["batch", "seq", 4096]),
+                                        ("learned_pe", ["batch", "seq", 4096]),
+                                        ("rope", ["batch", 8, "seq", 4096])])
+def test_tables_over_the_budget_are_refused_at_max_len_before_they_are_computed(kind, shape, max_len):
+    """[2^20, 4096] float32 is 16 GiB (32 GiB for RoPE's cos and sin): over the
+    default 2 GiB budget, refused at the max_len value in milliseconds, with
+    nothing allocated; 10^8 rows is over the table limit itself."""
+    tracemalloc.start()
+    t0 = time.perf_counter()
+    try:
+        err, line = _error(kind, {"max_len": max_len}, shape)
+        elapsed, peak = time.perf_counter() - t0, tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert line.strip() == f"max_len: {max_len}", (line, err.message)
+    assert ("over the budget of 2.0 GiB" if max_len == 1 << 20 else "must be at most 1048576") in err.message
+    assert elapsed < 2 and peak < 16 << 20, (elapsed, peak)
+
+
+@pytest.mark.parametrize("kind,shape,tables", [("sinusoidal_pe", ["batch", "seq", 1024], 1),
+                                               ("rope", ["batch", 2, "seq", 1024], 2)])
+def test_tables_are_built_in_little_more_memory_than_they_hold(kind, shape, tables):
+    """Computed a chunk of rows at a time, straight into the stored dtype: the
+    whole-table float64 temporaries took 4-4.5x the table."""
+    spec = parse_spec_text(single_layer_spec(kind, {"max_len": 16384}, {"x": (F, shape)}), "<test>")
+    tracemalloc.start()
+    try:
+        build_graph(spec)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    held = tables * 16384 * 1024 * 4
+    assert peak < 1.5 * held, peak / held

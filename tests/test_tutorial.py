@@ -11,6 +11,8 @@ import pytest
 import yaml
 
 from graphc.compiler import check_spec
+from graphc.runtime.session import make_session, random_inputs, run_model
+from graphc.shapes import parse_expr
 from helpers import ROOT, SPECS, compile_text, ort_run, ref_run
 
 TUTORIAL = ROOT / "docs" / "tutorial.md"
@@ -39,7 +41,9 @@ def _feeds(g, seed=0):
         t = g.value(name).type
         shape = tuple(d.evaluate(sizes) for d in t.shape)
         if t.dtype.startswith("int"):
-            lo, hi = g.input_ranges.get(name, (0, 2))
+            # range ends are integers or expressions over dims ('seq + 1'), as graphc run evaluates them
+            lo, hi = (v if isinstance(v, int) else parse_expr(v).evaluate(sizes.get)
+                      for v in g.input_ranges.get(name, (0, 2)))
             feeds[name] = rng.integers(lo, hi, size=shape).astype(t.dtype)
         else:
             feeds[name] = rng.standard_normal(shape).astype(t.dtype)
@@ -66,6 +70,20 @@ def test_tutorial_step_builds_and_runs(path):
         want = ref_run(model, feeds)
         for k in got:
             np.testing.assert_allclose(got[k], want[k], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("seq", [1, 2, 40])
+def test_tagger_lengths_follow_the_run_time_seq(seq):
+    """The tagger's lengths range is [1, seq + 1): --random at any --dim seq draws
+    valid lengths (a fixed [1, 6) gave lengths past a short seq, which ORT refuses,
+    and never exercised lengths past 5 at a long one)."""
+    model, g, _ = compile_text(_shrunk(SPECS / "tutorial" / "lstm_tagger.yaml"), weights="random")
+    assert g.input_ranges["lengths"] == (1, "seq + 1")
+    session = make_session(model)
+    feeds = random_inputs(session, {"batch": 64, "seq": seq})
+    assert 1 <= feeds["lengths"].min() and feeds["lengths"].max() <= seq
+    assert seq < 6 or feeds["lengths"].max() > 6
+    assert run_model(session, feeds)["tag_scores"].shape == (64, seq, SMALL["tags"])
 
 
 def test_hand_written_encoder_is_the_built_in_one():

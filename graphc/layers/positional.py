@@ -40,26 +40,37 @@ ALIBI_MAX_LEN = 8192
 # ------------------------------------------------------------------ tables (float64 numpy)
 
 
-def sinusoid_table(max_len: int, d: int, style: str = "interleaved") -> np.ndarray:
-    """The paper's table in float64, [max_len, d].
+def _row_chunks(max_len: int, d: int):
+    """Row ranges of about 16 MiB of float64 each: a table is computed a chunk at a
+    time into its final dtype, so building it takes little more memory than it holds."""
+    step = max(1, (1 << 21) // max(d, 1))
+    for lo in range(0, max_len, step):
+        yield lo, min(lo + step, max_len)
+
+
+def sinusoid_table(max_len: int, d: int, style: str = "interleaved", dtype=np.float64) -> np.ndarray:
+    """The paper's table, computed in float64 and stored as ``dtype``, [max_len, d].
 
     angle(pos, i) = pos / 10000^(2i/d) for i in [0, d/2);
     ``interleaved`` (the paper): column 2i = sin, column 2i+1 = cos;
     ``concat``: columns [0, d/2) = sin, [d/2, d) = cos (same frequencies, channels permuted).
     """
-    pos = np.arange(max_len, dtype=np.float64)[:, None]                 # [L, 1]
     two_i = np.arange(0, d, 2, dtype=np.float64)[None, :]              # [1, d/2]
-    angle = pos / np.power(10000.0, two_i / d)                         # [L, d/2]
-    if style == "concat":
-        return np.concatenate([np.sin(angle), np.cos(angle)], axis=1)  # [L, d]
-    pe = np.empty((max_len, d), dtype=np.float64)
-    pe[:, 0::2] = np.sin(angle)
-    pe[:, 1::2] = np.cos(angle)
+    denom = np.power(10000.0, two_i / d)
+    pe = np.empty((max_len, d), dtype=dtype)
+    sin_cols, cos_cols = (slice(0, d // 2), slice(d // 2, d)) if style == "concat" else \
+        (slice(0, None, 2), slice(1, None, 2))
+    for lo, hi in _row_chunks(max_len, d):
+        angle = np.arange(lo, hi, dtype=np.float64)[:, None] / denom     # [rows, d/2]
+        pe[lo:hi, sin_cols] = np.sin(angle)
+        pe[lo:hi, cos_cols] = np.cos(angle)
     return pe
 
 
-def rope_tables(max_len: int, d: int, base: float, style: str) -> tuple[np.ndarray, np.ndarray]:
-    """cos and signed-sin tables, float64 [max_len, d], for y = x * cos + swap(x) * sin_signed.
+def rope_tables(max_len: int, d: int, base: float, style: str,
+                dtype=np.float64) -> tuple[np.ndarray, np.ndarray]:
+    """cos and signed-sin tables, [max_len, d] (computed in float64, stored as
+    ``dtype``), for y = x * cos + swap(x) * sin_signed.
 
     theta_i = base^(-2i/d), angle(pos, i) = pos * theta_i, i in [0, d/2).
     ``half``: pair (i, i + d/2) turns by angle_i; swap(x) = [x2 | x1]; sin_signed = [-sin | sin].
@@ -67,14 +78,18 @@ def rope_tables(max_len: int, d: int, base: float, style: str) -> tuple[np.ndarr
     sin_signed = [-sin_0, sin_0, -sin_1, sin_1, ...]. Folding the sign of the
     usual ``rotate_half`` into the table saves a Neg per tensor at run time.
     """
-    pos = np.arange(max_len, dtype=np.float64)[:, None]                 # [L, 1]
     theta = np.power(float(base), -np.arange(0, d, 2, dtype=np.float64) / d)
-    angle = pos * theta[None, :]                                        # [L, d/2]
-    c, s = np.cos(angle), np.sin(angle)
-    if style == "half":
-        return np.concatenate([c, c], axis=1), np.concatenate([-s, s], axis=1)
-    cos = np.repeat(c, 2, axis=1)                                       # [L, d/2] -> [L, d]
-    sin = np.stack([-s, s], axis=-1).reshape(max_len, d)                # [L, d/2, 2] -> [L, d]
+    cos, sin = np.empty((max_len, d), dtype=dtype), np.empty((max_len, d), dtype=dtype)
+    h = d // 2
+    for lo, hi in _row_chunks(max_len, d):
+        angle = np.arange(lo, hi, dtype=np.float64)[:, None] * theta[None, :]   # [rows, d/2]
+        c, s = np.cos(angle), np.sin(angle)
+        if style == "half":
+            cos[lo:hi, :h], cos[lo:hi, h:] = c, c
+            sin[lo:hi, :h], sin[lo:hi, h:] = -s, s
+        else:
+            cos[lo:hi, 0::2], cos[lo:hi, 1::2] = c, c                   # [rows, d/2] -> [rows, d]
+            sin[lo:hi, 0::2], sin[lo:hi, 1::2] = -s, s
     return cos, sin
 
 
@@ -104,6 +119,29 @@ def _shared_const(b: Builder, key: tuple, make: Callable[[], np.ndarray], hint: 
     if key not in per_graph:
         per_graph[key] = b.const(make(), hint)
     return per_graph[key]
+
+
+def _is_shared(b: Builder, key: tuple) -> bool:
+    return key in _SHARED.get(b.g, {})
+
+
+def check_table_budget(b: Builder, shape: tuple[int, ...], dtype: str, count: int,
+                       fail: Callable[[str, str], Exception]) -> None:
+    """Refuse `count` tables of `shape` before computing them if they would
+    cross the model's parameter budget (the Builder of graphc.build counts
+    parameters and tables together); `fail(message, hint)` makes the located error."""
+    over = getattr(b, "over_budget", None)
+    nbytes = count * int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+    reason = over(nbytes) if over is not None else None
+    if reason:
+        what = "a table" if count == 1 else f"{count} tables"
+        raise fail(f"{what} of [max_len, width] = [{', '.join(map(str, shape))}] {dtype}: {reason}",
+                   "max_len is the longest sequence the model accepts: lower it, or raise "
+                   "--max-param-bytes if the table is meant")
+
+
+def _max_len_error(call: Call) -> Callable[[str, str], Exception]:
+    return lambda message, hint: call.error(message, "max_len", hint=hint)
 
 
 def _seq_axis_problem(x: Value, seq_axis: int) -> str | None:
@@ -204,8 +242,10 @@ class SinusoidalPE(LayerKind):
                              hint="the paper's encoding pairs channels 2i and 2i+1")
         layout = (x.rank, s % x.rank)
         key = ("sinusoid", max_len, d, call["style"], x.dtype, layout)
+        if not _is_shared(b, key):
+            check_table_budget(b, (max_len, d), x.dtype, 1, _max_len_error(call))
         table = _shared_const(
-            b, key, lambda: _table_layout(sinusoid_table(max_len, d, call["style"]), x.rank, s).astype(x.dtype),
+            b, key, lambda: _table_layout(sinusoid_table(max_len, d, call["style"], np.dtype(x.dtype)), x.rank, s),
             "pe_table")
         pe = _slice_to_seq(b, table, x, s)                 # [seq, 1.., d]
         return {"y": b.op("Add", [x, pe]) if call["add"] else pe}
@@ -259,6 +299,7 @@ class LearnedPE(LayerKind):
         s, max_len = call["seq_axis"], call["max_len"]
         _check_seq(call, x, s, max_len)
         d = basic.last_dim(call, x)
+        check_table_budget(b, (max_len, d), x.dtype, 1, _max_len_error(call))
         w = b.param("weight", (max_len, d), Init("normal", 1.0), dtype=x.dtype, doc="[max_len, d]")
         ones = x.rank - 2 - s % x.rank
         if ones:
@@ -279,7 +320,8 @@ class LearnedPE(LayerKind):
 # ------------------------------------------------------------------ rotary
 
 
-def apply_rope(b: Builder, x: Value, style: str, base: float, max_len: int, seq_axis: int = -2) -> Value:
+def apply_rope(b: Builder, x: Value, style: str, base: float, max_len: int, seq_axis: int = -2,
+               fail: Callable[[str, str], Exception] | None = None) -> Value:
     """Rotary position embedding of x (queries or keys), positions 0..seq-1.
 
     x: [..., seq, ..., head_dim] with its sequence axis at ``seq_axis`` (default
@@ -287,7 +329,8 @@ def apply_rope(b: Builder, x: Value, style: str, base: float, max_len: int, seq_
     channel i pairs with i + head_dim/2) or ``interleaved`` (GPT-J, Meta LLaMA:
     channel 2i pairs with 2i+1). Emits y = x * cos + swap(x) * sin_signed with
     cos/sin tables precomputed (see ``rope_tables``) and sliced to the run-time
-    length. Errors are GraphcErrors located at the current layer.
+    length. Errors are GraphcErrors located at the current layer (`fail(message,
+    hint)`, if given, makes the one for tables over the parameter budget).
     """
     if style not in ("half", "interleaved"):
         raise b.error(f"unknown rope style {style!r}", hint="'half' (GPT-NeoX) or 'interleaved' (GPT-J)")
@@ -304,10 +347,20 @@ def apply_rope(b: Builder, x: Value, style: str, base: float, max_len: int, seq_
     d, h = dim.value, dim.value // 2
     layout = (x.rank, seq_axis % x.rank)
 
-    def tables(which: int) -> Callable[[], np.ndarray]:
-        return lambda: _table_layout(rope_tables(max_len, d, base, style)[which], *layout).astype(x.dtype)
-
     key = ("rope", max_len, d, float(base), style, x.dtype, layout)
+    if not _is_shared(b, key + ("cos",)):
+        check_table_budget(b, (max_len, d), x.dtype, 2,
+                           fail or (lambda message, hint: b.error("rope: " + message, hint=hint)))
+    computed: list = []
+
+    def tables(which: int) -> Callable[[], np.ndarray]:
+        def make() -> np.ndarray:
+            if not computed:        # cos and sin come from one pass
+                computed.extend(_table_layout(t, *layout)
+                                for t in rope_tables(max_len, d, base, style, np.dtype(x.dtype)))
+            return computed[which]
+        return make
+
     cos = _slice_to_seq(b, _shared_const(b, key + ("cos",), tables(0), "rope_cos"), x, seq_axis)   # [seq, 1.., d]
     sin = _slice_to_seq(b, _shared_const(b, key + ("sin",), tables(1), "rope_sin"), x, seq_axis)   # [seq, 1.., d]
     if style == "half":
@@ -373,7 +426,8 @@ class Rope(LayerKind):
                              "head_dim" if call["head_dim"] is not None else "x")
         if not call["base"] > 1.0:
             raise call.error(f"base must be greater than 1, got {call['base']}", "base")
-        return {"y": apply_rope(b, x, call["style"], call["base"], call["max_len"], call["seq_axis"])}
+        return {"y": apply_rope(b, x, call["style"], call["base"], call["max_len"], call["seq_axis"],
+                                _max_len_error(call))}
 
     def reference(self, args, weights, inputs):
         # complex-number form: each pair (a, b) is a + ib, multiplied by e^(i pos theta)

@@ -22,6 +22,9 @@ from ..shapes import Dim, format_shape
 from .base import Call, LayerKind, Param, Port
 from .basic import last_dim
 
+# model metadata: the model inputs that are sequence lengths of a recurrent layer (comma-separated)
+SEQUENCE_LENGTHS_KEY = "graphc.sequence_lengths"
+
 # block permutations: ONNX block j is torch block ORDER[j]
 LSTM_ORDER = (0, 3, 1, 2)   # torch [i, f, g, o] -> ONNX [i, o, f, c]
 GRU_ORDER = (1, 0, 2)       # torch [r, z, n]    -> ONNX [z, r, h]
@@ -203,6 +206,11 @@ class _Recurrent(LayerKind):
         if lens.shape != (batch,):
             raise call.error(f"lengths must have shape {format_shape((batch,))} (one length per sequence), "
                              f"got {format_shape(lens.shape)}", "lengths")
+        if lens.name in b.g.inputs:
+            # recorded for `graphc run`, which refuses a length of 0: torch's packed sequences
+            # reject it, and ONNX Runtime returns a zero state for it even when h0 is given
+            known = set(filter(None, b.g.metadata.get(SEQUENCE_LENGTHS_KEY, "").split(",")))
+            b.g.metadata[SEQUENCE_LENGTHS_KEY] = ",".join(sorted(known | {lens.name}))
         # ONNX sequence_lens is int32; torch's lengths are int64
         return lens if lens.dtype == "int32" else b.op("Cast", [lens], to="int32")
 

@@ -20,6 +20,7 @@ class LowerContext:
         self._consts: dict[tuple, str] = {}
         self._count = 0
         self.current: OpNode | None = None
+        self.memo: dict[tuple, str] = {}    # run-time values shared between ops (e.g. an emptiness test per shape)
 
     def fresh(self, hint: str) -> str:
         self._count += 1

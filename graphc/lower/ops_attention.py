@@ -11,11 +11,11 @@ the decomposed form is used, because ORT rejects broadcast key-padding masks on
 from __future__ import annotations
 
 import numpy as np
-from onnx import TensorProto
+from onnx import TensorProto, helper
 
 from ..ir import OpNode
 from .context import LowerContext
-from .ops_core import ONNX_DTYPE, lowering
+from .ops_core import ONNX_DTYPE, lowering, shape_vector
 
 
 def _dtype(ctx: LowerContext, name: str) -> np.dtype:
@@ -73,8 +73,32 @@ def _fused(ctx: LowerContext, op: OpNode) -> None:
         mask = bias
     if mask is not None:
         inputs.append(mask)
-    ctx.node("Attention", inputs, op.outputs, scale=float(op.attrs.get("scale", 1.0)),
-             is_causal=int(bool(op.attrs.get("causal"))))
+    _guard_empty(ctx, q, k, v, op.outputs[0],
+                 helper.make_node("Attention", inputs, [ctx.fresh("attention")], name=ctx.fresh("Attention_node"),
+                                  scale=float(op.attrs.get("scale", 1.0)), is_causal=int(bool(op.attrs.get("causal")))))
+
+
+def _guard_empty(ctx: LowerContext, q: str, k: str, v: str, output: str, node) -> None:
+    """Run `node` (the fused Attention) unless the batch, the query length or the key
+    length is 0 at run time: ORT's Attention kernel rejects those ('Q sequence length
+    must be greater than 0'), where the answer is an empty (or, with no keys, all-zero)
+    [B, H, Sq, Dv] tensor. An If costs one scalar test per call."""
+    key = ("empty", ctx.g.value(q).type.shape, ctx.g.value(k).type.shape)
+    if key not in ctx.memo:     # one test per distinct pair of symbolic shapes: equal dims are equal at run time
+        n = ctx.one("Mul", [ctx.one("Size", [q]), ctx.one("Size", [k])])
+        ctx.memo[key] = ctx.one("Equal", [n, ctx.const(np.array(0, np.int64))])
+    empty = ctx.memo[key]
+    dt = ONNX_DTYPE[str(np.dtype(_dtype(ctx, q)))]
+    shape_q, shape_v, shape, zeros = (ctx.fresh(h) for h in ("shape_q", "shape_v", "shape", "zeros"))
+    then_nodes = [helper.make_node("Shape", [q], [shape_q], name=ctx.fresh("Shape_node"), start=0, end=3),
+                  helper.make_node("Shape", [v], [shape_v], name=ctx.fresh("Shape_node"), start=3, end=4),
+                  helper.make_node("Concat", [shape_q, shape_v], [shape], name=ctx.fresh("Concat_node"), axis=0),
+                  helper.make_node("ConstantOfShape", [shape], [zeros], name=ctx.fresh("ConstantOfShape_node"),
+                                   value=helper.make_tensor("value", dt, [1], [0]))]
+    out_info = lambda name: helper.make_tensor_value_info(name, dt, None)   # noqa: E731
+    then_g = helper.make_graph(then_nodes, ctx.fresh("empty"), [], [out_info(zeros)])
+    else_g = helper.make_graph([node], ctx.fresh("attend"), [], [out_info(node.output[0])])
+    ctx.node("If", [empty], [output], then_branch=then_g, else_branch=else_g)
 
 
 def _decomposed(ctx: LowerContext, op: OpNode) -> None:
@@ -88,12 +112,19 @@ def _decomposed(ctx: LowerContext, op: OpNode) -> None:
     if scale != 1.0:
         q = ctx.one("Mul", [q, ctx.const(np.array(scale, dt))])       # scale the smaller operand
     if group > 1:
-        # GQA without materialising repeated KV: query heads of one group share a KV head
-        q = ctx.one("Reshape", [q, ctx.const(np.array([0, hkv, -1, 0], np.int64))])   # [B,Hq,Sq,D] -> [B,Hkv,G*Sq,D]
+        # GQA without materialising repeated KV: query heads of one group share a KV head.
+        # Run-time targets with every dim explicit (allowzero=1): a static [0, Hkv, -1, 0]
+        # cannot infer its -1 when the batch is 0
+        b, sq = _dim_of(ctx, op.inputs[0], 0), _dim_of(ctx, op.inputs[0], 2)
+        gsq = ctx.one("Mul", [sq, ctx.const(np.array([group], np.int64))])
+        sk = _dim_of(ctx, k, 2)
+        d, dv = (t.shape[3].value if t.shape[3].is_const else _dim_of(ctx, n, 3)
+                 for t, n in ((qt, q), (ctx.g.value(v).type, v)))
+        q = ctx.one("Reshape", [q, shape_vector(ctx, [b, hkv, gsq, d])], allowzero=1)   # [B,Hq,Sq,D] -> [B,Hkv,G*Sq,D]
     k_t = ctx.one("Transpose", [k], perm=[0, 1, 3, 2])                  # [B,Hkv,Sk,D] -> [B,Hkv,D,Sk]
     scores = ctx.one("MatMul", [q, k_t])                                # [B,Hkv,G*Sq,Sk]
     if group > 1:
-        scores = ctx.one("Reshape", [scores, ctx.const(np.array([0, hq, -1, 0], np.int64))])  # -> [B,Hq,Sq,Sk]
+        scores = ctx.one("Reshape", [scores, shape_vector(ctx, [b, hq, sq, sk])], allowzero=1)   # -> [B,Hq,Sq,Sk]
     if bias is not None:
         scores = ctx.one("Add", [scores, bias])
         neg_inf = ctx.one("IsInf", [bias], detect_positive=0)
@@ -111,21 +142,34 @@ def _decomposed(ctx: LowerContext, op: OpNode) -> None:
     else:
         probs = ctx.one("Softmax", [scores], axis=-1)
     if group > 1:
-        probs = ctx.one("Reshape", [probs, ctx.const(np.array([0, hkv, -1, 0], np.int64))])  # -> [B,Hkv,G*Sq,Sk]
+        probs = ctx.one("Reshape", [probs, shape_vector(ctx, [b, hkv, gsq, sk])], allowzero=1)  # -> [B,Hkv,G*Sq,Sk]
     out = ctx.one("MatMul", [probs, v])                                 # [B,Hkv,G*Sq,Dv]
-    needs_zeroing = masked is not None and (op.attrs.get("has_masked") or op.attrs.get("has_bias"))
     if group > 1:
-        out = ctx.one("Reshape", [out, ctx.const(np.array([0, hq, -1, 0], np.int64))])      # -> [B,Hq,Sq,Dv]
-    if needs_zeroing:
+        out = ctx.one("Reshape", [out, shape_vector(ctx, [b, hq, sq, dv])], allowzero=1)       # -> [B,Hq,Sq,Dv]
+    if masked is not None and (op.attrs.get("has_masked") or op.attrs.get("has_bias")):
         # rows where every key is masked: softmax over equal lowest values is uniform; zero them
-        keep = ctx.one("Cast", [ctx.one("Not", [masked])], to=ONNX_DTYPE[str(np.dtype(dt))])
-        if ctx.opset >= 18:
-            any_key = ctx.one("ReduceMax", [keep, ctx.const(np.array([-1], np.int64))], keepdims=1)  # [.., Sq|1, 1]
-        else:
-            any_key = ctx.one("ReduceMax", [keep], axes=[-1], keepdims=1)
-        ctx.node("Mul", [out, any_key], op.outputs)
+        ctx.node("Mul", [out, _any_key(ctx, op, masked, dt)], op.outputs)
     else:
         ctx.node("Identity", [out], op.outputs)
+
+
+def _any_key(ctx: LowerContext, op: OpNode, masked: str, dt) -> str:
+    """1 where a query row may attend to some key, else 0: [B|1, 1, Sq|1, 1].
+
+    Safe for empty tensors, where ORT returns a Reduce's input unreduced (an
+    [0, 1, 1, Sk] 'maximum' would not broadcast against [0, H, Sq, Dv]): one 0
+    column is padded onto the keys (so no keys at all gives 0, not an empty
+    maximum) and the result is sliced to one column. Both touch only the mask,
+    not the [B, H, Sq, Sk] probabilities."""
+    rank = max([ctx.g.value(n).type.rank for n in op.inputs[3:]] + [2])
+    keep = ctx.one("Cast", [ctx.one("Not", [masked])], to=ONNX_DTYPE[str(np.dtype(dt))])
+    keep = ctx.one("Pad", [keep, ctx.const(np.array([0] * (2 * rank - 1) + [1], np.int64))])   # [.., Sk + 1]
+    if ctx.opset >= 18:
+        any_key = ctx.one("ReduceMax", [keep, ctx.const(np.array([-1], np.int64))], keepdims=1)
+    else:
+        any_key = ctx.one("ReduceMax", [keep], axes=[-1], keepdims=1)
+    return ctx.one("Slice", [any_key, ctx.const(np.array([0], np.int64)), ctx.const(np.array([1], np.int64)),
+                             ctx.const(np.array([-1], np.int64))])                               # [.., 1]
 
 
 def _causal_masked(ctx: LowerContext, q: str, k: str) -> str:

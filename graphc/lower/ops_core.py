@@ -25,10 +25,24 @@ def lowering(*names: str):
 
 
 @lowering("Relu", "Tanh", "Sigmoid", "Neg", "Sqrt", "Exp", "Not", "Identity",
-          "Add", "Sub", "Mul", "Div", "Pow", "And", "Or", "Equal", "Less", "Greater", "LessOrEqual",
+          "Sub", "Mul", "Div", "Pow", "And", "Or", "Equal", "Less", "Greater", "LessOrEqual",
           "Where", "MatMul")
 def _direct(ctx: LowerContext, op: OpNode) -> None:
     ctx.node(op.op, op.inputs, op.outputs)
+
+
+@lowering("Add")
+def _add(ctx: LowerContext, op: OpNode) -> None:
+    """A residual sum read only by a LayerNorm is emitted as ``Sum`` (the same
+    function): ONNX Runtime rewrites ``Add -> LayerNormalization`` into its
+    contrib SkipLayerNormalization, whose CPU kernel measured 9x slower than
+    the two ops it replaces (ORT 1.31, [8, 256, 512] float32, 2 threads:
+    3.95 ms against 0.44 ms; docs/benchmarks.md), and it does not match Sum."""
+    users = ctx.g.users(op.outputs[0])
+    if users and all(u.op == "LayerNorm" for u in users) and op.outputs[0] not in ctx.g.outputs.values():
+        ctx.node("Sum", op.inputs, op.outputs)
+    else:
+        ctx.node("Add", op.inputs, op.outputs)
 
 
 @lowering("Softmax", "LogSoftmax")
@@ -150,34 +164,70 @@ def _reshape(ctx, op):
     if unresolved and 0 in out:
         if _squeeze_unsqueeze(ctx, x, in_shape, target, op.outputs):
             return
-        ctx.node("Reshape", [x, reshape_target(ctx, x, len(in_shape), out)], op.outputs)
+        ctx.node("Reshape", [x, reshape_target(ctx, x, len(in_shape), out)], op.outputs, allowzero=1)
         return
     ctx.node("Reshape", [x, ctx.const(np.array(out, np.int64))], op.outputs)
 
 
+def shape_vector(ctx, pieces: list) -> str:
+    """A run-time shape, int64 [n], from pieces that are ints (constants, merged
+    into one initializer per run) or names of int64 [k] tensors; for Reshape
+    with allowzero=1 (every dim explicit, so an empty batch is no ambiguity).
+
+    Explicit values rather than 0 (copy) and -1 (infer): ORT's ReshapeFusion
+    rewrites a Concat of constants and one computed element into a constant
+    target with -1 in that place, which brings back the failure on empty tensors."""
+    parts: list[str] = []
+    run: list[int] = []
+    for p in pieces:
+        if isinstance(p, (int, np.integer)):
+            run.append(int(p))
+            continue
+        if run:
+            parts.append(ctx.const(np.array(run, np.int64)))
+            run = []
+        parts.append(p)
+    if run:
+        parts.append(ctx.const(np.array(run, np.int64)))
+    return parts[0] if len(parts) == 1 else ctx.one("Concat", parts, axis=0)
+
+
 def reshape_target(ctx, x: str, rank: int, out: list[int]) -> str:
-    """The Reshape target for `out` (0 = copy the input dim in place, one -1,
-    the rest constants), safe for empty tensors: if a copied dim may be 0 at
-    run time, ONNX cannot infer the -1, so it is computed instead as the
-    product of the input dims that are not copied over the constant target
-    dims (exact: copied dims are equal on both sides)."""
-    if -1 not in out or 0 not in out:
-        return ctx.const(np.array(out, np.int64))
+    """The run-time target (for allowzero=1) of a reshape to `out` (0 = copy the
+    input dim in place, one -1, the rest constants): a -1 next to a copied dim
+    that is 0 at run time (an empty batch) is no size ONNX can infer, so copied
+    dims are read from the input's shape and the inferred one is computed as the
+    product of the input dims that are not copied over the constant target dims
+    (exact: copied dims are equal on both sides)."""
     j = out.index(-1)
     rest = [i for i in range(rank) if not (i < len(out) and out[i] == 0)]
-    if not rest:                # nothing left to infer from (cannot happen for a consistent reshape)
-        return ctx.const(np.array(out, np.int64))
     known = int(np.prod([v for v in out if v > 0], dtype=np.int64))
-    if rest == list(range(rest[0], rest[-1] + 1)):
-        dims = ctx.one("Shape", [x], start=rest[0], end=rest[-1] + 1)
+    if not rest:                                # every input dim copied: the rest is 1
+        size = ctx.const(np.array([1], np.int64))
+    elif rest == list(range(rest[0], rest[-1] + 1)):
+        size = ctx.one("Shape", [x], start=rest[0], end=rest[-1] + 1)
     else:
-        dims = ctx.one("Gather", [ctx.one("Shape", [x]), ctx.const(np.array(rest, np.int64))], axis=0)
-    size = dims if len(rest) == 1 else ctx.one("ReduceProd", [dims], keepdims=1)       # [1]
+        size = ctx.one("Gather", [ctx.one("Shape", [x]), ctx.const(np.array(rest, np.int64))], axis=0)
+    if len(rest) > 1:
+        size = ctx.one("ReduceProd", [size], keepdims=1)                                 # [1]
     if known != 1:
         size = ctx.one("Div", [size, ctx.const(np.array([known], np.int64))])
-    parts = ([ctx.const(np.array(out[:j], np.int64))] if j else []) + [size] + \
-        ([ctx.const(np.array(out[j + 1:], np.int64))] if j + 1 < len(out) else [])
-    return ctx.one("Concat", parts, axis=0)
+    pieces: list = []
+    i = 0
+    while i < len(out):
+        if i == j:
+            pieces.append(size)
+            i += 1
+        elif out[i] == 0:                       # a run of copied dims: one Shape slice
+            k = i
+            while k < len(out) and k != j and out[k] == 0:
+                k += 1
+            pieces.append(ctx.one("Shape", [x], start=i, end=k))
+            i = k
+        else:
+            pieces.append(out[i])
+            i += 1
+    return shape_vector(ctx, pieces)
 
 
 def _squeeze_unsqueeze(ctx, x, in_shape, target, outputs) -> bool:

@@ -38,7 +38,7 @@ def attention_reference(q, k, v, masked=None, bias=None, scale=1.0, causal=False
     if causal:
         m = m | ~np.tril(np.ones((sq, sk), bool))
     s = np.where(m, -np.inf, s)
-    row_max = np.max(np.where(m, -np.inf, s), axis=-1, keepdims=True)
+    row_max = np.max(np.where(m, -np.inf, s), axis=-1, keepdims=True, initial=-np.inf)   # no keys: -inf
     row_max = np.where(np.isfinite(row_max), row_max, 0)
     e = np.where(m, 0, np.exp(s - row_max))
     denom = e.sum(-1, keepdims=True)

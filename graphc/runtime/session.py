@@ -107,6 +107,23 @@ def _refuse_empty_inputs_that_crash(session, feeds: Mapping[str, np.ndarray]) ->
                           hint="ONNX Runtime crashes on empty inputs to recurrent ops, so graphc refuses them")
 
 
+def _refuse_empty_sequences(session, feeds: Mapping[str, np.ndarray]) -> None:
+    """A recurrent layer's lengths must be at least 1: torch's packed sequences
+    reject 0, and ONNX Runtime's answer for it (a zero state, even when h0 is
+    given) is not the recurrence's. The compiler records which inputs are lengths."""
+    names = model_meta(session).get("graphc.sequence_lengths", "")
+    for name in filter(None, names.split(",")):
+        arr = feeds.get(name)
+        if arr is None or arr.size == 0 or arr.dtype.kind not in "iu":
+            continue
+        bad = np.flatnonzero(np.asarray(arr).reshape(-1) < 1)
+        if bad.size:
+            raise GraphcError(f"input '{name}' gives sequence {int(bad[0])} a length of "
+                              f"{int(arr.reshape(-1)[bad[0]])}; every sequence needs at least one step",
+                              hint="leave empty sequences out of the batch (torch's pack_padded_sequence "
+                                   "refuses them too)")
+
+
 def model_meta(session) -> dict[str, str]:
     return dict(session.get_modelmeta().custom_metadata_map)
 
@@ -292,6 +309,7 @@ def _range_value(v, env):
 def run_model(session, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     check_inputs(session, feeds)
     _refuse_empty_inputs_that_crash(session, feeds)
+    _refuse_empty_sequences(session, feeds)
     names = [o.name for o in session.get_outputs()]
     try:
         outs = session.run(names, dict(feeds))

@@ -1,0 +1,30 @@
+"""Graph forms chosen for ONNX Runtime's speed (measured in tools/bench.py and
+docs/benchmarks.md) must stay chosen: these tests read the graph ORT actually
+runs (its optimized model) and the graph graphc emits. Numerics of the same
+models are held to PyTorch by tests/test_transformer.py and test_attention.py."""
+import onnx
+import onnxruntime as ort
+import pytest
+
+from graphc.compiler import compile_spec
+from helpers import SPECS
+
+
+def _ort_optimized(model_bytes: bytes, tmp_path) -> onnx.ModelProto:
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    ort.InferenceSession(model_bytes, opts, providers=["CPUExecutionProvider"])
+    return onnx.load(str(tmp_path / "optimized.onnx"))
+
+
+@pytest.mark.parametrize("spec", ["transformer_encoder", "bert_encoder", "encoder_from_blocks"])
+def test_residual_sums_before_layer_norm_escape_skip_layer_norm(spec, tmp_path):
+    """ORT's SkipLayerNormalization CPU kernel is ~9x slower than Sum +
+    LayerNormalization; graphc emits the residual sum as Sum so ORT keeps the
+    fast pair."""
+    compiled = compile_spec(SPECS / f"{spec}.yaml")
+    emitted = [n.op_type for n in compiled.model.graph.node]
+    assert emitted.count("LayerNormalization") and emitted.count("Sum") >= emitted.count("LayerNormalization") - 1
+    ran = {n.op_type for n in _ort_optimized(compiled.to_bytes(), tmp_path).graph.node}
+    assert "SkipLayerNormalization" not in ran and "LayerNormalization" in ran

@@ -1,0 +1,114 @@
+"""`graphc graph -o` and `graphc schema -o` write through render.write_atomic:
+whole or not at all. A directory that is missing or not writable, a path that
+is a directory, or a full disk is a clear error (exit 2, no traceback) that
+leaves an earlier file as it was and no temporary behind."""
+from __future__ import annotations
+
+import contextlib
+import errno
+import io
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from graphc import render
+from graphc.cli import main
+from helpers import SPECS
+
+SPEC = str(SPECS / "mlp.yaml")
+
+
+def cli(*args) -> tuple[int, str]:
+    err = io.StringIO()
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
+        rc = main([str(a) for a in args])
+    return rc, err.getvalue()
+
+
+def assert_clean_failure(rc: int, err: str, message: str, directory: Path) -> None:
+    assert rc == 2, err
+    assert err.startswith("graphc: error: cannot write") and message in err, err
+    assert "Traceback" not in err
+    assert not [p for p in directory.iterdir() if p.name.startswith(".graphc-")], list(directory.iterdir())
+
+
+@pytest.fixture
+def earlier(tmp_path) -> Path:
+    out = tmp_path / "g.dot"
+    out.write_text("earlier\n")
+    return out
+
+
+def test_writes_the_file_with_ordinary_permissions(tmp_path):
+    out = tmp_path / "g.dot"
+    rc, err = cli("graph", SPEC, "--format", "dot", "-o", out)
+    assert rc == 0, err
+    assert out.read_text().startswith("digraph")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o666 & ~umask      # not mkstemp's 0600
+    assert [p.name for p in tmp_path.iterdir()] == ["g.dot"]
+
+
+def test_missing_directory_and_directory_targets(tmp_path):
+    rc, err = cli("graph", SPEC, "-o", tmp_path / "nope" / "g.dot")
+    assert_clean_failure(rc, err, "does not exist", tmp_path)
+    rc, err = cli("graph", SPEC, "-o", tmp_path)
+    assert_clean_failure(rc, err, "it is a directory", tmp_path)
+    rc, err = cli("schema", "-o", tmp_path / "nope" / "s.json")
+    assert_clean_failure(rc, err, "does not exist", tmp_path)
+
+
+def test_read_only_directory(tmp_path, earlier):
+    tmp_path.chmod(0o555)
+    try:
+        with contextlib.suppress(PermissionError), open(tmp_path / "probe", "w"):
+            pytest.skip("this user can write into a read-only directory (root)")
+        rc, err = cli("graph", SPEC, "-o", earlier)
+        assert_clean_failure(rc, err, "Permission denied", tmp_path)
+        assert earlier.read_text() == "earlier\n"
+    finally:
+        tmp_path.chmod(0o755)
+        with contextlib.suppress(FileNotFoundError):
+            (tmp_path / "probe").unlink()
+
+
+class _FullDisk:
+    """A file whose writes fail part-way, as on a full disk."""
+
+    def __init__(self, f):
+        self.f = f
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.f.close()
+
+    def write(self, data):
+        self.f.write(data[:10])
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+def test_full_disk_leaves_the_earlier_file_and_no_temporary(tmp_path, earlier, monkeypatch):
+    real_open = open
+    monkeypatch.setattr(render, "open", lambda f, mode="r", *a, **k: _FullDisk(real_open(f, mode, *a, **k)),
+                        raising=False)
+    rc, err = cli("graph", SPEC, "-o", earlier)
+    assert_clean_failure(rc, err, os.strerror(errno.ENOSPC), tmp_path)
+    assert earlier.read_text() == "earlier\n"
+
+
+@pytest.mark.parametrize("step", ["mkdtemp", "replace"])
+def test_permission_denied_at_any_step(tmp_path, earlier, monkeypatch, step):
+    def denied(*args, **kwargs):
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES))
+    if step == "mkdtemp":
+        monkeypatch.setattr(render.tempfile, "mkdtemp", denied)
+    else:
+        monkeypatch.setattr(render.os, "replace", denied)
+    rc, err = cli("graph", SPEC, "-o", earlier)
+    assert_clean_failure(rc, err, "Permission denied", tmp_path)
+    assert earlier.read_text() == "earlier\n"
