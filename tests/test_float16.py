@@ -39,8 +39,12 @@ def _close(got16, want32, what):
 
 
 def _float_types(model):
+    """Float types of the weights and of the inputs/outputs. Scalar float32
+    constants (the attention mask's fill, used inside its float32 softmax)
+    are not weights."""
     floats = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE}
-    return ({t.data_type for t in model.graph.initializer if t.data_type in floats},
+    weights = [t for t in model.graph.initializer if t.data_type in floats]
+    return ({t.data_type for t in weights if not (t.data_type == onnx.TensorProto.FLOAT and not t.dims)},
             {v.type.tensor_type.elem_type for v in list(model.graph.input) + list(model.graph.output)} & floats)
 
 
