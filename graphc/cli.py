@@ -6,7 +6,6 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Sequence
@@ -104,13 +103,12 @@ def cmd_build(args) -> int:
     with Progress(enabled=False if args.quiet else None) as progress:   # stderr, only on a terminal
         compiled = _compile(args, progress, keep_weights=False)
         check_output_path(out, compiled.spec.sources)      # the included files are known now
-        verify = None
-        if args.check:
-            def verify(written: str) -> None:              # the bytes on disk, before they replace anything
-                progress("onnx_check")
-                check_model_file(written)
+
+        def verify(written: str) -> None:                  # the bytes on disk, before they replace anything
+            progress("onnx_check")
+            check_model_file(written)
         progress("write", detail=str(out))
-        size = compiled.save(out, verify)
+        size = compiled.save(out, verify if args.check else None)
     if not args.quiet:
         print(f"wrote {out} ({size / 1e6:.1f} MB, {len(compiled.model.graph.node)} nodes, "
               f"{compiled.count_weights():,} weights, opset {compiled.model.opset_import[0].version}) in "
@@ -243,7 +241,7 @@ def cmd_graph(args) -> int:
     text = render_graph(g, args.format, ops=args.ops, dims=_dims(args.dim), spec=spec)
     if args.output:
         from .compiler import check_output_path
-        from .render import write_atomic
+        from .outputs import write_atomic
         check_output_path(args.output, spec.sources)     # never over the spec or its includes
         write_atomic(args.output, text)
     else:
@@ -270,7 +268,7 @@ def cmd_schema(args) -> int:
     text = schema_json()
     if args.output:
         from .compiler import check_output_path
-        from .render import write_atomic
+        from .outputs import write_atomic
         check_output_path(args.output, [])
         write_atomic(args.output, text)
     else:

@@ -49,12 +49,9 @@ def check_output_path(output: str | os.PathLike, inputs: Iterable[str | os.PathL
     compile's own inputs (the spec, a file it includes, the weights): writing
     there would destroy the source the output was made from. Checked before
     the (possibly long) compile, and again once the includes are known."""
+    from .outputs import output_directory
     out = Path(output)
-    directory = out.parent if str(out.parent) else Path(".")
-    if not directory.is_dir():
-        raise GraphcError(f"cannot write {out}: directory {directory} does not exist")
-    if out.is_dir():
-        raise GraphcError(f"cannot write {out}: it is a directory")
+    directory = output_directory(out)
     if not os.access(directory, os.W_OK | os.X_OK):
         raise GraphcError(f"cannot write {out}: permission denied on directory {directory}")
     if not out.exists():
@@ -90,6 +87,8 @@ def compile_spec(path: str | os.PathLike, weights: str | os.PathLike | Mapping[s
     once (the CLI's build and tools/bench.py use it)."""
     from .lower import DEFAULT_OPSET, lower, lower_by_reference
     from .progress import report
+    if dtype not in ("float32", "float16"):
+        raise GraphcError(f"unknown model dtype '{dtype}'", hint="choose float32 or float16")
     report(progress, "check")
     spec, graph = check_spec(path, include_dirs, max_param_bytes)
     if isinstance(weights, (str, os.PathLike)):
@@ -99,8 +98,6 @@ def compile_spec(path: str | os.PathLike, weights: str | os.PathLike | Mapping[s
     else:
         source = "weights"
     seeded = weights is None
-    if dtype not in ("float32", "float16"):
-        raise GraphcError(f"unknown model dtype '{dtype}'", hint="choose float32 or float16")
     materialize(graph, weights, seed, source, progress=progress, fold=False)
     weights = None          # the graph holds what it needs; drop the file's other references
     if dtype == "float16":

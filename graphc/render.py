@@ -13,12 +13,9 @@ Shapes are symbolic (``[batch, 256]``) unless dims are given.
 """
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
-import tempfile
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Mapping
 
 from .analysis import _subst
@@ -268,31 +265,3 @@ def dot_to_image(dot_text: str, fmt: str) -> bytes:
         err = proc.stderr.decode("utf-8", "replace").strip()
         raise GraphcError(f"Graphviz 'dot' failed (exit {proc.returncode}): {err[:500]}")
     return proc.stdout
-
-
-def write_atomic(path: str | os.PathLike, data: str | bytes) -> None:
-    """Write a file whole or not at all: into a fresh temporary directory beside
-    it, then one rename. Any OSError on the way (no permission, a missing
-    directory, a full disk) is a GraphcError; an earlier file is left as it was
-    and no temporary is left behind. The file gets the usual permissions (the
-    umask's), not mkstemp's owner-only ones."""
-    p = Path(path)
-    directory = p.parent if str(p.parent) else Path(".")
-    if not directory.is_dir():
-        raise GraphcError(f"cannot write {p}: directory {directory} does not exist")
-    if p.is_dir():
-        raise GraphcError(f"cannot write {p}: it is a directory")
-    payload = data.encode() if isinstance(data, str) else data
-    tmp_dir = None
-    try:
-        tmp_dir = tempfile.mkdtemp(prefix=".graphc-", dir=directory)
-        tmp = os.path.join(tmp_dir, p.name)
-        with open(tmp, "wb") as f:
-            f.write(payload)
-        os.replace(tmp, p)
-    except OSError as exc:
-        raise GraphcError(f"cannot write {p}: {exc.strerror or exc}",
-                          hint="check that the directory is writable and the disk has room") from None
-    finally:
-        if tmp_dir is not None:
-            shutil.rmtree(tmp_dir, ignore_errors=True)

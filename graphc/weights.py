@@ -153,8 +153,9 @@ def _read_npz(path: Path, shown: str, max_bytes: int | None) -> dict[str, np.nda
                 total += nbytes
                 _over_budget(shown, total, max_bytes)
                 if info.compress_type == zipfile.ZIP_STORED and mapped is not None:
-                    start = _stored_data_offset(mapped, info) + f.tell()
-                    if start + nbytes > min(size, _stored_data_offset(mapped, info) + info.file_size):
+                    member = _stored_data_offset(mapped, info)
+                    start = member + f.tell()
+                    if start + nbytes > min(size, member + info.file_size):
                         raise GraphcError(f"{shown}: tensor '{key}' is truncated")
                     arr = np.frombuffer(mapped, dtype, count=math.prod(shape), offset=start)
                     arr = arr.reshape(shape[::-1] if fortran else shape)

@@ -19,7 +19,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 import onnx
-from onnx import helper, numpy_helper
+from onnx import helper
 
 from .. import __version__
 from ..errors import GraphcError, InternalError
@@ -175,10 +175,9 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike, weights: Sequenc
     ``verify(temporary_path)`` runs on the written file before it is put in
     place (``graphc build --check``): a model that fails it never lands."""
     from .stream import with_external_data, write_model
+    from ..outputs import output_directory
     path = Path(path)
-    directory = path.parent if str(path.parent) else Path(".")
-    if not directory.is_dir():
-        raise GraphcError(f"cannot write {path}: directory {directory} does not exist")
+    directory = output_directory(path)
     total = sum(len(t.raw_data) for t in model.graph.initializer) + sum(a.nbytes for _, a in weights)
     data_path = path.with_name(path.name + ".data")
     tmp_paths: list[str] = []

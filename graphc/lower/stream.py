@@ -63,12 +63,12 @@ def raw_view(array: np.ndarray) -> memoryview | bytes:
     return np.ascontiguousarray(array).reshape(-1).data.cast("B")     # flat: empty and 0-d tensors too
 
 
-def _tensor_head(name: str, array: np.ndarray) -> bytes:
-    t = onnx.TensorProto()
+def _describe(t: onnx.TensorProto, name: str, array: np.ndarray) -> onnx.TensorProto:
+    """Fill a tensor's name, dims and type from the array (no data)."""
     t.name = name
     t.dims.extend(array.shape)
     t.data_type = helper.np_dtype_to_tensor_dtype(array.dtype)
-    return t.SerializeToString(deterministic=True)
+    return t
 
 
 def write_model(f: BinaryIO, model: onnx.ModelProto, weights: Sequence[tuple[str, np.ndarray]]) -> int:
@@ -83,7 +83,8 @@ def write_model(f: BinaryIO, model: onnx.ModelProto, weights: Sequence[tuple[str
     graph_len = len(graph_head)
     for name, array in weights:
         raw = raw_view(array)
-        head = _tensor_head(name, array) + key(TENSOR_RAW_DATA) + varint(raw.nbytes)
+        head = (_describe(onnx.TensorProto(), name, array).SerializeToString(deterministic=True)
+                + key(TENSOR_RAW_DATA) + varint(raw.nbytes))
         tensor_len = len(head) + raw.nbytes
         prefix = key(GRAPH_INITIALIZER) + varint(tensor_len) + head
         parts.append((prefix, raw))
@@ -113,10 +114,7 @@ def with_external_data(model: onnx.ModelProto, weights: Sequence[tuple[str, np.n
             offset += pad
         raw = raw_view(array)
         data.write(raw)
-        t = out.graph.initializer.add()
-        t.name = name
-        t.dims.extend(array.shape)
-        t.data_type = helper.np_dtype_to_tensor_dtype(array.dtype)
+        t = _describe(out.graph.initializer.add(), name, array)
         t.data_location = onnx.TensorProto.EXTERNAL
         for k, v in (("location", location), ("offset", str(offset)), ("length", str(raw.nbytes))):
             entry = t.external_data.add()

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import re
 import os
-import tempfile
 import weakref
 import zipfile
 import zlib
@@ -271,27 +270,9 @@ def _load_npz_inputs(path: str) -> dict[str, np.ndarray]:
 
 
 def save_outputs(outs: Mapping[str, np.ndarray], path: str | os.PathLike) -> None:
-    """Write outputs to an .npz atomically: a temporary file beside it, then a
-    rename, so an error or Ctrl-C never leaves a partial file or clobbers an
-    earlier one."""
-    out = Path(path)
-    directory = out.parent if str(out.parent) else Path(".")
-    if not directory.is_dir():
-        raise GraphcError(f"cannot write {out}: directory {directory} does not exist")
-    if out.is_dir():
-        raise GraphcError(f"cannot write {out}: it is a directory")
-    tmp = None
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=".graphc-", suffix=".npz.tmp", dir=directory)
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **outs)
-        os.replace(tmp, out)
-        tmp = None
-    except OSError as exc:
-        raise GraphcError(f"cannot write {out}: {exc.strerror or exc}") from None
-    finally:
-        if tmp is not None and os.path.exists(tmp):
-            os.unlink(tmp)
+    """Write outputs to an .npz atomically (graphc.outputs.write_atomic)."""
+    from ..outputs import write_atomic
+    write_atomic(path, lambda f: np.savez(f, **outs))
 
 
 def _range_value(v, env):
