@@ -654,7 +654,7 @@ def test_ctrl_c_during_a_real_build(tmp_path):
             time.sleep(0.0005)
 
     def shortly_after_start(p):
-        time.sleep(0.3)
+        time.sleep(0.05)            # the build takes ~0.3 s: land inside the compile
 
     codes = []
     for trigger in (when_temp_appears, shortly_after_start):
@@ -662,7 +662,9 @@ def test_ctrl_c_during_a_real_build(tmp_path):
         rc, err = _interrupt_build(spec, out, trigger)
         codes.append(rc)
         assert "Traceback" not in err, err
-        assert rc in (0, 130), err
+        # -SIGINT: the build won the race and the signal arrived while the
+        # interpreter was shutting down (default handlers restored): harmless
+        assert rc in (0, 130, -signal.SIGINT), err
         if rc == 130:
             assert out.read_bytes() == b"precious"
         else:

@@ -70,9 +70,7 @@ def lower_by_reference(g: Graph, opset: int = DEFAULT_OPSET) -> tuple[onnx.Model
             raise InternalError(f"no ONNX lowering for primitive {op.op} (was it folded?)")
         fn(ctx, op)
     ctx.current = None
-    used = set()
-    for n in ctx.nodes:
-        used.update(n.input)
+    used = _names_read(ctx.nodes)
     weights = []
     for v in g.values():
         if v.kind in ("param", "const"):
@@ -110,6 +108,21 @@ def lower_by_reference(g: Graph, opset: int = DEFAULT_OPSET) -> tuple[onnx.Model
         meta["graphc.input_ranges"] = json.dumps({k: list(v) for k, v in g.input_ranges.items()}, sort_keys=True)
     helper.set_model_props(model, dict(sorted(meta.items())))
     return model, [(v.name, v.data) for v in weights]
+
+
+def _names_read(nodes) -> set[str]:
+    """Every name the nodes read, including from inside If branches (a weight
+    read only by a guarded MatMul is still a weight of the model)."""
+    used: set[str] = set()
+    for n in nodes:
+        used.update(n.input)
+        for a in n.attribute:
+            if a.type == onnx.AttributeProto.GRAPH:
+                used |= _names_read(a.g.node)
+            elif a.type == onnx.AttributeProto.GRAPHS:
+                for sub in a.graphs:
+                    used |= _names_read(sub.node)
+    return used
 
 
 def _add_initializer(graph: onnx.GraphProto, name: str, data) -> None:

@@ -15,16 +15,13 @@ from onnx import TensorProto, helper
 
 from ..ir import OpNode
 from .context import LowerContext
+from .guards import dim_of, unless_empty
 from .ops_core import ONNX_DTYPE, lowering, shape_vector
 
 
 def _dtype(ctx: LowerContext, name: str) -> np.dtype:
     from ..ir.graph import DTYPES
     return DTYPES[ctx.g.value(name).type.dtype]
-
-
-def _dim_of(ctx: LowerContext, name: str, axis: int) -> str:
-    return ctx.one("Shape", [name], start=axis, end=axis + 1)       # [1] int64
 
 
 def use_fused(ctx: LowerContext, op: OpNode) -> bool:
@@ -63,8 +60,8 @@ def _fused(ctx: LowerContext, op: OpNode) -> None:
     if masked is not None:
         keep = ctx.one("Not", [masked])                               # ONNX Attention: True = may attend
         # ORT rejects broadcast [B,1,1,Sk] masks on Attention: expand to [B, 1, Sq, Sk]
-        shape = ctx.one("Concat", [_dim_of(ctx, q, 0), ctx.const(np.array([1], np.int64)),
-                                   _dim_of(ctx, q, 2), _dim_of(ctx, k, 2)], axis=0)
+        shape = ctx.one("Concat", [dim_of(ctx, q, 0), ctx.const(np.array([1], np.int64)),
+                                   dim_of(ctx, q, 2), dim_of(ctx, k, 2)], axis=0)
         mask = ctx.one("Expand", [keep, shape])
         if bias is not None:
             lowest = ctx.const(np.array(np.finfo(_dtype(ctx, q)).min, _dtype(ctx, q)))
@@ -82,23 +79,14 @@ def _guard_empty(ctx: LowerContext, q: str, k: str, v: str, output: str, node) -
     """Run `node` (the fused Attention) unless the batch, the query length or the key
     length is 0 at run time: ORT's Attention kernel rejects those ('Q sequence length
     must be greater than 0'), where the answer is an empty (or, with no keys, all-zero)
-    [B, H, Sq, Dv] tensor. An If costs one scalar test per call."""
-    key = ("empty", ctx.g.value(q).type.shape, ctx.g.value(k).type.shape)
-    if key not in ctx.memo:     # one test per distinct pair of symbolic shapes: equal dims are equal at run time
-        n = ctx.one("Mul", [ctx.one("Size", [q]), ctx.one("Size", [k])])
-        ctx.memo[key] = ctx.one("Equal", [n, ctx.const(np.array(0, np.int64))])
-    empty = ctx.memo[key]
-    dt = ONNX_DTYPE[str(np.dtype(_dtype(ctx, q)))]
-    shape_q, shape_v, shape, zeros = (ctx.fresh(h) for h in ("shape_q", "shape_v", "shape", "zeros"))
-    then_nodes = [helper.make_node("Shape", [q], [shape_q], name=ctx.fresh("Shape_node"), start=0, end=3),
-                  helper.make_node("Shape", [v], [shape_v], name=ctx.fresh("Shape_node"), start=3, end=4),
-                  helper.make_node("Concat", [shape_q, shape_v], [shape], name=ctx.fresh("Concat_node"), axis=0),
-                  helper.make_node("ConstantOfShape", [shape], [zeros], name=ctx.fresh("ConstantOfShape_node"),
-                                   value=helper.make_tensor("value", dt, [1], [0]))]
-    out_info = lambda name: helper.make_tensor_value_info(name, dt, None)   # noqa: E731
-    then_g = helper.make_graph(then_nodes, ctx.fresh("empty"), [], [out_info(zeros)])
-    else_g = helper.make_graph([node], ctx.fresh("attend"), [], [out_info(node.output[0])])
-    ctx.node("If", [empty], [output], then_branch=then_g, else_branch=else_g)
+    [B, H, Sq, Dv] tensor."""
+    def attend() -> str:
+        ctx.nodes.append(node)
+        return node.output[0]
+    unless_empty(ctx, [q, k], output, ONNX_DTYPE[str(np.dtype(_dtype(ctx, q)))],
+                 lambda: ctx.one("Concat", [ctx.one("Shape", [q], start=0, end=3), ctx.one("Shape", [v], start=3, end=4)],
+                                 axis=0),
+                 attend)
 
 
 MASK_FILL = float(np.finfo(np.float32).min) / 2    # additive fill of masked scores (float32)
@@ -118,10 +106,10 @@ def _decomposed(ctx: LowerContext, op: OpNode) -> None:
         # GQA without materialising repeated KV: query heads of one group share a KV head.
         # Run-time targets with every dim explicit (allowzero=1): a static [0, Hkv, -1, 0]
         # cannot infer its -1 when the batch is 0
-        b, sq = _dim_of(ctx, op.inputs[0], 0), _dim_of(ctx, op.inputs[0], 2)
+        b, sq = dim_of(ctx, op.inputs[0], 0), dim_of(ctx, op.inputs[0], 2)
         gsq = ctx.one("Mul", [sq, ctx.const(np.array([group], np.int64))])
-        sk = _dim_of(ctx, k, 2)
-        d, dv = (t.shape[3].value if t.shape[3].is_const else _dim_of(ctx, n, 3)
+        sk = dim_of(ctx, k, 2)
+        d, dv = (t.shape[3].value if t.shape[3].is_const else dim_of(ctx, n, 3)
                  for t, n in ((qt, q), (ctx.g.value(v).type, v)))
         q = ctx.one("Reshape", [q, shape_vector(ctx, [b, hkv, gsq, d])], allowzero=1)   # [B,Hq,Sq,D] -> [B,Hkv,G*Sq,D]
     k_t = ctx.one("Transpose", [k], perm=[0, 1, 3, 2])                  # [B,Hkv,Sk,D] -> [B,Hkv,D,Sk]
@@ -187,7 +175,7 @@ def _causal_masked(ctx: LowerContext, q: str, k: str) -> str:
     """True above the diagonal (query i may see keys 0..i: PyTorch's top-left
     alignment), built at run time for the actual [Sq, Sk]."""
     q_axis = 2
-    shape = ctx.one("Concat", [_dim_of(ctx, q, q_axis), _dim_of(ctx, k, 2)], axis=0)
+    shape = ctx.one("Concat", [dim_of(ctx, q, q_axis), dim_of(ctx, k, 2)], axis=0)
     ones = ctx.one("ConstantOfShape", [shape], value=_int_tensor(1))
     lower = ctx.one("Trilu", [ones], upper=0)                                # 1 on and below the diagonal
     return ctx.one("Equal", [lower, ctx.const(np.array(0, np.int64))])       # True = masked
@@ -202,5 +190,5 @@ def _int_tensor(v: int):
 def _arange(ctx: LowerContext, op: OpNode) -> None:
     (ref,) = op.inputs
     axis = op.attrs["axis"] % ctx.g.value(ref).type.rank
-    n = ctx.one("Squeeze", [_dim_of(ctx, ref, axis), ctx.const(np.array([0], np.int64))])
+    n = ctx.one("Squeeze", [dim_of(ctx, ref, axis), ctx.const(np.array([0], np.int64))])
     ctx.node("Range", [ctx.const(np.array(0, np.int64)), n, ctx.const(np.array(1, np.int64))], op.outputs)

@@ -8,6 +8,7 @@ from onnx import TensorProto
 
 from ..ir import OpNode
 from .context import LowerContext
+from .guards import dim_of, unless_empty
 
 LOWERINGS: dict[str, callable] = {}
 
@@ -26,9 +27,43 @@ def lowering(*names: str):
 
 @lowering("Relu", "Tanh", "Sigmoid", "Neg", "Sqrt", "Exp", "Not", "Identity",
           "Sub", "Mul", "Div", "Pow", "And", "Or", "Equal", "Less", "Greater", "LessOrEqual",
-          "Where", "MatMul")
+          "Where")
 def _direct(ctx: LowerContext, op: OpNode) -> None:
     ctx.node(op.op, op.inputs, op.outputs)
+
+
+@lowering("MatMul")
+def _matmul(ctx: LowerContext, op: OpNode) -> None:
+    """A MatMul whose batch dims broadcast ([B, 1, S, W] @ [H, W, D]) and may be 0
+    at run time is guarded: ORT rejects a broadcast against a 0 batch dim
+    (graphc/lower/guards.py). Same-batch and [.., K] @ [K, N] products are plain."""
+    a, b = op.inputs
+    ta, tb, out = (ctx.g.value(n).type for n in (a, b, op.outputs[0]))
+    batch_a, batch_b = ta.shape[:-2], tb.shape[:-2]
+    n = min(len(batch_a), len(batch_b))
+    broadcasts = ta.rank >= 2 and tb.rank >= 2 and max(ta.rank, tb.rank) >= 3 and (
+        len(batch_a) != len(batch_b) or batch_a[len(batch_a) - n:] != batch_b[len(batch_b) - n:])
+    symbolic = [x for x, t in ((a, ta), (b, tb)) if not all(d.is_const for d in t.shape)]
+    if not (broadcasts and symbolic):
+        ctx.node("MatMul", op.inputs, op.outputs)
+        return
+
+    def source(i: int) -> str:
+        """Run-time dim i of the product: from the operand that has it."""
+        r = out.rank
+        if i == r - 1:
+            return dim_of(ctx, b, tb.rank - 1)
+        if i == r - 2:
+            return dim_of(ctx, a, ta.rank - 2)
+        for name, t in ((a, ta), (b, tb)):
+            j = i - (r - 2) + (t.rank - 2)
+            if j >= 0 and t.shape[j] == out.shape[i]:
+                return dim_of(ctx, name, j)
+        raise ctx.error(f"internal: no operand holds dim {i} of the MatMul product")
+
+    unless_empty(ctx, symbolic, op.outputs[0], ONNX_DTYPE[out.dtype],
+                 lambda: shape_vector(ctx, [d.value if d.is_const else source(i) for i, d in enumerate(out.shape)]),
+                 lambda: ctx.one("MatMul", [a, b]))
 
 
 @lowering("Add")
