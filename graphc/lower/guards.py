@@ -20,13 +20,16 @@ from .context import LowerContext
 
 
 def _collect(ctx: LowerContext, build: Callable[[], str]) -> tuple[list[onnx.NodeProto], str]:
-    """The nodes `build` emits, diverted into a list (a subgraph body), and its result."""
-    saved, ctx.nodes = ctx.nodes, []
+    """The nodes `build` emits, diverted into a list (a subgraph body), and its result.
+    Values memoised inside the branch are forgotten after it: they do not exist
+    in the enclosing graph."""
+    saved, saved_memo = ctx.nodes, dict(ctx.memo)
+    ctx.nodes = []
     try:
         result = build()
         return ctx.nodes, result
     finally:
-        ctx.nodes = saved
+        ctx.nodes, ctx.memo = saved, saved_memo
 
 
 def dim_of(ctx: LowerContext, name: str, axis: int) -> str:

@@ -121,7 +121,7 @@ def _decomposed(ctx: LowerContext, op: OpNode) -> None:
         neg_inf = ctx.one("IsInf", [bias], detect_positive=0)
         masked = neg_inf if masked is None else ctx.one("Or", [masked, neg_inf])
     if op.attrs.get("causal"):
-        causal = _causal_masked(ctx, q if group == 1 else op.inputs[0], k)
+        causal = _causal_masked(ctx, op.inputs[0], op.inputs[1])
         masked = causal if masked is None else ctx.one("Or", [masked, causal])
     if dt == np.float16:
         scores = ctx.one("Cast", [scores], to=TensorProto.FLOAT)        # mask and softmax in float32
@@ -173,12 +173,16 @@ def _any_key(ctx: LowerContext, op: OpNode, masked: str, dt) -> str:
 
 def _causal_masked(ctx: LowerContext, q: str, k: str) -> str:
     """True above the diagonal (query i may see keys 0..i: PyTorch's top-left
-    alignment), built at run time for the actual [Sq, Sk]."""
-    q_axis = 2
-    shape = ctx.one("Concat", [dim_of(ctx, q, q_axis), dim_of(ctx, k, 2)], axis=0)
-    ones = ctx.one("ConstantOfShape", [shape], value=_int_tensor(1))
-    lower = ctx.one("Trilu", [ones], upper=0)                                # 1 on and below the diagonal
-    return ctx.one("Equal", [lower, ctx.const(np.array(0, np.int64))])       # True = masked
+    alignment), built at run time for the actual [Sq, Sk]. One per pair of
+    symbolic lengths: the decoder's layers share it (and ONNX Runtime then
+    merges their identical mask arithmetic)."""
+    key = ("causal", ctx.g.value(q).type.shape[2], ctx.g.value(k).type.shape[2])
+    if key not in ctx.memo:
+        shape = ctx.one("Concat", [dim_of(ctx, q, 2), dim_of(ctx, k, 2)], axis=0)
+        ones = ctx.one("ConstantOfShape", [shape], value=_int_tensor(1))
+        lower = ctx.one("Trilu", [ones], upper=0)                                # 1 on and below the diagonal
+        ctx.memo[key] = ctx.one("Equal", [lower, ctx.const(np.array(0, np.int64))])   # True = masked
+    return ctx.memo[key]
 
 
 def _int_tensor(v: int):
