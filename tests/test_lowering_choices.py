@@ -73,3 +73,19 @@ def test_projections_land_in_head_layout_without_transposes(spec):
     head_projections = [n for n in nodes if n.op_type == "MatMul" and n.input[1] in inits
                         and len(inits[n.input[1]].dims) == 3]
     assert len(head_projections) >= attentions
+
+
+@pytest.mark.parametrize("spec", ["mha", "transformer"])
+def test_only_batch_broadcasting_matmuls_are_guarded(spec):
+    """The If that shields ORT from an empty batch costs ~20 us a call: only the
+    per-head projections ([B, 1, S, W] @ [n, W, D]) carry it, never a plain
+    linear layer ([B, S, W] @ [W, N]) or the attention products."""
+    model = compile_spec(SPECS / f"{spec}.yaml").model
+    guarded = [n for n in model.graph.node if n.op_type == "If"]
+    inits = {i.name: i for i in model.graph.initializer}
+    for n in guarded:
+        (inner,) = [a.g for a in n.attribute if a.name == "else_branch"]
+        (mm,) = [x for x in inner.node if x.op_type == "MatMul"]
+        assert len(inits[mm.input[1]].dims) == 3
+    plain = [n for n in model.graph.node if n.op_type == "MatMul" and n.input[1] in inits]
+    assert plain and all(len(inits[n.input[1]].dims) == 2 for n in plain)
