@@ -2,7 +2,7 @@
 (every opset) or the opset-23 ``Attention`` operator.
 
 The choice ('auto'), from measurements on ORT 1.31 CPU (shared/ANCHORS.md and
-docs/attention.md): with no mask or only a causal mask the fused operator is
+docs/benchmarks.md): with no mask or only a causal mask the fused operator is
 as fast or faster (causal: 3.30 ms fused vs 4.41 ms decomposed at B8 H8 S256
 d64), so it is used when the target opset is >= 23; with padding or user masks
 the decomposed form is used, because ORT rejects broadcast key-padding masks on
