@@ -17,6 +17,7 @@ import argparse
 import contextlib
 import importlib.util
 import json
+import math
 import os
 import platform
 import re
@@ -383,6 +384,19 @@ def matmul_limit(args) -> dict:
     return out
 
 
+def case_reps(run_graphc, args, cap: int = 400) -> int:
+    """Timed runs per candidate for one shape: at least --reps, and enough that graphc's
+    runs add up to --min-time seconds, so a 1 ms model gets hundreds of samples instead of
+    20 (its median then moves by ~1% between runs instead of ~10%)."""
+    if args.min_time <= 0:
+        return args.reps
+    run_graphc()
+    t0 = time.perf_counter()
+    run_graphc()
+    ms = max((time.perf_counter() - t0) * 1e3, 1e-3)
+    return min(cap, max(args.reps, math.ceil(args.min_time * 1e3 / ms)))
+
+
 def time_candidates(cands: dict, warmup: int, reps: int, solo=("eager",), block: int = 5) -> tuple[dict, dict]:
     """cands: name -> zero-argument callable; returns the times (ms) and first outputs. ORT
     candidates run in interleaved rounds, the order rotating; eager runs in blocks alternating
@@ -557,7 +571,8 @@ def latency(w: Workload, res: dict, npz: str, gpath: str, exported: dict, args, 
                 r = m(*t)
             return [r] if isinstance(r, torch.Tensor) else list(r)
         cands.update(eager=eager, matmul=args.matmul_ref[0])    # matmul: the practical limit, same load
-        times, outs = time_candidates(cands, args.warmup, args.reps)
+        reps = case_reps(cands["graphc"], args)
+        times, outs = time_candidates(cands, args.warmup, reps)
         mm_ms = statistics.median(times.pop("matmul"))
         med = {n: statistics.median(t) for n, t in times.items()}
         ref = [o.numpy() for o in outs["eager"]]
@@ -565,7 +580,7 @@ def latency(w: Workload, res: dict, npz: str, gpath: str, exported: dict, args, 
                   for name, o in outs.items() if name not in ("eager", "matmul")}
         f = flops(w.name, c.dims)
         res["cases"][c.label] = {
-            "dims": c.dims, "lengths": list(c.lengths) if c.lengths else None, "ms": med,
+            "dims": c.dims, "lengths": list(c.lengths) if c.lengths else None, "reps": reps, "ms": med,
             "ms_quartiles": {n: [float(q) for q in np.percentile(t, [25, 75])] for n, t in times.items()},
             "ms_min": {n: min(t) for n, t in times.items()},
             "errors": errors, "max_abs_diff": parity, "gflop": f / 1e9,
@@ -676,7 +691,7 @@ def markdown(report: dict) -> str:
         row += f" {' / '.join(str(c.get(k, {}).get('nodes', '–')) for k in ['graphc', *exps])} |"
         lines.append(row)
     lines.append("\n### ONNX Runtime latency, ms (medians, interleaved); ratio = graphc / alternative\n")
-    head = ("| workload | shape | GFLOP | graphc |" + "".join(f" ORT {e} |" for e in exps) + " eager |"
+    head = ("| workload | shape | runs | GFLOP | graphc |" + "".join(f" ORT {e} |" for e in exps) + " eager |"
             " graphc / best export | graphc / eager | same, fastest runs | graphc GFLOP/s |"
             " % of MatMul (interleaved / best seen) | max abs diff vs eager |")
     lines += [head, "|" + "---|" * (head.count("|") - 1)]
@@ -686,7 +701,7 @@ def markdown(report: dict) -> str:
             ex = [e for e in exps if e in ms]
             best = max((cr["ratio"][e] for e in ex), default=None)      # the fastest export: the largest ratio
             best_min = max((rm[e] for e in ex), default=None)
-            lines.append(f"| {name} | {label} | {cr['gflop']:.2f} | {ms['graphc']:.2f} |"
+            lines.append(f"| {name} | {label} | {cr.get('reps', '–')} | {cr['gflop']:.2f} | {ms['graphc']:.2f} |"
                          + "".join(f" {ms[e]:.2f} |" if e in ms else " fails |" for e in exps)
                          + f" {ms['eager']:.2f} | {fmt(best)} | {cr['ratio']['eager']:.2f} | {fmt(best_min)} / {rm['eager']:.2f} |"
                          f" {gf:.0f} | {100 * gf / cr['matmul_gflops_interleaved']:.0f}% / {100 * gf / limit:.0f}% |"
@@ -722,7 +737,9 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="tiny inputs, few repetitions, no dynamo exporter (< 60 s)")
     p.add_argument("--only", help=f"comma-separated workloads (default all: {','.join(WORKLOADS)})")
-    p.add_argument("--reps", type=int, help="timed runs per candidate (default 20; quick 3)")
+    p.add_argument("--reps", type=int, help="timed runs per candidate, at least (default 20; quick 3)")
+    p.add_argument("--min-time", type=float, help="seconds of graphc runs per shape: short models get more "
+                   "timed runs than --reps, up to 400 (default 1.0; quick 0)")
     p.add_argument("--warmup", type=int, help="warm-up runs per candidate (default 3; quick 1)")
     p.add_argument("--compile-reps", type=int, help="fresh-process compiles of graphc per workload (default 3; quick 1)")
     p.add_argument("--threads", type=int, default=2, help="ORT intra-op threads and torch threads (default 2)")
@@ -741,6 +758,7 @@ def main(argv=None) -> int:
         return 0
     args.reps = args.reps or (3 if args.quick else 20)
     args.warmup = args.warmup or (1 if args.quick else 3)
+    args.min_time = args.min_time if args.min_time is not None else (0.0 if args.quick else 1.0)
     args.compile_reps = args.compile_reps or (1 if args.quick else 3)
     args.exporters = (args.exporters or ("legacy" if args.quick else "dynamo,legacy")).split(",")
     names = args.only.split(",") if args.only else list(WORKLOADS)
@@ -774,7 +792,8 @@ def main(argv=None) -> int:
     mm = {k: max(v, mm2[k]) for k, v in mm.items()}
     limit = max(mm.values())
     report = {
-        "config": {"quick": args.quick, "threads": args.threads, "reps": args.reps, "warmup": args.warmup,
+        "config": {"quick": args.quick, "threads": args.threads, "reps": args.reps, "min_time": args.min_time,
+                   "warmup": args.warmup,
                    "compile_reps": args.compile_reps, "exporters": args.exporters, "seed": args.seed, "spin": args.spin,
                    "graphc_opset": args.opset, "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
                    "workloads": names, "matmul_ref_shape": "x".join(map(str, ref_shape))},
