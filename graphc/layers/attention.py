@@ -291,7 +291,7 @@ class MultiheadAttention(LayerKind):
                 return parts[0]
             ws, bs = zip(*parts)
             n = sum(w.shape[0].value for w in ws)
-            w = b.derive(lambda *a: np.ascontiguousarray(np.concatenate(a, axis=0)), list(ws),
+            w = b.derive(lambda *a: np.concatenate(a, axis=0), list(ws),
                          (n, ws[0].shape[1].value, hd), label=f"{label}_weight_heads")
             bb = None
             if bs[0] is not None:

@@ -188,6 +188,15 @@ def _check_seq(call: Call, x: Value, seq_axis: int, max_len: int) -> None:
         raise call.error(msg, "max_len", hint="raise max_len, or declare the sequence axis as a symbolic dim")
 
 
+def _table_input(call: Call) -> tuple[Value, int, int, int]:
+    """The checked input of a table-based encoding: (x, seq_axis, max_len, width)."""
+    x = call.inputs["x"]
+    _float_input(call, x)
+    s, max_len = call["seq_axis"], call["max_len"]
+    _check_seq(call, x, s, max_len)
+    return x, s, max_len, basic.last_dim(call, x)
+
+
 # ------------------------------------------------------------------ sinusoidal
 
 
@@ -232,11 +241,7 @@ class SinusoidalPE(LayerKind):
     example = "{name: pos, kind: sinusoidal_pe, input: embed, max_len: 5000}"
 
     def expand(self, b, call):
-        x = call.inputs["x"]
-        _float_input(call, x)
-        s, max_len = call["seq_axis"], call["max_len"]
-        _check_seq(call, x, s, max_len)
-        d = basic.last_dim(call, x)
+        x, s, max_len, d = _table_input(call)
         if d % 2:
             raise call.error(f"needs an even feature width (sin/cos pairs), got {d}", "x",
                              hint="the paper's encoding pairs channels 2i and 2i+1")
@@ -294,11 +299,7 @@ class LearnedPE(LayerKind):
     example = "{name: pos, kind: learned_pe, input: embed, max_len: 1024}"
 
     def expand(self, b, call):
-        x = call.inputs["x"]
-        _float_input(call, x)
-        s, max_len = call["seq_axis"], call["max_len"]
-        _check_seq(call, x, s, max_len)
-        d = basic.last_dim(call, x)
+        x, s, max_len, d = _table_input(call)
         check_table_budget(b, (max_len, d), x.dtype, 1, _max_len_error(call))
         w = b.param("weight", (max_len, d), Init("normal", 1.0), dtype=x.dtype, doc="[max_len, d]")
         ones = x.rank - 2 - s % x.rank

@@ -39,11 +39,8 @@ def _matmul(ctx: LowerContext, op: OpNode) -> None:
     (graphc/lower/guards.py). Same-batch and [.., K] @ [K, N] products are plain."""
     a, b = op.inputs
     ta, tb, out = (ctx.g.value(n).type for n in (a, b, op.outputs[0]))
-    batch_a, batch_b = ta.shape[:-2], tb.shape[:-2]
-    n = min(len(batch_a), len(batch_b))
     # both operands have batch dims and they differ (ORT handles [..., K] @ [K, N] and [M, K] @ [..., K, N])
-    broadcasts = ta.rank >= 3 and tb.rank >= 3 and (
-        len(batch_a) != len(batch_b) or batch_a[len(batch_a) - n:] != batch_b[len(batch_b) - n:])
+    broadcasts = ta.rank >= 3 and tb.rank >= 3 and ta.shape[:-2] != tb.shape[:-2]
     symbolic = [x for x, t in ((a, ta), (b, tb)) if not all(d.is_const for d in t.shape)]
     if not (broadcasts and symbolic):
         ctx.node("MatMul", op.inputs, op.outputs)
