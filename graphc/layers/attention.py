@@ -29,6 +29,7 @@ from ..prims.attention_core import attention_reference
 from ..shapes import Dim, format_shape
 from .base import Call, LayerKind, Param, Port
 from .basic import declare_linear, last_dim, linear_op
+from .relayout import heads_from_rows
 
 IMPL = Param("impl", "str", "auto", "attention lowering: auto (measured choice), decomposed (MatMul/Softmax, "
              "any opset) or fused (ONNX Attention, opset >= 23)", choices=("auto", "decomposed", "fused"))
@@ -268,35 +269,35 @@ class MultiheadAttention(LayerKind):
         bsz, sq, sk = x.shape[0], x.shape[1], key.shape[1]
         one = Dim.const
 
-        def head_weights(lo: int, hi: int, fold: bool) -> tuple[Value, Value | None]:
-            """Rows lo:hi of the packed projection as per-head matrices [n, width, head_dim]
-            (and the bias as [n, 1, head_dim]), the query part pre-scaled."""
-            if c["packed"]:
-                src, off = w_parts[0], 0
-            else:
-                src, off = (w_parts[0], 0) if lo < nq else (w_parts[1], nq) if lo < nq + nk else (w_parts[2], nq + nk)
-            width, n = src.shape[1].value, (hi - lo) // hd
-            s = scale if fold else np.float32(1)
-            # W[rows] [n*D, W] -> [n, D, W] -> [n, W, D]: head h's columns of x @ W^T
-            wh = b.derive(lambda w, a=lo - off, z=hi - off, s=s, n=n: np.ascontiguousarray(
-                (w[a:z] * s).reshape(n, hd, width).transpose(0, 2, 1)), [src], (n, width, hd), label=f"w{lo}_{hi}_heads")
+        def head_projection(parts: list[tuple[int, int, bool]], label: str) -> tuple[Value, Value | None]:
+            """Rows lo:hi of the packed projection, for each (lo, hi, fold) part, as one
+            stack of per-head matrices [n, width, head_dim] (and the bias as [n, 1, head_dim]),
+            the query part pre-scaled: one Derive that writes each head straight into place."""
+            sources: list[Value] = []
+            plan = []                                   # (source index, first row, last row, scale)
+            for lo, hi, fold in parts:
+                if c["packed"]:
+                    src, off = w_parts[0], 0
+                else:
+                    src, off = ((w_parts[0], 0) if lo < nq else (w_parts[1], nq) if lo < nq + nk
+                                else (w_parts[2], nq + nk))
+                if src not in sources:
+                    sources.append(src)
+                plan.append((sources.index(src), lo - off, hi - off, float(scale) if fold else 1.0))
+            width = sources[0].shape[1].value
+            n = sum((hi - lo) // hd for lo, hi, _ in parts)
+            single = f"w{parts[0][0]}_{parts[0][1]}_heads"
+            # W[rows] [n*D, W] -> n x [D, W] -> [n, W, D]: head h's columns of x @ W^T
+            wh = b.derive(lambda *ws, plan=tuple(plan): heads_from_rows(
+                [(ws[i][a:z], s) for i, a, z, s in plan], hd), sources, (n, width, hd),
+                label=single if len(parts) == 1 else f"{label}_weight_heads")
             bh = None
             if b_in is not None:
-                bh = b.derive(lambda bb, a=lo, z=hi, s=s, n=n: (bb[a:z] * s).reshape(n, 1, hd), [b_in], (n, 1, hd),
-                              label=f"b{lo}_{hi}_heads")
+                spans = tuple((lo, hi, scale if fold else np.float32(1)) for lo, hi, fold in parts)
+                bh = b.derive(lambda bb, spans=spans: np.concatenate(
+                    [(bb[lo:hi] * s).reshape(-1, 1, hd) for lo, hi, s in spans]), [b_in], (n, 1, hd),
+                    label=(f"b{parts[0][0]}_{parts[0][1]}_heads" if len(parts) == 1 else f"{label}_bias_heads"))
             return wh, bh
-
-        def concat_heads(parts: list[tuple[Value, Value | None]], label: str) -> tuple[Value, Value | None]:
-            if len(parts) == 1:
-                return parts[0]
-            ws, bs = zip(*parts)
-            n = sum(w.shape[0].value for w in ws)
-            w = b.derive(lambda *a: np.concatenate(a, axis=0), list(ws),
-                         (n, ws[0].shape[1].value, hd), label=f"{label}_weight_heads")
-            bb = None
-            if bs[0] is not None:
-                bb = b.derive(lambda *a: np.concatenate(a, axis=0), list(bs), (n, 1, hd), label=f"{label}_bias_heads")
-            return w, bb
 
         def project_heads(inp: Value, s: Dim, parts: list[tuple[int, int, bool]], label: str) -> list[Value]:
             """Project straight into [B, n, S, D] head layout: one batched MatMul of the
@@ -304,7 +305,7 @@ class MultiheadAttention(LayerKind):
             needed (measured 11% faster than MatMul + Split + 3 Transposes for the
             attention block at b8 s256, docs/benchmarks.md). Several parts (q, k, v)
             sharing an input share one MatMul, split along the head axis."""
-            w, bb = concat_heads([head_weights(lo, hi, fold) for lo, hi, fold in parts], label)
+            w, bb = head_projection(parts, label)
             width = w.shape[1]
             x4 = b.op("Reshape", [inp], shape=(bsz, one(1), s, width))       # [B, S, W] -> [B, 1, S, W]
             y = b.op("MatMul", [x4, w])                                        # [B, 1, S, W] @ [n, W, D] -> [B, n, S, D]

@@ -7,17 +7,14 @@ import numpy as np
 
 from ..ir import Builder, Init, Value
 from .base import Call, LayerKind, Param, Port
-
-
-def _transpose(w: np.ndarray) -> np.ndarray:
-    return np.ascontiguousarray(w.T)
+from .relayout import transposed
 
 
 def linear_op(b: Builder, x: Value, weight: Value, bias: Value | None) -> Value:
     """x @ W^T + b with W stored pre-transposed at compile time, so the runtime
     does one MatMul (which ORT fuses with the Add) and never a Transpose."""
     out_f, in_f = (d.value for d in weight.shape)
-    w_t = b.derive(_transpose, [weight], (in_f, out_f), label=weight.name.rsplit(".", 1)[-1] + "_t",
+    w_t = b.derive(transposed, [weight], (in_f, out_f), label=weight.name.rsplit(".", 1)[-1] + "_t",
                    key=("transpose", weight.name))
     y = b.op("MatMul", [x, w_t])                     # [..., in] @ [in, out] -> [..., out]
     return b.op("Add", [y, bias]) if bias is not None else y
