@@ -116,13 +116,17 @@ def _decomposed(ctx: LowerContext, op: OpNode) -> None:
     scores = ctx.one("MatMul", [q, k_t])                                # [B,Hkv,G*Sq,Sk]
     if group > 1:
         scores = ctx.one("Reshape", [scores, shape_vector(ctx, [b, hq, sq, sk])], allowzero=1)   # -> [B,Hq,Sq,Sk]
+    # what is derived from the masks alone is built once per distinct mask (the
+    # layers of a stack share their masks after graphc.ir.cse), not once per layer
     if bias is not None:
         scores = ctx.one("Add", [scores, bias])
-        neg_inf = ctx.one("IsInf", [bias], detect_positive=0)
-        masked = neg_inf if masked is None else ctx.one("Or", [masked, neg_inf])
+        neg_inf = _shared(ctx, ("neg_inf", bias), lambda: ctx.one("IsInf", [bias], detect_positive=0))
+        masked = neg_inf if masked is None else _shared(ctx, ("or", masked, neg_inf),
+                                                        lambda m=masked: ctx.one("Or", [m, neg_inf]))
     if op.attrs.get("causal"):
         causal = _causal_masked(ctx, op.inputs[0], op.inputs[1])
-        masked = causal if masked is None else ctx.one("Or", [masked, causal])
+        masked = causal if masked is None else _shared(ctx, ("or", masked, causal),
+                                                       lambda m=masked: ctx.one("Or", [m, causal]))
     if dt == np.float16:
         scores = ctx.one("Cast", [scores], to=TensorProto.FLOAT)        # mask and softmax in float32
     if masked is not None and bias is None:
@@ -130,8 +134,8 @@ def _decomposed(ctx: LowerContext, op: OpNode) -> None:
         # broadcast in one Add: ORT runs that twice as fast as a Where over [B, H, Sq, Sk]
         # (docs/benchmarks.md). MASK_FILL is finite and far from float32's limit, so
         # score + fill never overflows to -inf (which would make a fully masked row NaN)
-        fill = ctx.one("Where", [masked, ctx.const(np.array(MASK_FILL, np.float32)),
-                                 ctx.const(np.array(0, np.float32))])
+        fill = _shared(ctx, ("fill", masked), lambda: ctx.one("Where", [
+            masked, ctx.const(np.array(MASK_FILL, np.float32)), ctx.const(np.array(0, np.float32))]))
         scores = ctx.one("Add", [scores, fill])
     elif masked is not None:
         # a user's float mask may hold -inf: replace, do not add; the lowest finite
@@ -142,17 +146,27 @@ def _decomposed(ctx: LowerContext, op: OpNode) -> None:
         probs = ctx.one("Cast", [probs], to=TensorProto.FLOAT16)
     if group > 1:
         probs = ctx.one("Reshape", [probs, shape_vector(ctx, [b, hkv, gsq, sk])], allowzero=1)  # -> [B,Hkv,G*Sq,Sk]
-    out = ctx.one("MatMul", [probs, v])                                 # [B,Hkv,G*Sq,Dv]
+    # rows where every key is masked: softmax over equal lowest values is uniform; zero them
+    zero_rows = masked is not None and (op.attrs.get("has_masked") or op.attrs.get("has_bias"))
+    result = None if zero_rows else op.outputs[0]
+    out = ctx.one("MatMul", [probs, v], None if group > 1 else result)   # [B,Hkv,G*Sq,Dv]
     if group > 1:
-        out = ctx.one("Reshape", [out, shape_vector(ctx, [b, hq, sq, dv])], allowzero=1)       # -> [B,Hq,Sq,Dv]
-    if masked is not None and (op.attrs.get("has_masked") or op.attrs.get("has_bias")):
-        # rows where every key is masked: softmax over equal lowest values is uniform; zero them
-        ctx.node("Mul", [out, _any_key(ctx, op, masked, dt)], op.outputs)
-    else:
-        ctx.node("Identity", [out], op.outputs)
+        out = ctx.one("Reshape", [out, shape_vector(ctx, [b, hq, sq, dv])], result, allowzero=1)  # -> [B,Hq,Sq,Dv]
+    if zero_rows:
+        rank = max([ctx.g.value(n).type.rank for n in op.inputs[3:]] + [2])
+        any_key = _shared(ctx, ("any_key", masked, str(np.dtype(dt)), rank),
+                          lambda: _any_key(ctx, masked, rank, dt))
+        ctx.node("Mul", [out, any_key], op.outputs)
 
 
-def _any_key(ctx: LowerContext, op: OpNode, masked: str, dt) -> str:
+def _shared(ctx: LowerContext, key: tuple, build) -> str:
+    """build() once per key in this lowering; later calls reuse its result."""
+    if key not in ctx.memo:
+        ctx.memo[key] = build()
+    return ctx.memo[key]
+
+
+def _any_key(ctx: LowerContext, masked: str, rank: int, dt) -> str:
     """1 where a query row may attend to some key, else 0: [B|1, 1, Sq|1, 1].
 
     Safe for empty tensors, where ORT returns a Reduce's input unreduced (an
@@ -160,7 +174,6 @@ def _any_key(ctx: LowerContext, op: OpNode, masked: str, dt) -> str:
     column is padded onto the keys (so no keys at all gives 0, not an empty
     maximum) and the result is sliced to one column. Both touch only the mask,
     not the [B, H, Sq, Sk] probabilities."""
-    rank = max([ctx.g.value(n).type.rank for n in op.inputs[3:]] + [2])
     keep = ctx.one("Cast", [ctx.one("Not", [masked])], to=ONNX_DTYPE[str(np.dtype(dt))])
     keep = ctx.one("Pad", [keep, ctx.const(np.array([0] * (2 * rank - 1) + [1], np.int64))])   # [.., Sk + 1]
     if ctx.opset >= 18:

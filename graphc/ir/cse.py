@@ -1,0 +1,76 @@
+"""Common-subexpression elimination on the IR.
+
+Layers expand one at a time, so work that depends only on the model's inputs
+is repeated in every layer that needs it: each of the six encoder layers (and
+the decoder's six cross-attentions) reshapes the same key-padding mask to
+[B, 1, 1, S], and everything the lowering derives from it (the additive mask,
+the "some key is visible" row factor) is then emitted once per layer too.
+ONNX Runtime merges such copies when it loads a model; other runtimes and a
+person reading the graph should not have to. Merging them here, before the
+lowering, also lets the lowering share what it builds per distinct mask.
+
+Two ops are the same computation when they have the same primitive, the same
+(already merged) inputs and equal attributes: primitives are pure functions of
+their inputs and attributes. Derive ops (compile-time numpy closures) are
+left alone, and so are ops that produce a graph output (each output keeps its
+own name).
+"""
+from __future__ import annotations
+
+from typing import Any, Hashable
+
+import numpy as np
+
+from .graph import Graph, verify
+
+
+class _NoKey(Exception):
+    """An attribute value with no canonical form: that op is never merged."""
+
+
+def _canonical(v: Any) -> Hashable:
+    """A hashable stand-in for an attribute value that is equal exactly when
+    the values are (tagged with the type: 1, 1.0 and True are different attributes)."""
+    if isinstance(v, dict):
+        return ("dict",) + tuple(sorted((str(k), _canonical(x)) for k, x in v.items()))
+    if isinstance(v, (list, tuple)):
+        return (type(v).__name__,) + tuple(_canonical(x) for x in v)
+    if isinstance(v, np.ndarray):
+        return ("ndarray", v.dtype.str, v.shape, v.tobytes())
+    if v is None or isinstance(v, (bool, int, float, str, np.generic)):
+        return (type(v).__name__, v)
+    try:
+        hash(v)
+    except TypeError:
+        raise _NoKey from None
+    if callable(v):
+        raise _NoKey                      # a function compares by identity only: never "equal" by value
+    return (type(v).__name__, v)
+
+
+def merge_common_subexpressions(g: Graph) -> int:
+    """Merge ops that compute the same thing into their first occurrence;
+    returns how many ops were removed. The op order is topological, so an
+    op's inputs have already been merged when it is looked at."""
+    first: dict[Hashable, Any] = {}
+    graph_outputs = set(g.outputs.values())
+    merged = 0
+    for op in g.ops():
+        if op.op == "Derive" or any(o in graph_outputs for o in op.outputs):
+            continue
+        try:
+            key = (op.op, tuple(op.inputs), _canonical(op.attrs))
+        except _NoKey:
+            continue
+        kept = first.setdefault(key, op)
+        if kept is op:
+            continue
+        for dup, same in zip(op.outputs, kept.outputs):
+            g.replace_uses(dup, same)
+        g.remove_op(op.id)
+        for dup in op.outputs:
+            g.remove_value(dup)
+        merged += 1
+    if merged:
+        verify(g)
+    return merged
