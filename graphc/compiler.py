@@ -12,7 +12,7 @@ from .build import DEFAULT_MAX_PARAM_BYTES, build_graph
 from .errors import GraphcError
 from .ir import Graph
 from .spec import Spec, load_spec
-from .ir.cse import merge_common_subexpressions
+from .ir.simplify import simplify
 from .weights import fold_derived, load_weights, materialize
 
 
@@ -110,7 +110,7 @@ def compile_spec(path: str | os.PathLike, weights: str | os.PathLike | Mapping[s
         from .ir.precision import convert_to_float16
         report(progress, "float16")
         convert_to_float16(graph)
-    merge_common_subexpressions(graph)
+    simplify(graph)
     graph.metadata["graphc.attention"] = attention
     graph.metadata["graphc.seed"] = str(seed) if seeded else "weights"
     report(progress, "lower")

@@ -9,7 +9,7 @@ import numpy as np
 import yaml
 
 from graphc.build import build_graph
-from graphc.ir.cse import merge_common_subexpressions
+from graphc.ir.simplify import simplify
 from graphc.lower import check_model, lower, serialize
 from graphc.spec import parse_spec_text
 from graphc.weights import materialize
@@ -31,17 +31,18 @@ def random_weights(graph, seed: int = 0, scale: float | None = None) -> dict[str
     return out
 
 
-def compile_text(text: str, weights=None, seed: int = 0, opset: int = 17, check: bool = True, cse: bool = True):
+def compile_text(text: str, weights=None, seed: int = 0, opset: int = 17, check: bool = True,
+                 simplified: bool = True):
     """Returns (model bytes, graph, the weights used); the steps of compiler.compile_spec
-    (``cse=False`` skips its common-subexpression pass, for comparisons)."""
+    (``simplified=False`` skips its graphc.ir.simplify passes, for comparisons)."""
     spec = parse_spec_text(text, "<test>")
     g = build_graph(spec)
     if weights == "random":
         weights = random_weights(g, seed)
     used = dict(weights) if weights is not None else None
     materialize(g, weights, seed)
-    if cse:
-        merge_common_subexpressions(g)
+    if simplified:
+        simplify(g)
     model = lower(g, opset)
     if check:
         check_model(model)

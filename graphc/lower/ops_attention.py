@@ -117,7 +117,7 @@ def _decomposed(ctx: LowerContext, op: OpNode) -> None:
     if group > 1:
         scores = ctx.one("Reshape", [scores, shape_vector(ctx, [b, hq, sq, sk])], allowzero=1)   # -> [B,Hq,Sq,Sk]
     # what is derived from the masks alone is built once per distinct mask (the
-    # layers of a stack share their masks after graphc.ir.cse), not once per layer
+    # layers of a stack share their masks after graphc.ir.simplify), not once per layer
     if bias is not None:
         scores = ctx.one("Add", [scores, bias])
         neg_inf = _shared(ctx, ("neg_inf", bias), lambda: ctx.one("IsInf", [bias], detect_positive=0))

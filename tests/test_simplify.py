@@ -1,5 +1,6 @@
-"""Common-subexpression elimination (graphc.ir.cse): what it merges, what it
-must not, and that the merged model computes exactly what the unmerged one does."""
+"""graphc.ir.simplify: what common-subexpression elimination merges and what it
+must not, what dead-op removal drops, and that the simplified model computes
+exactly what the unsimplified one does."""
 import collections
 import contextlib
 
@@ -9,7 +10,7 @@ import pytest
 
 from graphc.errors import Span
 from graphc.ir import Builder, Graph
-from graphc.ir.cse import _canonical, _NoKey, merge_common_subexpressions
+from graphc.ir.simplify import _canonical, _NoKey, merge_common_subexpressions, remove_dead_ops
 from graphc.shapes import Dim
 from helpers import compile_text, ort_run, single_layer_spec
 
@@ -74,7 +75,7 @@ def test_a_stack_builds_its_mask_work_once_and_computes_the_same():
                              {"x": ("float32", ["batch", "seq", d]), "m": ("bool", ["batch", "seq"])},
                              ports={"x": "x", "key_padding_mask": "m"})
     merged, g, w = compile_text(text, weights="random")
-    plain, g0, _ = compile_text(text, weights=w, cse=False)
+    plain, g0, _ = compile_text(text, weights=w, simplified=False)
     assert len(g.ops()) < len(g0.ops()) and len(set(_op_keys(g))) == len(_op_keys(g))
     count = collections.Counter(node.op_type for node in onnx.load_from_string(merged).graph.node)
     count0 = collections.Counter(node.op_type for node in onnx.load_from_string(plain).graph.node)
@@ -87,3 +88,28 @@ def test_a_stack_builds_its_mask_work_once_and_computes_the_same():
     m[1, :] = True                                    # a fully padded sequence: the zeroed rows too
     got, want = ort_run(merged, {"x": x, "m": m})["y"], ort_run(plain, {"x": x, "m": m})["y"]
     np.testing.assert_array_equal(got, want)
+
+
+def test_dead_chains_and_the_weights_only_they_read_are_dropped():
+    with _graph() as (g, b, x):
+        live = b.op("Relu", [x])
+        w = b.const(np.ones(4, np.float32), "only_dead_reads_me")
+        dead = b.op("Softmax", [b.op("Add", [x, w])], axis=-1)              # a chain nothing reads
+        g.outputs["y"] = live.name
+    assert remove_dead_ops(g) == 2
+    assert [o.op for o in g.ops()] == ["Relu"]
+    assert not g.has_value(dead.name) and not g.has_value(w.name) and g.has_value("x")
+
+
+def test_an_unread_layer_output_is_not_computed():
+    """A GRU's per-step output y that the spec never reads: the model that only
+    returns h_n has no node computing y's batch-first layout, and gives the same h_n."""
+    text = single_layer_spec("gru", {"hidden_size": 8, "num_layers": 2},
+                             {"x": ("float32", ["batch", "seq", 4])}, outputs={"h": "l.h_n"})
+    slim, g, w = compile_text(text, weights="random")
+    full, g0, _ = compile_text(text, weights=w, simplified=False)
+    nodes = [n.op_type for n in onnx.load_from_string(slim).graph.node]
+    nodes0 = [n.op_type for n in onnx.load_from_string(full).graph.node]
+    assert len(nodes) < len(nodes0)
+    x = np.random.default_rng(1).standard_normal((3, 5, 4)).astype(np.float32)
+    np.testing.assert_array_equal(ort_run(slim, {"x": x})["h"], ort_run(full, {"x": x})["h"])

@@ -1,4 +1,7 @@
-"""Common-subexpression elimination on the IR.
+"""Redundant work removed from the IR before the lowering: common
+subexpressions merged, and ops whose results nothing reads dropped.
+
+Common subexpressions.
 
 Layers expand one at a time, so work that depends only on the model's inputs
 is repeated in every layer that needs it: each of the six encoder layers (and
@@ -14,6 +17,11 @@ Two ops are the same computation when they have the same primitive, the same
 their inputs and attributes. Derive ops (compile-time numpy closures) are
 left alone, and so are ops that produce a graph output (each output keeps its
 own name).
+
+Dead ops. A layer computes all of its outputs, and a spec may read only some:
+a GRU encoder whose per-step output `y` is never read still reshaped it to
+batch-first. Ops none of whose outputs is read (nor a graph output) are
+dropped, last first, so chains of them go too.
 """
 from __future__ import annotations
 
@@ -74,3 +82,32 @@ def merge_common_subexpressions(g: Graph) -> int:
     if merged:
         verify(g)
     return merged
+
+
+def remove_dead_ops(g: Graph) -> int:
+    """Drop ops whose outputs nothing reads and that produce no graph output,
+    then the weights and constants only they read (run after the weights are
+    loaded and checked against the spec, so a weights file still has to match
+    the whole spec); returns how many ops went. Walks the ops last to first, so
+    an op that only fed dead ops is dead by the time it is looked at."""
+    graph_outputs = set(g.outputs.values())
+    removed = 0
+    for op in reversed(g.ops()):
+        if any(g.users(o) or o in graph_outputs for o in op.outputs):
+            continue
+        g.remove_op(op.id)
+        for o in op.outputs:
+            g.remove_value(o)
+        removed += 1
+    if removed:
+        for v in list(g.values()):
+            if v.kind in ("param", "const") and not g.users(v.name) and v.name not in graph_outputs:
+                g.remove_value(v.name)
+        verify(g)
+    return removed
+
+
+def simplify(g: Graph) -> None:
+    """Both passes, as compile_spec runs them."""
+    merge_common_subexpressions(g)
+    remove_dead_ops(g)
