@@ -272,13 +272,15 @@ def _squeeze_unsqueeze(ctx, x, in_shape, target, outputs) -> bool:
         return False
     ones_in = [i for i, d in enumerate(in_shape) if d == 1]
     ones_out = [i for i, d in enumerate(target) if d == 1]
-    y = x
-    if ones_in:
-        y = ctx.one("Squeeze", [y, ctx.const(np.array(ones_in, np.int64))])
-    if ones_out:
+    if ones_in and ones_out:
+        y = ctx.one("Squeeze", [x, ctx.const(np.array(ones_in, np.int64))])
         ctx.node("Unsqueeze", [y, ctx.const(np.array(ones_out, np.int64))], outputs)
+    elif ones_in:
+        ctx.node("Squeeze", [x, ctx.const(np.array(ones_in, np.int64))], outputs)
+    elif ones_out:
+        ctx.node("Unsqueeze", [x, ctx.const(np.array(ones_out, np.int64))], outputs)
     else:
-        ctx.node("Identity", [y], outputs)
+        ctx.node("Identity", [x], outputs)
     return True
 
 
