@@ -24,6 +24,7 @@ import numpy as np
 from .errors import GraphcError, InternalError
 from .ir import DTYPES, Graph, ValueInfo, verify
 from .ir.builder import Init
+from .ir.simplify import remove_unread_weights
 
 # safetensors dtype names -> numpy
 _ST_DTYPES = {"F32": np.float32, "F16": np.float16, "F64": np.float64, "I64": np.int64, "I32": np.int32,
@@ -339,9 +340,7 @@ def fold_derived(g: Graph) -> None:
         nice = f"{op.layer}.{op.attrs['label']}" if op.layer else op.attrs["label"]
         if not g.has_value(nice):
             _rename_value(g, out_name, nice)
-    for v in list(g.values()):
-        if v.kind in ("param", "const") and not g.users(v.name) and v.name not in g.outputs.values():
-            g.remove_value(v.name)
+    remove_unread_weights(g)
     verify(g)
 
 

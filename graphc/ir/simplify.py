@@ -100,11 +100,17 @@ def remove_dead_ops(g: Graph) -> int:
             g.remove_value(o)
         removed += 1
     if removed:
-        for v in list(g.values()):
-            if v.kind in ("param", "const") and not g.users(v.name) and v.name not in graph_outputs:
-                g.remove_value(v.name)
+        remove_unread_weights(g)
         verify(g)
     return removed
+
+
+def remove_unread_weights(g: Graph) -> None:
+    """Drop parameters and constants that no op reads and that are no graph output."""
+    graph_outputs = set(g.outputs.values())
+    for v in list(g.values()):
+        if v.kind in ("param", "const") and not g.users(v.name) and v.name not in graph_outputs:
+            g.remove_value(v.name)
 
 
 def simplify(g: Graph) -> None:

@@ -286,17 +286,17 @@ class MultiheadAttention(LayerKind):
                 plan.append((sources.index(src), lo - off, hi - off, float(scale) if fold else 1.0))
             width = sources[0].shape[1].value
             n = sum((hi - lo) // hd for lo, hi, _ in parts)
-            single = f"w{parts[0][0]}_{parts[0][1]}_heads"
+            span_tag = f"{parts[0][0]}_{parts[0][1]}_heads"        # the label of a single part
             # W[rows] [n*D, W] -> n x [D, W] -> [n, W, D]: head h's columns of x @ W^T
             wh = b.derive(lambda *ws, plan=tuple(plan): heads_from_rows(
                 [(ws[i][a:z], s) for i, a, z, s in plan], hd), sources, (n, width, hd),
-                label=single if len(parts) == 1 else f"{label}_weight_heads")
+                label=f"w{span_tag}" if len(parts) == 1 else f"{label}_weight_heads")
             bh = None
             if b_in is not None:
                 spans = tuple((lo, hi, scale if fold else np.float32(1)) for lo, hi, fold in parts)
                 bh = b.derive(lambda bb, spans=spans: np.concatenate(
                     [(bb[lo:hi] * s).reshape(-1, 1, hd) for lo, hi, s in spans]), [b_in], (n, 1, hd),
-                    label=(f"b{parts[0][0]}_{parts[0][1]}_heads" if len(parts) == 1 else f"{label}_bias_heads"))
+                    label=f"b{span_tag}" if len(parts) == 1 else f"{label}_bias_heads")
             return wh, bh
 
         def project_heads(inp: Value, s: Dim, parts: list[tuple[int, int, bool]], label: str) -> list[Value]:

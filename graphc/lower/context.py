@@ -1,7 +1,7 @@
 """The state one lowering run shares between per-op lowerings."""
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import onnx
@@ -36,6 +36,12 @@ class LowerContext:
 
     def one(self, op_type: str, inputs: list[str], output: str | None = None, **attrs: Any) -> str:
         return self.node(op_type, inputs, [output] if output else None, **attrs)[0]
+
+    def shared(self, key: tuple, build: Callable[[], str]) -> str:
+        """``build()`` once per key in this lowering (see ``memo``); later calls reuse its result."""
+        if key not in self.memo:
+            self.memo[key] = build()
+        return self.memo[key]
 
     def const(self, array: np.ndarray | list | int | float, dtype=None) -> str:
         """A small helper initializer (axes, shapes, scalars), shared when equal."""

@@ -41,11 +41,12 @@ def any_empty(ctx: LowerContext, tensors: list[str]) -> str:
     """bool scalar: some tensor in `tensors` has no elements. One test per distinct
     tuple of symbolic shapes (equal symbolic shapes are equal at run time)."""
     key = ("empty",) + tuple(ctx.g.value(t).type.shape for t in tensors)
-    if key not in ctx.memo:
+
+    def test() -> str:
         sizes = [ctx.one("Size", [t]) for t in tensors]
         n = sizes[0] if len(sizes) == 1 else ctx.one("Mul", sizes)
-        ctx.memo[key] = ctx.one("Equal", [n, ctx.const(np.array(0, np.int64))])
-    return ctx.memo[key]
+        return ctx.one("Equal", [n, ctx.const(np.array(0, np.int64))])
+    return ctx.shared(key, test)
 
 
 def unless_empty(ctx: LowerContext, tensors: list[str], output: str, elem_type: int,

@@ -120,12 +120,12 @@ def _decomposed(ctx: LowerContext, op: OpNode) -> None:
     # layers of a stack share their masks after graphc.ir.simplify), not once per layer
     if bias is not None:
         scores = ctx.one("Add", [scores, bias])
-        neg_inf = _shared(ctx, ("neg_inf", bias), lambda: ctx.one("IsInf", [bias], detect_positive=0))
-        masked = neg_inf if masked is None else _shared(ctx, ("or", masked, neg_inf),
+        neg_inf = ctx.shared(("neg_inf", bias), lambda: ctx.one("IsInf", [bias], detect_positive=0))
+        masked = neg_inf if masked is None else ctx.shared(("or", masked, neg_inf),
                                                         lambda m=masked: ctx.one("Or", [m, neg_inf]))
     if op.attrs.get("causal"):
         causal = _causal_masked(ctx, op.inputs[0], op.inputs[1])
-        masked = causal if masked is None else _shared(ctx, ("or", masked, causal),
+        masked = causal if masked is None else ctx.shared(("or", masked, causal),
                                                        lambda m=masked: ctx.one("Or", [m, causal]))
     if dt == np.float16:
         scores = ctx.one("Cast", [scores], to=TensorProto.FLOAT)        # mask and softmax in float32
@@ -134,7 +134,7 @@ def _decomposed(ctx: LowerContext, op: OpNode) -> None:
         # broadcast in one Add: ORT runs that twice as fast as a Where over [B, H, Sq, Sk]
         # (docs/benchmarks.md). MASK_FILL is finite and far from float32's limit, so
         # score + fill never overflows to -inf (which would make a fully masked row NaN)
-        fill = _shared(ctx, ("fill", masked), lambda: ctx.one("Where", [
+        fill = ctx.shared(("fill", masked), lambda: ctx.one("Where", [
             masked, ctx.const(np.array(MASK_FILL, np.float32)), ctx.const(np.array(0, np.float32))]))
         scores = ctx.one("Add", [scores, fill])
     elif masked is not None:
@@ -154,16 +154,9 @@ def _decomposed(ctx: LowerContext, op: OpNode) -> None:
         out = ctx.one("Reshape", [out, shape_vector(ctx, [b, hq, sq, dv])], result, allowzero=1)  # -> [B,Hq,Sq,Dv]
     if zero_rows:
         rank = max([ctx.g.value(n).type.rank for n in op.inputs[3:]] + [2])
-        any_key = _shared(ctx, ("any_key", masked, str(np.dtype(dt)), rank),
+        any_key = ctx.shared(("any_key", masked, str(np.dtype(dt)), rank),
                           lambda: _any_key(ctx, masked, rank, dt))
         ctx.node("Mul", [out, any_key], op.outputs)
-
-
-def _shared(ctx: LowerContext, key: tuple, build) -> str:
-    """build() once per key in this lowering; later calls reuse its result."""
-    if key not in ctx.memo:
-        ctx.memo[key] = build()
-    return ctx.memo[key]
 
 
 def _any_key(ctx: LowerContext, masked: str, rank: int, dt) -> str:
@@ -189,13 +182,12 @@ def _causal_masked(ctx: LowerContext, q: str, k: str) -> str:
     alignment), built at run time for the actual [Sq, Sk]. One per pair of
     symbolic lengths: the decoder's layers share it (and ONNX Runtime then
     merges their identical mask arithmetic)."""
-    key = ("causal", ctx.g.value(q).type.shape[2], ctx.g.value(k).type.shape[2])
-    if key not in ctx.memo:
+    def build() -> str:
         shape = ctx.one("Concat", [dim_of(ctx, q, 2), dim_of(ctx, k, 2)], axis=0)
         ones = ctx.one("ConstantOfShape", [shape], value=_int_tensor(1))
         lower = ctx.one("Trilu", [ones], upper=0)                                # 1 on and below the diagonal
-        ctx.memo[key] = ctx.one("Equal", [lower, ctx.const(np.array(0, np.int64))])   # True = masked
-    return ctx.memo[key]
+        return ctx.one("Equal", [lower, ctx.const(np.array(0, np.int64))])       # True = masked
+    return ctx.shared(("causal", ctx.g.value(q).type.shape[2], ctx.g.value(k).type.shape[2]), build)
 
 
 def _int_tensor(v: int):
