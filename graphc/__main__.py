@@ -1,5 +1,9 @@
 import sys
 
-from .cli import main
+try:
+    from .cli import run
+except KeyboardInterrupt:       # Ctrl-C before graphc has started: nothing was written
+    sys.stderr.write("graphc: interrupted; no output was written\n")
+    sys.exit(130)
 
-sys.exit(main())
+run()

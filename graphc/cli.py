@@ -10,7 +10,6 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-import numpy as np
 
 from . import __version__
 from .errors import GraphcError, InternalError
@@ -70,14 +69,22 @@ def _add_compile_args(p: argparse.ArgumentParser) -> None:
 
 def _compile(args, progress=None, keep_weights=True):
     from .compiler import compile_spec
-    return compile_spec(args.spec, args.weights, args.seed, args.opset, args.include_dir, progress=progress,
-                        keep_weights=keep_weights, max_param_bytes=args.max_param_bytes, dtype=args.dtype)
+    from .progress import Progress
+    compiled = compile_spec(args.spec, args.weights, args.seed, args.opset, args.include_dir, progress=progress,
+                            keep_weights=keep_weights, max_param_bytes=args.max_param_bytes, dtype=args.dtype)
+    if not getattr(args, "quiet", False):
+        for note in compiled.notes:
+            if isinstance(progress, Progress):
+                progress.close()            # erase the progress line; it redraws at the next stage
+            print(f"graphc: note: {note}", file=sys.stderr)
+    return compiled
 
 
 # ------------------------------------------------------------------ commands
 
 def cmd_check(args) -> int:
     from .compiler import check_spec
+    import numpy as np
     t0 = time.perf_counter()
     spec, g = check_spec(args.spec, args.include_dir, args.max_param_bytes)
     from .analysis import layer_rows
@@ -116,13 +123,14 @@ def cmd_build(args) -> int:
     return 0
 
 
-def _load_inputs(items: Sequence[str]) -> dict[str, np.ndarray]:
+def _load_inputs(items: Sequence[str]) -> dict:
     from .runtime.session import load_inputs
     return load_inputs(items)
 
 
 def cmd_run(args) -> int:
     from .runtime import make_session, random_inputs, run_model
+    import numpy as np
     for flag in ("bench", "warmup", "threads"):
         if (getattr(args, flag) or 0) < 0:
             raise GraphcError(f"--{flag} must not be negative")
@@ -183,6 +191,7 @@ def _quantile(sorted_seconds: list[float], q: float) -> float:
 
 def cmd_params(args) -> int:
     from .compiler import check_spec
+    import numpy as np
     _, g = check_spec(args.spec, args.include_dir, args.max_param_bytes)
     total = 0
     rows = []
@@ -352,11 +361,24 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def run() -> None:
+    """The process entry point (the ``graphc`` script and ``python -m graphc``).
+    Once main has returned, the work is done or cleanly abandoned, so a Ctrl-C
+    that arrives while the interpreter shuts down is ignored instead of being
+    printed as a traceback from an exit hook."""
+    import signal
+    code = main()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    sys.exit(code)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    from .interrupt import honoured
     try:
-        parser = build_parser()         # inside the try: Ctrl-C during start-up is no traceback either
-        args = parser.parse_args(argv)
-        return args.fn(args)
+        with honoured():                # a Ctrl-C that lands in a finalizer is not lost (graphc.interrupt)
+            parser = build_parser()     # inside the try: Ctrl-C during start-up is no traceback either
+            args = parser.parse_args(argv)
+            return args.fn(args)
     except GraphcError as exc:
         print(exc.render(), file=sys.stderr)
         return 2

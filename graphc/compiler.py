@@ -24,6 +24,7 @@ class Compiled:
     graph: Graph
     model: object          # onnx.ModelProto (kept untyped: only graphc.lower imports onnx)
     weights: list = field(default_factory=list)
+    notes: list = field(default_factory=list)     # for the user: e.g. a weights file matched by renaming
 
     def to_bytes(self) -> bytes:
         from .lower import serialize
@@ -99,7 +100,7 @@ def compile_spec(path: str | os.PathLike, weights: str | os.PathLike | Mapping[s
     else:
         source = "weights"
     seeded = weights is None
-    materialize(graph, weights, seed, source, progress=progress, fold=False)
+    notes = materialize(graph, weights, seed, source, progress=progress, fold=False)
     weights = None          # the graph holds what it needs; drop the file's other references
     if dtype == "float16":
         from .ir.precision import check_float16_range
@@ -115,6 +116,6 @@ def compile_spec(path: str | os.PathLike, weights: str | os.PathLike | Mapping[s
     graph.metadata["graphc.seed"] = str(seed) if seeded else "weights"
     report(progress, "lower")
     if keep_weights:
-        return Compiled(spec, graph, lower(graph, opset or DEFAULT_OPSET))
+        return Compiled(spec, graph, lower(graph, opset or DEFAULT_OPSET), notes=notes)
     model, arrays = lower_by_reference(graph, opset or DEFAULT_OPSET)
-    return Compiled(spec, graph, model, arrays)
+    return Compiled(spec, graph, model, arrays, notes=notes)

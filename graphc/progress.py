@@ -21,6 +21,8 @@ import sys
 import time
 from typing import Callable, Optional, TextIO
 
+from .interrupt import checkpoint
+
 ProgressFn = Callable[..., None]
 
 STAGE_TEXT = {
@@ -108,6 +110,8 @@ class Progress:
 
 def report(progress: Optional[ProgressFn], stage: str, done: Optional[int] = None,
            total: Optional[int] = None, detail: str = "") -> None:
-    """Call ``progress`` if there is one (so callers need no ``if`` at each stage)."""
+    """Call ``progress`` if there is one (so callers need no ``if`` at each stage).
+    Also a checkpoint for a Ctrl-C that Python had to swallow (graphc.interrupt)."""
+    checkpoint()
     if progress is not None:
         progress(stage, done, total, detail)

@@ -253,9 +253,10 @@ def initial_value(info: ValueInfo, seed: int) -> np.ndarray:
 
 
 def materialize(g: Graph, weights: Mapping[str, np.ndarray] | None = None, seed: int = 0,
-                source: str = "weights", progress=None, fold: bool = True) -> None:
+                source: str = "weights", progress=None, fold: bool = True) -> list[str]:
     """Give every parameter data (from ``weights`` or seeded init), then fold Derive
     ops (unless ``fold`` is False: the caller inspects the raw parameters first).
+    Returns notes for the user (a weights file matched by renaming, see prefix_rewrite).
 
     ``progress`` (optional, see graphc.progress) hears of each tensor with the
     bytes done so far, because this is the slow part of building a big model."""
@@ -263,9 +264,17 @@ def materialize(g: Graph, weights: Mapping[str, np.ndarray] | None = None, seed:
     params = g.params()
     total = sum(_nbytes(p) for p in params)
     done = 0
+    notes: list[str] = []
     if weights is not None:
         problems = []
         expected = {p.name: p for p in params}
+        rewrite = prefix_rewrite(expected, weights)
+        if rewrite is not None:
+            strip, add = rewrite
+            weights = {add + n[len(strip):]: a for n, a in weights.items()}
+            notes.append(f"the names in {source} " + (f"lack the prefix '{add}'" if not strip else
+                         f"start with '{strip}' where the spec's start with '{add}'" if add else
+                         f"carry the prefix '{strip}'") + "; matched them by that renaming")
         missing = [n for n in expected if n not in weights]
         extra = sorted(n for n in weights if n not in expected)
         for n in missing:
@@ -285,7 +294,8 @@ def materialize(g: Graph, weights: Mapping[str, np.ndarray] | None = None, seed:
                 problems.append(f"wrong dtype: {n} is {arr.dtype}, expected {p.type.dtype}")
         if problems:
             shown = problems[:40] + ([f"... and {len(problems) - 40} more"] if len(problems) > 40 else [])
-            raise GraphcError(f"{source} do not match the spec ({len(problems)} problem{'s' if len(problems) > 1 else ''})",
+            raise GraphcError(f"the tensors in {source} do not match the spec's parameters "
+                              f"({len(problems)} problem{'s' if len(problems) > 1 else ''})",
                               notes=shown,
                               hint="names follow torch state_dict conventions; 'graphc params SPEC' lists them")
         for p in params:
@@ -308,6 +318,38 @@ def materialize(g: Graph, weights: Mapping[str, np.ndarray] | None = None, seed:
     if fold:
         report(progress, "fold")
         fold_derived(g)
+    return notes
+
+
+def prefix_rewrite(expected: Mapping[str, object], names: Mapping[str, object]) -> tuple[str, str] | None:
+    """(strip, add) such that replacing the leading ``strip`` of every name in
+    ``names`` by ``add`` gives exactly the ``expected`` names, or None.
+
+    Why: a spec names parameters after the module attribute that holds a layer
+    (``encoder.layers.0...`` for an ``encoder`` attribute), while a user who saves
+    a bare ``nn.TransformerEncoder`` gets ``layers.0...``, and one who saves a
+    ``DataParallel`` wrapper gets ``module.encoder.layers.0...``. Only a rewrite
+    that is total (every tensor used, every parameter found), unambiguous (one
+    candidate works) and needed (no name matches as it is) is returned, so it can
+    never pick one tensor over another: it only renames a whole file."""
+    if not expected or len(expected) != len(names) or any(n in expected for n in names):
+        return None
+    probe = min(names)
+    found = set()
+    for target in expected:
+        # the longest suffix that probe and target share, starting at a name boundary in both
+        for cut in range(len(probe)):
+            tail = probe[cut:]
+            if (cut == 0 or probe[cut - 1] == ".") and target.endswith(tail) \
+                    and (len(target) == len(tail) or target[-len(tail) - 1] == "."):
+                found.add((probe[:cut], target[:len(target) - len(tail)]))
+                break
+
+    def renames_all(strip: str, add: str) -> bool:
+        # same count and every renamed name expected: the renaming is a bijection
+        return all(n.startswith(strip) and add + n[len(strip):] in expected for n in names)
+    working = [(strip, add) for strip, add in sorted(found) if renames_all(strip, add)]
+    return working[0] if len(working) == 1 else None
 
 
 def _nbytes(p: ValueInfo) -> int:

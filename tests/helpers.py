@@ -17,6 +17,17 @@ from graphc.weights import materialize
 ROOT = Path(__file__).resolve().parent.parent
 SPECS = ROOT / "specs"
 
+# the smallest useful spec, for the tests of files, signals and errors around a build
+TINY = """graphc: 1
+dims: {batch: 2}
+inputs:
+  x: {dtype: float32, shape: [batch, 4]}
+layers:
+  - {name: fc, kind: linear, input: x, out_features: 3}
+  - {name: act, kind: relu, input: fc}
+outputs: {y: act}
+"""
+
 
 def random_weights(graph, seed: int = 0, scale: float | None = None) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)

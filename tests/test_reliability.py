@@ -26,17 +26,8 @@ from graphc.cli import main
 from graphc.errors import GraphcError
 from graphc.source import MAX_SPEC_BYTES, load_yaml_text
 from graphc.spec import parse_spec_text
-from helpers import ROOT, SPECS, graphc_cli
+from helpers import ROOT, SPECS, TINY, graphc_cli
 
-TINY = """graphc: 1
-dims: {batch: 2}
-inputs:
-  x: {dtype: float32, shape: [batch, 4]}
-layers:
-  - {name: fc, kind: linear, input: x, out_features: 3}
-  - {name: act, kind: relu, input: fc}
-outputs: {y: act}
-"""
 TINY_WEIGHTS = {"fc.weight": np.ones((3, 4), np.float32), "fc.bias": np.zeros(3, np.float32)}
 
 
@@ -623,7 +614,7 @@ def test_ctrl_c_between_model_and_data_renames_is_deferred(tmp_path, monkeypatch
     assert no_temp_files(tmp_path)
 
 
-SIGINT_DRIVER = "import sys, graphc.cli as c; print('ready', flush=True); sys.exit(c.main(sys.argv[1:]))"
+SIGINT_DRIVER = "import sys, graphc.cli as c; print('ready', flush=True); c.run()"   # the graphc script's entry
 
 
 def _interrupt_build(spec: Path, out: Path, trigger) -> tuple[int, str]:

@@ -104,7 +104,7 @@ def test_tutorial_models_match_pytorch():
     s = SMALL
     layer = nn.TransformerEncoderLayer(s["d_model"], s["heads"], s["d_ff"], dropout=0.0, batch_first=True)
     encoder = nn.TransformerEncoder(layer, num_layers=s["n_layers"], enable_nested_tensor=False).eval()
-    weights = {"encoder." + k: v.detach().numpy() for k, v in encoder.state_dict().items()}
+    weights = {k: v.detach().numpy() for k, v in encoder.state_dict().items()}   # as saved: no "encoder." prefix
     x = np.random.default_rng(1).standard_normal((2, 7, s["d_model"])).astype(np.float32)
     with torch.no_grad():
         want = encoder(torch.from_numpy(x)).numpy()

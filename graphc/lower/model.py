@@ -7,13 +7,10 @@ byte-identical files.
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
-import signal
 import tempfile
-import threading
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -23,6 +20,7 @@ from onnx import helper
 
 from .. import __version__
 from ..errors import GraphcError, InternalError
+from ..interrupt import checkpoint, deferred, terminate_as_interrupt
 from ..ir import Graph
 from ..shapes import Dim
 from .context import LowerContext
@@ -195,8 +193,8 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike, weights: Sequenc
     data_path = path.with_name(path.name + ".data")
     tmp_paths: list[str] = []
     try:
-        with _terminate_as_interrupt():
-            with _signals_deferred():     # no window where the temporary directory exists unrecorded
+        with terminate_as_interrupt():
+            with deferred():     # no window where the temporary directory exists unrecorded
                 tmp_dir = tempfile.mkdtemp(prefix=".graphc-", dir=directory)
                 tmp_paths.append(tmp_dir)
             tmp_model = os.path.join(tmp_dir, path.name)
@@ -214,7 +212,8 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike, weights: Sequenc
                     write_model(f, model, weights)
             if verify is not None:
                 verify(tmp_model)
-            with _signals_deferred():
+            checkpoint()                  # a Ctrl-C swallowed while writing: the old file stays
+            with deferred():
                 # rename is atomic: readers see the old file or the new one, never a part
                 # (no fsync: that guards against power loss, at seconds per big model)
                 if os.path.exists(tmp_data):     # absent when every tensor is under size_threshold
@@ -227,53 +226,3 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike, weights: Sequenc
     finally:
         for t in tmp_paths:
             shutil.rmtree(t, ignore_errors=True)
-
-
-def _in_main_thread() -> bool:
-    return threading.current_thread() is threading.main_thread()
-
-
-@contextlib.contextmanager
-def _signals_deferred():
-    """Hold SIGINT/SIGTERM over a few system calls that must not be split; a
-    signal that arrives meanwhile takes effect (KeyboardInterrupt) right after.
-    Done with Python-level handlers rather than a thread signal mask: the
-    kernel may deliver a process signal to any thread (ONNX Runtime and BLAS
-    start several), and Python runs handlers in the main thread regardless."""
-    if not _in_main_thread():
-        yield
-        return
-    pending: list[int] = []
-
-    def hold(signum, frame):
-        pending.append(signum)
-    old = {s: signal.signal(s, hold) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for s, handler in old.items():
-            signal.signal(s, handler)
-        if pending:
-            handler = old[pending[0]]
-            if callable(handler):
-                handler(pending[0], None)          # default_int_handler raises KeyboardInterrupt
-            elif handler == signal.SIG_DFL:
-                os.kill(os.getpid(), pending[0])    # the default action, now that it is safe
-
-
-@contextlib.contextmanager
-def _terminate_as_interrupt():
-    """SIGTERM's default action kills the process on the spot, leaving the
-    temporary file behind; while writing, turn it into KeyboardInterrupt so
-    the cleanup above runs."""
-    if not _in_main_thread() or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
-        yield
-        return
-
-    def handler(signum, frame):
-        raise KeyboardInterrupt
-    signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)

@@ -32,7 +32,9 @@ _LOAD_ERRORS = (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error, N
 
 def make_session(model: bytes | str, provider: str = "cpu", threads: int | None = None,
                  optimized_path: str | None = None):
-    import onnxruntime as ort
+    from ..interrupt import deferred
+    with deferred():        # no Ctrl-C inside a C extension's initialisation (see graphc.interrupt)
+        import onnxruntime as ort
     if provider not in PROVIDERS:
         raise GraphcError(f"unknown provider '{provider}'", hint="use cpu or cuda")
     available = ort.get_available_providers()
