@@ -272,9 +272,7 @@ def materialize(g: Graph, weights: Mapping[str, np.ndarray] | None = None, seed:
         if rewrite is not None:
             strip, add = rewrite
             weights = {add + n[len(strip):]: a for n, a in weights.items()}
-            notes.append(f"the names in {source} " + (f"lack the prefix '{add}'" if not strip else
-                         f"start with '{strip}' where the spec's start with '{add}'" if add else
-                         f"carry the prefix '{strip}'") + "; matched them by that renaming")
+            notes.append(f"the names in {source} {describe_renaming(strip, add)}; matched them by that renaming")
         missing = [n for n in expected if n not in weights]
         extra = sorted(n for n in weights if n not in expected)
         for n in missing:
@@ -297,7 +295,8 @@ def materialize(g: Graph, weights: Mapping[str, np.ndarray] | None = None, seed:
             raise GraphcError(f"the tensors in {source} do not match the spec's parameters "
                               f"({len(problems)} problem{'s' if len(problems) > 1 else ''})",
                               notes=shown,
-                              hint="names follow torch state_dict conventions; 'graphc params SPEC' lists them")
+                              hint=(renaming_hint(expected, weights) or "names follow torch state_dict conventions")
+                              + "; 'graphc params SPEC' lists the spec's")
         for p in params:
             arr = np.asarray(weights[p.name])
             # checked after the cast: float64 1e300 becomes inf in float32
@@ -334,22 +333,55 @@ def prefix_rewrite(expected: Mapping[str, object], names: Mapping[str, object]) 
     never pick one tensor over another: it only renames a whole file."""
     if not expected or len(expected) != len(names) or any(n in expected for n in names):
         return None
-    probe = min(names)
+    # same count and every renamed name expected: the renaming is a bijection
+    working = [c for c in sorted(_renamings(min(names), expected)) if _found(c, names, expected) == len(names)]
+    return working[0] if len(working) == 1 else None
+
+
+def describe_renaming(strip: str, add: str) -> str:
+    """How the file's names differ from the spec's, in words."""
+    if not strip:
+        return f"lack the prefix '{add}'"
+    return f"start with '{strip}' where the spec's start with '{add}'" if add else f"carry the prefix '{strip}'"
+
+
+def renaming_hint(expected: Mapping[str, object], names: Mapping[str, object]) -> str | None:
+    """For the mismatch error: the one-prefix renaming that would find the most
+    parameters, if it finds at least half of them (a whole model's state_dict
+    given for one of its parts, say), so the user sees the near miss."""
+    if not expected or not names:
+        return None
+    ordered = sorted(names)
+    probes = ordered[::max(1, len(ordered) // 4)][:5]
+    votes: dict[tuple[str, str], int] = {}
+    for probe in probes:
+        for c in _renamings(probe, expected) - {("", "")}:
+            votes[c] = votes.get(c, 0) + 1
+    best = max(sorted(votes, key=votes.get, reverse=True)[:3], default=None,
+               key=lambda c: _found(c, names, expected))
+    if best is None or 2 * _found(best, names, expected) < len(expected):
+        return None
+    return (f"{_found(best, names, expected)} of the spec's {len(expected)} parameters are in the file under names "
+            f"that {describe_renaming(*best)}; graphc renames a file only when every tensor fits one renaming")
+
+
+def _renamings(probe: str, expected) -> set[tuple[str, str]]:
+    """Every (strip, add) that maps ``probe`` onto some expected name: for each
+    expected name, the longest suffix the two share from a name boundary in both."""
     found = set()
     for target in expected:
-        # the longest suffix that probe and target share, starting at a name boundary in both
         for cut in range(len(probe)):
             tail = probe[cut:]
             if (cut == 0 or probe[cut - 1] == ".") and target.endswith(tail) \
                     and (len(target) == len(tail) or target[-len(tail) - 1] == "."):
                 found.add((probe[:cut], target[:len(target) - len(tail)]))
                 break
+    return found
 
-    def renames_all(strip: str, add: str) -> bool:
-        # same count and every renamed name expected: the renaming is a bijection
-        return all(n.startswith(strip) and add + n[len(strip):] in expected for n in names)
-    working = [(strip, add) for strip, add in sorted(found) if renames_all(strip, add)]
-    return working[0] if len(working) == 1 else None
+
+def _found(renaming: tuple[str, str], names, expected) -> int:
+    strip, add = renaming
+    return sum(1 for n in names if n.startswith(strip) and add + n[len(strip):] in expected)
 
 
 def _nbytes(p: ValueInfo) -> int:

@@ -109,7 +109,14 @@ def test_a_file_that_only_partly_renames_is_still_an_error(encoder_spec, tmp_pat
     rc, _, err = cli("build", encoder_spec, "--weights", w, "-o", tmp_path / "o.onnx")
     assert rc == 2
     assert "missing: encoder.layers.1.norm2.bias [16]" in err and "unexpected: layers.0.linear1.weight" in err
+    assert "hint: 23 of the spec's 24 parameters are in the file under names that lack the prefix 'encoder.'" in err
     assert not (tmp_path / "o.onnx").exists()
+
+
+def test_unrelated_names_get_no_renaming_hint(encoder_spec, tmp_path):
+    np.savez(w := tmp_path / "w.npz", **{f"fc{i}.weight": np.zeros(2, np.float32) for i in range(24)})
+    rc, _, err = cli("build", encoder_spec, "--weights", w, "-o", tmp_path / "o.onnx")
+    assert rc == 2 and "hint: names follow torch state_dict conventions" in err and "renam" not in err
 
 
 def test_a_bare_torch_encoder_state_dict_matches_torch(encoder_spec, tmp_path):
