@@ -357,11 +357,11 @@ def renaming_hint(expected: Mapping[str, object], names: Mapping[str, object]) -
     for probe in probes:
         for c in _renamings(probe, expected) - {("", "")}:
             votes[c] = votes.get(c, 0) + 1
-    best = max(sorted(votes, key=votes.get, reverse=True)[:3], default=None,
-               key=lambda c: _found(c, names, expected))
-    if best is None or 2 * _found(best, names, expected) < len(expected):
+    found = {c: _found(c, names, expected) for c in sorted(votes, key=votes.get, reverse=True)[:3]}
+    best = max(found, key=found.get, default=None)
+    if best is None or 2 * found[best] < len(expected):
         return None
-    return (f"{_found(best, names, expected)} of the spec's {len(expected)} parameters are in the file under names "
+    return (f"{found[best]} of the spec's {len(expected)} parameters are in the file under names "
             f"that {describe_renaming(*best)}; graphc renames a file only when every tensor fits one renaming")
 
 

@@ -81,7 +81,7 @@ class Graph:
         self.metadata: dict[str, str] = {}
         self.dim_examples: dict[str, int] = {}     # dim name -> example size (for --random runs)
         self.input_ranges: dict[str, tuple[int, int]] = {}
-        self._op_order: list[str] = []
+        self._op_order: dict[str, None] = {}   # insertion-ordered set: O(1) removal (CSE, folding)
 
     # values ---------------------------------------------------------------
     def add_value(self, info: ValueInfo) -> ValueInfo:
@@ -123,7 +123,7 @@ class Graph:
         for name in node.outputs:
             self.value(name).producer = node.id
             self.nx.add_edge(key, "v:" + name)
-        self._op_order.append(node.id)
+        self._op_order[node.id] = None
         return node
 
     def op(self, op_id: str) -> OpNode:
@@ -138,7 +138,14 @@ class Graph:
         for name in node.outputs:
             self.value(name).producer = None
         self.nx.remove_node("op:" + op_id)
-        self._op_order.remove(op_id)
+        del self._op_order[op_id]
+
+    def drop_op(self, op_id: str) -> None:
+        """Remove an op and the values it produces (their readers must be gone or rewired)."""
+        outputs = self.op(op_id).outputs
+        self.remove_op(op_id)
+        for name in outputs:
+            self.remove_value(name)
 
     def users(self, value_name: str) -> list[OpNode]:
         return [self.nx.nodes[k]["op"] for k in self.nx.successors("v:" + value_name)]

@@ -75,9 +75,7 @@ def merge_common_subexpressions(g: Graph) -> int:
             continue
         for dup, same in zip(op.outputs, kept.outputs):
             g.replace_uses(dup, same)
-        g.remove_op(op.id)
-        for dup in op.outputs:
-            g.remove_value(dup)
+        g.drop_op(op.id)
         merged += 1
     if merged:
         verify(g)
@@ -95,9 +93,7 @@ def remove_dead_ops(g: Graph) -> int:
     for op in reversed(g.ops()):
         if any(g.users(o) or o in graph_outputs for o in op.outputs):
             continue
-        g.remove_op(op.id)
-        for o in op.outputs:
-            g.remove_value(o)
+        g.drop_op(op.id)
         removed += 1
     if removed:
         remove_unread_weights(g)
