@@ -347,17 +347,21 @@ def describe_renaming(strip: str, add: str) -> str:
 
 def renaming_hint(expected: Mapping[str, object], names: Mapping[str, object]) -> str | None:
     """For the mismatch error: the one-prefix renaming that would find the most
-    parameters, if it finds at least half of them (a whole model's state_dict
-    given for one of its parts, say), so the user sees the near miss."""
-    if not expected or not names:
+    missing parameters among the file's unused tensors, if it finds at least
+    half of the spec's parameters (a whole model's state_dict given for one of
+    its parts, say), so the user sees the near miss. Only missing parameters and
+    unused tensors count: in a file with one tensor missing, 'fc2.' -> 'fc1.'
+    maps names onto parameters that are already there, which is no near miss."""
+    missing = {n: p for n, p in expected.items() if n not in names}
+    unused = sorted(n for n in names if n not in expected)
+    if not missing or not unused:
         return None
-    ordered = sorted(names)
-    probes = ordered[::max(1, len(ordered) // 4)][:5]
+    probes = unused[::max(1, len(unused) // 4)][:5]
     votes: dict[tuple[str, str], int] = {}
     for probe in probes:
-        for c in _renamings(probe, expected) - {("", "")}:
+        for c in _renamings(probe, missing) - {("", "")}:
             votes[c] = votes.get(c, 0) + 1
-    found = {c: _found(c, names, expected) for c in sorted(votes, key=votes.get, reverse=True)[:3]}
+    found = {c: _found(c, unused, missing) for c in sorted(votes, key=votes.get, reverse=True)[:3]}
     best = max(found, key=found.get, default=None)
     if best is None or 2 * found[best] < len(expected):
         return None

@@ -119,6 +119,28 @@ def test_unrelated_names_get_no_renaming_hint(encoder_spec, tmp_path):
     assert rc == 2 and "hint: names follow torch state_dict conventions" in err and "renam" not in err
 
 
+@pytest.mark.parametrize("drop", ["layers.0.norm1.bias", "layers.1.linear2.weight"])
+def test_one_missing_tensor_gets_no_renaming_hint(encoder_spec, tmp_path, drop):
+    """Renamings count only missing parameters found under unused names: with one
+    tensor missing, 'layers.0.' -> 'layers.1.' maps names onto parameters that
+    are already in the file, which is no near miss (an earlier hint said so)."""
+    weights = _spec_weights(encoder_spec, tmp_path)
+    weights.pop("encoder." + drop)
+    np.savez(w := tmp_path / "w.npz", **weights)
+    rc, _, err = cli("build", encoder_spec, "--weights", w, "-o", tmp_path / "o.onnx")
+    assert rc == 2 and f"missing: encoder.{drop}" in err
+    assert "hint: names follow torch state_dict conventions" in err and "renam" not in err
+
+
+def test_a_part_under_a_wrapper_prefix_is_hinted(encoder_spec, tmp_path):
+    weights = _spec_weights(encoder_spec, tmp_path)
+    moved = {("model." + n if ".layers.1." in n else n): a for n, a in weights.items()}
+    np.savez(w := tmp_path / "w.npz", **moved)
+    rc, _, err = cli("build", encoder_spec, "--weights", w, "-o", tmp_path / "o.onnx")
+    assert rc == 2
+    assert "hint: 12 of the spec's 24 parameters are in the file under names that carry the prefix 'model.'" in err
+
+
 def test_a_bare_torch_encoder_state_dict_matches_torch(encoder_spec, tmp_path):
     """The independent check: torch's own module, its state_dict saved as it comes."""
     torch = pytest.importorskip("torch")
