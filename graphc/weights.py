@@ -232,9 +232,16 @@ def _uniform(rng: np.random.Generator, shape, bound: float) -> np.ndarray:
 
 
 def initial_value(info: ValueInfo, seed: int) -> np.ndarray:
+    init: Init = info.init or Init("zeros")
+    out = _drawn(info, init, seed)
+    if init.zero_row is not None:
+        out[init.zero_row] = 0
+    return out
+
+
+def _drawn(info: ValueInfo, init: Init, seed: int) -> np.ndarray:
     shape = info.type.concrete_shape()
     dtype = DTYPES[info.type.dtype]
-    init: Init = info.init or Init("zeros")
     if init.kind == "zeros":
         return np.zeros(shape, dtype)
     if init.kind == "ones":

@@ -92,3 +92,16 @@ outputs: {y: merge, h: split_heads}
     out = ort_run(model, {"x": x})
     np.testing.assert_array_equal(out["y"], x)
     np.testing.assert_array_equal(out["h"], x.reshape(2, 5, 4, 3))
+
+
+@pytest.mark.parametrize("padding_idx", [0, 10])
+def test_embedding_padding_idx_row_starts_at_zero(padding_idx):
+    """torch's nn.Embedding(padding_idx=i) initialises row i to zeros; graphc's
+    seeded init does the same, and only that row (the lookup of id i gives zeros)."""
+    text = single_layer_spec("embedding", {"num_embeddings": 11, "embedding_dim": 6, "padding_idx": padding_idx},
+                             {"ids": ("int64", ["batch", "seq"])})
+    model, _, _ = compile_text(text, seed=3)
+    ids = np.array([[padding_idx, (padding_idx + 1) % 11]], np.int64)
+    y = ort_run(model, {"ids": ids})["y"]
+    np.testing.assert_array_equal(y[0, 0], np.zeros(6, np.float32))
+    assert np.all(y[0, 1] != 0)

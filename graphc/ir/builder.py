@@ -44,11 +44,14 @@ class Init:
     defaults of the equivalent torch.nn module (so untrained models behave alike).
 
     kind: ``uniform`` (U(-a, a)), ``normal`` (N(0, a^2)), ``zeros``, ``ones``,
-    ``xavier_uniform`` (a = gain; bound from the first two dims).
+    ``xavier_uniform`` (a = gain; bound from the first two dims). ``zero_row``:
+    a row of the first axis set to zero after the draw (nn.Embedding's
+    padding_idx, whose vector torch initialises to zeros).
     """
 
     kind: str
     a: float = 0.0
+    zero_row: int | None = None
 
 
 class Builder:

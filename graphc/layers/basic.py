@@ -83,8 +83,12 @@ class Embedding(LayerKind):
     """Token embedding lookup (torch.nn.Embedding), optionally scaled by sqrt(d)
     as in "Attention Is All You Need" section 3.4.
 
-    Parameter: ``<name>.weight`` [num_embeddings, embedding_dim], init N(0, 1).
-    Token ids outside [0, num_embeddings) are an error in ONNX Runtime.
+    Parameter: ``<name>.weight`` [num_embeddings, embedding_dim], init N(0, 1),
+    with row ``padding_idx`` zero as torch initialises it (weights given in a
+    file are used as they are). The ids go to ONNX ``Gather``: an id at or
+    above num_embeddings is an error in ONNX Runtime, but a negative id -k
+    silently picks row num_embeddings - k (Gather counts from the end), where
+    torch raises.
     """
 
     kind = "embedding"
@@ -93,7 +97,8 @@ class Embedding(LayerKind):
         Param("num_embeddings", "int", doc="vocabulary size", min=1),
         Param("embedding_dim", "int", doc="vector width", min=1),
         Param("scale", "bool", False, "multiply by sqrt(embedding_dim), as the Transformer paper does"),
-        Param("padding_idx", "int", None, "an id whose vector starts at zero (init only)", min=0),
+        Param("padding_idx", "int", None, "an id whose vector is initialised to zeros (seeded init only, as torch)",
+              min=0),
         Param("tie", "str", None, "share an existing table, e.g. 'src_embed.weight' (shared source/target vocabulary)"),
     )
     inputs = (Port("ids", "integer token ids"),)
@@ -105,14 +110,15 @@ class Embedding(LayerKind):
         if ids.dtype not in ("int64", "int32"):
             raise call.error(f"token ids must be int64 or int32, got {ids.dtype}", "ids")
         n, d = call["num_embeddings"], call["embedding_dim"]
+        if call["padding_idx"] is not None and call["padding_idx"] >= n:
+            raise call.error(f"padding_idx {call['padding_idx']} is not below num_embeddings {n}", "padding_idx")
         if call["tie"] is None:
-            w = b.param("weight", (n, d), Init("normal", 1.0), doc="[num_embeddings, embedding_dim]")
+            w = b.param("weight", (n, d), Init("normal", 1.0, zero_row=call["padding_idx"]),
+                        doc="[num_embeddings, embedding_dim]")
         else:
             w = b.existing_param(call["tie"], call.arg_spans.get("tie"))
             if w.type.concrete_shape() != (n, d):
                 raise call.error(f"tied table '{call['tie']}' is {list(w.type.concrete_shape())}, not [{n}, {d}]", "tie")
-        if call["padding_idx"] is not None and call["padding_idx"] >= n:
-            raise call.error(f"padding_idx {call['padding_idx']} is not below num_embeddings {n}", "padding_idx")
         if call["scale"]:
             # fold sqrt(d) into the table once instead of a Mul per token at run time
             w = b.derive(lambda t: (t * np.float32(math.sqrt(d))).astype(t.dtype), [w], (n, d), "weight_scaled",
