@@ -29,7 +29,17 @@ from ..prims.attention_core import attention_reference
 from ..shapes import Dim, format_shape
 from .base import Call, LayerKind, Param, Port
 from .basic import declare_linear, last_dim, linear_op
+from .positional import MAX_TABLE_LEN, Rope, apply_rope
 from .relayout import heads_from_rows
+
+ROPE = (
+    Param("rope", "str", None, "rotary position embedding of queries and keys, after the projection: "
+          "'half' (GPT-NeoX, HF LLaMA) or 'interleaved' (GPT-J, Meta LLaMA); positions 0..seq-1",
+          choices=("half", "interleaved")),
+    Param("rope_base", "float", 10000.0, "with rope: theta_i = rope_base^(-2i/head_dim)"),
+    Param("rope_max_len", "int", 4096, "with rope: the longest sequence accepted (rows of the cos/sin tables)",
+          min=1, max=MAX_TABLE_LEN),
+)
 
 IMPL = Param("impl", "str", "auto", "attention lowering: auto (measured choice), decomposed (MatMul/Softmax, "
              "any opset) or fused (ONNX Attention, opset >= 23)", choices=("auto", "decomposed", "fused"))
@@ -187,6 +197,10 @@ class MultiheadAttention(LayerKind):
     output projection the output is the concatenation of the heads, width
     heads * head_dim (the tutorial: 8 heads of width 3 give 24).
 
+    ``rope`` rotates queries and keys after the projection (RoFormer; the
+    ``rope`` kind's math, positions 0..seq-1), as GPT-NeoX/LLaMA-style models
+    do; it adds no parameters.
+
     The 1/sqrt(head_dim) scale is folded into the query weights at compile
     time. The projections are stored per head ([heads, width, head_dim]) and
     produce the [batch, heads, seq, head_dim] layout directly; self-attention
@@ -206,6 +220,7 @@ class MultiheadAttention(LayerKind):
         Param("causal", "bool", False, "query i attends to keys 0..i only (look-ahead mask)"),
         _polarity("key_padding_polarity", "masked"),
         _polarity("attn_mask_polarity", "masked"),
+        *ROPE,
         IMPL,
     )
     inputs = (Port("query", "[batch, q_seq, embed_dim]"),
@@ -244,6 +259,17 @@ class MultiheadAttention(LayerKind):
         if key.shape[1] != value.shape[1]:
             raise call.error(f"key length {key.shape[1]} differs from value length {value.shape[1]}", "value")
         kdim, vdim = last_dim(call, key, "key"), last_dim(call, value, "value")
+        if call["rope"] is not None:
+            if hd % 2:
+                raise call.error(f"rope rotates channel pairs and needs an even head_dim, got {hd}", "rope")
+            if not call["rope_base"] > 1.0:
+                raise call.error(f"rope_base must be greater than 1, got {call['rope_base']}", "rope_base")
+            for port, t in (("query", q), ("key", key)):
+                n = t.shape[1]
+                if n.is_const and n.value > call["rope_max_len"]:
+                    raise call.error(f"the {port} sequence has length {n.value}, longer than rope_max_len "
+                                     f"{call['rope_max_len']}", "rope_max_len",
+                                     hint=f"set rope_max_len to at least {n.value}")
         return dict(e=e, heads=heads, hd=hd, kvh=kvh, kdim=kdim, vdim=vdim, packed=(kdim == e and vdim == e),
                     self_attn=(key.name == q.name and value.name == q.name),
                     scale=call["scale"] if call["scale"] is not None else 1 / math.sqrt(hd))
@@ -326,6 +352,12 @@ class MultiheadAttention(LayerKind):
             else:
                 (kh,) = project_heads(key, sk, [k_part], "k")
                 (vh,) = project_heads(value, sk, [v_part], "v")
+        if call["rope"] is not None:
+            # the rotation is linear, so it commutes with the 1/sqrt(d) folded into the query heads
+            def too_long(message, hint):
+                return call.error("rope: " + message, "rope_max_len", hint=hint)
+            qh, kh = (apply_rope(b, t, call["rope"], call["rope_base"], call["rope_max_len"], -2, too_long)
+                      for t in (qh, kh))                                    # [B, n, S, D], rotated
         masked, bias = build_masks(b, call, bsz, sq, sk, heads, x.dtype,
                                    call["key_padding_polarity"], call["attn_mask_polarity"])
         ins = [qh, kh, vh] + [m for m in (masked, bias) if m is not None]
@@ -364,6 +396,9 @@ class MultiheadAttention(LayerKind):
         qh = q.reshape(bsz, sq, heads, hd).transpose(0, 2, 1, 3)
         kh = k.reshape(bsz, sk, kvh, hd).transpose(0, 2, 1, 3)
         vh = v.reshape(bsz, sk, kvh, hd).transpose(0, 2, 1, 3)
+        if args.get("rope") is not None:
+            rope_args = dict(style=args["rope"], base=args["rope_base"], seq_axis=-2)
+            qh, kh = (Rope().reference(rope_args, {}, {"x": t})["y"] for t in (qh, kh))
         scale = args["scale"] if args["scale"] is not None else 1 / math.sqrt(hd)
         masked, bias = _np_masks(args, inputs, bsz, heads, sq, sk, args["key_padding_polarity"],
                                  args["attn_mask_polarity"])

@@ -396,7 +396,9 @@ class Rope(LayerKind):
 
     cos/sin tables [max_len, head_dim] are precomputed in float64 and sliced to
     the run-time sequence length; positions start at 0 (no KV-cache offset).
-    The attention layer applies the same rotation to q and k with ``apply_rope``.
+    ``multihead_attention`` and the Transformer kinds rotate their own queries
+    and keys this way with ``rope: half|interleaved`` (self-attention); this kind
+    is for attention written out of primitives.
     No parameters. The whole head is rotated (no partial ``rotary_dim``).
     """
 

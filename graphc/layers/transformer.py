@@ -19,7 +19,7 @@ from typing import Mapping
 import numpy as np
 
 from ..ir import Builder, Value
-from .attention import IMPL, MultiheadAttention
+from .attention import IMPL, ROPE, MultiheadAttention
 from .base import Call, LayerKind, Param, Port
 from .basic import last_dim, layer_norm_op, rms_norm_op
 from .positional import FFN_ACTIVATIONS, feed_forward_op
@@ -39,6 +39,7 @@ def _common_params(d_ff_default: int = 2048) -> tuple[Param, ...]:
         Param("kv_heads", "int", None, "key/value heads for grouped-query attention (default: heads)", min=1),
         Param("key_padding_polarity", "str", "masked", "padding masks: 'masked' = True is padding (torch), "
               "'keep' = True is a real token (HF attention_mask)", choices=("masked", "keep")),
+        *ROPE,          # self-attention only: cross-attention keys are another sequence's positions
         IMPL,
     )
 
@@ -46,7 +47,8 @@ def _common_params(d_ff_default: int = 2048) -> tuple[Param, ...]:
 def _cfg(call: Call, d_model: int) -> dict:
     return dict(d=d_model, heads=call["heads"], d_ff=call["d_ff"], act=call["activation"], norm=call["norm"],
                 first=call["norm_first"], eps=call["eps"], bias=call["bias"], kv_heads=call["kv_heads"],
-                impl=call["impl"], kp_polarity=call["key_padding_polarity"])
+                impl=call["impl"], kp_polarity=call["key_padding_polarity"],
+                rope={k: call[k] for k in ("rope", "rope_base", "rope_max_len")})
 
 
 def _norm(b: Builder, x: Value, scope: str, cfg: dict) -> Value:
@@ -62,6 +64,8 @@ def _attention(b: Builder, outer: Call, scope: str, query: Value, key: Value | N
     args = {p.name: p.default for p in _MHA.params}
     args.update(heads=cfg["heads"], bias=cfg["bias"], causal=causal, kv_heads=cfg["kv_heads"], impl=cfg["impl"],
                 key_padding_polarity=cfg["kp_polarity"])
+    if key is None:                     # self-attention: rotary positions, if asked for
+        args.update(cfg["rope"])
     inputs = {"query": query, "key": key, "value": key, **masks}
     call = Call(outer.name, outer.kind, outer.span, args, outer.arg_spans, inputs, outer.input_spans)
     with b.scope(scope):
@@ -168,7 +172,8 @@ def _layer_np(x, w, prefix, cfg, causal, masks, memory=None, mem_masks=None):
         return y + p["bias"] if cfg["bias"] else y
 
     def attn(h, name, key, m, c):
-        return _MHA.reference({**mha_args, "causal": c}, sub(name), {"query": h, "key": key, **m})["y"]
+        rope = cfg.get("rope", {}) if key is None else {}
+        return _MHA.reference({**mha_args, **rope, "causal": c}, sub(name), {"query": h, "key": key, **m})["y"]
 
     def ff(h):
         l1, l2 = sub("linear1"), sub("linear2")
@@ -209,7 +214,8 @@ def _np_masks(inputs, kpm, lengths, attn=None):
 def _np_cfg(args, d):
     return dict(d=d, heads=args["heads"], d_ff=args["d_ff"], act=args["activation"], norm=args["norm"],
                 first=args["norm_first"], eps=args["eps"], bias=args["bias"], kv_heads=args["kv_heads"],
-                kp_polarity=args["key_padding_polarity"])
+                kp_polarity=args["key_padding_polarity"],
+                rope={k: args[k] for k in ("rope", "rope_base", "rope_max_len")})
 
 
 class TransformerEncoderLayer(LayerKind):
