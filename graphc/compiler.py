@@ -51,9 +51,12 @@ def check_output_path(output: str | os.PathLike, inputs: Iterable[str | os.PathL
     compile's own inputs (the spec, a file it includes, the weights): writing
     there would destroy the source the output was made from. Checked before
     the (possibly long) compile, and again once the includes are known."""
-    from .outputs import output_directory
+    from .outputs import output_target
     out = Path(output)
-    directory = output_directory(out)
+    target = output_target(out)
+    if target.stream:
+        return                    # a device or pipe: written into, no directory entry changes
+    directory = target.directory
     if not os.access(directory, os.W_OK | os.X_OK):
         raise GraphcError(f"cannot write {out}: permission denied on directory {directory}")
     if not out.exists():

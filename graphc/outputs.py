@@ -3,29 +3,74 @@
 Every file graphc writes (`graph -o`, `schema -o`, `run --output`, and the
 model itself in graphc.lower.save_model) goes through a private temporary
 directory beside the target and one rename, so an error, a full disk or
-Ctrl-C never leaves a partial file or clobbers an earlier one.
+Ctrl-C never leaves a partial file or clobbers an earlier one. A path that
+names a device or a pipe (``-o /dev/null``) is written into, not replaced; a
+symlink is written through (its target is replaced, the link stays).
 """
 from __future__ import annotations
 
 import os
 import shutil
+import stat
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Callable
 
 from .errors import GraphcError
 
 
-def output_directory(path: str | os.PathLike) -> Path:
-    """The directory an output goes into; refuses a missing directory or a
-    target that is itself a directory (before any work is done)."""
+@dataclass(frozen=True)
+class OutputTarget:
+    """Where an output lands. ``path``: the file that is replaced (a symlink's
+    target, not the link: writing through a link keeps the link). ``stream``:
+    the path names an existing device or pipe (``/dev/null``, ``/dev/stdout``,
+    a FIFO), which is written into, never replaced by a regular file."""
+
+    path: Path
+    stream: bool = False
+
+    @property
+    def directory(self) -> Path:
+        return self.path.parent if str(self.path.parent) else Path(".")
+
+
+def output_target(path: str | os.PathLike) -> OutputTarget:
+    """Resolve an output path before any work is done; refuses a missing
+    directory, a directory as the target, and paths the system rejects."""
     p = Path(path)
-    directory = p.parent if str(p.parent) else Path(".")
-    if not directory.is_dir():
-        raise GraphcError(f"cannot write {p}: directory {directory} does not exist")
-    if p.is_dir():
+    try:
+        st = os.stat(p)                          # follows symlinks
+    except FileNotFoundError:
+        st = None
+    except OSError as exc:                       # a name too long, a symlink loop, ...
+        raise GraphcError(f"cannot write {p}: {exc.strerror or exc}") from None
+    if st is not None and stat.S_ISDIR(st.st_mode):
         raise GraphcError(f"cannot write {p}: it is a directory")
-    return directory
+    if st is not None and not stat.S_ISREG(st.st_mode):
+        return OutputTarget(p, stream=True)
+    target = OutputTarget(Path(os.path.realpath(p)) if p.is_symlink() else p)
+    directory = target.directory
+    if not directory.exists():
+        raise GraphcError(f"cannot write {p}: directory {directory} does not exist")
+    if not directory.is_dir():
+        raise GraphcError(f"cannot write {p}: {directory} is not a directory")
+    return target
+
+
+def output_directory(path: str | os.PathLike) -> Path:
+    """The directory an output's temporary file goes into (see output_target)."""
+    return output_target(path).directory
+
+
+def put_in_place(tmp: str, target: OutputTarget) -> None:
+    """The last step of every write: rename the finished temporary over the
+    target, or copy it into a device or pipe."""
+    if target.stream:
+        with open(tmp, "rb") as src, open(target.path, "wb") as dst:
+            shutil.copyfileobj(src, dst, 1 << 20)
+    else:
+        os.replace(tmp, target.path)
 
 
 def write_atomic(path: str | os.PathLike, data: str | bytes | Callable[[BinaryIO], object]) -> None:
@@ -35,17 +80,18 @@ def write_atomic(path: str | os.PathLike, data: str | bytes | Callable[[BinaryIO
     earlier file is left as it was and no temporary is left behind. The file
     gets the usual permissions (the umask's), not mkstemp's owner-only ones."""
     p = Path(path)
-    directory = output_directory(p)
+    target = output_target(p)
     tmp_dir = None
     try:
-        tmp_dir = tempfile.mkdtemp(prefix=".graphc-", dir=directory)
-        tmp = os.path.join(tmp_dir, p.name)
+        # a device or pipe gets the finished bytes too: an error half way leaves nothing in it
+        tmp_dir = tempfile.mkdtemp(prefix=".graphc-", dir=None if target.stream else target.directory)
+        tmp = os.path.join(tmp_dir, target.path.name)
         with open(tmp, "wb") as f:
             if callable(data):
                 data(f)
             else:
                 f.write(data.encode() if isinstance(data, str) else data)
-        os.replace(tmp, p)
+        put_in_place(tmp, target)
     except OSError as exc:
         raise GraphcError(f"cannot write {p}: {exc.strerror or exc}",
                           hint="check that the directory is writable and the disk has room") from None

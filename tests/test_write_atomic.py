@@ -112,3 +112,58 @@ def test_permission_denied_at_any_step(tmp_path, earlier, monkeypatch, step):
     rc, err = cli("graph", SPEC, "-o", earlier)
     assert_clean_failure(rc, err, "Permission denied", tmp_path)
     assert earlier.read_text() == "earlier\n"
+
+
+# --- targets that are not regular files: written into or through, never replaced
+
+def _read_fifo_in_background(path: Path) -> tuple[list, "threading.Thread"]:
+    import threading
+    got: list = []
+    reader = threading.Thread(target=lambda: got.append(path.read_bytes()), daemon=True)
+    reader.start()
+    return got, reader
+
+
+@pytest.mark.parametrize("command", [["build", SPEC, "-q", "-o"], ["schema", "-o"], ["graph", SPEC, "-o"]])
+def test_a_fifo_is_written_into_not_replaced(tmp_path, command):
+    """`-o /dev/null` once replaced the device with a regular file (as root):
+    a device or pipe is now written into. A FIFO stands in for the device here."""
+    if not hasattr(os, "mkfifo"):
+        pytest.skip("no FIFOs on this platform")
+    regular = tmp_path / "regular.out"
+    assert cli(*command, regular)[0] == 0
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    got, reader = _read_fifo_in_background(fifo)
+    rc, err = cli(*command, fifo)
+    reader.join(timeout=30)
+    assert rc == 0, err
+    assert stat.S_ISFIFO(os.stat(fifo).st_mode), "the FIFO was replaced by a regular file"
+    assert got == [regular.read_bytes()]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pipe", "regular.out"]
+
+
+def test_a_symlink_is_written_through(tmp_path):
+    (tmp_path / "real.onnx").write_bytes(b"old")
+    (tmp_path / "link.onnx").symlink_to("real.onnx")
+    assert cli("build", SPEC, "-q", "-o", tmp_path / "plain.onnx")[0] == 0
+    assert cli("build", SPEC, "-q", "-o", tmp_path / "link.onnx")[0] == 0
+    assert (tmp_path / "link.onnx").is_symlink()
+    assert (tmp_path / "real.onnx").read_bytes() == (tmp_path / "plain.onnx").read_bytes()
+
+
+def test_build_to_stdout_keeps_the_summary_off_the_model_bytes(tmp_path):
+    import subprocess
+    import sys
+    assert cli("build", SPEC, "-q", "-o", tmp_path / "plain.onnx")[0] == 0
+    done = subprocess.run([sys.executable, "-m", "graphc", "build", SPEC, "-o", "/dev/stdout"],
+                          capture_output=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == (tmp_path / "plain.onnx").read_bytes()
+    assert b"wrote /dev/stdout" in done.stderr
+
+
+def test_an_output_under_a_file_is_a_clear_error(tmp_path):
+    (tmp_path / "spec.yaml").write_text("x")
+    rc, err = cli("build", SPEC, "-o", tmp_path / "spec.yaml" / "x.onnx")
+    assert rc == 2 and "Not a directory" in err and "Traceback" not in err

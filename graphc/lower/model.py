@@ -186,16 +186,20 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike, weights: Sequenc
     ``verify(temporary_path)`` runs on the written file before it is put in
     place (``graphc build --check``): a model that fails it never lands."""
     from .stream import with_external_data, write_model
-    from ..outputs import output_directory
-    path = Path(path)
-    directory = output_directory(path)
+    from ..outputs import output_target, put_in_place
+    shown = path
+    target = output_target(path)
+    path = target.path
     total = sum(len(t.raw_data) for t in model.graph.initializer) + sum(a.nbytes for _, a in weights)
+    if target.stream and total > EXTERNAL_DATA_THRESHOLD:
+        raise GraphcError(f"cannot write {shown}: a model over 2 GB is two files (the model and its "
+                          f"'.data'), which a device or pipe cannot hold", hint="give a file path")
     data_path = path.with_name(path.name + ".data")
     tmp_paths: list[str] = []
     try:
         with terminate_as_interrupt():
             with deferred():     # no window where the temporary directory exists unrecorded
-                tmp_dir = tempfile.mkdtemp(prefix=".graphc-", dir=directory)
+                tmp_dir = tempfile.mkdtemp(prefix=".graphc-", dir=None if target.stream else target.directory)
                 tmp_paths.append(tmp_dir)
             tmp_model = os.path.join(tmp_dir, path.name)
             tmp_data = os.path.join(tmp_dir, data_path.name)
@@ -218,11 +222,12 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike, weights: Sequenc
                 # (no fsync: that guards against power loss, at seconds per big model)
                 if os.path.exists(tmp_data):     # absent when every tensor is under size_threshold
                     os.replace(tmp_data, data_path)
-                os.replace(tmp_model, path)
+                size = os.path.getsize(tmp_model)
+                put_in_place(tmp_model, target)
             external = total > EXTERNAL_DATA_THRESHOLD and data_path.exists()
-            return os.path.getsize(path) + (os.path.getsize(data_path) if external else 0)
+            return size + (os.path.getsize(data_path) if external else 0)
     except OSError as exc:
-        raise GraphcError(f"cannot write {path}: {exc.strerror or exc}") from None
+        raise GraphcError(f"cannot write {shown}: {exc.strerror or exc}") from None
     finally:
         for t in tmp_paths:
             shutil.rmtree(t, ignore_errors=True)
