@@ -13,6 +13,7 @@ import json
 import math
 import mmap
 import os
+import stat
 import struct
 import zipfile
 import zlib
@@ -39,16 +40,64 @@ def _over_budget(shown: str, total: int, max_bytes: int | None) -> None:
                           hint="if the model really is this large, pass --max-param-bytes (e.g. 64G)")
 
 
+def _file_kind(mode: int) -> str:
+    return ("a directory" if stat.S_ISDIR(mode) else "a named pipe" if stat.S_ISFIFO(mode)
+            else "a socket" if stat.S_ISSOCK(mode) else "a character device" if stat.S_ISCHR(mode)
+            else "a block device" if stat.S_ISBLK(mode) else "not a regular file")
+
+
+def _not_regular(shown: str, mode: int) -> GraphcError:
+    hint = ("pass the weights file inside it, not the directory" if stat.S_ISDIR(mode) else
+            "save the weights to a file first: graphc maps the file, so it cannot read a pipe or a stream")
+    return GraphcError(f"weights file {shown} is not a regular file (it is {_file_kind(mode)})", hint=hint)
+
+
+def _open_regular(path: Path, shown: str):
+    """Open a weights file for reading without blocking (opening a FIFO with no
+    writer would hang) and refuse anything but a regular file."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+    except OSError as exc:
+        raise GraphcError(f"cannot read weights file {shown}: {exc.strerror or exc}") from None
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise _not_regular(shown, mode)
+        if hasattr(os, "set_blocking"):
+            os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
 def read_safetensors(path: Path, max_bytes: int | None = None) -> dict[str, np.ndarray]:
     """A strict reader of the safetensors format (8-byte header length, JSON
     header, raw little-endian data); every offset is bounds-checked so a
-    truncated or foreign file is an error, never a crash or a huge allocation."""
+    truncated or foreign file is an error, never a crash or a huge allocation.
+    As the format requires, header keys are unique, ``__metadata__`` is a
+    string-to-string map, and the tensors tile the data section exactly (no
+    overlaps, no holes)."""
     shown = str(path)
+    f = _open_regular(path, shown)
     try:
-        with open(path, "rb") as f:
+        with f:
             return _read_safetensors(f, path, shown, max_bytes)
     except OSError as exc:
         raise GraphcError(f"cannot read weights file {shown}: {exc.strerror or exc}") from None
+
+
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _unique_keys(pairs: list) -> dict:
+    out = {}
+    for key, value in pairs:
+        if key in out:
+            raise _DuplicateKey(key)
+        out[key] = value
+    return out
 
 
 def _read_safetensors(f, path: Path, shown: str, max_bytes: int | None) -> dict[str, np.ndarray]:
@@ -56,17 +105,30 @@ def _read_safetensors(f, path: Path, shown: str, max_bytes: int | None) -> dict[
     if len(head) < 8:
         raise GraphcError(f"{shown}: not a safetensors file (shorter than its 8-byte header)")
     (n,) = struct.unpack("<Q", head)
-    size = path.stat().st_size
+    size = os.fstat(f.fileno()).st_size
     if n > MAX_HEADER or 8 + n > size:
         raise GraphcError(f"{shown}: not a safetensors file, or truncated (header of {n} bytes in a {size}-byte file)")
+    text = f.read(n)
+    if len(text) != n:
+        raise GraphcError(f"{shown}: not a safetensors file, or truncated (header of {n} bytes in a {size}-byte file)")
     try:
-        header = json.loads(f.read(n).decode("utf-8"))
+        header = json.loads(text.decode("utf-8"), object_pairs_hook=_unique_keys)
+    except _DuplicateKey as exc:
+        raise GraphcError(f"{shown}: corrupt safetensors header (key '{exc.args[0]}' appears twice)",
+                          hint="a safetensors header names each tensor once") from None
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise GraphcError(f"{shown}: corrupt safetensors header ({exc})") from None
+        raise GraphcError(f"{shown}: corrupt safetensors header ({str(exc)[:200]})") from None
+    except ValueError:                  # an integer past Python's digit limit (4300 by default)
+        raise GraphcError(f"{shown}: corrupt safetensors header (a number with thousands of digits)") from None
     except RecursionError:
         raise GraphcError(f"{shown}: corrupt safetensors header (nested too deeply)") from None
     if not isinstance(header, dict):
         raise GraphcError(f"{shown}: corrupt safetensors header (not a JSON object)")
+    meta = header.get("__metadata__")
+    if meta is not None and not (isinstance(meta, dict) and
+                                 all(isinstance(v, str) for v in meta.values())):
+        raise GraphcError(f"{shown}: corrupt safetensors header ('__metadata__' must map strings to strings, "
+                          f"not be {_json_kind(meta)})")
     data_len = size - 8 - n
     entries = []
     total = 0
@@ -94,14 +156,46 @@ def _read_safetensors(f, path: Path, shown: str, max_bytes: int | None) -> dict[
         total += end - start
         _over_budget(shown, total, max_bytes)
         entries.append((name, dtype, shape, start, end))
+    _check_layout(shown, entries, data_len)
     # mapped, not read: each tensor is a read-only view of the file (no copy;
     # safetensors is little-endian, which numpy reads as is on x86 and ARM)
     out: dict[str, np.ndarray] = {}
     mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if entries else None
     for name, dtype, shape, start, end in entries:
-        arr = np.frombuffer(mapped, dtype=dtype, count=math.prod(shape), offset=8 + n + start).reshape(shape)
+        try:
+            arr = np.frombuffer(mapped, dtype=dtype, count=math.prod(shape), offset=8 + n + start).reshape(shape)
+        except ValueError as exc:       # e.g. more dimensions than numpy supports
+            raise GraphcError(f"{shown}: tensor '{name}' cannot be loaded ({str(exc)[:200]})") from None
         out[name] = arr if dtype.isnative else arr.astype(dtype.newbyteorder("="))
     return out
+
+
+def _check_layout(shown: str, entries: list, data_len: int) -> None:
+    """The format requires the tensors' byte ranges to cover the data section
+    exactly: no two overlap (one write would change both) and no byte belongs
+    to no tensor (a hole can hide another file's content)."""
+    hint = "the file was not written by a safetensors library, or was altered; save it again (safetensors save_file)"
+    at, prev = 0, None
+    for name, _, _, start, end in sorted(entries, key=lambda e: (e[3], e[4])):
+        if start < at:
+            raise GraphcError(f"{shown}: tensors '{prev[0]}' (bytes {prev[1]}-{prev[2]}) and '{name}' "
+                              f"(bytes {start}-{end}) overlap in the data section; the file is corrupt", hint=hint)
+        if start > at:
+            where = f"between tensor '{prev[0]}' and tensor '{name}'" if prev else f"before tensor '{name}'"
+            raise GraphcError(f"{shown}: bytes {at}-{start} of the data section, {where}, belong to no tensor; "
+                              f"the file is corrupt", hint=hint)
+        at, prev = end, (name, start, end)
+    if at != data_len:
+        where = f"after tensor '{prev[0]}'" if prev else "with no tensors declared"
+        raise GraphcError(f"{shown}: {data_len - at} bytes at the end of the data section, {where}, belong to no "
+                          f"tensor; the file is corrupt", hint=hint)
+
+
+def _json_kind(v) -> str:
+    if isinstance(v, dict):
+        return "an object with non-string values"
+    return {list: "a list", str: "a string", bool: "a boolean", int: "a number", float: "a number"}.get(
+        type(v), type(v).__name__)
 
 
 def _json_int(v) -> int:
@@ -115,39 +209,47 @@ def read_npz(path: Path, max_bytes: int | None = None) -> dict[str, np.ndarray]:
     shape) checked before its data is read: a few kilobytes of zip can declare,
     or inflate to, terabytes. Object arrays (pickles) are refused outright."""
     shown = str(path)
-    try:
-        with open(path, "rb") as f:
-            magic = f.read(6)
-    except OSError as exc:
-        raise GraphcError(f"cannot read weights file {shown}: {exc.strerror or exc}") from None
-    if magic == b"\x93NUMPY":
-        raise GraphcError(f"{shown}: a .npy array, not an .npz archive of named tensors",
-                          hint="save with numpy.savez(path, **state_dict_as_numpy)")
-    try:
-        return _read_npz(path, shown, max_bytes)
-    except GraphcError:
-        raise
-    except (zipfile.BadZipFile, zlib.error, ValueError, OSError, EOFError, NotImplementedError, RuntimeError) as exc:
-        raise GraphcError(f"{shown}: not a readable .npz file ({str(exc)[:200]})",
-                          hint="save with numpy.savez(path, **state_dict_as_numpy)") from None
+    raw = _open_regular(path, shown)
+    with raw:
+        try:
+            magic = raw.read(6)
+            raw.seek(0)
+        except OSError as exc:
+            raise GraphcError(f"cannot read weights file {shown}: {exc.strerror or exc}") from None
+        if magic == b"\x93NUMPY":
+            raise GraphcError(f"{shown}: a .npy array, not an .npz archive of named tensors",
+                              hint="save with numpy.savez(path, **state_dict_as_numpy)")
+        try:
+            return _read_npz(raw, shown, max_bytes)
+        except GraphcError:
+            raise
+        except (zipfile.BadZipFile, zlib.error, ValueError, OSError, EOFError, NotImplementedError,
+                RuntimeError) as exc:
+            raise GraphcError(f"{shown}: not a readable .npz file ({str(exc)[:200]})",
+                              hint="save with numpy.savez(path, **state_dict_as_numpy)") from None
 
 
-def _read_npz(path: Path, shown: str, max_bytes: int | None) -> dict[str, np.ndarray]:
+def _read_npz(raw, shown: str, max_bytes: int | None) -> dict[str, np.ndarray]:
     """Uncompressed members (numpy.savez) are mapped, not read: their arrays are
     read-only views of the file, so loading costs no copy and no memory beyond
     the page cache (the build then copies each weight once, into the output).
     Compressed members (numpy.savez_compressed) are inflated into new arrays."""
     out: dict[str, np.ndarray] = {}
     total = 0
-    with open(path, "rb") as raw, zipfile.ZipFile(raw) as zf:
+    with zipfile.ZipFile(raw) as zf:
         size = os.fstat(raw.fileno()).st_size
         mapped = mmap.mmap(raw.fileno(), 0, access=mmap.ACCESS_READ) if size else None
+        seen: set[str] = set()
         for info in zf.infolist():
             if info.is_dir():
                 continue
             if not info.filename.endswith(".npy"):
                 raise GraphcError(f"{shown}: member '{info.filename}' is not a .npy tensor")
             key = info.filename[:-4]
+            if key in seen:     # a zip may hold two members of one name; neither may silently win
+                raise GraphcError(f"{shown}: tensor '{key}' appears twice in the archive ('{info.filename}')",
+                                  hint="an .npz names each tensor once; save it again with numpy.savez")
+            seen.add(key)
             with zf.open(info) as f:
                 shape, fortran, dtype = _npy_header(f, shown, key)
                 nbytes = math.prod(shape) * dtype.itemsize
@@ -177,6 +279,9 @@ def _npy_header(f, shown: str, key: str):
         raise GraphcError(f"{shown}: tensor '{key}' uses .npy format {version}, which graphc does not read")
     if dtype.hasobject or dtype.fields is not None or dtype.subdtype is not None:
         raise GraphcError(f"{shown}: tensor '{key}' has dtype {dtype}; weights are plain numeric tensors")
+    if any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in shape):
+        # a -1 would make numpy map the rest of the file as this tensor
+        raise GraphcError(f"{shown}: tensor '{key}' has an invalid shape {shape}; the file is corrupt")
     return shape, fortran, dtype
 
 
@@ -207,8 +312,16 @@ def load_weights(path: str | Path, max_bytes: int | None = None) -> dict[str, np
     """Read a weights file; ``max_bytes`` bounds the tensors' total size (checked
     from the file's headers before any tensor is read)."""
     p = Path(path)
-    if not p.is_file():
-        raise GraphcError(f"weights file not found: {path}")
+    try:
+        mode = os.stat(p).st_mode       # never opens it: opening a FIFO would block
+    except (FileNotFoundError, NotADirectoryError):
+        raise GraphcError(f"weights file not found: {path}") from None
+    except OSError as exc:
+        raise GraphcError(f"cannot read weights file {path}: {exc.strerror or exc}") from None
+    except ValueError:                  # e.g. a NUL byte in the path
+        raise GraphcError(f"weights file not found: {path!r}") from None
+    if not stat.S_ISREG(mode):
+        raise _not_regular(str(path), mode)
     suffix = p.suffix.lower()
     if suffix == ".safetensors":
         return read_safetensors(p, max_bytes)
