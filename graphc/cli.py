@@ -3,24 +3,33 @@ done by the public API (graphc.compiler, graphc.runtime, graphc.analysis)."""
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import sys
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import Iterable, Sequence
 
 
 from . import __version__
 from .errors import GraphcError, InternalError
 
 
-def _dims(values: Sequence[str]) -> dict[str, int]:
+def _dims(values: Sequence[str], known: Iterable[str] | None = None) -> dict[str, int]:
+    """--dim NAME=N values; with ``known`` (the model's dims), a name it lacks
+    is an error: a typo like BATCH=3 must not quietly run at the example size."""
     out = {}
+    known = None if known is None else sorted(known)
     for item in values or ():
         name, sep, num = item.partition("=")
         if not sep or not name.isidentifier():
             raise GraphcError(f"--dim expects NAME=SIZE, got '{item}'")
+        if known is not None and name not in known:
+            from .errors import did_you_mean
+            raise GraphcError(f"--dim {name}: the model has no dim '{name}'",
+                              hint=did_you_mean(name, known) or
+                              (f"its dims: {', '.join(known)}" if known else "its shapes are all fixed"))
         try:
             n = int(num)
         except ValueError:
@@ -42,8 +51,10 @@ def _byte_size(text: str) -> int:
         n = float(t[:len(t) - len(unit)])
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a size like 4G, 512M or 1000000, got '{text}'") from None
-    if not n > 0 or n * _SIZE_UNITS[unit] > 1 << 60:
+    if not n > 0:
         raise argparse.ArgumentTypeError(f"expected a positive size, got '{text}'")
+    if n * _SIZE_UNITS[unit] > 1 << 60:
+        raise argparse.ArgumentTypeError(f"'{text}' is more than 1 EiB (2**60 bytes), the largest budget accepted")
     return int(n * _SIZE_UNITS[unit])
 
 
@@ -88,7 +99,7 @@ def cmd_check(args) -> int:
     t0 = time.perf_counter()
     spec, g = check_spec(args.spec, args.include_dir, args.max_param_bytes)
     from .analysis import layer_rows
-    rows = layer_rows(g, _dims(args.dim), depth=args.depth)
+    rows = layer_rows(g, _dims(args.dim, spec.dims), depth=args.depth)
     width = max([len(r.layer) for r in rows] + [5])
     for r in rows:
         print(f"{r.layer:<{width}}  {r.shape}")
@@ -149,10 +160,16 @@ def cmd_run(args) -> int:
             raise GraphcError(f"model file not found: {args.model}")
         model = args.model
     session = make_session(model, args.provider, args.threads)
+    from .runtime.session import check_inputs, model_dims
+    dims = _dims(args.dim, model_dims(session))
     feeds = _load_inputs(args.input)
     if args.random:
-        rand = random_inputs(session, _dims(args.dim), args.seed)
+        rand = random_inputs(session, dims, args.seed)
         feeds = {**rand, **feeds}
+    for name, n in check_inputs(session, feeds).items():
+        if name in dims and dims[name] != n:
+            raise GraphcError(f"--dim {name}={dims[name]}, but the inputs give {name} = {n}",
+                              hint="drop the --dim, or give inputs of that size")
     outs = run_model(session, feeds)
     if args.bench:
         times = []
@@ -216,7 +233,7 @@ def cmd_info(args) -> int:
     from .analysis import layer_kind, layer_rows
     from .compiler import check_spec
     spec, g = check_spec(args.spec, args.include_dir, args.max_param_bytes)
-    dims = {**g.dim_examples, **_dims(args.dim)}
+    dims = {**g.dim_examples, **_dims(args.dim, spec.dims)}
     rows = layer_rows(g, dims, depth=args.depth)
     for r in rows:
         r.kind = r.kind or layer_kind(spec, r.layer)
@@ -249,7 +266,7 @@ def cmd_graph(args) -> int:
     if args.format == "png" and not args.output:
         raise GraphcError("--format png writes binary data; give a file with -o", hint="e.g. -o model.png")
     spec, g = check_spec(args.spec, args.include_dir, args.max_param_bytes)
-    text = render_graph(g, args.format, ops=args.ops, dims=_dims(args.dim), spec=spec)
+    text = render_graph(g, args.format, ops=args.ops, dims=_dims(args.dim, spec.dims), spec=spec)
     if args.output:
         from .compiler import check_output_path
         from .outputs import write_atomic
@@ -395,6 +412,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         except (OSError, ValueError, AttributeError):
             pass
         return 141   # 128 + SIGPIPE, what a Unix tool killed by the closed pipe reports
+    except OSError as exc:
+        # the environment refused something (a full disk under stdout, a name too
+        # long for the file system): the user's to fix, not a bug in graphc
+        where = f"{exc.filename}: " if exc.filename else ""
+        if exc.filename is None and exc.errno in (errno.ENOSPC, errno.EIO, errno.EFBIG):
+            where = "writing the output: "
+            try:                     # Python must not fail again flushing stdout at exit
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            except (OSError, ValueError, AttributeError):
+                pass
+        print(f"graphc: error: {where}{exc.strerror or exc}", file=sys.stderr)
+        return 2
     except RecursionError:
         print("graphc: error: the input is nested too deeply", file=sys.stderr)
         return 2

@@ -503,6 +503,17 @@ def test_run_time_failures_are_one_clean_message(tmp_path):
     np.save(x := tmp_path / "x.npy", np.zeros((2, 4), np.float32))
     np.save(ids := tmp_path / "ids.npy", np.array([1, 99], np.int64))      # 99 is out of the table
     r = graphc_cli("run", str(spec), "--input", f"x={x}", "--input", f"ids={ids}")
+    assert r.returncode == 2, r.stderr      # graphc's own check (graphc.ir.run_limits) says it first
+    assert r.stderr.startswith("graphc: error: input 'ids' has 99 at [1], outside [0, 5)"), r.stderr
+    # without the recorded limits (a model from elsewhere), ONNX Runtime's refusal is the message
+    import onnx
+    assert graphc_cli("build", str(spec), "-o", str(model := tmp_path / "m.onnx")).returncode == 0
+    m = onnx.load(str(model))
+    kept = [p for p in m.metadata_props if p.key != "graphc.run_limits"]
+    del m.metadata_props[:]
+    m.metadata_props.extend(kept)
+    onnx.save(m, str(model))
+    r = graphc_cli("run", str(model), "--input", f"x={x}", "--input", f"ids={ids}")
     assert r.returncode == 2, r.stderr
     assert r.stderr.startswith("graphc: error: ONNX Runtime failed") and "\x1b" not in r.stderr
 

@@ -5,7 +5,7 @@ import math
 
 import numpy as np
 
-from ..ir import Builder, Init, Value
+from ..ir import Builder, Init, Value, run_limits
 from .base import Call, LayerKind, Param, Port
 from .relayout import transposed
 
@@ -119,6 +119,9 @@ class Embedding(LayerKind):
             w = b.existing_param(call["tie"], call.arg_spans.get("tie"))
             if w.type.concrete_shape() != (n, d):
                 raise call.error(f"tied table '{call['tie']}' is {list(w.type.concrete_shape())}, not [{n}, {d}]", "tie")
+        if ids.name in b.g.inputs:
+            # ONNX Gather reads -k as row n - k: graphc run refuses ids outside [0, n)
+            run_limits.record(b.g.metadata, "ids", ids.name, n, b.path)
         if call["scale"]:
             # fold sqrt(d) into the table once instead of a Mul per token at run time
             w = b.derive(lambda t: (t * np.float32(math.sqrt(d))).astype(t.dtype), [w], (n, d), "weight_scaled",

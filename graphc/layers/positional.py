@@ -28,7 +28,7 @@ from typing import Callable
 
 import numpy as np
 
-from ..ir import Builder, Init, Value
+from ..ir import Builder, Init, Value, run_limits
 from ..shapes import Dim
 from . import basic
 from .base import Call, LayerKind, Param, Port
@@ -170,7 +170,11 @@ def _table_layout(table: np.ndarray, rank: int, seq_axis: int) -> np.ndarray:
 
 
 def _slice_to_seq(b: Builder, table: Value, x: Value, seq_axis: int) -> Value:
-    """table[:S] with S read from x's shape at run time (no length in the graph)."""
+    """table[:S] with S read from x's shape at run time (no length in the graph).
+    A symbolic S gets the table's length as its run-time limit (graphc.ir.run_limits)."""
+    seq = x.shape[seq_axis]
+    if len(seq.symbols) == 1 and seq == Dim.sym(next(iter(seq.symbols))):
+        run_limits.record(b.g.metadata, "dim_max", str(seq), table.shape[0].value, b.path)
     return b.op("SliceLike", [table, x], axis=0, ref_axis=seq_axis % x.rank)
 
 

@@ -15,7 +15,7 @@ import math
 
 import numpy as np
 
-from ..ir import Builder, Init, Value
+from ..ir import Builder, Init, Value, run_limits
 from ..ir.graph import FLOAT_DTYPES
 from ..prims.recurrent import rnn_flops
 from ..shapes import Dim, format_shape
@@ -171,7 +171,7 @@ class _Recurrent(LayerKind):
         if call["batch_first"]:
             x = b.op("Transpose", [x], perm=[1, 0, 2])          # [batch, seq, in] -> [seq, batch, in]
         seq, batch = x.shape[0], x.shape[1]
-        lens = self._lengths(b, call, batch)
+        lens = self._lengths(b, call, batch, seq)
         states = (Dim.const(layers * dirs), batch, Dim.const(hidden))
         h0 = call.inputs.get("h0")
         c0 = call.inputs.get("c0") if self.prim == "LSTM" else None
@@ -197,7 +197,7 @@ class _Recurrent(LayerKind):
         y = _merge_directions(b, outs[0], seq, batch, dirs, hidden, batch_first=call["batch_first"])
         return {"y": y, **result}
 
-    def _lengths(self, b: Builder, call: Call, batch: Dim) -> Value | None:
+    def _lengths(self, b: Builder, call: Call, batch: Dim, steps: Dim) -> Value | None:
         lens = call.inputs.get("lengths")
         if lens is None:
             return None
@@ -211,6 +211,9 @@ class _Recurrent(LayerKind):
             # reject it, and ONNX Runtime returns a zero state for it even when h0 is given
             known = set(filter(None, b.g.metadata.get(SEQUENCE_LENGTHS_KEY, "").split(",")))
             b.g.metadata[SEQUENCE_LENGTHS_KEY] = ",".join(sorted(known | {lens.name}))
+            # each length at most the time axis; over it, ORT fails in the kernel, and past
+            # 2**31 the cast below would wrap (2**32 + 3 runs as 3)
+            run_limits.record(b.g.metadata, "steps", lens.name, str(steps), b.path)
         # ONNX sequence_lens is int32; torch's lengths are int64
         return lens if lens.dtype == "int32" else b.op("Cast", [lens], to="int32")
 

@@ -18,6 +18,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from ..errors import GraphcError
+from .value_checks import check_dim_expressions, refuse_values_out_of_range, refuse_values_past_limits
 
 _ORT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,
               "tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(bool)": np.bool_}
@@ -125,6 +126,17 @@ def _refuse_empty_sequences(session, feeds: Mapping[str, np.ndarray]) -> None:
                                    "refuses them too)")
 
 
+def model_dims(session) -> set[str]:
+    """The names of the symbolic dims in the model's input shapes (those written
+    as expressions, 'seq+1', included) and in its recorded example sizes."""
+    names = set(json.loads(model_meta(session).get("graphc.dim_examples", "{}")))
+    for info in session.get_inputs():
+        for d in info.shape:
+            if isinstance(d, str):
+                names.update(re.findall(r"[A-Za-z_][A-Za-z0-9_]*", d))
+    return names
+
+
 def model_meta(session) -> dict[str, str]:
     return dict(session.get_modelmeta().custom_metadata_map)
 
@@ -159,7 +171,7 @@ def check_inputs(session, feeds: Mapping[str, np.ndarray]) -> dict[str, int]:
                 bound.setdefault(d, (n, name))
                 if n == 0 and arr.dtype.kind == "f":
                     pass
-    return {k: v for k, (v, _) in bound.items()}
+    return check_dim_expressions(bound)
 
 
 def random_inputs(session, dims: Mapping[str, int], seed: int = 0) -> dict[str, np.ndarray]:
@@ -170,7 +182,7 @@ def random_inputs(session, dims: Mapping[str, int], seed: int = 0) -> dict[str, 
     examples = json.loads(meta.get("graphc.dim_examples", "{}"))
     ranges = json.loads(meta.get("graphc.input_ranges", "{}"))
     env = {**examples, **dims}
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(seed % (1 << 64))      # any integer seed; the same draws for 0 .. 2**64-1
     feeds = {}
     total = 0
     for info in session.get_inputs():
@@ -290,9 +302,12 @@ def _range_value(v, env):
 
 
 def run_model(session, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    check_inputs(session, feeds)
+    dims = check_inputs(session, feeds)
     _refuse_empty_inputs_that_crash(session, feeds)
     _refuse_empty_sequences(session, feeds)
+    meta = model_meta(session)
+    refuse_values_out_of_range(meta, feeds, dims)
+    refuse_values_past_limits(meta, feeds, dims)
     names = [o.name for o in session.get_outputs()]
     try:
         outs = session.run(names, dict(feeds))

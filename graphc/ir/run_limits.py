@@ -1,0 +1,52 @@
+"""Limits on run-time values that an ONNX file cannot state, recorded while
+layers expand and stored in the model's metadata (``graphc.run_limits``), so
+that ``graphc run`` refuses inputs past them in graphc's words. Without them
+ONNX Runtime either fails deep inside a kernel ("BroadcastIterator ... 8 by
+12" for a sequence longer than a position table) or, worse, returns numbers:
+ONNX ``Gather`` takes a negative token id as counting from the end, and the
+int64 -> int32 cast of LSTM lengths wraps 2**32 + 3 to 3.
+
+Three kinds, each keeping the tightest limit and the layer that sets it:
+
+- ``dim_max``: a symbolic dim's largest size (a position table's max_len);
+- ``ids``: an integer input's values must lie in [0, n) (an embedding's rows);
+- ``steps``: an integer input of sequence lengths, each at most the size of
+  a dim (a recurrent layer's time axis).
+
+Other runtimes ignore the metadata; the model itself is unchanged.
+"""
+from __future__ import annotations
+
+import json
+from typing import Mapping
+
+KEY = "graphc.run_limits"
+KINDS = ("dim_max", "ids", "steps")
+
+
+def _load_text(text: str | None) -> dict[str, dict[str, list]]:
+    try:
+        data = json.loads(text) if text else {}
+    except ValueError:
+        return {}
+    if not isinstance(data, dict):
+        return {}
+    return {k: v for k, v in data.items() if k in KINDS and isinstance(v, dict)}
+
+
+def record(metadata: dict[str, str], kind: str, subject: str, limit: int | str, layer: str) -> None:
+    """Note that ``subject`` (a dim or an input name) is limited by ``limit``
+    because of ``layer``; of two numeric limits the smaller one is kept."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown run limit kind {kind!r}")
+    data = _load_text(metadata.get(KEY))
+    entries = data.setdefault(kind, {})
+    old = entries.get(subject)
+    if old is None or (isinstance(limit, int) and isinstance(old[0], int) and limit < old[0]):
+        entries[subject] = [limit, layer]
+    metadata[KEY] = json.dumps(data, sort_keys=True)
+
+
+def load(metadata: Mapping[str, str]) -> dict[str, dict[str, list]]:
+    """The recorded limits (empty for a model from elsewhere or an older graphc)."""
+    return _load_text(metadata.get(KEY))
