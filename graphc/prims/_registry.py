@@ -79,7 +79,11 @@ def norm_axis(axis: int, rank: int) -> int:
 def same_dtype(op: str, types: Sequence[TensorType]) -> str:
     dtypes = {t.dtype for t in types}
     if len(dtypes) > 1:
-        raise ShapeError(f"{op} needs inputs of one dtype, got " + ", ".join(t.dtype for t in types))
+        hint = None
+        if dtypes == {"float16", "float32"}:
+            # parameters are float32: a float16 model is the float32 spec built with --dtype float16
+            hint = "declare the inputs float32 and build with --dtype float16 for a half-precision model"
+        raise ShapeError(f"{op} needs inputs of one dtype, got " + ", ".join(t.dtype for t in types), hint)
     return types[0].dtype
 
 

@@ -68,6 +68,10 @@ def _binary(name, fn):
         dtype = same_dtype(name, ins)
         if name in _LOGICAL and dtype != "bool":
             raise ShapeError(f"{name} needs boolean inputs, got {dtype}")
+        if name not in _LOGICAL + ("Equal",) and dtype == "bool":
+            # ONNX arithmetic and ordering take numbers only
+            raise ShapeError(f"{name} needs numeric inputs, got bool",
+                             hint="bool tensors are masks: give them to an attention layer's mask inputs; arithmetic needs numbers")
         shape = broadcast([a.shape, b.shape])
         return [TensorType("bool" if name in _LOGICAL + _COMPARE else dtype, shape)]
     prim(name, evaluate)(infer)
@@ -162,6 +166,7 @@ def _norm_infer(name):
         x, scale = ins[0], ins[1]
         if x.dtype not in FLOAT_DTYPES:
             raise ShapeError(f"{name} needs a floating-point input, got {x.dtype}")
+        same_dtype(name, ins)
         for p in ins[1:]:
             if p.shape != x.shape[-1:]:
                 raise ShapeError(f"{name} over the last axis of {format_shape(x.shape)} needs "
