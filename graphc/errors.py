@@ -8,6 +8,7 @@ Anything else that escapes is a bug in graphc (exit code 1).
 from __future__ import annotations
 
 import difflib
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
@@ -56,7 +57,9 @@ class GraphcError(Exception):
         lines = [head]
         text_line = _source_line(self.span, source_text)
         if text_line is not None:
-            shown, offset = _window(text_line.rstrip("\n").expandtabs(1), self.span.col - 1)
+            # control characters (a stray BEL, an escape) are shown as '?', one column each
+            visible = _CONTROL.sub("?", text_line.rstrip("\n").expandtabs(1))
+            shown, offset = _window(visible, self.span.col - 1)
             width = 1
             if self.span.end_col is not None:
                 width = max(1, self.span.end_col - self.span.col)
@@ -80,6 +83,7 @@ class InternalError(Exception):
 
 
 QUOTE_WIDTH = 160
+_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029]")
 
 
 def _window(line: str, col0: int) -> tuple[str, int]:
@@ -111,15 +115,18 @@ def _source_line(span: Span | None, source_text: str | None) -> str | None:
             source_text = p.read_text(encoding="utf-8", errors="replace")
         except OSError:
             return None
-    all_lines = source_text.splitlines()
+    # lines as editors and graphc's spans count them: str.splitlines() would also
+    # break at U+0085, U+2028, form feeds, ... and quote the wrong line
+    all_lines = re.split(r"\r\n|\r|\n", source_text)
     if span.line > len(all_lines):
         return None
     return all_lines[span.line - 1]
 
 
 def did_you_mean(word: str, candidates: Iterable[str]) -> str | None:
-    """A 'did you mean X?' hint for a misspelt name, or None."""
-    matches = difflib.get_close_matches(str(word), sorted(set(candidates)), n=1, cutoff=0.6)
+    """A 'did you mean X?' hint for a misspelt name, or None (never the name
+    itself: when the name is known but unusable, the message must say why)."""
+    matches = difflib.get_close_matches(str(word), sorted(set(candidates) - {word}), n=1, cutoff=0.6)
     return f"did you mean '{matches[0]}'?" if matches else None
 
 

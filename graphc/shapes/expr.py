@@ -27,6 +27,7 @@ Value = Union[int, float, Dim]
 _TOKEN = re.compile(r"\s*(?:(?P<num>\d+(?:\.\d*)?(?:[eE][-+]?\d+)?|\.\d+(?:[eE][-+]?\d+)?)"
                     r"|(?P<name>[A-Za-z_][A-Za-z0-9_]*)|(?P<op>//|[-+*/%()]))")
 MAX_EXPR_CHARS = 256
+MAX_EXPR_DEPTH = 50
 
 
 @dataclass(frozen=True)
@@ -55,7 +56,12 @@ class Expr:
 
 def parse_expr(text: str, span: Span | None = None) -> Expr:
     if len(text) > MAX_EXPR_CHARS:
-        raise GraphcError(f"expression longer than {MAX_EXPR_CHARS} characters", span)
+        raise GraphcError(f"expression longer than {MAX_EXPR_CHARS} characters", span,
+                          hint="give parts of it names under 'params:'")
+    if "**" in text:
+        raise GraphcError(f"'**' (power) is not an operator of expressions: '{text}'", span,
+                          hint="write the product out (2 * 2 * 2) or the number; "
+                               "expressions use + - * / // % and parentheses")
     tokens: list[tuple[str, str]] = []
     pos = 0
     stripped = text.rstrip()
@@ -85,8 +91,8 @@ class _Parser:
 
     def expr(self) -> tuple:
         self.depth += 1
-        if self.depth > 50:
-            raise GraphcError(f"expression '{self.text}' is nested too deeply", self.span)
+        if self.depth > MAX_EXPR_DEPTH:
+            raise GraphcError(f"expression '{self.text}' is nested more than {MAX_EXPR_DEPTH} levels deep", self.span)
         left = self.term()
         while self.peek() in ("+", "-"):
             op = self.tokens[self.i][1]
@@ -107,8 +113,9 @@ class _Parser:
         if self.peek() == "-":
             self.i += 1
             self.depth += 1
-            if self.depth > 50:
-                raise GraphcError(f"expression '{self.text}' is nested too deeply", self.span)
+            if self.depth > MAX_EXPR_DEPTH:
+                raise GraphcError(f"expression '{self.text}' is nested more than {MAX_EXPR_DEPTH} levels deep",
+                                  self.span)
             out = ("neg", self.unary())
             self.depth -= 1
             return out
@@ -139,6 +146,8 @@ def _eval(t: tuple, lookup, span, text, known) -> Value:
     if kind == "name":
         v = lookup(t[1])
         if v is None:
+            if t[1] in known:     # known, but not a number here: say why, never "did you mean" itself
+                raise _not_a_number(t[1], known, text, span)
             raise GraphcError(f"unknown name '{t[1]}' in expression '{text}'", span,
                               hint=did_you_mean(t[1], known) or "define it under 'params:' or 'dims:'")
         return v
@@ -168,6 +177,24 @@ def _eval(t: tuple, lookup, span, text, known) -> Value:
     return a % b
 
 
+def _not_a_number(name: str, known, text: str, span) -> GraphcError:
+    """The error for a name that is defined but has no number to give here.
+    ``known`` maps names to their values when the caller has them."""
+    value = known[name] if isinstance(known, Mapping) else ...
+    if value is None:
+        return GraphcError(f"'{name}' has no value (it is null), in expression '{text}'", span,
+                           hint=f"give '{name}' a number under 'params:'")
+    if isinstance(value, bool):
+        return GraphcError(f"'{name}' is {str(value).lower()}, not a number, in expression '{text}'", span)
+    if isinstance(value, str):
+        return GraphcError(f"'{name}' is the text {value!r}, not a number, in expression '{text}'", span)
+    if isinstance(value, Dim):
+        return GraphcError(f"'{name}' is a symbolic dim, which is not allowed here: '{text}' must be a fixed "
+                           f"number", span, hint="a dim's size is known only at run time; use a number or a "
+                                                 "parameter from 'params:'")
+    return GraphcError(f"'{name}' cannot be used in expression '{text}'", span)
+
+
 def _dim_op(op: str, a, b, span, text) -> Dim:
     if isinstance(a, float) or isinstance(b, float):
         raise GraphcError(f"'{text}': a dimension cannot be combined with a fraction", span)
@@ -178,9 +205,17 @@ def _dim_op(op: str, a, b, span, text) -> Dim:
         return da - b
     if op == "*":
         return da * b
+    separate = ("its number under 'dims:' is only an example size; for an axis of another length "
+                "declare a dim of its own (e.g. dims: [seq, half_seq])")
     if op == "/":
         q = da.exact_div(b)
         if q is None:
-            raise GraphcError(f"'{text}': {a} / {b} does not divide exactly", span)
+            if isinstance(b, Dim) and not b.is_const:
+                raise GraphcError(f"'{text}': {a} is not known to be a multiple of {b}", span,
+                                  hint="'/' on symbolic dims must divide exactly whatever their sizes")
+            raise GraphcError(f"'{text}': {a} is a symbolic dim, which cannot be divided by {b}", span,
+                              hint="'/' divides a symbolic dim only by a factor it is known to have "
+                                   "(e.g. '(2 * seq) / 2'), and '//' only fixed integers; " + separate)
         return q
-    raise GraphcError(f"'{text}': operator '{op}' is not allowed on symbolic dimensions", span)
+    raise GraphcError(f"'{text}': operator '{op}' is not allowed on symbolic dimensions", span,
+                      hint="'//' and '%' are for fixed integers only; a symbolic dim's " + separate)

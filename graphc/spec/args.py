@@ -48,9 +48,19 @@ def eval_number(node: Node, env: Env, what: str, allow_dims: bool = False):
     if isinstance(v, str):
         expr = parse_expr(v, node.span)
         for n in sorted(expr.names()):
+            if allow_dims and n in env.dims:
+                continue
             if n in env.params and isinstance(env.params[n], (bool, str)):
                 raise GraphcError(f"'{n}' is {env.params[n]!r}, not a number", node.span)
-        return _finite(expr.evaluate(env.lookup_dim if allow_dims else env.lookup_number, node.span, env.names()),
+            if n in env.params and env.params[n] is None:
+                raise GraphcError(f"'{n}' has no value (it is null under 'params:'), so {what} cannot use it",
+                                  node.span, hint=f"give '{n}' a number")
+            if n in env.dims and env.lookup_number(n) is None:
+                raise GraphcError(f"{what} must be a fixed number, but '{n}' is a symbolic dim", node.span,
+                                  hint="a dim's size is known only at run time (its number under 'dims:' is "
+                                       "only an example); use a number or a parameter from 'params:'")
+        known = {**env.params, **env.dims}
+        return _finite(expr.evaluate(env.lookup_dim if allow_dims else env.lookup_number, node.span, known),
                        node, what)
     raise GraphcError(f"{what} must be a number, not {node.type_name()}", node.span)
 

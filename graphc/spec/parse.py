@@ -15,7 +15,7 @@ from typing import Any, Iterable
 from ..errors import GraphcError, Span, did_you_mean, known_list
 from ..shapes import Dim, parse_expr
 from ..source import Node, load_yaml_file, load_yaml_text
-from ..source.yaml_loader import type_name
+from ..source.yaml_loader import os_error_reason, type_name
 from .model import BlockDecl, DimDecl, InputDecl, InputRef, LayerDecl, Spec
 
 FORMAT_VERSION = 1
@@ -28,6 +28,12 @@ NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 REF_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?$")
 MAX_INCLUDE_DEPTH = 16
 MAX_INCLUDED_FILES = 256
+MAX_BLOCK_NESTING = 64      # blocks using blocks; real models nest a handful of levels
+# an included file makes its blocks available; anything else in it would be ignored
+INCLUDED_KEYS = ("graphc", "name", "doc", "include", "blocks")
+NAME_RULE = "a name starts with a letter or '_' and goes on with letters, digits or '_'"
+# a param string that is meant as arithmetic: an operator, a parenthesis, or a leading digit
+_LOOKS_LIKE_EXPR = re.compile(r"[-+*/%()]|^\s*[0-9.]")
 
 
 def check_keys(node: Node, allowed: Iterable[str], what: str) -> None:
@@ -53,8 +59,17 @@ def expect_list(node: Node, what: str) -> Node:
 def expect_name(node: Node, what: str) -> str:
     if not isinstance(node.value, str) or not NAME_RE.match(node.value):
         shown = node.value if node.is_scalar else node.type_name()
-        raise GraphcError(f"{what} must be a name (letters, digits, '_'), got {shown!r}", node.span)
+        if isinstance(node.value, str) and node.value[:1].isdigit():
+            why = "must start with a letter or '_'"
+        else:
+            why = "must be a name (a letter or '_', then letters, digits or '_')"
+        raise GraphcError(f"{what} {why}, got {shown!r}", node.span)
     return node.value
+
+
+def _expect_plain(name: str, what: str, span: Span) -> None:
+    if not NAME_RE.match(name):
+        raise GraphcError(f"{what} '{name}' must be a plain name", span, hint=NAME_RULE)
 
 
 def expect_int(node: Node, what: str, lo: int | None = None, hi: int | None = None) -> int:
@@ -120,10 +135,17 @@ def parse_layers(node: Node, where: str) -> list[LayerDecl]:
     expect_list(node, f"'layers' of {where}")
     layers = [parse_layer(x, where) for x in node.value]
     seen: dict[str, Span] = {}
-    for layer in layers:
+    for item, layer in zip(node.value, layers):
         if layer.name in seen:
-            raise GraphcError(f"duplicate layer name '{layer.name}'", layer.span,
-                              notes=[f"first defined at {seen[layer.name]}"])
+            # a layer repeated through an alias ('- *L') has the very position of the
+            # first: point at the alias instead
+            alias = item.alias_span or item.value["name"].alias_span
+            notes = [f"first defined at {seen[layer.name]}"]
+            if alias is not None:
+                notes.append("an alias ('*name') copies the whole layer, its name included")
+            raise GraphcError(f"duplicate layer name '{layer.name}'", alias or layer.span, notes=notes,
+                              hint="give each layer its own name; 'repeat: N' makes N copies with distinct "
+                                   "names" if alias is not None else None)
         seen[layer.name] = layer.span
     return layers
 
@@ -132,15 +154,14 @@ def parse_outputs(node: Node, where: str) -> dict[str, InputRef]:
     out: dict[str, InputRef] = {}
     if node.is_map:
         for key, ref in node.value.items():
-            if not NAME_RE.match(key):
-                raise GraphcError(f"output name '{key}' must be a plain name", node.key_spans[key])
+            _expect_plain(key, "output name", node.key_spans[key])
             out[key] = parse_ref(ref, f"output '{key}'")
     elif node.is_list:
         for item in node.value:
             r = parse_ref(item, "an output")
             key = r.ref.replace(".", "_")
             if key in out:
-                raise GraphcError(f"duplicate output '{key}'", item.span)
+                raise GraphcError(f"duplicate output '{key}'", item.use_span)
             out[key] = r
     else:
         raise GraphcError(f"'outputs' of {where} must map output names to layers, e.g. {{y: fc2}}", node.span)
@@ -158,8 +179,7 @@ def parse_block(name: str, node: Node) -> BlockDecl:
     if "params" in m:
         expect_map(m["params"], f"'params' of block '{name}'")
         for k, v in m["params"].value.items():
-            if not NAME_RE.match(k):
-                raise GraphcError(f"parameter name '{k}' must be a plain name", m["params"].key_spans[k])
+            _expect_plain(k, "parameter name", m["params"].key_spans[k])
             params[k], pspans[k] = v, m["params"].key_spans[k]
     inputs: list[tuple[str, Span, bool]] = []
     if "inputs" not in m:
@@ -170,8 +190,7 @@ def parse_block(name: str, node: Node) -> BlockDecl:
             inputs.append((expect_name(item, "a block input"), item.span, False))
     elif ins.is_map:
         for k, v in ins.value.items():
-            if not NAME_RE.match(k):
-                raise GraphcError(f"block input name '{k}' must be a plain name", ins.key_spans[k])
+            _expect_plain(k, "block input name", ins.key_spans[k])
             opt = False
             if v.is_map:
                 check_keys(v, ("optional", "doc"), f"block input '{k}'")
@@ -201,26 +220,43 @@ def _evaluate_params(node: Node) -> tuple[dict[str, Any], dict[str, Span]]:
     expect_map(node, "'params'")
     values: dict[str, Any] = {}
     spans: dict[str, Span] = {}
+    order = {k: i for i, k in enumerate(node.value)}
     for key, v in node.value.items():
         kspan = node.key_spans[key]
-        if not NAME_RE.match(key):
-            raise GraphcError(f"parameter name '{key}' must be a plain name", kspan)
+        _expect_plain(key, "parameter name", kspan)
         if isinstance(v.value, str):
             try:
                 expr = parse_expr(v.value, v.span)
-            except GraphcError:
-                values[key] = v.value   # plain text (an activation name, say)
+            except GraphcError as exc:
+                if not _LOOKS_LIKE_EXPR.search(v.value):
+                    values[key] = v.value   # plain text (an activation name, say)
+                else:
+                    # meant as arithmetic (an operator, a parenthesis, a leading digit): an
+                    # error here, not a text param that fails wherever it is used
+                    raise GraphcError(f"parameter '{key}': {exc.message}", v.span,
+                                      hint=exc.hint or "a parameter is a number, true/false, text, or an integer "
+                                      "expression over the parameters above it (+ - * / // % and parentheses)") \
+                        from None
             else:
-                if expr.names() and not expr.names() <= set(values):
-                    missing = sorted(expr.names() - set(values))
-                    if len(expr.names()) == 1 and expr.tree[0] == "name":
+                names = expr.names()
+                later = [n for n in sorted(names - set(values)) if order.get(n, -1) > order[key]]
+                if later:
+                    raise GraphcError(f"parameter '{key}' uses '{later[0]}', which is defined below it", v.span,
+                                      hint=f"a parameter may only use the parameters above it; move '{later[0]}' "
+                                           f"above '{key}'")
+                if names and not names <= set(values):
+                    missing = sorted(names - set(values))
+                    if len(names) == 1 and expr.tree[0] == "name":
                         values[key] = v.value   # a bare word that names nothing: text
                     else:
                         raise GraphcError(f"unknown name '{missing[0]}' in '{v.value}'", v.span,
                                           hint=did_you_mean(missing[0], values) or
                                           "a parameter may only use parameters defined above it")
                 else:
-                    for n in sorted(expr.names()):
+                    for n in sorted(names):
+                        if values[n] is None:
+                            raise GraphcError(f"'{n}' has no value (it is null), in '{v.value}'", v.span,
+                                              hint=f"give '{n}' a number")
                         if isinstance(values[n], (bool, str)):
                             raise GraphcError(f"'{n}' is {values[n]!r}, not a number, in '{v.value}'", v.span)
                     values[key] = expr.evaluate(values.get, v.span, values)
@@ -243,8 +279,7 @@ def _parse_dims(node: Node) -> dict[str, DimDecl]:
     elif node.is_map:
         for name, v in node.value.items():
             kspan = node.key_spans[name]
-            if not NAME_RE.match(name):
-                raise GraphcError(f"dim name '{name}' must be a plain name", kspan)
+            _expect_plain(name, "dim name", kspan)
             example = mx = None
             if v.is_map:
                 check_keys(v, ("example", "max", "doc"), f"dim '{name}'")
@@ -252,6 +287,9 @@ def _parse_dims(node: Node) -> dict[str, DimDecl]:
                     example = expect_int(v.value["example"], f"the example size of '{name}'", 1, 1 << 20)
                 if "max" in v.value:
                     mx = expect_int(v.value["max"], f"the maximum of '{name}'", 1, 1 << 31)
+                if example is not None and mx is not None and example > mx:
+                    raise GraphcError(f"the example size of '{name}' ({example}) is above its maximum ({mx})",
+                                      v.value["example"].span, hint=f"an example size is at most {mx}")
             elif v.value is not None:
                 example = expect_int(v, f"the example size of '{name}'", 1, 1 << 20)
             dims[name] = DimDecl(name, kspan, example, mx)
@@ -272,7 +310,8 @@ def _range_end(node: Node, params: dict, dims: Iterable[str], what: str) -> int 
                 return Dim.sym(n)
             v = params.get(n)
             return None if isinstance(v, (bool, str)) else v
-        v = parse_expr(node.value, node.span).evaluate(lookup, node.span, list(params) + list(dims))
+        known = {**params, **{d: Dim.sym(d) for d in dims}}
+        v = parse_expr(node.value, node.span).evaluate(lookup, node.span, known)
         if isinstance(v, Dim):
             return v.value if v.is_const else str(v)
         if not isinstance(v, int):
@@ -287,8 +326,7 @@ def _parse_inputs(node: Node, params: dict | None = None, dims: Iterable[str] = 
     out = []
     for name, v in node.value.items():
         kspan = node.key_spans[name]
-        if not NAME_RE.match(name):
-            raise GraphcError(f"input name '{name}' must be a plain name", kspan)
+        _expect_plain(name, "input name", kspan)
         expect_map(v, f"input '{name}'")
         check_keys(v, INPUT_KEYS, f"input '{name}'")
         if "dtype" not in v.value:
@@ -314,10 +352,65 @@ def _parse_inputs(node: Node, params: dict | None = None, dims: Iterable[str] = 
     return out
 
 
+def _resolve(path: Path, display: str, span: Span | None, what: str = "spec file") -> Path:
+    """path.resolve(), with a symlink loop or an impossible name as a user error
+    (Python 3.11 raises RuntimeError for a loop, later versions OSError)."""
+    try:
+        return path.resolve()
+    except RuntimeError:
+        reason = "too many levels of symbolic links (a symlink loop?)"
+    except OSError as exc:
+        reason = os_error_reason(exc)
+    except ValueError:
+        reason = "the name contains a NUL character"
+    raise GraphcError(f"cannot read {what} {display}: {reason}", span)
+
+
+def _is_file(path: Path, display: str, span: Span | None) -> bool:
+    try:
+        return path.is_file()
+    except (OSError, ValueError) as exc:
+        reason = os_error_reason(exc) if isinstance(exc, OSError) else "the name contains a NUL character"
+        raise GraphcError(f"cannot read included file {display}: {reason}", span) from None
+
+
+def _check_version(root: Node, what: str, required: bool) -> Any:
+    m = root.value
+    if "graphc" not in m:
+        if not required:
+            return None
+        raise GraphcError(f"{what} has no format version", root.span,
+                          hint=f"start the file with 'graphc: {FORMAT_VERSION}'")
+    version = m["graphc"]
+    if isinstance(version.value, (str, float)) and not isinstance(version.value, bool) \
+            and str(version.value).strip() in (str(FORMAT_VERSION), f"{FORMAT_VERSION}.0"):
+        raise GraphcError(f"the format version must be the integer {FORMAT_VERSION}, not {version.type_name()} "
+                          f"{version.value!r}", version.span, hint=f"write 'graphc: {FORMAT_VERSION}', without quotes")
+    if isinstance(version.value, bool) or not isinstance(version.value, int) or version.value != FORMAT_VERSION:
+        shown = repr(version.value) if version.is_scalar else version.type_name()
+        raise GraphcError(f"unsupported spec format version {shown}", version.span,
+                          hint=f"this graphc reads format version {FORMAT_VERSION} (write 'graphc: {FORMAT_VERSION}')")
+    return version.value
+
+
+def _check_included(root: Node, display: str) -> None:
+    """An included file makes its blocks available and nothing else: its dims,
+    params, inputs, layers and outputs would be silently ignored."""
+    for key, span in root.key_spans.items():
+        if key in TOP_KEYS and key not in INCLUDED_KEYS:
+            raise GraphcError(f"included file '{display}' has '{key}', but only its blocks are used", span,
+                              hint="an included file may have graphc, name, doc, include and blocks; move "
+                                   f"'{key}' to the spec that includes it" + (
+                                       ", or make it a block parameter" if key == "params" else ""))
+    check_keys(root, INCLUDED_KEYS, f"included file '{display}'")
+    _check_version(root, f"included file '{display}'", required=False)
+
+
 class _Loader:
     def __init__(self, root: Path, include_dirs: Iterable[Path]):
-        self.root_dir = root.resolve().parent
-        self.allowed = [self.root_dir] + [Path(d).resolve() for d in include_dirs]
+        self.root_dir = _resolve(root, str(root), None).parent
+        self.allowed = [self.root_dir] + [_resolve(Path(d), str(d), None, "include directory")
+                                          for d in include_dirs]
         self.texts: list[tuple[str, str]] = []
         self.stack: list[Path] = []
         # each file is parsed once: a diamond (two includes of one file) must not
@@ -325,7 +418,7 @@ class _Loader:
         self.done: dict[Path, tuple[Node, dict[str, BlockDecl]]] = {}
 
     def blocks_from(self, path: Path, display: str, span: Span | None) -> tuple[Node, dict[str, BlockDecl]]:
-        resolved = path.resolve()
+        resolved = _resolve(path, display, span, "spec file" if span is None else "included file")
         if resolved in self.stack:
             cycle = self.stack[self.stack.index(resolved):] + [resolved]
             chain = " -> ".join(p.name for p in cycle)
@@ -342,7 +435,7 @@ class _Loader:
             if not any(_within(resolved, d) for d in self.allowed):
                 raise GraphcError(f"include '{display}' is outside the spec's directory", span,
                                   hint="pass --include-dir DIR to allow includes from another directory")
-            if not resolved.is_file():
+            if not _is_file(resolved, display, span):
                 raise GraphcError(f"included file not found: {display}", span,
                                   hint=f"includes are resolved relative to {self.stack[-1].parent}")
             root, text = load_yaml_file(resolved)
@@ -351,7 +444,7 @@ class _Loader:
         try:
             expect_map(root, "a spec")
             if span is not None:
-                check_keys(root, TOP_KEYS, f"included file '{display}'")
+                _check_included(root, display)
             blocks: dict[str, BlockDecl] = {}
             inc = root.value.get("include")
             if inc is not None:
@@ -366,8 +459,7 @@ class _Loader:
                 b = expect_map(root.value["blocks"], "'blocks'")
                 own = {}
                 for name, body in b.value.items():
-                    if not NAME_RE.match(name):
-                        raise GraphcError(f"block name '{name}' must be a plain name", b.key_spans[name])
+                    _expect_plain(name, "block name", b.key_spans[name])
                     own[name] = parse_block(name, body)
                 _merge_blocks(blocks, own)
             self.done[resolved] = (root, blocks)
@@ -409,8 +501,7 @@ def parse_spec_text(text: str, path: str = "<spec>") -> Spec:
     if "blocks" in root.value:
         b = expect_map(root.value["blocks"], "'blocks'")
         for name, body in b.value.items():
-            if not NAME_RE.match(name):
-                raise GraphcError(f"block name '{name}' must be a plain name", b.key_spans[name])
+            _expect_plain(name, "block name", b.key_spans[name])
             blocks[name] = parse_block(name, body)
     return _build_spec(root, blocks, path, [(path, text)])
 
@@ -419,14 +510,7 @@ def _build_spec(root: Node, blocks: dict[str, BlockDecl], path: str, texts: list
     expect_map(root, "a spec")
     check_keys(root, TOP_KEYS, "the spec")
     m = root.value
-    if "graphc" not in m:
-        raise GraphcError("the spec has no format version", root.span,
-                          hint=f"start the file with 'graphc: {FORMAT_VERSION}'")
-    version = m["graphc"]
-    if isinstance(version.value, bool) or version.value != FORMAT_VERSION:
-        shown = repr(version.value) if version.is_scalar else version.type_name()
-        raise GraphcError(f"unsupported spec format version {shown}", version.span,
-                          hint=f"this graphc reads format version {FORMAT_VERSION}")
+    version = _check_version(root, "the spec", required=True)
     name = expect_name(m["name"], "the spec name") if "name" in m else Path(path).stem.replace("-", "_")
     dims = _parse_dims(m["dims"]) if "dims" in m else {}
     params, pspans = _evaluate_params(m["params"]) if "params" in m else ({}, {})
@@ -445,5 +529,59 @@ def _build_spec(root: Node, blocks: dict[str, BlockDecl], path: str, texts: list
     digest = hashlib.sha256()
     for p, t in texts:
         digest.update(Path(p).name.encode() + b"\0" + t.encode() + b"\0")
-    return Spec(path, name, version.value, dims, params, pspans, inputs, blocks, layers, outputs, root.span,
+    _check_outputs_against_inputs(m["outputs"], outputs, inputs)
+    _check_block_nesting(layers, blocks)
+    return Spec(path, name, version, dims, params, pspans, inputs, blocks, layers, outputs, root.span,
                 _doc(m.get("doc")), [p for p, _ in texts], digest.hexdigest())
+
+
+def _check_outputs_against_inputs(node: Node, outputs: dict[str, InputRef], inputs: list[InputDecl]) -> None:
+    """ONNX needs distinct input and output names: the culprit is the output's
+    name (its key), not the layer it names."""
+    names = {d.name for d in inputs}
+    for public, ref in outputs.items():
+        if public in names:
+            span = node.key_spans.get(public, ref.span) if node.is_map else ref.span
+            raise GraphcError(f"output '{public}' has the name of an input", span,
+                              hint="ONNX needs distinct input and output names; rename the output")
+
+
+def _check_block_nesting(layers: list[LayerDecl], blocks: dict[str, BlockDecl]) -> None:
+    """Refuse blocks nested deeper than MAX_BLOCK_NESTING, at the use that crosses
+    the limit, before the (recursive) expansion would run out of stack. Cycles
+    are left to the expansion, which names them."""
+    if not blocks:
+        return
+    depth: dict[str, int] = {}          # levels of blocks in the deepest chain from a block, itself included
+    for start in blocks:
+        if start in depth:
+            continue
+        gray = {start}
+        stack = [(start, iter(blocks[start].layers))]
+        while stack:
+            name, it = stack[-1]
+            for layer in it:
+                kid = layer.kind
+                if kid in blocks and kid not in depth and kid not in gray:
+                    gray.add(kid)
+                    stack.append((kid, iter(blocks[kid].layers)))
+                    break
+            else:
+                stack.pop()
+                gray.discard(name)
+                depth[name] = 1 + max((depth.get(layer.kind, 0) for layer in blocks[name].layers
+                                       if layer.kind in blocks), default=0)
+    for top in layers:
+        if top.kind not in blocks or depth[top.kind] <= MAX_BLOCK_NESTING:
+            continue
+        use, level, chain = top, 1, [top.kind]
+        while level <= MAX_BLOCK_NESTING:
+            inner = [layer for layer in blocks[use.kind].layers if layer.kind in blocks]
+            use = max(inner, key=lambda layer: depth[layer.kind])
+            level += 1
+            chain.append(use.kind)
+        raise GraphcError(f"blocks are nested more than {MAX_BLOCK_NESTING} deep: block '{chain[-2]}' uses "
+                          f"block '{use.kind}' at level {level}", use.kind_span,
+                          notes=[f"the chain starts at layer '{top.name}' ({top.span}): "
+                                 f"{' -> '.join(chain[:3])} -> ... -> {' -> '.join(chain[-2:])}"],
+                          hint="real models nest blocks a few levels deep; flatten the chain")
