@@ -22,7 +22,7 @@ except ImportError:  # pragma: no cover  (not on Windows)
     resource = None
 
 from .errors import GraphcError, Span, did_you_mean, known_list
-from .ir import DTYPES, Builder, Graph, Value, verify
+from .ir import DTYPES, Builder, Graph, Value, run_limits, verify
 from .layers import LAYERS, Call
 from .shapes import Dim, format_shape
 from .spec import BlockDecl, InputRef, LayerDecl, Spec
@@ -369,6 +369,8 @@ def build_graph(spec: Spec, max_param_bytes: int | None = DEFAULT_MAX_PARAM_BYTE
     for name, d in spec.dims.items():
         if d.example is not None:
             g.dim_examples[name] = d.example
+        if d.max is not None:       # `graphc run` refuses larger sizes (graphc.ir.run_limits)
+            run_limits.record(g.metadata, "dim_max", name, d.max, "")
     with _address_space_guard(max_param_bytes):
         ex.expand_list(spec.layers, top, env)
     for public, ref in spec.outputs.items():

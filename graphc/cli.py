@@ -9,7 +9,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable, Mapping, Sequence
 
 
 from . import __version__
@@ -17,25 +17,30 @@ from .errors import GraphcError, InternalError
 
 
 def _dims(values: Sequence[str], known: Iterable[str] | None = None) -> dict[str, int]:
-    """--dim NAME=N values; with ``known`` (the model's dims), a name it lacks
-    is an error: a typo like BATCH=3 must not quietly run at the example size."""
+    """--dim NAME=N values. With ``known`` (the model's dim names, or a spec's
+    dims mapping), a name it lacks is an error: a typo like BATCH=3 must not
+    quietly run at the example size; a size above a spec's declared max is too."""
     out = {}
-    known = None if known is None else sorted(known)
+    declared = known if isinstance(known, Mapping) else {}
+    names = None if known is None else sorted(known)
     for item in values or ():
         name, sep, num = item.partition("=")
         if not sep or not name.isidentifier():
             raise GraphcError(f"--dim expects NAME=SIZE, got '{item}'")
-        if known is not None and name not in known:
+        if names is not None and name not in names:
             from .errors import did_you_mean
             raise GraphcError(f"--dim {name}: the model has no dim '{name}'",
-                              hint=did_you_mean(name, known) or
-                              (f"its dims: {', '.join(known)}" if known else "its shapes are all fixed"))
+                              hint=did_you_mean(name, names) or
+                              (f"its dims: {', '.join(names)}" if names else "its shapes are all fixed"))
         try:
             n = int(num)
         except ValueError:
             raise GraphcError(f"--dim {name}: '{num}' is not an integer") from None
         if n < 0:
             raise GraphcError(f"--dim {name}: size must not be negative")
+        most = getattr(declared.get(name), "max", None)
+        if most is not None and n > most:
+            raise GraphcError(f"--dim {name}={n}: the spec declares {name} at most {most}", hint=f"use {name} <= {most}")
         out[name] = n
     return out
 

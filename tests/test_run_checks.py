@@ -141,3 +141,20 @@ def test_a_dim_that_contradicts_the_inputs(tmp_path):
     assert cli("run", SPECS / "mlp.yaml", "--input", x, "--dim", "batch=3")[0] == 0
     rc, _, err = cli("run", SPECS / "mlp.yaml", "--input", x, "--dim", "batch=5")
     refused(rc, err, "--dim batch=5, but the inputs give batch = 3")
+
+
+MAXED = """dims: {batch: 2, seq: {example: 4, max: 6}}
+inputs: {x: {dtype: float32, shape: [batch, seq, 8]}}
+layers:
+  - {name: a, kind: relu, input: x}
+outputs: {y: a}
+"""
+
+
+def test_a_declared_dim_max_is_enforced(tmp_path):
+    """`dims: {seq: {max: N}}` was parsed and never used."""
+    s = spec(tmp_path, MAXED)
+    refused(*cli("check", s, "--dim", "seq=7")[::2], "--dim seq=7: the spec declares seq at most 6")
+    assert cli("run", s, "--random", "--dim", "seq=6")[0] == 0
+    assert cli("build", s, "-q", "-o", model := tmp_path / "m.onnx")[0] == 0
+    refused(*cli("run", model, "--random", "--dim", "seq=7")[::2], "dim 'seq' is 7, but the spec declares it at most 6")

@@ -84,6 +84,9 @@ def refuse_values_past_limits(meta: Mapping[str, str], feeds: Mapping[str, np.nd
     limits = run_limits.load(meta)
     for dim, (most, layer) in sorted(limits.get("dim_max", {}).items()):
         if isinstance(most, int) and dims.get(dim, 0) > most:
+            if not layer:         # the spec's own `dims: {seq: {max: N}}`
+                raise GraphcError(f"dim '{dim}' is {dims[dim]}, but the spec declares it at most {most}",
+                                  hint=f"use {dim} <= {most}")
             raise GraphcError(f"dim '{dim}' is {dims[dim]}, but layer '{layer}' accepts at most {most} "
                               f"(its table's max_len)", hint=f"use {dim} <= {most}, or rebuild with a larger max_len")
     for name, (rows, layer) in sorted(limits.get("ids", {}).items()):
