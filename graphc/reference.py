@@ -100,7 +100,8 @@ def _first_sentence(doc: str | None) -> str:
 
 
 def _rst_to_md(text: str) -> str:
-    return text.replace("``", "`")
+    # a reST "para::" introduces the indented block below; in Markdown the colon alone does
+    return re.sub(r"::$", ":", text.replace("``", "`"), flags=re.MULTILINE)
 
 
 def _table(rows: list[list[str]], indent: str = "  ") -> list[str]:
@@ -172,7 +173,8 @@ def layer_markdown(kind: LayerKind) -> str:
     else:
         out += ["No parameters.", ""]
     ins = ", ".join(f"`{p.name}`{' (optional)' if p.optional else ''}: {_md_cell(p.doc)}" for p in kind.inputs)
-    out.append(f"**Inputs:** {ins}" + ("; more may follow in `inputs:`" if kind.variadic else ""))
+    says_so = any("inputs" in p.doc for p in kind.inputs)      # the port's own doc may say it already
+    out.append(f"**Inputs:** {ins}" + ("; more may follow in `inputs:`" if kind.variadic and not says_so else ""))
     out.append("")
     outs = ", ".join(f"`{p.name}`: {_md_cell(p.doc)}" for p in kind.outputs)
     out.append(f"**Outputs:** {outs}")
