@@ -165,17 +165,13 @@ def cmd_run(args) -> int:
             raise GraphcError(f"model file not found: {args.model}")
         model = args.model
     session = make_session(model, args.provider, args.threads)
-    from .runtime.session import check_inputs, model_dims
+    from .runtime.session import model_dims
     dims = _dims(args.dim, model_dims(session))
     feeds = _load_inputs(args.input)
     if args.random:
         rand = random_inputs(session, dims, args.seed)
         feeds = {**rand, **feeds}
-    for name, n in check_inputs(session, feeds).items():
-        if name in dims and dims[name] != n:
-            raise GraphcError(f"--dim {name}={dims[name]}, but the inputs give {name} = {n}",
-                              hint="drop the --dim, or give inputs of that size")
-    outs = run_model(session, feeds)
+    outs = run_model(session, feeds, dims)
     if args.bench:
         times = []
         for _ in range(args.warmup):

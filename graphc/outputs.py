@@ -58,11 +58,6 @@ def output_target(path: str | os.PathLike) -> OutputTarget:
     return target
 
 
-def output_directory(path: str | os.PathLike) -> Path:
-    """The directory an output's temporary file goes into (see output_target)."""
-    return output_target(path).directory
-
-
 def put_in_place(tmp: str, target: OutputTarget) -> None:
     """The last step of every write: rename the finished temporary over the
     target, or copy it into a device or pipe."""

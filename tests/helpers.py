@@ -1,6 +1,8 @@
 """Shared test helpers: compile spec text, run it on ORT and on the ONNX reference evaluator."""
 from __future__ import annotations
 
+import contextlib
+import io
 import subprocess
 import sys
 from pathlib import Path
@@ -101,3 +103,16 @@ def single_layer_spec(kind: str, args: dict, inputs: dict, dims=("batch", "seq")
 def graphc_cli(*args: str, cwd=None, env=None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "graphc", *args], capture_output=True, text=True,
                           cwd=cwd or ROOT, env=env, timeout=120)
+
+
+def cli(*args) -> tuple[int, str, str]:
+    """graphc's entry point in-process (a subprocess costs a second of imports):
+    (exit code, stdout, stderr); argparse's SystemExit becomes its code."""
+    from graphc.cli import main
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            rc = main([str(a) for a in args])
+        except SystemExit as exc:
+            rc = exc.code
+    return rc, out.getvalue(), err.getvalue()

@@ -22,24 +22,14 @@ import numpy as np
 import pytest
 
 from graphc.build import MAX_REPEAT
-from graphc.cli import main
 from graphc.errors import GraphcError
 from graphc.source import MAX_SPEC_BYTES, load_yaml_text
 from graphc.spec import parse_spec_text
-from helpers import ROOT, SPECS, TINY, graphc_cli
+from helpers import ROOT, SPECS, TINY, cli, graphc_cli
 
 TINY_WEIGHTS = {"fc.weight": np.ones((3, 4), np.float32), "fc.bias": np.zeros(3, np.float32)}
 
 
-def cli(*args: str) -> tuple[int, str, str]:
-    """graphc's entry point in-process (a subprocess costs a second of imports)."""
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            rc = main([str(a) for a in args])
-        except SystemExit as exc:      # argparse
-            rc = exc.code
-    return rc, out.getvalue(), err.getvalue()
 
 
 def assert_user_error(result, message: str, located: str | None = None) -> str:

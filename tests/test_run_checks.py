@@ -5,21 +5,13 @@ past the time axis (or past 2**31, where the int32 cast wraps), dims written as
 expressions that disagree, and --dim names the model does not have."""
 from __future__ import annotations
 
-import contextlib
-import io
 
 import numpy as np
 import pytest
 
-from graphc.cli import main
-from helpers import SPECS
+from helpers import SPECS, cli
 
 
-def cli(*args) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        rc = main([str(a) for a in args])
-    return rc, out.getvalue(), err.getvalue()
 
 
 def spec(tmp_path, text: str):

@@ -3,14 +3,12 @@ located at its real culprit, says what is wrong (never "did you mean" the name
 itself), and never shows a traceback or an internal error."""
 from __future__ import annotations
 
-import contextlib
-import io
 import os
 import threading
 
 import pytest
 
-from graphc.cli import main
+from helpers import cli
 from graphc.errors import GraphcError
 from graphc.source import MAX_SPEC_BYTES
 from graphc.spec import parse_spec_text
@@ -26,11 +24,6 @@ outputs: {y: fc}
 """
 
 
-def cli(*args) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        rc = main([str(a) for a in args])
-    return rc, out.getvalue(), err.getvalue()
 
 
 def user_error(path, message: str, where: str | None = None, *args) -> str:

@@ -13,7 +13,7 @@ import yaml
 from graphc.compiler import check_spec
 from graphc.runtime.session import make_session, random_inputs, run_model
 from graphc.shapes import parse_expr
-from helpers import ROOT, SPECS, compile_text, ort_run, ref_run
+from helpers import ROOT, SPECS, cli, compile_text, ort_run, ref_run
 
 TUTORIAL = ROOT / "docs" / "tutorial.md"
 STEPS = [SPECS / "seed_mha_concat.yaml", *sorted((SPECS / "tutorial").glob("*.yaml")), SPECS / "transformer_base.yaml"]
@@ -183,21 +183,15 @@ def _output_matches(want: list[str], got: list[str]) -> bool:
 
 
 def _run_console(command: str) -> list[str]:
-    import contextlib
-    import io
     import shlex
-
-    from graphc.cli import main
     argv, keep = shlex.split(command), None
     if "|" in argv:                               # only '| head -N' is used in the docs
         pipe = argv.index("|")
         assert argv[pipe + 1:pipe + 2] == ["head"], command
         keep, argv = int(argv[pipe + 2].lstrip("-")), argv[:pipe]
     assert argv[0] == "graphc", command
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        main(argv[1:])
-    lines = (out.getvalue() + err.getvalue()).splitlines()
+    _, out, err = cli(*argv[1:])
+    lines = (out + err).splitlines()
     return lines[:keep] if keep is not None else lines
 
 

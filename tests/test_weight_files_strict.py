@@ -5,7 +5,6 @@ shapes, and paths that are not regular files. Each is exit code 2 with a clear
 message naming what is wrong, no traceback, and no output written."""
 from __future__ import annotations
 
-import contextlib
 import io
 import json
 import os
@@ -18,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from graphc.cli import main
+from helpers import cli
 from graphc.errors import GraphcError
 from graphc.weights import read_npz, read_safetensors
 
@@ -36,14 +35,6 @@ BIAS = np.zeros(3, np.float32)
 DATA = WEIGHT.tobytes() + BIAS.tobytes()
 
 
-def cli(*args) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            rc = main([str(a) for a in args])
-        except SystemExit as exc:
-            rc = exc.code
-    return rc, out.getvalue(), err.getvalue()
 
 
 @pytest.fixture

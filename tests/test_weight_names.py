@@ -4,15 +4,12 @@
 less certain is still the usual error listing every mismatch."""
 from __future__ import annotations
 
-import contextlib
-import io
 
 import numpy as np
 import pytest
 
-from graphc.cli import main
 from graphc.weights import prefix_rewrite
-from helpers import ort_run
+from helpers import cli, ort_run
 
 ENCODER = """graphc: 1
 name: enc
@@ -65,11 +62,6 @@ def test_anything_short_of_a_whole_file_renaming_is_not_rewritten(file_names):
     assert prefix_rewrite(SPEC_NAMES, file_names) is None
 
 
-def cli(*args) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        rc = main([str(a) for a in args])
-    return rc, out.getvalue(), err.getvalue()
 
 
 @pytest.fixture

@@ -18,7 +18,8 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from ..errors import GraphcError
-from .value_checks import check_dim_expressions, refuse_values_out_of_range, refuse_values_past_limits
+from .value_checks import (check_dim_expressions, dim_names_in, refuse_values_out_of_range,
+                           refuse_values_past_limits)
 
 _ORT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,
               "tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(bool)": np.bool_}
@@ -133,7 +134,7 @@ def model_dims(session) -> set[str]:
     for info in session.get_inputs():
         for d in info.shape:
             if isinstance(d, str):
-                names.update(re.findall(r"[A-Za-z_][A-Za-z0-9_]*", d))
+                names.update(dim_names_in(d))
     return names
 
 
@@ -301,8 +302,15 @@ def _range_value(v, env):
     return v
 
 
-def run_model(session, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+def run_model(session, feeds: Mapping[str, np.ndarray],
+              asked_dims: Mapping[str, int] | None = None) -> dict[str, np.ndarray]:
+    """Check the inputs (and that they have the sizes ``asked_dims``, the
+    user's --dim values, say), then run."""
     dims = check_inputs(session, feeds)
+    for name, n in (asked_dims or {}).items():
+        if name in dims and dims[name] != n:
+            raise GraphcError(f"--dim {name}={n}, but the inputs give {name} = {dims[name]}",
+                              hint="drop the --dim, or give inputs of that size")
     _refuse_empty_inputs_that_crash(session, feeds)
     _refuse_empty_sequences(session, feeds)
     meta = model_meta(session)

@@ -9,6 +9,8 @@ kernel's message, or not at all (graphc run only; the model is unchanged).
 """
 from __future__ import annotations
 
+import json
+import re
 from typing import Mapping
 
 import numpy as np
@@ -25,8 +27,8 @@ def _evaluate(text: str, dims: Mapping[str, int]):
         return None
 
 
-def _symbols(text: str) -> set[str]:
-    import re
+def dim_names_in(text: str) -> set[str]:
+    """The dim names an axis size written as an expression uses ('seq+1' -> {'seq'})."""
     return set(re.findall(r"[A-Za-z_][A-Za-z0-9_]*", text))
 
 
@@ -38,7 +40,7 @@ def check_dim_expressions(bound: Mapping[str, tuple[int, str]]) -> dict[str, int
     for text, (n, where) in bound.items():
         if text.isidentifier():
             continue
-        free = sorted(s for s in _symbols(text) if s not in dims)
+        free = sorted(s for s in dim_names_in(text) if s not in dims)
         if len(free) == 1:
             s = free[0]
             at0, at1, at2 = (_evaluate(text, {**dims, s: v}) for v in (0, 1, 2))
@@ -52,7 +54,7 @@ def check_dim_expressions(bound: Mapping[str, tuple[int, str]]) -> dict[str, int
                                       hint=f"give the input a size that {text} can take")
         want = _evaluate(text, dims)
         if isinstance(want, int) and want != n:
-            shown = ", ".join(f"{k} = {dims[k]}" for k in sorted(_symbols(text)) if k in dims)
+            shown = ", ".join(f"{k} = {dims[k]}" for k in sorted(dim_names_in(text)) if k in dims)
             raise GraphcError(f"input '{where}' has an axis of size {n}, declared as {text}, which is "
                               f"{want} with {shown}", hint="every input must agree on the dims")
     return dims
@@ -61,7 +63,6 @@ def check_dim_expressions(bound: Mapping[str, tuple[int, str]]) -> dict[str, int
 def refuse_values_out_of_range(meta: Mapping[str, str], feeds: Mapping[str, np.ndarray],
                                dims: Mapping[str, int]) -> None:
     """Integer inputs against the ``range: [lo, hi)`` their spec declared."""
-    import json
     try:
         ranges = json.loads(meta.get("graphc.input_ranges", "{}"))
     except ValueError:
