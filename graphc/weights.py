@@ -578,7 +578,3 @@ def _rename_value(g: Graph, old: str, new: str) -> None:
         if v == old:
             g.outputs[k] = new
 
-
-def param_table(g: Graph) -> list[tuple[str, tuple[int, ...], int]]:
-    return [(p.name, p.type.concrete_shape(), int(np.prod(p.type.concrete_shape() or ())))
-            for p in g.params()]
