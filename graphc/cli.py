@@ -80,6 +80,13 @@ def _add_compile_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--include-dir", action="append", default=[], help="also allow includes from this directory")
     p.add_argument("--dtype", default="float32", choices=["float32", "float16"],
                    help="precision of the model's float tensors (float16: softmax and norms still in float32)")
+    p.add_argument("--quantize", default=None, metavar="MODE",
+                   help="int8: dynamic int8 projections and feed-forward layers (docs/quantize.md); "
+                        "none: float; default: the spec's quantize: section, else none")
+    p.add_argument("--target", default="onnx", metavar="TARGET",
+                   help="onnx (standard operators, the default) or ort (ONNX Runtime contrib operators)")
+    p.add_argument("--max-error", type=float, default=None, metavar="X",
+                   help="refuse a quantized model whose relative RMS error on any output exceeds X (e.g. 0.01)")
     _add_budget_arg(p)
 
 
@@ -87,8 +94,14 @@ def _compile(args, progress=None, keep_weights=True):
     from .compiler import compile_spec
     from .progress import Progress
     compiled = compile_spec(args.spec, args.weights, args.seed, args.opset, args.include_dir, progress=progress,
-                            keep_weights=keep_weights, max_param_bytes=args.max_param_bytes, dtype=args.dtype)
+                            keep_weights=keep_weights, max_param_bytes=args.max_param_bytes, dtype=args.dtype,
+                            quantize=args.quantize, target=args.target, max_error=args.max_error)
     if not getattr(args, "quiet", False):
+        if compiled.quantization is not None:
+            if isinstance(progress, Progress):
+                progress.close()
+            for line in compiled.quantization.summary():
+                print(f"graphc: {line}", file=sys.stderr)
         for note in compiled.notes:
             if isinstance(progress, Progress):
                 progress.close()            # erase the progress line; it redraws at the next stage

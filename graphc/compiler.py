@@ -25,6 +25,7 @@ class Compiled:
     model: object          # onnx.ModelProto (kept untyped: only graphc.lower imports onnx)
     weights: list = field(default_factory=list)
     notes: list = field(default_factory=list)     # for the user: e.g. a weights file matched by renaming
+    quantization: object = None   # graphc.quantized.Quantization of an int8 build (its report, measured error)
 
     def to_bytes(self) -> bytes:
         from .lower import serialize
@@ -83,15 +84,23 @@ def check_spec(path: str | os.PathLike, include_dirs: Iterable[str] = (),
 def compile_spec(path: str | os.PathLike, weights: str | os.PathLike | Mapping[str, np.ndarray] | None = None,
                  seed: int = 0, opset: int | None = None, include_dirs: Iterable[str] = (),
                  attention: str = "auto", progress=None, keep_weights: bool = True,
-                 max_param_bytes: int | None = DEFAULT_MAX_PARAM_BYTES, dtype: str = "float32") -> Compiled:
+                 max_param_bytes: int | None = DEFAULT_MAX_PARAM_BYTES, dtype: str = "float32",
+                 quantize: str | None = None, target: str = "onnx", max_error: float | None = None) -> Compiled:
     """``dtype="float16"`` converts the whole model to half precision after the
     weights are in (graphc.ir.precision says which parts stay float32).
     ``progress``: an optional callback told of each stage (graphc.progress.Progress draws it).
     ``keep_weights=False`` leaves the weights out of the proto: ``Compiled.save``
     streams them from their arrays to the file, so a build holds each weight
-    once (the CLI's build and tools/bench.py use it)."""
+    once (the CLI's build and tools/bench.py use it).
+    ``quantize`` ("int8"; None: the spec's ``quantize:`` section decides) runs
+    graphc.quantized (the measured error is in ``Compiled.quantization``;
+    ``max_error`` refuses a larger relative RMS error); ``target``: "onnx" or
+    "ort" (graphc.lower.targets)."""
     from .lower import DEFAULT_OPSET, lower, lower_by_reference
     from .progress import report
+    from .lower.targets import check_target
+    from . import quantized
+    check_target(target)
     if dtype not in ("float32", "float16"):
         raise GraphcError(f"unknown model dtype '{dtype}'", hint="choose float32 or float16")
     report(progress, "check")
@@ -117,8 +126,23 @@ def compile_spec(path: str | os.PathLike, weights: str | os.PathLike | Mapping[s
     simplify(graph)
     graph.metadata["graphc.attention"] = attention
     graph.metadata["graphc.seed"] = str(seed) if seeded else "weights"
+    mode = quantized.resolve_mode(quantize, spec)
+    quant = float_model = None
+    if mode != "none":
+        if mode != "int8":
+            raise GraphcError(f"--quantize {mode} is not implemented in this build", hint="use --quantize int8")
+        report(progress, "quantize")
+        float_model = quantized.float_reference(graph, opset or DEFAULT_OPSET, target)
+        quant = quantized.apply(graph, spec, mode)
+        simplify(graph)
     report(progress, "lower")
     if keep_weights:
-        return Compiled(spec, graph, lower(graph, opset or DEFAULT_OPSET), notes=notes)
-    model, arrays = lower_by_reference(graph, opset or DEFAULT_OPSET)
-    return Compiled(spec, graph, model, arrays, notes=notes)
+        compiled = Compiled(spec, graph, lower(graph, opset or DEFAULT_OPSET, target=target), notes=notes)
+    else:
+        model, arrays = lower_by_reference(graph, opset or DEFAULT_OPSET, target)
+        compiled = Compiled(spec, graph, model, arrays, notes=notes)
+    if quant is not None:
+        report(progress, "measure")
+        quantized.measure(quant, float_model, compiled.to_bytes(), max_error)
+        compiled.quantization = quant
+    return compiled

@@ -31,6 +31,8 @@ STAGE_TEXT = {
     "weights": "weights",
     "fold": "folding derived tensors",
     "float16": "converting to float16",
+    "quantize": "quantizing to int8",
+    "measure": "measuring the int8 error",
     "lower": "lowering to ONNX",
     "onnx_check": "running the ONNX checker",
     "write": "writing",

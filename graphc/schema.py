@@ -21,6 +21,7 @@ from typing import Any
 from .errors import InternalError
 from .layers import LAYERS, LayerKind, Param
 from .reference import param_allowed, param_default, param_type, yaml_literal
+from .spec.quantize import quantize_schema
 from .spec.parse import (BLOCK_KEYS, FORMAT_VERSION, INPUT_KEYS, LAYER_RESERVED, NAME_RE, REF_RE, SPEC_DTYPES,
                          TOP_KEYS)
 
@@ -179,6 +180,7 @@ def _top_properties() -> dict:
                    "additionalProperties": _ref("block")},
         "layers": _ref("layers"),
         "outputs": _ref("outputs"),
+        "quantize": quantize_schema(),
     }
 
 

@@ -24,6 +24,8 @@ DTYPES: dict[str, np.dtype] = {
     "int64": np.dtype(np.int64),
     "int32": np.dtype(np.int32),
     "bool": np.dtype(np.bool_),
+    "int8": np.dtype(np.int8),           # quantized weights (graphc.ir.quantize)
+    "uint8": np.dtype(np.uint8),
 }
 FLOAT_DTYPES = ("float32", "float16", "float64")
 
@@ -146,6 +148,19 @@ class Graph:
         self.remove_op(op_id)
         for name in outputs:
             self.remove_value(name)
+
+    def place_after(self, anchor: str, op_ids: list[str]) -> None:
+        """Move ops (added last) to just after ``anchor`` in the op order: a pass
+        that rewrites an op in place keeps the order topological this way."""
+        moved = set(op_ids)
+        order: dict[str, None] = {}
+        for i in self._op_order:
+            if i in moved:
+                continue
+            order[i] = None
+            if i == anchor:
+                order.update(dict.fromkeys(op_ids))
+        self._op_order = order
 
     def users(self, value_name: str) -> list[OpNode]:
         return [self.nx.nodes[k]["op"] for k in self.nx.successors("v:" + value_name)]

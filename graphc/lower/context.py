@@ -12,9 +12,10 @@ from ..ir import Graph, OpNode
 
 
 class LowerContext:
-    def __init__(self, graph: Graph, opset: int):
+    def __init__(self, graph: Graph, opset: int, target: str = "onnx"):
         self.g = graph
         self.opset = opset
+        self.target = target                # graphc.lower.targets
         self.nodes: list[onnx.NodeProto] = []
         self.extra_initializers: list[onnx.TensorProto] = []
         self._consts: dict[tuple, str] = {}

@@ -24,8 +24,9 @@ from ..interrupt import checkpoint, deferred, terminate_as_interrupt
 from ..ir import Graph
 from ..shapes import Dim
 from .context import LowerContext
-from .ops_core import LOWERINGS, ONNX_DTYPE
-from . import ops_attention, ops_recurrent  # noqa: F401  (registration)
+from .ops_core import ONNX_DTYPE
+from . import ops_attention, ops_recurrent, ops_quant, target_ort  # noqa: F401  (registration)
+from .targets import MS_DOMAIN, check_target, lowering_for
 
 MIN_OPSET = 17
 DEFAULT_OPSET = 17
@@ -41,10 +42,10 @@ def _value_info(name: str, dtype: str, shape) -> onnx.ValueInfoProto:
     return helper.make_tensor_value_info(name, ONNX_DTYPE[dtype], [dim_proto_value(d) for d in shape])
 
 
-def lower(g: Graph, opset: int = DEFAULT_OPSET, release_weights: bool = False) -> onnx.ModelProto:
+def lower(g: Graph, opset: int = DEFAULT_OPSET, release_weights: bool = False, target: str = "onnx") -> onnx.ModelProto:
     """The whole model as one proto, weights included (``release_weights``
     drops each weight from the graph once the proto holds a copy)."""
-    model, weights = lower_by_reference(g, opset)
+    model, weights = lower_by_reference(g, opset, target)
     graph = model.graph
     for name, data in weights:
         _add_initializer(graph, name, data)
@@ -53,17 +54,18 @@ def lower(g: Graph, opset: int = DEFAULT_OPSET, release_weights: bool = False) -
     return model
 
 
-def lower_by_reference(g: Graph, opset: int = DEFAULT_OPSET) -> tuple[onnx.ModelProto, list[tuple[str, np.ndarray]]]:
+def lower_by_reference(g: Graph, opset: int = DEFAULT_OPSET,
+                       target: str = "onnx") -> tuple[onnx.ModelProto, list[tuple[str, np.ndarray]]]:
     """The model without its weights, and the (name, array) of each weight in
     initializer order (the graph's own arrays, not copies): ``save_model(model, path, weights)`` streams their
     arrays to the file without copying them into the proto (graphc.lower.stream)."""
     if not MIN_OPSET <= opset <= MAX_OPSET:
         raise GraphcError(f"opset {opset} is not supported",
                           hint=f"choose an opset from {MIN_OPSET} to {MAX_OPSET} (the newest ONNX Runtime accepts)")
-    ctx = LowerContext(g, opset)
+    ctx = LowerContext(g, opset, check_target(target))
     for op in g.ops():
         ctx.current = op
-        fn = LOWERINGS.get(op.op)
+        fn = lowering_for(op.op, target)
         if fn is None:
             raise InternalError(f"no ONNX lowering for primitive {op.op} (was it folded?)")
         fn(ctx, op)
@@ -84,6 +86,8 @@ def lower_by_reference(g: Graph, opset: int = DEFAULT_OPSET) -> tuple[onnx.Model
         outputs.append(_value_info(public, v.type.dtype, v.type.shape))
     _rename_outputs(ctx, g)
     opsets = [helper.make_opsetid("", opset)]
+    if any(n.domain == MS_DOMAIN for n in ctx.nodes):
+        opsets.append(helper.make_opsetid(MS_DOMAIN, 1))
     # Built in place rather than with helper.make_graph/make_model, which copy every
     # initializer twice more: on a 178 MB model that was a third of the compile time.
     model = onnx.ModelProto()
@@ -100,6 +104,8 @@ def lower_by_reference(g: Graph, opset: int = DEFAULT_OPSET) -> tuple[onnx.Model
     meta = dict(g.metadata)
     meta["graphc.version"] = __version__
     meta["graphc.opset"] = str(opset)
+    if target != "onnx":
+        meta["graphc.target"] = target
     if g.dim_examples:
         meta["graphc.dim_examples"] = json.dumps(g.dim_examples, sort_keys=True)
     if g.input_ranges:

@@ -13,7 +13,8 @@ from .guards import dim_of, unless_empty
 LOWERINGS: dict[str, callable] = {}
 
 ONNX_DTYPE = {"float32": TensorProto.FLOAT, "float16": TensorProto.FLOAT16, "float64": TensorProto.DOUBLE,
-              "int64": TensorProto.INT64, "int32": TensorProto.INT32, "bool": TensorProto.BOOL}
+              "int64": TensorProto.INT64, "int32": TensorProto.INT32, "bool": TensorProto.BOOL,
+              "int8": TensorProto.INT8, "uint8": TensorProto.UINT8}
 INT64_MAX = np.iinfo(np.int64).max
 
 

@@ -79,3 +79,4 @@ class Spec:
     doc: str = ""
     sources: list[str] = field(default_factory=list)   # every file read, root first
     digest: str = ""                                    # sha256 over the texts of all sources
+    quantize: Any = None                                # graphc.spec.quantize.QuantizeDecl, when given

@@ -17,9 +17,10 @@ from ..shapes import Dim, parse_expr
 from ..source import Node, load_yaml_file, load_yaml_text
 from ..source.yaml_loader import os_error_reason, type_name
 from .model import BlockDecl, DimDecl, InputDecl, InputRef, LayerDecl, Spec
+from .quantize import parse_quantize
 
 FORMAT_VERSION = 1
-TOP_KEYS = ("graphc", "name", "doc", "include", "dims", "params", "inputs", "blocks", "layers", "outputs")
+TOP_KEYS = ("graphc", "name", "doc", "include", "dims", "params", "inputs", "blocks", "layers", "outputs", "quantize")
 LAYER_RESERVED = ("name", "kind", "input", "inputs", "repeat", "doc")
 BLOCK_KEYS = ("params", "inputs", "layers", "outputs", "doc")
 INPUT_KEYS = ("dtype", "shape", "range", "doc")
@@ -531,8 +532,11 @@ def _build_spec(root: Node, blocks: dict[str, BlockDecl], path: str, texts: list
         digest.update(Path(p).name.encode() + b"\0" + t.encode() + b"\0")
     _check_outputs_against_inputs(m["outputs"], outputs, inputs)
     _check_block_nesting(layers, blocks)
-    return Spec(path, name, version, dims, params, pspans, inputs, blocks, layers, outputs, root.span,
+    spec = Spec(path, name, version, dims, params, pspans, inputs, blocks, layers, outputs, root.span,
                 _doc(m.get("doc")), [p for p, _ in texts], digest.hexdigest())
+    if "quantize" in m:
+        spec.quantize = parse_quantize(m["quantize"])
+    return spec
 
 
 def _check_outputs_against_inputs(node: Node, outputs: dict[str, InputRef], inputs: list[InputDecl]) -> None:

@@ -1,0 +1,52 @@
+"""Quantized primitives (made by graphc.ir.quantize, never by layers).
+
+``QuantMatMul(x, w_q, w_scale)``: dynamic int8 matrix product. ``x`` is float32
+[..., K]; ``w_q`` int8 [K, N] holds the weights quantized per output column,
+symmetric (zero point 0); ``w_scale`` float32 [N]. At run time ``x`` is
+quantized per tensor to uint8, asymmetric, exactly as ONNX
+``DynamicQuantizeLinear`` does:
+
+    lo = min(0, min x), hi = max(0, max x), s = (hi - lo) / 255
+    z = clip(round(-lo / s), 0, 255), x_q = clip(round(x / s) + z, 0, 255)
+
+(round = half to even), and the product is ((x_q - z) @ w_q) * s * w_scale,
+accumulated in int32. The float result approximates x @ (w_q * w_scale).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..ir.graph import TensorType
+from ..shapes import format_shape
+from ._registry import ShapeError, prim
+
+
+def dynamic_quantize_u8(x: np.ndarray) -> tuple[np.ndarray, np.float32, np.uint8]:
+    """ONNX DynamicQuantizeLinear: (x_q uint8, scale, zero point)."""
+    x = x.astype(np.float32)
+    lo = np.float32(min(0.0, float(x.min()))) if x.size else np.float32(0)
+    hi = np.float32(max(0.0, float(x.max()))) if x.size else np.float32(0)
+    scale = np.float32((hi - lo) / np.float32(255))
+    if scale == 0:
+        return np.zeros(x.shape, np.uint8), scale, np.uint8(0)
+    zp = np.uint8(np.clip(np.rint(-lo / scale), 0, 255))
+    q = np.clip(np.rint(x / scale) + zp, 0, 255).astype(np.uint8)
+    return q, scale, zp
+
+
+def _quant_matmul(x, w_q, w_scale, **_):
+    q, s, z = dynamic_quantize_u8(x)
+    acc = np.matmul(q.astype(np.int32) - np.int32(z), w_q.astype(np.int32))
+    return (acc.astype(np.float32) * (s * w_scale.astype(np.float32))).astype(np.float32)
+
+
+@prim("QuantMatMul", _quant_matmul)
+def quant_matmul_infer(attrs, ins):
+    """float32 [..., K] x int8 [K, N] (scale float32 [N]) -> float32 [..., N]."""
+    x, w, s = ins
+    if x.dtype != "float32" or w.dtype != "int8" or s.dtype != "float32":
+        raise ShapeError(f"QuantMatMul needs float32, int8 and float32 inputs, got {x.dtype}, {w.dtype}, {s.dtype}")
+    if w.rank != 2 or s.rank != 1 or x.rank < 1 or x.shape[-1] != w.shape[0] or s.shape[0] != w.shape[1]:
+        raise ShapeError(f"QuantMatMul of {format_shape(x.shape)} and {format_shape(w.shape)} "
+                         f"(scale {format_shape(s.shape)}) does not fit")
+    return [TensorType("float32", x.shape[:-1] + (w.shape[1],))]

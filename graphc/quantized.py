@@ -1,0 +1,106 @@
+"""An int8 build as the compiler runs it: the mode chosen (command line over
+the spec's ``quantize:`` section), the pass (graphc.ir.quantize), and the
+error of the quantized model against the float one, measured on ONNX Runtime
+with random inputs at the spec's example dims (the build reports it;
+``max_error`` refuses a model whose relative RMS error is above it).
+
+Relative RMS error of an output: sqrt(sum((q - f)^2) / sum(f^2)), q the int8
+model's output, f the float model's, on the same inputs.
+"""
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .errors import GraphcError
+from .ir import Graph
+from .ir.quantize import QuantizeOptions, QuantizeReport, quantize
+from .spec import Spec
+from .spec.quantize import check_mode
+
+ERROR_SEED = 0
+
+
+@dataclass
+class OutputError:
+    name: str
+    max_abs: float
+    rel_rms: float
+
+
+@dataclass
+class Quantization:
+    mode: str
+    report: QuantizeReport
+    errors: list[OutputError] = field(default_factory=list)
+
+    def summary(self) -> list[str]:
+        r = self.report
+        lines = [f"quantized {len(r.quantized)} layers to {self.mode} "
+                 f"({r.weight_bytes_before / 1e6:.1f} MB of float weights -> {r.weight_bytes_after / 1e6:.1f} MB)"]
+        if r.kept_head:
+            lines.append(f"kept float (output head; quantize: {{head: true}} to include): {', '.join(r.kept_head)}")
+        if r.kept_excluded:
+            shown = ", ".join(r.kept_excluded[:6]) + (" ..." if len(r.kept_excluded) > 6 else "")
+            lines.append(f"kept float (excluded): {shown}")
+        for e in self.errors:
+            lines.append(f"error against float, output {e.name}: max abs {e.max_abs:.3g}, "
+                         f"relative RMS {e.rel_rms:.3%} (random inputs, seed {ERROR_SEED})")
+        return lines
+
+
+def resolve_mode(cli_mode: str | None, spec: Spec) -> str:
+    """--quantize wins; otherwise the spec section's mode; otherwise none."""
+    decl = spec.quantize
+    if cli_mode is not None:
+        return check_mode(cli_mode, what="--quantize mode")
+    return decl.mode if decl is not None else "none"
+
+
+def options_for(mode: str, spec: Spec) -> QuantizeOptions:
+    decl = spec.quantize
+    if decl is None:
+        return QuantizeOptions(mode)
+    return QuantizeOptions(mode, decl.include, list(decl.exclude), decl.head)
+
+
+def float_reference(graph: Graph, opset: int, target: str) -> bytes:
+    """The float model, serialized, before the pass replaces its weights."""
+    from .lower import lower_by_reference
+    from .lower.stream import write_model
+    model, arrays = lower_by_reference(graph, opset, target)
+    buf = io.BytesIO()
+    write_model(buf, model, arrays)
+    return buf.getvalue()
+
+
+def apply(graph: Graph, spec: Spec, mode: str) -> Quantization:
+    report = quantize(graph, options_for(mode, spec))
+    graph.metadata["graphc.quantize"] = mode
+    return Quantization(mode, report)
+
+
+def measure(q: Quantization, float_model: bytes, quant_model: bytes, max_error: float | None = None) -> None:
+    """Fill ``q.errors``; refuse (GraphcError) when a relative RMS error exceeds ``max_error``."""
+    from .runtime import make_session, random_inputs
+    fs, qs = make_session(float_model), make_session(quant_model)
+    feeds = random_inputs(fs, {}, ERROR_SEED)
+    names = [o.name for o in fs.get_outputs()]
+    f_out, q_out = fs.run(names, feeds), qs.run(names, feeds)
+    for name, f, qv in zip(names, f_out, q_out):
+        if f.dtype.kind != "f":
+            continue
+        f64, q64 = f.astype(np.float64), qv.astype(np.float64)
+        diff = q64 - f64
+        denom = float(np.sqrt(np.sum(f64 * f64)))
+        rel = float(np.sqrt(np.sum(diff * diff)) / denom) if denom > 0 else float(np.sqrt(np.sum(diff * diff)))
+        q.errors.append(OutputError(name, float(np.abs(diff).max()) if diff.size else 0.0, rel))
+    if max_error is not None:
+        for e in q.errors:
+            if not e.rel_rms <= max_error:
+                raise GraphcError(f"the {q.mode} model's error is above --max-error {max_error:g}: output '{e.name}' "
+                                  f"has relative RMS error {e.rel_rms:.4%} ({e.rel_rms:.4g}) against the float model",
+                                  hint="keep more layers float (quantize: {exclude: [...]} in the spec), "
+                                       "or raise --max-error; nothing was written")
