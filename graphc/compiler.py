@@ -129,8 +129,6 @@ def compile_spec(path: str | os.PathLike, weights: str | os.PathLike | Mapping[s
     mode = quantized.resolve_mode(quantize, spec)
     quant = float_model = None
     if mode != "none":
-        if mode != "int8":
-            raise GraphcError(f"--quantize {mode} is not implemented in this build", hint="use --quantize int8")
         report(progress, "quantize")
         float_model = quantized.float_reference(graph, opset or DEFAULT_OPSET, target)
         quant = quantized.apply(graph, spec, mode)

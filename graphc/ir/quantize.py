@@ -137,7 +137,7 @@ def head_layers(g: Graph, sites: list[_Site]) -> set[str]:
     outputs = set(g.outputs.values())
     heads = set()
     for s in sites:
-        if "." in s.op.layer or not s.op.layer:
+        if s.heads or "." in s.op.layer or not s.op.layer:      # attention projections are never a head
             continue
         seen, todo = set(), [s.op.outputs[0]]
         reaches = False

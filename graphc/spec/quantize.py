@@ -21,8 +21,8 @@ from ..errors import GraphcError, Span, did_you_mean, known_list
 from ..source import Node
 
 # int8: dynamic int8 (weights per output channel, activations per tensor at run time).
-# int8-weight / int4: weight-only MatMulNBits (ONNX Runtime target only; graphc.lower.target_ort).
-MODES = ("none", "int8", "int8-weight", "int4")
+# Weight-only MatMulNBits (int8/int4) was measured and not taken: docs/benchmarks.md.
+MODES = ("none", "int8")
 QUANTIZE_KEYS = ("mode", "include", "exclude", "head", "doc")
 PATTERN_RE = re.compile(r"^[A-Za-z0-9_.*?\[\]!-]+$")
 
@@ -102,8 +102,7 @@ def quantize_schema() -> dict:
     patterns = {"anyOf": [{"type": "string", "pattern": PATTERN_RE.pattern},
                           {"type": "array", "minItems": 1, "items": {"type": "string", "pattern": PATTERN_RE.pattern}}]}
     props = {
-        "mode": {"enum": list(MODES), "description": "int8: dynamic int8 (the default once the section is there); "
-                 "int8-weight / int4: weight-only (--target ort); none: float"},
+        "mode": {"enum": list(MODES), "description": "int8: dynamic int8 (the default once the section is there); none: float"},
         "include": {**patterns, "description": "layer path patterns to quantize (default: every projection and FFN)"},
         "exclude": {**patterns, "description": "layer path patterns kept float (wins over include)"},
         "head": {"type": "boolean", "description": "also quantize the output head (default false)"},
