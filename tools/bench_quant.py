@@ -134,7 +134,7 @@ def bench_workload(name: str, args, tmp: Path, log) -> dict:
         cands = {k: v for k, v in paths.items() if res["compile"][k]["rc"] == 0}
         if "legacy" in args.exporters:
             r = export_quantize(w, npz, "legacy", case.dims, tmp, args.threads)
-            if case is first:
+            if case.label == first.label:
                 res["compile"]["legacy + quantize_dynamic"] = r
             log(f"{name} {case.label}: legacy + quantize_dynamic {r['wall_s']:.2f} s {r.get('error', '')}")
             if r["rc"] == 0:
