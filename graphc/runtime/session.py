@@ -33,7 +33,8 @@ _LOAD_ERRORS = (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error, N
 
 
 def make_session(model: bytes | str, provider: str = "cpu", threads: int | None = None,
-                 optimized_path: str | None = None):
+                 optimized_path: str | None = None, config: Mapping[str, str] | None = None):
+    """``config``: ORT session config entries (e.g. session.disable_prepacking)."""
     from ..interrupt import deferred
     with deferred():        # no Ctrl-C inside a C extension's initialisation (see graphc.interrupt)
         import onnxruntime as ort
@@ -57,6 +58,8 @@ def make_session(model: bytes | str, provider: str = "cpu", threads: int | None 
         opts.inter_op_num_threads = 1
     if optimized_path:
         opts.optimized_model_filepath = optimized_path
+    for key, value in (config or {}).items():
+        opts.add_session_config_entry(key, value)
     providers = [wanted] + (["CPUExecutionProvider"] if wanted != "CPUExecutionProvider" else [])
     try:
         session = ort.InferenceSession(model, sess_options=opts, providers=providers)
