@@ -74,7 +74,10 @@ def _is_spec(path: str) -> bool:
 
 
 def _add_compile_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--weights", help="a .safetensors or .npz file with torch state_dict names")
+    p.add_argument("--weights", help="a .safetensors or .npz file with torch state_dict names, or a checkpoint "
+                   "directory (model.safetensors, or sharded with model.safetensors.index.json)")
+    p.add_argument("--ignore-weights", action="append", default=[], metavar="PATTERN",
+                   help="drop the checkpoint's tensors matching PATTERN ('*' = one name segment), with a note")
     p.add_argument("--seed", type=int, default=0, help="seed for initial weights when --weights is not given")
     p.add_argument("--opset", type=int, default=None, help="target ONNX opset (17..26; default 17)")
     p.add_argument("--include-dir", action="append", default=[], help="also allow includes from this directory")
@@ -95,7 +98,8 @@ def _compile(args, progress=None, keep_weights=True):
     from .progress import Progress
     compiled = compile_spec(args.spec, args.weights, args.seed, args.opset, args.include_dir, progress=progress,
                             keep_weights=keep_weights, max_param_bytes=args.max_param_bytes, dtype=args.dtype,
-                            quantize=args.quantize, target=args.target, max_error=args.max_error)
+                            quantize=args.quantize, target=args.target, max_error=args.max_error,
+                            ignore_weights=args.ignore_weights)
     if not getattr(args, "quiet", False):
         if compiled.quantization is not None:
             if isinstance(progress, Progress):

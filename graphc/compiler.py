@@ -13,7 +13,7 @@ from .errors import GraphcError
 from .ir import Graph
 from .spec import Spec, load_spec
 from .ir.simplify import simplify
-from .weights import fold_derived, load_weights, materialize
+from .weights import fold_derived, materialize
 
 
 @dataclass
@@ -85,7 +85,8 @@ def compile_spec(path: str | os.PathLike, weights: str | os.PathLike | Mapping[s
                  seed: int = 0, opset: int | None = None, include_dirs: Iterable[str] = (),
                  attention: str = "auto", progress=None, keep_weights: bool = True,
                  max_param_bytes: int | None = DEFAULT_MAX_PARAM_BYTES, dtype: str = "float32",
-                 quantize: str | None = None, target: str = "onnx", max_error: float | None = None) -> Compiled:
+                 quantize: str | None = None, target: str = "onnx", max_error: float | None = None,
+                 ignore_weights: Iterable[str] = ()) -> Compiled:
     """``dtype="float16"`` converts the whole model to half precision after the
     weights are in (graphc.ir.precision says which parts stay float32).
     ``progress``: an optional callback told of each stage (graphc.progress.Progress draws it).
@@ -95,7 +96,10 @@ def compile_spec(path: str | os.PathLike, weights: str | os.PathLike | Mapping[s
     ``quantize`` ("int8"; None: the spec's ``quantize:`` section decides) runs
     graphc.quantized (the measured error is in ``Compiled.quantization``;
     ``max_error`` refuses a larger relative RMS error); ``target``: "onnx" or
-    "ort" (graphc.lower.targets)."""
+    "ort" (graphc.lower.targets).
+    ``weights`` may be a file, a checkpoint directory or a sharded index
+    (graphc.checkpoint); the spec's ``weights:`` section and ``ignore_weights``
+    patterns say how its names become the parameters' (graphc.weights_map)."""
     from .lower import DEFAULT_OPSET, lower, lower_by_reference
     from .progress import report
     from .lower.targets import check_target
@@ -105,14 +109,21 @@ def compile_spec(path: str | os.PathLike, weights: str | os.PathLike | Mapping[s
         raise GraphcError(f"unknown model dtype '{dtype}'", hint="choose float32 or float16")
     report(progress, "check")
     spec, graph = check_spec(path, include_dirs, max_param_bytes)
+    notes: list[str] = []
     if isinstance(weights, (str, os.PathLike)):
+        from .checkpoint import load_checkpoint
         source = str(weights)
         report(progress, "read", detail=source)
-        weights = load_weights(weights, max_bytes=max_param_bytes)
+        weights, notes = load_checkpoint(weights, max_bytes=max_param_bytes)
     else:
         source = "weights"
+    if weights is not None and (spec.weights is not None or ignore_weights):
+        from .weights_map import apply_weights_section
+        expected = {p.name: p.type.concrete_shape() for p in graph.params()}
+        weights, more = apply_weights_section(spec.weights, weights, expected, source, ignore_weights)
+        notes += more
     seeded = weights is None
-    notes = materialize(graph, weights, seed, source, progress=progress, fold=False)
+    notes += materialize(graph, weights, seed, source, progress=progress, fold=False)
     weights = None          # the graph holds what it needs; drop the file's other references
     if dtype == "float16":
         from .ir.precision import check_float16_range

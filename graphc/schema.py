@@ -181,7 +181,29 @@ def _top_properties() -> dict:
         "layers": _ref("layers"),
         "outputs": _ref("outputs"),
         "quantize": quantize_schema(),
+        "weights": _weights_def(),
     }
+
+
+def _weights_def() -> dict:
+    names = {"anyOf": [{"type": "string"}, {"type": "array", "minItems": 1, "items": {"type": "string"}}]}
+    ints = {"type": "array", "items": {"type": "integer"}}
+    rule = {"type": "object", "additionalProperties": False, "required": ["from", "to"], "properties": {
+        "from": {**names, "description": "checkpoint tensor name pattern(s): '*' one segment, '**' several; "
+                                         "several are concatenated"},
+        "to": {**names, "description": "spec parameter name(s); {1} is what the first wildcard matched; "
+                                       "several split the tensor"},
+        "transpose": {"type": "boolean", "description": "transpose 2-D sources first ([in, out] -> [out, in])"},
+        "axis": {"type": "integer", "minimum": 0, "description": "concatenation axis (default 0)"},
+        "rows": {**ints, "minItems": 2, "maxItems": 2, "description": "[start, end) rows to keep"},
+        "reshape": {**ints, "description": "target shape (one -1 allowed)"},
+        "split": {**ints, "description": "row counts of the targets (default: equal parts)"},
+        "doc": {"type": "string"}}}
+    return {"description": "how a checkpoint's tensors load: names to ignore, and a weight map",
+            "type": "object", "additionalProperties": False, "properties": {
+                "ignore": {**names, "description": "tensor name patterns to drop (with a note)"},
+                "map": {"type": "array", "items": rule, "description": "rules, applied in order"},
+                "doc": {"type": "string"}}}
 
 
 def _block_def() -> dict:

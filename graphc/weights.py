@@ -71,18 +71,21 @@ def _open_regular(path: Path, shown: str):
         raise
 
 
-def read_safetensors(path: Path, max_bytes: int | None = None) -> dict[str, np.ndarray]:
+def read_safetensors(path: Path, max_bytes: int | None = None,
+                     converted: dict[str, str] | None = None) -> dict[str, np.ndarray]:
     """A strict reader of the safetensors format (8-byte header length, JSON
     header, raw little-endian data); every offset is bounds-checked so a
     truncated or foreign file is an error, never a crash or a huge allocation.
     As the format requires, header keys are unique, ``__metadata__`` is a
     string-to-string map, and the tensors tile the data section exactly (no
-    overlaps, no holes)."""
+    overlaps, no holes). bfloat16 tensors (numpy has no such dtype) become
+    float32 copies, exactly (bf16 is float32's upper half); ``converted``, if
+    given, hears of each (name -> 'bfloat16') so the caller can say so."""
     shown = str(path)
     f = _open_regular(path, shown)
     try:
         with f:
-            return _read_safetensors(f, path, shown, max_bytes)
+            return _read_safetensors(f, path, shown, max_bytes, converted)
     except OSError as exc:
         raise GraphcError(f"cannot read weights file {shown}: {exc.strerror or exc}") from None
 
@@ -100,7 +103,8 @@ def _unique_keys(pairs: list) -> dict:
     return out
 
 
-def _read_safetensors(f, path: Path, shown: str, max_bytes: int | None) -> dict[str, np.ndarray]:
+def _read_safetensors(f, path: Path, shown: str, max_bytes: int | None,
+                      converted: dict[str, str] | None = None) -> dict[str, np.ndarray]:
     head = f.read(8)
     if len(head) < 8:
         raise GraphcError(f"{shown}: not a safetensors file (shorter than its 8-byte header)")
@@ -144,29 +148,33 @@ def _read_safetensors(f, path: Path, shown: str, max_bytes: int | None) -> dict[
         except (KeyError, TypeError, ValueError):
             raise GraphcError(f"{shown}: corrupt entry for tensor '{name}'") from None
         if dtype_name not in _ST_DTYPES:
-            raise GraphcError(f"{shown}: tensor '{name}' has unknown dtype {dtype_name}")
-        if _ST_DTYPES[dtype_name] is None:
-            raise GraphcError(f"{shown}: tensor '{name}' is bfloat16, which graphc does not load",
-                              hint="convert to float32 (tensor.float()) before saving")
-        dtype = np.dtype(_ST_DTYPES[dtype_name]).newbyteorder("<")
+            raise GraphcError(f"{shown}: tensor '{name}' has dtype {dtype_name}, which graphc cannot convert",
+                              hint="graphc reads " + ", ".join(_ST_DTYPES) + "; convert the tensor to one of them "
+                              "(float32 for weights) before saving")
+        # bfloat16 is read as its raw 16-bit words, widened to float32 below
+        dtype = np.dtype(_ST_DTYPES[dtype_name] or np.uint16).newbyteorder("<")
         count = math.prod(shape)        # exact: numpy's prod would wrap around on absurd shapes
         if any(s < 0 for s in shape) or not 0 <= start <= end <= data_len or end - start != count * dtype.itemsize:
             raise GraphcError(f"{shown}: tensor '{name}' lies outside the file or has the wrong size; "
                               f"the file is truncated or corrupt")
         total += end - start
         _over_budget(shown, total, max_bytes)
-        entries.append((name, dtype, shape, start, end))
+        entries.append((name, dtype, shape, start, end, dtype_name == "BF16"))
     _check_layout(shown, entries, data_len)
     # mapped, not read: each tensor is a read-only view of the file (no copy;
     # safetensors is little-endian, which numpy reads as is on x86 and ARM)
     out: dict[str, np.ndarray] = {}
     mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if entries else None
-    for name, dtype, shape, start, end in entries:
+    for name, dtype, shape, start, end, bf16 in entries:
         try:
             arr = np.frombuffer(mapped, dtype=dtype, count=math.prod(shape), offset=8 + n + start).reshape(shape)
         except ValueError as exc:       # e.g. more dimensions than numpy supports
             raise GraphcError(f"{shown}: tensor '{name}' cannot be loaded ({str(exc)[:200]})") from None
-        out[name] = arr if dtype.isnative else arr.astype(dtype.newbyteorder("="))
+        if bf16:       # bfloat16 bits are the upper 16 bits of the float32 with the same value
+            arr = (arr.astype(np.uint32) << 16).view(np.float32)
+            if converted is not None:
+                converted[name] = "bfloat16"
+        out[name] = arr if arr.dtype.isnative else arr.astype(arr.dtype.newbyteorder("="))
     return out
 
 
@@ -176,7 +184,7 @@ def _check_layout(shown: str, entries: list, data_len: int) -> None:
     to no tensor (a hole can hide another file's content)."""
     hint = "the file was not written by a safetensors library, or was altered; save it again (safetensors save_file)"
     at, prev = 0, None
-    for name, _, _, start, end in sorted(entries, key=lambda e: (e[3], e[4])):
+    for name, _, _, start, end, _ in sorted(entries, key=lambda e: (e[3], e[4])):
         if start < at:
             raise GraphcError(f"{shown}: tensors '{prev[0]}' (bytes {prev[1]}-{prev[2]}) and '{name}' "
                               f"(bytes {start}-{end}) overlap in the data section; the file is corrupt", hint=hint)
@@ -386,37 +394,16 @@ def materialize(g: Graph, weights: Mapping[str, np.ndarray] | None = None, seed:
     done = 0
     notes: list[str] = []
     if weights is not None:
-        problems = []
         expected = {p.name: p for p in params}
         rewrite = prefix_rewrite(expected, weights)
         if rewrite is not None:
             strip, add = rewrite
             weights = {add + n[len(strip):]: a for n, a in weights.items()}
             notes.append(f"the names in {source} {describe_renaming(strip, add)}; matched them by that renaming")
-        missing = [n for n in expected if n not in weights]
-        extra = sorted(n for n in weights if n not in expected)
-        for n in missing:
-            problems.append(f"missing: {n} {list(expected[n].type.concrete_shape())}")
-        for n in extra:
-            problems.append(f"unexpected: {n} {list(np.shape(weights[n]))}")
-        for n, p in expected.items():
-            if n not in weights:
-                continue
-            arr = weights[n]
-            want = p.type.concrete_shape()
-            if tuple(arr.shape) != want:
-                problems.append(f"wrong shape: {n} is {list(arr.shape)}, expected {list(want)}")
-            elif arr.dtype != DTYPES[p.type.dtype]:
-                if arr.dtype.kind == "f" and DTYPES[p.type.dtype].kind == "f":
-                    continue   # float widths convert (with a cast below)
-                problems.append(f"wrong dtype: {n} is {arr.dtype}, expected {p.type.dtype}")
-        if problems:
-            shown = problems[:40] + ([f"... and {len(problems) - 40} more"] if len(problems) > 40 else [])
-            raise GraphcError(f"the tensors in {source} do not match the spec's parameters "
-                              f"({len(problems)} problem{'s' if len(problems) > 1 else ''})",
-                              notes=shown,
-                              hint=(renaming_hint(expected, weights) or "names follow torch state_dict conventions")
-                              + "; 'graphc params SPEC' lists the spec's")
+        from .weights_report import mismatch_error
+        problem = mismatch_error(expected, weights, source, DTYPES, renaming_hint)
+        if problem is not None:
+            raise problem
         for p in params:
             arr = np.asarray(weights[p.name])
             # checked after the cast: float64 1e300 becomes inf in float32

@@ -345,8 +345,8 @@ def _weights_case(tmp_path: Path, kind: str) -> Path:
     elif kind == "absurd-header.safetensors":
         header = json.dumps({"fc.weight": {"dtype": "F32", "shape": [2 ** 40, 2 ** 40], "data_offsets": [0, 0]}})
         (p := tmp_path / "w.safetensors").write_bytes(struct.pack("<Q", len(header)) + header.encode())
-    elif kind == "bf16.safetensors":
-        header = json.dumps({"fc.weight": {"dtype": "BF16", "shape": [1], "data_offsets": [0, 2]}})
+    elif kind == "f8.safetensors":       # bfloat16 loads (tests/test_checkpoint.py); 8-bit floats do not
+        header = json.dumps({"fc.weight": {"dtype": "F8_E4M3", "shape": [2], "data_offsets": [0, 2]}})
         (p := tmp_path / "w.safetensors").write_bytes(struct.pack("<Q", len(header)) + header.encode() + b"\0\0")
     elif kind == "unknown-suffix":
         (p := tmp_path / "w.pt").write_bytes(b"\x80\x02")
@@ -379,7 +379,7 @@ WEIGHT_CASES = {
     "npy-not-npz": "a .npy array, not an .npz archive",
     "bomb.npz": "take more than 2.0 GiB",
     "absurd-header.safetensors": "truncated or corrupt",
-    "bf16.safetensors": "bfloat16",
+    "f8.safetensors": "dtype F8_E4M3, which graphc cannot convert",
     "unknown-suffix": "unknown weights format '.pt'",
     "wrong-shape": "wrong shape: fc.weight is [4, 3], expected [3, 4]",
     "extra": "unexpected: fc.extra [2]",

@@ -80,3 +80,4 @@ class Spec:
     sources: list[str] = field(default_factory=list)   # every file read, root first
     digest: str = ""                                    # sha256 over the texts of all sources
     quantize: Any = None                                # graphc.spec.quantize.QuantizeDecl, when given
+    weights: Any = None        # graphc.weights_map.WeightsSection: ignore list and weight map, or None

@@ -20,7 +20,8 @@ from .model import BlockDecl, DimDecl, InputDecl, InputRef, LayerDecl, Spec
 from .quantize import parse_quantize
 
 FORMAT_VERSION = 1
-TOP_KEYS = ("graphc", "name", "doc", "include", "dims", "params", "inputs", "blocks", "layers", "outputs", "quantize")
+TOP_KEYS = ("graphc", "name", "doc", "include", "dims", "params", "inputs", "blocks", "layers", "outputs", "quantize",
+            "weights")
 LAYER_RESERVED = ("name", "kind", "input", "inputs", "repeat", "doc")
 BLOCK_KEYS = ("params", "inputs", "layers", "outputs", "doc")
 INPUT_KEYS = ("dtype", "shape", "range", "doc")
@@ -536,6 +537,9 @@ def _build_spec(root: Node, blocks: dict[str, BlockDecl], path: str, texts: list
                 _doc(m.get("doc")), [p for p, _ in texts], digest.hexdigest())
     if "quantize" in m:
         spec.quantize = parse_quantize(m["quantize"])
+    if "weights" in m:
+        from ..weights_map import parse_weights_section     # how a checkpoint's names become the parameters'
+        spec.weights = parse_weights_section(m["weights"])
     return spec
 
 

@@ -1,0 +1,151 @@
+"""Checkpoints as ``--weights``: one file, a directory as Hugging Face's
+``save_pretrained`` writes it, or a sharded checkpoint's index.
+
+Why a module of its own: graphc.weights reads single files strictly; a
+checkpoint adds the directory conventions (``model.safetensors``, or
+``model.safetensors.index.json`` naming shard files) and the notes a user must
+see when tensors change type on the way in (bfloat16, float16 and float64
+become the parameters' float32: said, never silent).
+"""
+from __future__ import annotations
+
+import json
+import os
+import stat
+from pathlib import Path
+
+import numpy as np
+
+from .errors import GraphcError
+from .weights import load_weights, read_safetensors
+
+SINGLE = "model.safetensors"
+INDEX = "model.safetensors.index.json"
+MAX_INDEX_BYTES = 64 << 20       # real indexes are tens of kilobytes
+# what a directory may hold instead, and what to do about it
+_OTHER_FORMATS = {
+    "pytorch_model.bin": "re-save it with save_pretrained(dir, safe_serialization=True) "
+                         "(graphc reads safetensors, never pickles)",
+    "pytorch_model.bin.index.json": "re-save it with save_pretrained(dir, safe_serialization=True)",
+    "tf_model.h5": "load it in transformers and re-save with save_pretrained(dir) (safetensors)",
+    "flax_model.msgpack": "load it in transformers and re-save with save_pretrained(dir) (safetensors)",
+}
+
+
+def is_checkpoint_dir(path: str | os.PathLike) -> bool:
+    try:
+        return stat.S_ISDIR(os.stat(path).st_mode)
+    except (OSError, ValueError):
+        return False
+
+
+def load_checkpoint(path: str | os.PathLike, max_bytes: int | None = None) -> tuple[dict[str, np.ndarray], list[str]]:
+    """The tensors of a weights file, checkpoint directory or index file, and
+    notes for the user (conversions). ``max_bytes`` bounds all shards together."""
+    p = Path(path)
+    converted: dict[str, str] = {}
+    if is_checkpoint_dir(p):
+        if (p / SINGLE).exists():
+            tensors = read_safetensors(p / SINGLE, max_bytes, converted)
+        elif (p / INDEX).exists():
+            tensors = read_index(p / INDEX, max_bytes, converted)
+        else:
+            raise _no_weights_in(p)
+    elif p.name.endswith(".index.json"):
+        tensors = read_index(p, max_bytes, converted)
+    elif p.suffix.lower() == ".safetensors":
+        # load_weights checks the path (missing, a FIFO ...) and then calls the same reader
+        tensors = load_weights(p, max_bytes) if not p.is_file() else read_safetensors(p, max_bytes, converted)
+    else:
+        tensors = load_weights(p, max_bytes)
+    return tensors, conversion_notes(tensors, converted, str(path))
+
+
+def conversion_notes(tensors: dict[str, np.ndarray], converted: dict[str, str], source: str) -> list[str]:
+    """One note per source dtype that is not float32: the tensors become float32
+    parameters (bfloat16 exactly, float16 exactly, float64 rounded)."""
+    counts: dict[str, list[str]] = {}
+    for name, why in converted.items():
+        counts.setdefault(why, []).append(name)
+    for name, arr in tensors.items():
+        if arr.dtype in (np.float16, np.float64):
+            counts.setdefault(str(arr.dtype), []).append(name)
+    notes = []
+    for dtype in sorted(counts):
+        names = sorted(counts[dtype])
+        how = "rounded" if dtype == "float64" else "exactly"
+        notes.append(f"{len(names)} {dtype} tensor{'s' if len(names) > 1 else ''} in {source} "
+                     f"converted to float32 ({how}), e.g. '{names[0]}'")
+    return notes
+
+
+def _no_weights_in(p: Path) -> GraphcError:
+    for name, what in _OTHER_FORMATS.items():
+        if (p / name).exists():
+            return GraphcError(f"checkpoint directory {p} holds {name}, not {SINGLE}", hint=what)
+    found = sorted(f.name for f in p.iterdir() if f.suffix in (".safetensors", ".npz"))[:5]
+    if found:
+        return GraphcError(f"checkpoint directory {p} has no {SINGLE} or {INDEX}",
+                           hint=f"pass one of its files as --weights: {', '.join(found)}")
+    return GraphcError(f"checkpoint directory {p} has no {SINGLE} or {INDEX}",
+                       hint="a checkpoint directory is what save_pretrained writes: config.json and model.safetensors")
+
+
+def read_index(path: Path, max_bytes: int | None = None, converted: dict[str, str] | None = None
+               ) -> dict[str, np.ndarray]:
+    """A sharded checkpoint: ``{"weight_map": {tensor: shard file}}`` next to its
+    shards. Every shard named must exist (beside the index, no other directory),
+    hold the tensors the index assigns to it, and nothing else."""
+    shown = str(path)
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(MAX_INDEX_BYTES + 1)
+    except OSError as exc:
+        raise GraphcError(f"cannot read checkpoint index {shown}: {exc.strerror or exc}") from None
+    if len(raw) > MAX_INDEX_BYTES:
+        raise GraphcError(f"{shown}: a checkpoint index larger than {MAX_INDEX_BYTES >> 20} MiB; not an index")
+    try:
+        index = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise GraphcError(f"{shown}: not a JSON checkpoint index ({str(exc)[:200]})") from None
+    wmap = index.get("weight_map") if isinstance(index, dict) else None
+    if not isinstance(wmap, dict) or not all(isinstance(v, str) for v in wmap.values()):
+        raise GraphcError(f"{shown}: no 'weight_map' mapping tensor names to shard files",
+                          hint="an index written by save_pretrained has {\"metadata\": ..., \"weight_map\": {...}}")
+    shards: dict[str, list[str]] = {}
+    for name, shard in wmap.items():
+        shards.setdefault(shard, []).append(name)
+    for shard in shards:
+        if Path(shard).name != shard or shard in (".", ".."):
+            raise GraphcError(f"{shown}: shard '{shard}' is not a file name beside the index",
+                              hint="an index names its shards by file name, in its own directory")
+        if not (path.parent / shard).exists():
+            raise GraphcError(f"{shown} names shard '{shard}' (for {len(shards[shard])} tensors, e.g. "
+                              f"'{shards[shard][0]}'), which is not in {path.parent}",
+                              hint="copy every shard of the checkpoint next to its index")
+    out: dict[str, np.ndarray] = {}
+    left = max_bytes
+    for shard in sorted(shards):
+        tensors = read_safetensors(path.parent / shard, left, converted)
+        want = set(shards[shard])
+        absent = sorted(want - tensors.keys())
+        if absent:
+            raise GraphcError(f"{shown} puts tensor '{absent[0]}' in shard '{shard}', which does not hold it"
+                              + (f" ({len(absent)} such tensors)" if len(absent) > 1 else ""),
+                              hint="the index and its shards come from different saves; save the checkpoint again")
+        unlisted = sorted(tensors.keys() - want)
+        if unlisted:
+            raise GraphcError(f"shard '{shard}' holds tensor '{unlisted[0]}', which {shown} does not list"
+                              + (f" ({len(unlisted)} such tensors)" if len(unlisted) > 1 else ""),
+                              hint="the index and its shards come from different saves; save the checkpoint again")
+        out.update(tensors)
+        if left is not None:
+            left -= sum(a.nbytes for a in tensors.values())
+    return out
+
+
+def tensor_names(path: str | os.PathLike) -> dict[str, tuple[int, ...]]:
+    """Names and shapes of a checkpoint's tensors (for graphc import: which heads
+    and tied copies the file holds). The data stay mapped, unread."""
+    tensors, _ = load_checkpoint(path, None)
+    return {n: tuple(a.shape) for n, a in tensors.items()}

@@ -1,0 +1,88 @@
+"""The error a user sees when a weights file does not fit the spec.
+
+Why a module: the message is the whole user interface of a failed load, and
+it has to carry the clues a person needs to fix it in one go: the spec's
+missing names *and* the file's own names (side by side, neither drowned by the
+other), tensors that are exactly the transpose of what is expected (an
+[in, out] layout like GPT-2's Conv1D), a renaming most tensors fit (written
+as the weight-map rule that performs it), and how to drop extra tensors.
+"""
+from __future__ import annotations
+
+from typing import Mapping
+
+import numpy as np
+
+from .errors import GraphcError
+
+SHOWN = 15          # lines per kind of problem; the counts say how many more
+
+
+def _some(lines: list[str], what: str) -> list[str]:
+    if len(lines) <= SHOWN:
+        return lines
+    return lines[:SHOWN] + [f"... and {len(lines) - SHOWN} more {what}"]
+
+
+def mismatch_error(expected: Mapping[str, object], weights: Mapping[str, np.ndarray], source: str,
+                   dtypes: Mapping, renaming_hint) -> GraphcError | None:
+    """``expected``: parameter name -> ValueInfo; ``dtypes``: graphc dtype name ->
+    numpy dtype; ``renaming_hint``: graphc.weights.renaming_hint (passed in, to
+    keep the import one-way). None when everything fits."""
+    missing = [f"missing: {n} {list(p.type.concrete_shape())}" for n, p in expected.items() if n not in weights]
+    extra = [f"unexpected: {n} {list(np.shape(weights[n]))}" for n in sorted(weights) if n not in expected]
+    shapes, kinds, transposed = [], [], []
+    for n, p in expected.items():
+        if n not in weights:
+            continue
+        arr = weights[n]
+        want = p.type.concrete_shape()
+        got = tuple(np.shape(arr))
+        if got != want:
+            line = f"wrong shape: {n} is {list(got)}, expected {list(want)}"
+            if len(got) == 2 and got[::-1] == want:
+                line += " (exactly its transpose)"
+                transposed.append(n)
+            shapes.append(line)
+        elif arr.dtype != dtypes[p.type.dtype] and not (arr.dtype.kind == "f" and dtypes[p.type.dtype].kind == "f"):
+            kinds.append(f"wrong dtype: {n} is {arr.dtype}, expected {p.type.dtype}")
+    count = len(missing) + len(extra) + len(shapes) + len(kinds)
+    if not count:
+        return None
+    notes = (_some(missing, "missing") + _some(extra, "unexpected (the file's own names)")
+             + _some(shapes, "wrong shapes") + _some(kinds, "wrong dtypes"))
+    hints = []
+    near = renaming_hint(expected, weights)
+    if near:
+        hints.append(near)
+        rule = _rule_for(near)
+        if rule:
+            hints.append(f"to load it, add to the spec: {rule}")
+    if transposed:
+        hints.append(f"{len(transposed)} tensor{'s are' if len(transposed) > 1 else ' is'} stored transposed "
+                     f"([in, out], like GPT-2's Conv1D): map {'them' if len(transposed) > 1 else 'it'} with "
+                     f"'transpose: true' in the spec's weights: map (square ones cannot be detected: map "
+                     f"every such tensor, not only these)")
+    if extra and not missing and not shapes and not kinds:
+        hints.append("to drop the extra tensors: 'weights: {ignore: [PATTERN]}' in the spec, or "
+                     "--ignore-weights PATTERN ('*' matches one name segment)")
+    if not hints:
+        hints.append("names follow torch state_dict conventions")
+    return GraphcError(f"the tensors in {source} do not match the spec's parameters "
+                       f"({count} problem{'s' if count > 1 else ''})", notes=notes,
+                       hint="; ".join(hints) + "; 'graphc params SPEC' lists the spec's")
+
+
+def _rule_for(hint: str) -> str | None:
+    """The weight-map rule that performs renaming_hint's renaming (it quotes the
+    prefixes it found)."""
+    import re
+    if m := re.search(r"start with '([^']*)' where the spec's start with '([^']*)'", hint):
+        strip, add = m.groups()
+    elif m := re.search(r"carry the prefix '([^']*)'", hint):
+        strip, add = m.group(1), ""
+    elif m := re.search(r"lack the prefix '([^']*)'", hint):
+        strip, add = "", m.group(1)
+    else:
+        return None
+    return f"weights: {{map: [{{from: '{strip}**', to: '{add}{{1}}'}}]}}"
