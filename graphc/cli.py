@@ -392,6 +392,9 @@ def build_parser() -> argparse.ArgumentParser:
     ly.add_argument("kind", nargs="?", default=None)
     ly.set_defaults(fn=cmd_layers)
 
+    from .hf_import.cli import add_parser as add_import_parser
+    add_import_parser(sub)          # graphc import DIR: a spec for a Hugging Face checkpoint
+
     sc = sub.add_parser("schema", help="print the JSON Schema of the spec format (for editors)")
     sc.add_argument("-o", "--output", help="write to this file instead of stdout")
     sc.set_defaults(fn=cmd_schema)

@@ -15,7 +15,7 @@ import numpy as np
 
 from .errors import GraphcError
 
-SHOWN = 15          # lines per kind of problem; the counts say how many more
+SHOWN = 20          # lines per kind of problem; the counts say how many more
 
 
 def _some(lines: list[str], what: str) -> list[str]:
@@ -49,15 +49,20 @@ def mismatch_error(expected: Mapping[str, object], weights: Mapping[str, np.ndar
     count = len(missing) + len(extra) + len(shapes) + len(kinds)
     if not count:
         return None
+    near = renaming_hint(expected, weights)
+    renaming = _prefixes(near) if near else None
+    if renaming:
+        # first the parameters even the near renaming cannot find: the real gaps
+        strip, add = renaming
+        found = {add + n[len(strip):] for n in weights if n.startswith(strip)}
+        missing.sort(key=lambda line: line.split(" ")[1] in found)
     notes = (_some(missing, "missing") + _some(extra, "unexpected (the file's own names)")
              + _some(shapes, "wrong shapes") + _some(kinds, "wrong dtypes"))
     hints = []
-    near = renaming_hint(expected, weights)
     if near:
         hints.append(near)
-        rule = _rule_for(near)
-        if rule:
-            hints.append(f"to load it, add to the spec: {rule}")
+        if renaming:
+            hints.append("to load it, add to the spec: weights: {map: [{from: '%s**', to: '%s{1}'}]}" % renaming)
     if transposed:
         hints.append(f"{len(transposed)} tensor{'s are' if len(transposed) > 1 else ' is'} stored transposed "
                      f"([in, out], like GPT-2's Conv1D): map {'them' if len(transposed) > 1 else 'it'} with "
@@ -73,16 +78,13 @@ def mismatch_error(expected: Mapping[str, object], weights: Mapping[str, np.ndar
                        hint="; ".join(hints) + "; 'graphc params SPEC' lists the spec's")
 
 
-def _rule_for(hint: str) -> str | None:
-    """The weight-map rule that performs renaming_hint's renaming (it quotes the
-    prefixes it found)."""
+def _prefixes(hint: str) -> tuple[str, str] | None:
+    """(strip, add) of the renaming renaming_hint describes (it quotes the prefixes)."""
     import re
     if m := re.search(r"start with '([^']*)' where the spec's start with '([^']*)'", hint):
-        strip, add = m.groups()
-    elif m := re.search(r"carry the prefix '([^']*)'", hint):
-        strip, add = m.group(1), ""
-    elif m := re.search(r"lack the prefix '([^']*)'", hint):
-        strip, add = "", m.group(1)
-    else:
-        return None
-    return f"weights: {{map: [{{from: '{strip}**', to: '{add}{{1}}'}}]}}"
+        return m.group(1), m.group(2)
+    if m := re.search(r"carry the prefix '([^']*)'", hint):
+        return m.group(1), ""
+    if m := re.search(r"lack the prefix '([^']*)'", hint):
+        return "", m.group(1)
+    return None

@@ -64,10 +64,13 @@ def build_masks(b: Builder, call: Call, batch: Dim, q_len: Dim, k_len: Dim, head
 
     kpm = call.inputs.get("key_padding_mask")
     if kpm is not None:
+        if kpm.dtype in ("int64", "int32"):     # HF's int64 1/0 attention_mask: nonzero reads as True
+            kpm = b.op("Cast", [kpm], to="bool")
         if kpm.dtype != "bool":
-            raise call.error(f"key_padding_mask must be bool ({'True = padding' if kp_polarity == 'masked' else 'True = real token'}), "
+            raise call.error(f"key_padding_mask must be bool or int ({'True/1 = padding' if kp_polarity == 'masked' else 'True/1 = real token'}), "
                              f"got {kpm.dtype}", "key_padding_mask",
-                             hint="for 1 = real token / 0 = padding masks, cast to bool and set key_padding_polarity: keep")
+                             hint="for HF-style 1 = real token / 0 = padding masks (bool or int64), "
+                                  "set key_padding_polarity: keep")
         if kpm.rank != 2 or kpm.shape[0] != batch or kpm.shape[1] != k_len:
             raise call.error(f"key_padding_mask must be [batch, key_seq] = {format_shape((batch, k_len))}, "
                              f"got {format_shape(kpm.shape)}", "key_padding_mask")
@@ -102,12 +105,15 @@ def build_masks(b: Builder, call: Call, batch: Dim, q_len: Dim, k_len: Dim, head
                 raise call.error(f"attn_mask {format_shape(am.shape)} does not fit the scores "
                                  f"{format_shape(want)}: its {what} is {got}, expected {full} or 1", "attn_mask")
         am4 = b.op("Reshape", [am], shape=shape4) if am.rank != 4 else am
-        if am.dtype == "bool":
+        if am.dtype in ("int64", "int32"):      # a 1/0 mask, read like a bool one (additive masks are float)
+            am4 = b.op("Cast", [am4], to="bool")
+        if am4.dtype == "bool":
             add(am4 if am_polarity == "masked" else b.op("Not", [am4]))
         elif am.dtype == dtype:
             bias = am4
         else:
-            raise call.error(f"attn_mask must be bool or {dtype} (additive), got {am.dtype}", "attn_mask")
+            raise call.error(f"attn_mask must be bool, int (1/0, read as bool) or {dtype} (additive), "
+                             f"got {am.dtype}", "attn_mask")
     return masked, bias
 
 
@@ -115,14 +121,15 @@ def _np_masks(args, inputs, batch, heads, sq, sk, kp_pol, am_pol):
     masked = np.zeros((batch, 1, 1, sk), bool)
     bias = None
     if inputs.get("key_padding_mask") is not None:
-        kpm = inputs["key_padding_mask"]
+        kpm = inputs["key_padding_mask"].astype(bool)
         masked = masked | (kpm if kp_pol == "masked" else ~kpm)[:, None, None, :]
     if inputs.get("key_lengths") is not None:
         masked = masked | (np.arange(sk)[None, :] >= inputs["key_lengths"][:, None])[:, None, None, :]
     am = inputs.get("attn_mask")
     if am is not None:
         am4 = am.reshape((1, 1) + am.shape) if am.ndim == 2 else am[:, None] if am.ndim == 3 else am
-        if am.dtype == bool:
+        if am.dtype == bool or am.dtype.kind in "iu":
+            am4 = am4.astype(bool)
             masked = masked | (am4 if am_pol == "masked" else ~am4)
         else:
             bias = am4

@@ -1,0 +1,50 @@
+"""``graphc import DIR``: a spec for a Hugging Face checkpoint directory.
+
+One small module per model family writes a readable spec from config.json:
+hyperparameters as named params (each with the config key it came from), the
+built-in layer kinds, and a ``weights:`` map from the checkpoint's tensor names
+to graphc's, so ``graphc build spec.yaml --weights DIR`` loads the checkpoint
+with no renaming by the user. What graphc cannot reproduce (a model_type, a
+config value) is refused by name, never approximated.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..errors import GraphcError
+from . import bert, gpt2, llama
+from .common import read_config, tensor_names
+
+FAMILIES = {
+    "gpt2": gpt2.spec_text,
+    "llama": llama.spec_text,
+    "mistral": llama.spec_text,
+    "bert": bert.spec_text,
+    "distilbert": bert.distilbert_spec_text,
+}
+# families people ask for, and what graphc lacks for each (so the error can say)
+MISSING = {
+    "t5": "T5's bucketed relative-position bias (a layer kind graphc does not have yet)",
+    "mt5": "T5's bucketed relative-position bias",
+    "bart": "an importer for encoder-decoder families (BART's learned positions start at row 2)",
+    "marian": "an importer for encoder-decoder families",
+    "roberta": "an importer (RoBERTa's positions start at padding_idx + 1)",
+    "gpt_neox": "an importer (parallel attention + MLP residuals)",
+    "qwen2": "an importer (biases on q/k/v but not on the output projection)",
+}
+
+
+def import_checkpoint(directory: str | Path) -> str:
+    """The spec text for the checkpoint in ``directory`` (config.json, and the
+    safetensors whose names the weight map uses, if present)."""
+    cfg = read_config(directory)
+    family = FAMILIES.get(cfg.model_type)
+    if family is None:
+        missing = MISSING.get(cfg.model_type, "an importer for this family")
+        raise GraphcError(f"{cfg.path}: model_type '{cfg.model_type}' is not supported: graphc lacks {missing}",
+                          hint="supported model types: " + ", ".join(sorted(FAMILIES)))
+    names = tensor_names(cfg)
+    return family(cfg, names, str(directory))
+
+
+__all__ = ["import_checkpoint", "FAMILIES"]

@@ -1,0 +1,191 @@
+"""Hugging Face checkpoints through the CLI, against transformers itself.
+
+Each case random-initialises a tiny model of one family from its config (no
+hub), perturbs every weight away from HF's init (LayerNorm weights of 1 and
+zero biases would hide a swapped or dropped tensor), saves it with
+save_pretrained, then runs exactly what a user runs:
+
+    graphc import DIR -o spec.yaml
+    graphc build spec.yaml --weights DIR -o model.onnx
+
+and compares ONNX Runtime's outputs with the transformers model's on a padded
+batch (right padding: attention_mask has zeros). Tolerance 1e-5 (float32).
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tests.helpers import cli, ort_run
+
+transformers = pytest.importorskip("transformers")
+torch = pytest.importorskip("torch")
+
+TOL = 1e-5
+B, S = 3, 7
+LENGTHS = (7, 4, 1)          # row 0 full, rows 1 and 2 right-padded
+
+
+def _perturb(model) -> None:
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name.lower() and name.endswith("weight"):
+                p.copy_(1 + 0.2 * torch.randn(p.shape, generator=g))
+            else:
+                p.copy_(0.2 * torch.randn(p.shape, generator=g))
+    model.eval()
+
+
+def _gpt2(head: bool):
+    c = transformers.GPT2Config(n_embd=32, n_layer=2, n_head=4, vocab_size=61, n_positions=32,
+                                bos_token_id=1, eos_token_id=2)
+    return (transformers.GPT2LMHeadModel if head else transformers.GPT2Model)(c)
+
+
+def _llama(head: bool, tied: bool = False, mistral: bool = False):
+    kw = dict(hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
+              num_key_value_heads=2, vocab_size=61, max_position_embeddings=32, tie_word_embeddings=tied,
+              rms_norm_eps=1e-5, bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    if mistral:
+        c = transformers.MistralConfig(sliding_window=16, **kw)
+        return (transformers.MistralForCausalLM if head else transformers.MistralModel)(c)
+    c = transformers.LlamaConfig(**kw)
+    return (transformers.LlamaForCausalLM if head else transformers.LlamaModel)(c)
+
+
+def _bert(kind: str):
+    c = transformers.BertConfig(hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
+                                vocab_size=61, max_position_embeddings=32, num_labels=3)
+    cls = {"base": transformers.BertModel, "mlm": transformers.BertForMaskedLM,
+           "cls": transformers.BertForSequenceClassification}[kind]
+    return cls(c)
+
+
+def _distilbert(kind: str):
+    c = transformers.DistilBertConfig(dim=32, hidden_dim=48, n_layers=2, n_heads=4, vocab_size=61,
+                                      max_position_embeddings=32)
+    return (transformers.DistilBertForMaskedLM if kind == "mlm" else transformers.DistilBertModel)(c)
+
+
+CASES = {
+    "gpt2-lm": (lambda: _gpt2(True), "logits"),
+    "gpt2-base": (lambda: _gpt2(False), "last_hidden_state"),
+    "llama-lm": (lambda: _llama(True), "logits"),
+    "llama-lm-tied": (lambda: _llama(True, tied=True), "logits"),
+    "llama-base": (lambda: _llama(False), "last_hidden_state"),
+    "mistral-lm": (lambda: _llama(True, mistral=True), "logits"),
+    "bert-base": (lambda: _bert("base"), "last_hidden_state pooler_output"),
+    "bert-mlm": (lambda: _bert("mlm"), "logits"),
+    "bert-cls": (lambda: _bert("cls"), "logits"),
+    "distilbert-base": (lambda: _distilbert("base"), "last_hidden_state"),
+    "distilbert-mlm": (lambda: _distilbert("mlm"), "logits"),
+}
+
+
+def _import_and_build(model, tmp_path):
+    ckpt = tmp_path / "ckpt"
+    model.save_pretrained(ckpt)
+    spec, onnx_path = tmp_path / "spec.yaml", tmp_path / "model.onnx"
+    rc, _, err = cli("import", ckpt, "-o", spec)
+    assert rc == 0, err
+    rc, _, err = cli("build", spec, "--weights", ckpt, "-o", onnx_path)
+    assert rc == 0, err
+    return ckpt, spec, onnx_path, err
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_family_parity(case, tmp_path):
+    make, outputs = CASES[case]
+    torch.manual_seed(0)
+    model = make()
+    _perturb(model)
+    _, spec, onnx_path, _ = _import_and_build(model, tmp_path)
+    rng = np.random.default_rng(1)
+    ids = rng.integers(3, 61, size=(B, S)).astype(np.int64)
+    mask = (np.arange(S)[None, :] < np.array(LENGTHS)[:, None]).astype(np.int64)
+    feeds = {"input_ids": ids, "attention_mask": mask}
+    kwargs = {"input_ids": torch.from_numpy(ids), "attention_mask": torch.from_numpy(mask)}
+    if case.startswith("bert"):
+        types = rng.integers(0, 2, size=(B, S)).astype(np.int64)
+        feeds["token_type_ids"] = types
+        kwargs["token_type_ids"] = torch.from_numpy(types)
+    got = ort_run(onnx_path.read_bytes(), feeds)
+    with torch.no_grad():
+        want = model(**kwargs)
+    for name in outputs.split():
+        w = getattr(want, name).numpy()
+        g = got[name]
+        assert g.shape == w.shape, (name, g.shape, w.shape)
+        # padded positions too: with right padding every query row still sees a real key
+        err = float(np.abs(g - w).max())
+        assert err <= TOL, f"{case} {name}: max abs diff {err:.2e}"
+
+
+def test_square_conv1d_is_transposed_by_the_map(tmp_path):
+    """GPT-2's attn.c_proj is square: loaded as it is stored it gives no error
+    and wrong numbers. The imported map transposes it explicitly; the same
+    build without that rule's transpose must differ from transformers."""
+    torch.manual_seed(0)
+    model = _gpt2(False)
+    _perturb(model)
+    ckpt, spec, onnx_path, _ = _import_and_build(model, tmp_path)
+    text = spec.read_text()
+    rule = "to: 'h.layers.{1}.self_attn.out_proj.weight', transpose: true}"
+    assert rule in text
+    (bad := tmp_path / "bad.yaml").write_text(text.replace(rule, "to: 'h.layers.{1}.self_attn.out_proj.weight'}"))
+    rc, _, err = cli("build", bad, "--weights", ckpt, "-o", tmp_path / "bad.onnx")
+    assert rc == 0, err                  # square: nothing can detect it from shapes ...
+    ids = np.arange(5, dtype=np.int64)[None] + 3
+    feeds = {"input_ids": ids, "attention_mask": np.ones_like(ids)}
+    with torch.no_grad():
+        want = model(input_ids=torch.from_numpy(ids)).last_hidden_state.numpy()
+    good = ort_run(onnx_path.read_bytes(), feeds)["last_hidden_state"]
+    wrong = ort_run((tmp_path / "bad.onnx").read_bytes(), feeds)["last_hidden_state"]
+    assert np.abs(good - want).max() <= TOL
+    assert np.abs(wrong - want).max() > 1e-2      # ... which is why the import says transpose, always
+
+
+def test_sharded_bfloat16_checkpoint(tmp_path):
+    """A LLaMA saved in bfloat16 and sharded (model.safetensors.index.json):
+    the directory loads, with a note about the conversion, and matches the
+    bfloat16 model's weights evaluated in float32."""
+    torch.manual_seed(0)
+    model = _llama(True)
+    _perturb(model)
+    model = model.to(torch.bfloat16)
+    ckpt = tmp_path / "ckpt"
+    model.save_pretrained(ckpt, max_shard_size="20KB")
+    assert (ckpt / "model.safetensors.index.json").exists()
+    spec = tmp_path / "spec.yaml"
+    assert cli("import", ckpt, "-o", spec)[0] == 0
+    rc, _, err = cli("build", spec, "--weights", ckpt, "-o", tmp_path / "m.onnx")
+    assert rc == 0, err
+    assert "bfloat16 tensors in" in err and "converted to float32 (exactly)" in err
+    # the oracle: transformers' own float32 load of the same directory (converting the
+    # bfloat16 model in memory would keep its rounded rotary frequencies)
+    model = transformers.LlamaForCausalLM.from_pretrained(ckpt, dtype=torch.float32).eval()
+    ids = np.array([[5, 9, 3, 7]], np.int64)
+    got = ort_run((tmp_path / "m.onnx").read_bytes(), {"input_ids": ids, "attention_mask": np.ones_like(ids)})
+    with torch.no_grad():
+        want = model(input_ids=torch.from_numpy(ids)).logits.numpy()
+    assert np.abs(got["logits"] - want).max() <= TOL
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"model_type": "t5"}, "model_type 't5' is not supported: graphc lacks T5's bucketed relative-position bias"),
+    ({"model_type": "frobnet"}, "model_type 'frobnet' is not supported"),
+    ({"rope_parameters": {"rope_type": "yarn", "factor": 4.0, "rope_theta": 10000.0}},
+     "rope_parameters.rope_type = \"yarn\" is not supported: graphc lacks the 'yarn' rotary scaling"),
+    ({"hidden_act": "relu"}, "hidden_act = \"relu\" is not supported"),
+])
+def test_unsupported_config_is_a_clear_error(tmp_path, change, message):
+    import json
+    model = _llama(True)
+    model.config.save_pretrained(tmp_path)
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    cfg.update(change)
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    rc, out, err = cli("import", tmp_path, "-o", tmp_path / "s.yaml")
+    assert rc == 2 and message in err, err
+    assert "Traceback" not in err and not (tmp_path / "s.yaml").exists()
