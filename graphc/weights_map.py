@@ -336,4 +336,9 @@ def _near(text: str, names: list[str], ignored: Iterable[str] = ()) -> str:
         ", ".join(f"'{n}'" for n in shown)
     if ignored and any(compile_pattern(text, None).regex.fullmatch(n) for n in ignored):
         hint = "the tensors it would match are dropped by the ignore list; " + hint
+    if "*" in text and "**" not in text:
+        deep = re.sub(r"\*", "**", text)
+        n = sum(1 for name in names if compile_pattern(deep, None).regex.fullmatch(name))
+        if n:
+            hint = f"'*' matches one name segment: '{deep}' would match {n} tensor{'s' if n > 1 else ''}; " + hint
     return hint
