@@ -62,7 +62,10 @@ def mismatch_error(expected: Mapping[str, object], weights: Mapping[str, np.ndar
     if near:
         hints.append(near)
         if renaming:
-            hints.append("to load it, add to the spec: weights: {map: [{from: '%s**', to: '%s{1}'}]}" % renaming)
+            rest = sorted(n for n in weights if n not in expected and not n.startswith(renaming[0]))
+            ignore = f", ignore: [{', '.join(rest)}]" if rest and len(rest) <= 5 else ""
+            hints.append("to load it, add to the spec: weights: {map: [{from: '%s**', to: '%s{1}'}]%s}"
+                         % (renaming + (ignore,)))
     if transposed:
         hints.append(f"{len(transposed)} tensor{'s are' if len(transposed) > 1 else ' is'} stored transposed "
                      f"([in, out], like GPT-2's Conv1D): map {'them' if len(transposed) > 1 else 'it'} with "

@@ -189,3 +189,25 @@ def test_unsupported_config_is_a_clear_error(tmp_path, change, message):
     rc, out, err = cli("import", tmp_path, "-o", tmp_path / "s.yaml")
     assert rc == 2 and message in err, err
     assert "Traceback" not in err and not (tmp_path / "s.yaml").exists()
+
+
+def test_docs_console_block_runs_as_written(tmp_path, monkeypatch):
+    """docs/huggingface.md's console block, run in a directory holding the
+    checkpoint it names (a tiny GPT-2, made here with save_pretrained)."""
+    from test_tutorial import _console_blocks, _output_matches, _run_console
+    from tests.helpers import ROOT
+    doc = ROOT / "docs" / "huggingface.md"
+    blocks = _console_blocks(doc.read_text(encoding="utf-8"))
+    assert blocks
+    torch.manual_seed(0)
+    c = transformers.GPT2Config(n_embd=64, n_layer=2, n_head=4, vocab_size=1000, n_positions=128,
+                                bos_token_id=0, eos_token_id=0)
+    transformers.GPT2LMHeadModel(c).save_pretrained(tmp_path / "gpt2-tiny")
+    monkeypatch.chdir(tmp_path)
+    for line, _, block in blocks:
+        commands = [i for i, ln in enumerate(block) if ln.startswith("$ ")]
+        for at, stop in zip(commands, commands[1:] + [len(block)]):
+            got = _run_console(block[at][2:])
+            want = block[at + 1:stop]
+            assert _output_matches(want, got), f"docs/huggingface.md:{line + at + 1}: {block[at]}\n" \
+                "--- the docs show:\n" + "\n".join(want) + "\n--- graphc printed:\n" + "\n".join(got)

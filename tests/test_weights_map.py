@@ -267,7 +267,7 @@ def test_mismatch_suggests_a_prefix_rule_and_shows_the_files_names(tmp_path):
     rc, err, _ = _build(tmp_path, SPEC, p)
     assert rc == 2
     assert "unexpected: model.fc1.weight [6, 4]" in err           # the file's own names are shown
-    assert "weights: {map: [{from: 'model.**', to: '{1}'}]}" in err
+    assert "weights: {map: [{from: 'model.**', to: '{1}'}], ignore: [lm_head.weight]}" in err
     # and that rule, plus ignoring the extra head, loads it
     rc, err, out = _build(tmp_path, SPEC + "weights: {ignore: [lm_head.weight], map: [{from: 'model.**', to: '{1}'}]}\n", p)
     assert rc == 0, err

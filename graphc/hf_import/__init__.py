@@ -44,7 +44,22 @@ def import_checkpoint(directory: str | Path) -> str:
         raise GraphcError(f"{cfg.path}: model_type '{cfg.model_type}' is not supported: graphc lacks {missing}",
                           hint="supported model types: " + ", ".join(sorted(FAMILIES)))
     names = tensor_names(cfg)
-    return family(cfg, names, str(directory))
+    return _align_comments(family(cfg, names, str(directory)))
+
+
+def _align_comments(text: str) -> str:
+    """Trailing comments of short lines start in one column, so the params read
+    as a table (the family modules write them with any spacing)."""
+    import re
+    out = []
+    for line in text.splitlines():
+        m = re.match(r"^(\s*[^#\s].*?\S)\s{2,}(# .*)$", line)
+        if m and len(m.group(1)) < 36:
+            line = m.group(1).ljust(36) + m.group(2)
+        elif m:
+            line = m.group(1) + "   " + m.group(2)
+        out.append(line)
+    return "\n".join(out) + "\n"
 
 
 __all__ = ["import_checkpoint", "FAMILIES"]
