@@ -30,6 +30,8 @@ def _perturb(model) -> None:
     g = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for name, p in model.named_parameters():
+            if not p.requires_grad:     # fixed tables (Marian's sinusoidal positions) are not weights
+                continue
             if "norm" in name.lower() and name.endswith("weight"):
                 p.copy_(1 + 0.2 * torch.randn(p.shape, generator=g))
             else:
@@ -68,6 +70,17 @@ def _distilbert(kind: str):
     return (transformers.DistilBertForMaskedLM if kind == "mlm" else transformers.DistilBertModel)(c)
 
 
+def _seq2seq(marian: bool, head: bool):
+    kw = dict(d_model=32, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4, decoder_attention_heads=4,
+              encoder_ffn_dim=48, decoder_ffn_dim=48, vocab_size=61, max_position_embeddings=32)
+    if marian:       # real Marian models scale embeddings and use swish
+        c = transformers.MarianConfig(pad_token_id=60, decoder_start_token_id=60, eos_token_id=0,
+                                      scale_embedding=True, activation_function="swish", **kw)
+        return (transformers.MarianMTModel if head else transformers.MarianModel)(c)
+    c = transformers.BartConfig(**kw)
+    return (transformers.BartForConditionalGeneration if head else transformers.BartModel)(c)
+
+
 CASES = {
     "gpt2-lm": (lambda: _gpt2(True), "logits"),
     "gpt2-base": (lambda: _gpt2(False), "last_hidden_state"),
@@ -80,7 +93,12 @@ CASES = {
     "bert-cls": (lambda: _bert("cls"), "logits"),
     "distilbert-base": (lambda: _distilbert("base"), "last_hidden_state"),
     "distilbert-mlm": (lambda: _distilbert("mlm"), "logits"),
+    "bart-lm": (lambda: _seq2seq(False, True), "logits"),
+    "bart-base": (lambda: _seq2seq(False, False), "last_hidden_state encoder_last_hidden_state"),
+    "marian-mt": (lambda: _seq2seq(True, True), "logits"),
+    "marian-base": (lambda: _seq2seq(True, False), "last_hidden_state encoder_last_hidden_state"),
 }
+T, TGT_LENGTHS = 5, (5, 3, 2)
 
 
 def _import_and_build(model, tmp_path):
@@ -110,6 +128,11 @@ def test_family_parity(case, tmp_path):
         types = rng.integers(0, 2, size=(B, S)).astype(np.int64)
         feeds["token_type_ids"] = types
         kwargs["token_type_ids"] = torch.from_numpy(types)
+    if case.startswith(("bart", "marian")):
+        dec = rng.integers(3, 60, size=(B, T)).astype(np.int64)
+        dec_mask = (np.arange(T)[None, :] < np.array(TGT_LENGTHS)[:, None]).astype(np.int64)
+        feeds.update(decoder_input_ids=dec, decoder_attention_mask=dec_mask)
+        kwargs.update(decoder_input_ids=torch.from_numpy(dec), decoder_attention_mask=torch.from_numpy(dec_mask))
     got = ort_run(onnx_path.read_bytes(), feeds)
     with torch.no_grad():
         want = model(**kwargs)

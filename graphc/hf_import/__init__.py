@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import GraphcError
-from . import bert, gpt2, llama
+from . import bart, bert, gpt2, llama
 from .common import read_config, tensor_names
 
 FAMILIES = {
@@ -21,13 +21,13 @@ FAMILIES = {
     "mistral": llama.spec_text,
     "bert": bert.spec_text,
     "distilbert": bert.distilbert_spec_text,
+    "bart": bart.spec_text,
+    "marian": bart.spec_text,
 }
 # families people ask for, and what graphc lacks for each (so the error can say)
 MISSING = {
     "t5": "T5's bucketed relative-position bias (a layer kind graphc does not have yet)",
     "mt5": "T5's bucketed relative-position bias",
-    "bart": "an importer for encoder-decoder families (BART's learned positions start at row 2)",
-    "marian": "an importer for encoder-decoder families",
     "roberta": "an importer (RoBERTa's positions start at padding_idx + 1)",
     "gpt_neox": "an importer (parallel attention + MLP residuals)",
     "qwen2": "an importer (biases on q/k/v but not on the output projection)",
