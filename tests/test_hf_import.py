@@ -234,3 +234,23 @@ def test_docs_console_block_runs_as_written(tmp_path, monkeypatch):
             want = block[at + 1:stop]
             assert _output_matches(want, got), f"docs/huggingface.md:{line + at + 1}: {block[at]}\n" \
                 "--- the docs show:\n" + "\n".join(want) + "\n--- graphc printed:\n" + "\n".join(got)
+
+
+def test_config_only_directory_and_bad_directories(tmp_path):
+    """A directory with only config.json gets its spec from the config (and the
+    architecture names the head); the spec checks. Missing or foreign inputs are
+    exit 2 with a hint, and the import never writes over the config."""
+    config = _gpt2(True).config
+    config.architectures = ["GPT2LMHeadModel"]      # as model.save_pretrained writes it
+    config.save_pretrained(tmp_path / "cfg")
+    rc, out, err = cli("import", tmp_path / "cfg")
+    assert rc == 0 and "tie: wte.weight" in out and "logits: lm_head" in out
+    (spec := tmp_path / "s.yaml").write_text(out)
+    assert cli("check", spec)[0] == 0
+    rc, _, err = cli("import", tmp_path / "cfg", "-o", tmp_path / "cfg" / "config.json")
+    assert rc == 2 and "refusing to write the output over the input" in err
+    rc, _, err = cli("import", tmp_path / "nowhere")
+    assert rc == 2 and "checkpoint directory not found" in err
+    (tmp_path / "empty").mkdir()
+    rc, _, err = cli("import", tmp_path / "empty")
+    assert rc == 2 and "has no config.json" in err

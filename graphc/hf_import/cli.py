@@ -18,7 +18,9 @@ def cmd_import(args) -> int:
     if args.output:
         from ..compiler import check_output_path
         from ..outputs import write_atomic
-        check_output_path(args.output, [])
+        from pathlib import Path
+        d = Path(args.directory)
+        check_output_path(args.output, [d / "config.json", d / "model.safetensors", d / "generation_config.json"])
         write_atomic(args.output, text)
         print(f"wrote {args.output}; build it with: graphc build {args.output} --weights {args.directory} "
               f"-o model.onnx", file=sys.stderr)
