@@ -81,6 +81,17 @@ def _seq2seq(marian: bool, head: bool):
     return (transformers.BartForConditionalGeneration if head else transformers.BartModel)(c)
 
 
+def _t5(kind: str):
+    kw = dict(d_model=32, d_kv=8, d_ff=48, num_layers=2, num_decoder_layers=2, num_heads=4, vocab_size=61,
+              relative_attention_num_buckets=8, relative_attention_max_distance=20, decoder_start_token_id=0)
+    if kind == "v1.1":        # Flan-T5's recipe: gated GELU, untied head
+        c = transformers.T5Config(feed_forward_proj="gated-gelu", tie_word_embeddings=False, **kw)
+        return transformers.T5ForConditionalGeneration(c)
+    c = transformers.T5Config(**kw)
+    return {"lm": transformers.T5ForConditionalGeneration, "base": transformers.T5Model,
+            "encoder": transformers.T5EncoderModel}[kind](c)
+
+
 CASES = {
     "gpt2-lm": (lambda: _gpt2(True), "logits"),
     "gpt2-base": (lambda: _gpt2(False), "last_hidden_state"),
@@ -97,6 +108,10 @@ CASES = {
     "bart-base": (lambda: _seq2seq(False, False), "last_hidden_state encoder_last_hidden_state"),
     "marian-mt": (lambda: _seq2seq(True, True), "logits"),
     "marian-base": (lambda: _seq2seq(True, False), "last_hidden_state encoder_last_hidden_state"),
+    "t5-lm": (lambda: _t5("lm"), "logits"),
+    "t5-v1.1-lm": (lambda: _t5("v1.1"), "logits"),
+    "t5-base": (lambda: _t5("base"), "last_hidden_state encoder_last_hidden_state"),
+    "t5-encoder": (lambda: _t5("encoder"), "last_hidden_state"),
 }
 T, TGT_LENGTHS = 5, (5, 3, 2)
 
@@ -128,7 +143,7 @@ def test_family_parity(case, tmp_path):
         types = rng.integers(0, 2, size=(B, S)).astype(np.int64)
         feeds["token_type_ids"] = types
         kwargs["token_type_ids"] = torch.from_numpy(types)
-    if case.startswith(("bart", "marian")):
+    if case.startswith(("bart", "marian", "t5")) and case != "t5-encoder":
         dec = rng.integers(3, 60, size=(B, T)).astype(np.int64)
         dec_mask = (np.arange(T)[None, :] < np.array(TGT_LENGTHS)[:, None]).astype(np.int64)
         feeds.update(decoder_input_ids=dec, decoder_attention_mask=dec_mask)
@@ -196,7 +211,8 @@ def test_sharded_bfloat16_checkpoint(tmp_path):
 
 
 @pytest.mark.parametrize("change, message", [
-    ({"model_type": "t5"}, "model_type 't5' is not supported: graphc lacks T5's bucketed relative-position bias"),
+    ({"model_type": "gpt_neox"}, "model_type 'gpt_neox' is not supported: graphc lacks an importer (parallel "
+     "attention + MLP residuals)"),
     ({"model_type": "frobnet"}, "model_type 'frobnet' is not supported"),
     ({"rope_parameters": {"rope_type": "yarn", "factor": 4.0, "rope_theta": 10000.0}},
      "rope_parameters.rope_type = \"yarn\" is not supported: graphc lacks the 'yarn' rotary scaling"),

@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import GraphcError
-from . import bart, bert, gpt2, llama
+from . import bart, bert, gpt2, llama, t5
 from .common import read_config, tensor_names
 
 FAMILIES = {
@@ -23,11 +23,11 @@ FAMILIES = {
     "distilbert": bert.distilbert_spec_text,
     "bart": bart.spec_text,
     "marian": bart.spec_text,
+    "t5": t5.spec_text,
 }
 # families people ask for, and what graphc lacks for each (so the error can say)
 MISSING = {
-    "t5": "T5's bucketed relative-position bias (a layer kind graphc does not have yet)",
-    "mt5": "T5's bucketed relative-position bias",
+    "mt5": "an importer (mT5 is T5 v1.1 with another vocabulary: not tested yet)",
     "roberta": "an importer (RoBERTa's positions start at padding_idx + 1)",
     "gpt_neox": "an importer (parallel attention + MLP residuals)",
     "qwen2": "an importer (biases on q/k/v but not on the output projection)",
