@@ -201,6 +201,7 @@ def apply_weights_section(section: WeightsSection | None, tensors: Mapping[str, 
     maps each parameter of the spec to its shape: a rule's every product is
     checked against it here, where the error can point at the rule."""
     section = section or WeightsSection()
+    cli_ignore = list(cli_ignore)
     patterns = list(section.ignore) + [compile_pattern(t, None, f"--ignore-weights '{t}'") for t in cli_ignore]
     notes: list[str] = []
     names = sorted(tensors)
@@ -215,7 +216,7 @@ def apply_weights_section(section: WeightsSection | None, tensors: Mapping[str, 
     if ignored:
         shown = sorted(ignored)
         notes.append(f"ignored {len(shown)} tensor{'s' if len(shown) > 1 else ''} of {source} as the "
-                     f"{'spec' if section.ignore else 'command line'} says: {', '.join(shown[:6])}"
+                     f"{_who(bool(section.ignore), bool(cli_ignore))}: {', '.join(shown[:6])}"
                      + (f", ... ({len(shown) - 6} more)" if len(shown) > 6 else ""))
     remaining = [n for n in names if n not in ignored]
     used_by: dict[str, Rule] = {}
@@ -259,6 +260,10 @@ def apply_weights_section(section: WeightsSection | None, tensors: Mapping[str, 
                               made_by[n].span, hint=f"ignore the file's own '{n}' or map it elsewhere")
         out[n] = tensors[n]
     return out, notes
+
+
+def _who(spec: bool, cli: bool) -> str:
+    return "spec and the command line say" if spec and cli else "spec says" if spec else "command line says"
 
 
 def _apply_steps(rule: Rule, names: list[str], arrays: list[np.ndarray], source: str) -> list[np.ndarray]:
