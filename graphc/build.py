@@ -217,6 +217,8 @@ class _Expander:
             call = Call(decl.name, decl.kind, decl.span, args,
                         {**decl.arg_key_spans}, {k: v for k, (s, v) in ports.items()},
                         {k: s for k, (s, v) in ports.items() if s is not None})
+            if self.b.gen is not None:
+                self.b.gen.check_kind(decl.kind, call.inputs.values(), decl.kind_span)
             try:
                 outs = kind.expand(self.b, call)
             except MemoryError:
@@ -351,21 +353,36 @@ def _dependency_order(layers: list[LayerDecl], scope: _Scope) -> list[LayerDecl]
                           hint="a layer cannot depend on its own output; recurrent layers (lstm, gru) loop internally") from None
 
 
-def build_graph(spec: Spec, max_param_bytes: int | None = DEFAULT_MAX_PARAM_BYTES) -> Graph:
+def build_graph(spec: Spec, max_param_bytes: int | None = DEFAULT_MAX_PARAM_BYTES, kv_cache: bool = False) -> Graph:
     """Expand a spec into a shape-checked IR graph (parameters declared, not
     allocated). ``max_param_bytes`` bounds the parameters' total size (None: no
-    bound); a spec over it is refused at the layer that crosses it."""
+    bound); a spec over it is refused at the layer that crosses it.
+    ``kv_cache``: the cached decoder of a generation bundle (graphc.ir.kv_cache):
+    the generation tokens input becomes ``input_ids``, the logits output
+    ``logits``, and attention_mask, position_ids and the per-layer caches are added."""
     g = Graph(spec.name)
     dims = {name: Dim.sym(name) for name in spec.dims}
     env = Env(spec.params, dims)
     ex = _Expander(spec, g, max_param_bytes)
     top = _Scope("the spec")
+    gen = spec.generation if kv_cache else None
+    if kv_cache and gen is None:
+        raise GraphcError("--kv-cache needs a 'generation:' section in the spec", spec.span,
+                          hint="name the tokens input and the logits output, e.g. generation: "
+                               "{tokens: tokens, logits: logits, bos: 1, eos: 2, pad: 0} (docs/generation.md)")
     for decl in spec.inputs:
         shape = eval_shape(_ShapeNode(decl), env, f"the shape of input '{decl.name}'")
-        v = ex.b.input(decl.name, decl.dtype, shape, decl.span)
+        onnx_name = "input_ids" if gen is not None and decl.name == gen.tokens else decl.name
+        if gen is not None and onnx_name != decl.name and any(d.name == onnx_name for d in spec.inputs):
+            raise GraphcError(f"--kv-cache names the tokens input 'input_ids', which another input already is",
+                              decl.span, hint="rename that input")
+        v = ex.b.input(onnx_name, decl.dtype, shape, decl.span)
         top.define(decl.name, {"": v}, "")
         if decl.range is not None:
-            g.input_ranges[decl.name] = decl.range
+            g.input_ranges[onnx_name] = decl.range
+        if gen is not None and decl.name == gen.tokens:
+            from .ir.kv_cache import CacheContext
+            ex.b.gen = CacheContext(ex.b, v, gen.spans["tokens"])
     for name, d in spec.dims.items():
         if d.example is not None:
             g.dim_examples[name] = d.example
@@ -374,6 +391,10 @@ def build_graph(spec: Spec, max_param_bytes: int | None = DEFAULT_MAX_PARAM_BYTE
     with _address_space_guard(max_param_bytes):
         ex.expand_list(spec.layers, top, env)
     for public, ref in spec.outputs.items():
+        if gen is not None:
+            if public != gen.logits:
+                continue                # a cached decoder returns the logits and the caches only
+            public = "logits"
         if public in g.inputs:
             raise GraphcError(f"output '{public}' has the name of an input", ref.span,
                               hint="ONNX needs distinct input and output names; rename the output")
@@ -383,7 +404,13 @@ def build_graph(spec: Spec, max_param_bytes: int | None = DEFAULT_MAX_PARAM_BYTE
             with ex.b.layer("", ref.span, "output"):
                 v = ex.b.op("Identity", [v], name_hint=public)
         g.outputs[public] = v.name
+    if gen is not None:
+        ex.b.gen.finish(ex.b, gen.span)
+        g.generation = ex.b.gen
     g.metadata.update({"graphc.spec_name": spec.name, "graphc.spec_sha256": spec.digest})
+    if spec.generation is not None:
+        from .ir.kv_cache import check_generation
+        check_generation(spec, g)
     verify(g)
     return g
 

@@ -62,6 +62,9 @@ class Builder:
         self._kind: str = ""
         self._counter = 0
         self._derived: dict[tuple, Value] = {}
+        # graphc.ir.kv_cache.CacheContext while a spec expands for --kv-cache; layer
+        # kinds consult it (cached self-attention, positions from position_ids)
+        self.gen = None
 
     # context -----------------------------------------------------------------
     @contextlib.contextmanager

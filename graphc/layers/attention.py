@@ -190,6 +190,23 @@ class ScaledDotProductAttention(LayerKind):
 
 # --------------------------------------------------------------------------- MHA
 
+def _cached_self_attention(b: Builder, call: Call, c: dict, sq: Dim) -> bool:
+    """Whether this attention reads and extends a KV cache (a --kv-cache build's
+    causal self-attention over the generated tokens: graphc.ir.kv_cache)."""
+    gen = getattr(b, "gen", None)
+    if gen is None or not c["self_attn"] or not gen.applies(sq):
+        return False
+    if not call["causal"]:
+        raise call.error("non-causal self-attention over the generated tokens cannot be cached: each token "
+                         "would see later ones", "causal",
+                         hint="decoders attend causally (causal: true); build without --kv-cache otherwise")
+    for port in ("key_padding_mask", "key_lengths", "attn_mask"):
+        if call.inputs.get(port) is not None:
+            raise call.error(f"with --kv-cache the bundle's attention_mask input [batch, past + seq] masks the "
+                             f"generated tokens: leave {port} unconnected", port)
+    return True
+
+
 class MultiheadAttention(LayerKind):
     """Multi-head attention like torch.nn.MultiheadAttention(batch_first=True),
     plus grouped-query heads and an optional output projection.
@@ -359,16 +376,23 @@ class MultiheadAttention(LayerKind):
             else:
                 (kh,) = project_heads(key, sk, [k_part], "k")
                 (vh,) = project_heads(value, sk, [v_part], "v")
+        cached = _cached_self_attention(b, call, c, sq)
         if call["rope"] is not None:
             # the rotation is linear, so it commutes with the 1/sqrt(d) folded into the query heads
             def too_long(message, hint):
                 return call.error("rope: " + message, "rope_max_len", hint=hint)
-            qh, kh = (apply_rope(b, t, call["rope"], call["rope_base"], call["rope_max_len"], -2, too_long)
-                      for t in (qh, kh))                                    # [B, n, S, D], rotated
-        masked, bias = build_masks(b, call, bsz, sq, sk, heads, x.dtype,
-                                   call["key_padding_polarity"], call["attn_mask_polarity"])
+            positions = b.gen.positions(call["rope_max_len"]) if cached else None
+            qh, kh = (apply_rope(b, t, call["rope"], call["rope_base"], call["rope_max_len"], -2, too_long,
+                                 positions) for t in (qh, kh))            # [B, n, S, D], rotated
+        if cached:
+            # [B, Hkv, S, D] -> [B, Hkv, past + S, D]; the mask is bottom-right causal + attention_mask
+            kh, vh = b.gen.self_attention(b, kh, vh)
+            masked, bias = b.gen.mask(b), None
+        else:
+            masked, bias = build_masks(b, call, bsz, sq, sk, heads, x.dtype,
+                                       call["key_padding_polarity"], call["attn_mask_polarity"])
         ins = [qh, kh, vh] + [m for m in (masked, bias) if m is not None]
-        att = b.op("Attention", ins, scale=1.0, causal=call["causal"], impl=call["impl"],
+        att = b.op("Attention", ins, scale=1.0, causal=call["causal"] and not cached, impl=call["impl"],
                    has_masked=masked is not None, has_bias=bias is not None)   # [B, H, Sq, D]
         att = b.op("Transpose", [att], perm=[0, 2, 1, 3])                       # -> [B, Sq, H, D]
         y = b.op("Reshape", [att], shape=(bsz, sq, one(nq)))                    # -> [B, Sq, H*D]

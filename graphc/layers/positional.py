@@ -178,6 +178,18 @@ def _slice_to_seq(b: Builder, table: Value, x: Value, seq_axis: int) -> Value:
     return b.op("SliceLike", [table, x], axis=0, ref_axis=seq_axis % x.rank)
 
 
+def _cached_positions(b: Builder, x: Value, seq_axis: int, max_len: int) -> Value | None:
+    """In a --kv-cache build, the position_ids [batch, seq] a batch-first input over
+    the generated tokens is encoded at (graphc.ir.kv_cache); None otherwise."""
+    gen = getattr(b, "gen", None)
+    if gen is None or x.rank != 3 or seq_axis % 3 != 1 or not gen.applies(x.shape[1]):
+        return None
+    if x.shape[0] != gen.batch:
+        raise b.error(f"positions of the generated tokens: the input's batch {x.shape[0]} is not the tokens' "
+                      f"batch {gen.batch}")
+    return gen.positions(max_len)
+
+
 def _float_input(call: Call, x: Value, port: str = "x") -> None:
     if x.dtype not in FLOAT_INPUTS:
         raise call.error(f"needs a floating-point input, got {x.dtype}", port)
@@ -256,7 +268,11 @@ class SinusoidalPE(LayerKind):
         table = _shared_const(
             b, key, lambda: _table_layout(sinusoid_table(max_len, d, call["style"], np.dtype(x.dtype)), x.rank, s),
             "pe_table")
-        pe = _slice_to_seq(b, table, x, s)                 # [seq, 1.., d]
+        positions = _cached_positions(b, x, s, max_len)
+        if positions is not None:
+            pe = b.op("Gather", [table, positions], axis=0)      # [L, d] at [B, S] -> [B, S, d]
+        else:
+            pe = _slice_to_seq(b, table, x, s)                 # [seq, 1.., d]
         return {"y": b.op("Add", [x, pe]) if call["add"] else pe}
 
     def reference(self, args, weights, inputs):
@@ -312,6 +328,9 @@ class LearnedPE(LayerKind):
             shape = (max_len,) + (1,) * ones + (d,)
             w = b.derive(lambda t: t.reshape(shape), [w], shape, "weight_bcast",   # [L, d] -> [L, 1.., d]
                          dtype=x.dtype)
+        positions = _cached_positions(b, x, s, max_len)
+        if positions is not None:
+            return {"y": b.op("Add", [x, b.op("Gather", [w, positions], axis=0)])}   # [L, d] at [B, S] -> [B, S, d]
         return {"y": b.op("Add", [x, _slice_to_seq(b, w, x, s)])}
 
     def reference(self, args, weights, inputs):
@@ -326,7 +345,7 @@ class LearnedPE(LayerKind):
 
 
 def apply_rope(b: Builder, x: Value, style: str, base: float, max_len: int, seq_axis: int = -2,
-               fail: Callable[[str, str], Exception] | None = None) -> Value:
+               fail: Callable[[str, str], Exception] | None = None, positions: Value | None = None) -> Value:
     """Rotary position embedding of x (queries or keys), positions 0..seq-1.
 
     x: [..., seq, ..., head_dim] with its sequence axis at ``seq_axis`` (default
@@ -335,7 +354,9 @@ def apply_rope(b: Builder, x: Value, style: str, base: float, max_len: int, seq_
     channel 2i pairs with 2i+1). Emits y = x * cos + swap(x) * sin_signed with
     cos/sin tables precomputed (see ``rope_tables``) and sliced to the run-time
     length. Errors are GraphcErrors located at the current layer (`fail(message,
-    hint)`, if given, makes the one for tables over the parameter budget).
+    hint)`, if given, makes the one for tables over the parameter budget). ``positions``
+    (int64 [batch, seq], a KV-cache build's position_ids; x must be
+    [batch, heads, seq, head_dim]): each row's positions instead of 0..seq-1.
     """
     if style not in ("half", "interleaved"):
         raise b.error(f"unknown rope style {style!r}", hint="'half' (GPT-NeoX) or 'interleaved' (GPT-J)")
@@ -366,8 +387,18 @@ def apply_rope(b: Builder, x: Value, style: str, base: float, max_len: int, seq_
             return computed[which]
         return make
 
-    cos = _slice_to_seq(b, _shared_const(b, key + ("cos",), tables(0), "rope_cos"), x, seq_axis)   # [seq, 1.., d]
-    sin = _slice_to_seq(b, _shared_const(b, key + ("sin",), tables(1), "rope_sin"), x, seq_axis)   # [seq, 1.., d]
+    cos_table = _shared_const(b, key + ("cos",), tables(0), "rope_cos")
+    sin_table = _shared_const(b, key + ("sin",), tables(1), "rope_sin")
+    if positions is not None:
+        if layout != (4, 2):
+            raise b.error("rope: cached positions need [batch, heads, seq, head_dim] tensors")
+        bsz, seq = positions.shape
+        four = (bsz, Dim.const(1), seq, Dim.const(d))
+        cos = b.op("Reshape", [b.op("Gather", [cos_table, positions], axis=0)], shape=four)   # [B, S, d] -> [B, 1, S, d]
+        sin = b.op("Reshape", [b.op("Gather", [sin_table, positions], axis=0)], shape=four)   # [B, S, d] -> [B, 1, S, d]
+    else:
+        cos = _slice_to_seq(b, cos_table, x, seq_axis)   # [seq, 1.., d]
+        sin = _slice_to_seq(b, sin_table, x, seq_axis)   # [seq, 1.., d]
     if style == "half":
         x1 = b.op("Slice", [x], axis=-1, start=0, end=h)             # [..., d/2]
         x2 = b.op("Slice", [x], axis=-1, start=h, end=d)             # [..., d/2]

@@ -200,4 +200,8 @@ def _arange(ctx: LowerContext, op: OpNode) -> None:
     (ref,) = op.inputs
     axis = op.attrs["axis"] % ctx.g.value(ref).type.rank
     n = ctx.one("Squeeze", [dim_of(ctx, ref, axis), ctx.const(np.array([0], np.int64))])
+    if op.attrs.get("reverse"):
+        last = ctx.one("Sub", [n, ctx.const(np.array(1, np.int64))])
+        ctx.node("Range", [last, ctx.const(np.array(-1, np.int64)), ctx.const(np.array(-1, np.int64))], op.outputs)
+        return
     ctx.node("Range", [ctx.const(np.array(0, np.int64)), n, ctx.const(np.array(1, np.int64))], op.outputs)

@@ -103,9 +103,15 @@ def _fits(m: TensorType, full, what: str) -> None:
                          f"{format_shape(full)}")
 
 
-@prim("Arange", lambda ref, axis, **_: np.arange(ref.shape[axis], dtype=np.int64))
+def _arange_eval(ref, axis, reverse=False, **_):
+    r = np.arange(ref.shape[axis], dtype=np.int64)
+    return r[::-1].copy() if reverse else r
+
+
+@prim("Arange", _arange_eval)
 def arange_infer(attrs, ins):
-    """[0, 1, ..., n-1] with n the run-time length of ``ref`` along ``axis`` (int64)."""
+    """[0, 1, ..., n-1] with n the run-time length of ``ref`` along ``axis`` (int64);
+    ``reverse``: [n-1, ..., 0] (distances from the end: the KV-cache mask)."""
     (ref,) = ins
     axis = attrs["axis"] % ref.rank
     return [TensorType("int64", (ref.shape[axis],))]

@@ -81,3 +81,4 @@ class Spec:
     digest: str = ""                                    # sha256 over the texts of all sources
     quantize: Any = None                                # graphc.spec.quantize.QuantizeDecl, when given
     weights: Any = None        # graphc.weights_map.WeightsSection: ignore list and weight map, or None
+    generation: Any = None                              # spec.generation.GenerationDecl, or None

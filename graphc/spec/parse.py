@@ -21,7 +21,7 @@ from .quantize import parse_quantize
 
 FORMAT_VERSION = 1
 TOP_KEYS = ("graphc", "name", "doc", "include", "dims", "params", "inputs", "blocks", "layers", "outputs", "quantize",
-            "weights")
+            "weights", "generation")
 LAYER_RESERVED = ("name", "kind", "input", "inputs", "repeat", "doc")
 BLOCK_KEYS = ("params", "inputs", "layers", "outputs", "doc")
 INPUT_KEYS = ("dtype", "shape", "range", "doc")
@@ -540,6 +540,9 @@ def _build_spec(root: Node, blocks: dict[str, BlockDecl], path: str, texts: list
     if "weights" in m:
         from ..weights_map import parse_weights_section     # how a checkpoint's names become the parameters'
         spec.weights = parse_weights_section(m["weights"])
+    if "generation" in m:
+        from .generation import parse_generation          # how the model generates (--kv-cache)
+        spec.generation = parse_generation(m["generation"], inputs, outputs)
     return spec
 
 

@@ -1,0 +1,180 @@
+"""``graphc build SPEC --kv-cache -o DIR``: write a generation bundle.
+
+The bundle (contract: docs/generation.md, "The bundle") is a directory:
+``decoder.onnx`` (the cached decoder), ``encoder.onnx`` for encoder-decoder
+models, and ``graphc_generation.json`` naming the I/O and the special ids.
+The spec is expanded once in cache mode (graphc.ir.kv_cache); an
+encoder-decoder graph is then cut by graphc.ir.partition into what depends
+only on the source (run once per source) and the rest (run at every step).
+
+The directory appears whole or not at all: everything is written into a
+private temporary directory beside it, which is renamed into place at the
+end (an earlier bundle there is replaced in one step; a directory that is
+not a bundle is never touched).
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Iterable, Mapping
+
+import numpy as np
+
+from .. import __version__
+from ..build import DEFAULT_MAX_PARAM_BYTES, build_graph
+from ..errors import GraphcError
+from ..interrupt import checkpoint, deferred, terminate_as_interrupt
+from ..ir.kv_cache import vocab_size
+from ..ir.simplify import simplify
+from ..spec import load_spec
+from ..weights import fold_derived, load_weights, materialize
+
+CONFIG_NAME = "graphc_generation.json"
+DECODER_FILE = "decoder.onnx"
+ENCODER_FILE = "encoder.onnx"
+
+
+def _logits_kind(spec) -> str:
+    gen = spec.generation
+    if gen.logits_kind is not None:
+        return gen.logits_kind
+    head = spec.outputs[gen.logits].ref.partition(".")[0]
+    layer = next((l for l in spec.layers if l.name == head), None)
+    return "log_probs" if layer is not None and layer.kind == "log_softmax" else "logits"
+
+
+def _check_target(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise GraphcError(f"cannot write the bundle {out}: it is a file", hint="give a directory path")
+    if out.is_dir() and any(out.iterdir()) and not (out / CONFIG_NAME).is_file():
+        raise GraphcError(f"refusing to write the bundle into {out}: it is a directory that is not a bundle",
+                          hint="choose a new directory (an existing bundle there would be replaced)")
+    parent = out.parent if str(out.parent) else Path(".")
+    if not parent.is_dir():
+        raise GraphcError(f"cannot write {out}: directory {parent} does not exist")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise GraphcError(f"cannot write {out}: permission denied on directory {parent}")
+
+
+def build_bundle(spec_path: str | os.PathLike, output: str | os.PathLike,
+                 weights: str | os.PathLike | Mapping[str, np.ndarray] | None = None, seed: int = 0,
+                 opset: int | None = None, include_dirs: Iterable[str] = (),
+                 max_param_bytes: int | None = DEFAULT_MAX_PARAM_BYTES, progress=None,
+                 dtype: str = "float32", verify: bool = False) -> dict:
+    """Compile ``spec_path`` with a KV cache and write the bundle directory
+    ``output``; returns the config written as graphc_generation.json.
+    ``verify``: run the ONNX checker and strict shape inference on each file first."""
+    from ..lower import DEFAULT_OPSET, lower_by_reference, save_model
+    from ..progress import report
+    out = Path(output)
+    if dtype != "float32":
+        raise GraphcError(f"--kv-cache bundles are float32 for now, not {dtype}", hint="leave out --dtype")
+    _check_target(out)
+    report(progress, "check")
+    spec = load_spec(spec_path, include_dirs)
+    graph = build_graph(spec, max_param_bytes, kv_cache=True)
+    gen, cache = spec.generation, graph.generation
+    for src in spec.sources + ([str(weights)] if isinstance(weights, (str, os.PathLike)) else []):
+        if out.exists() and Path(src).exists() and Path(src).resolve().is_relative_to(out.resolve()):
+            raise GraphcError(f"refusing to replace {out}: it holds the input {src}", hint="choose another directory")
+    source, seeded = "weights", weights is None
+    if isinstance(weights, (str, os.PathLike)):
+        source = str(weights)
+        report(progress, "read", detail=source)
+        weights = load_weights(weights, max_bytes=max_param_bytes)
+    notes = materialize(graph, weights, seed, source, progress=progress, fold=False)
+    weights = None
+    report(progress, "fold")
+    fold_derived(graph)
+    simplify(graph)
+    graph.metadata["graphc.seed"] = str(seed) if seeded else "weights"
+    graph.metadata["graphc.kv_cache"] = "1"
+    config = {
+        "format": 1,
+        "architecture": "encoder-decoder" if gen.encoder_decoder else "decoder-only",
+        "dtype": dtype,
+        "bos": gen.bos,
+        "eos": (gen.eos[0] if len(gen.eos) == 1 else list(gen.eos)) if gen.eos else None,
+        "pad": gen.pad,
+        "decoder_start": gen.decoder_start if gen.decoder_start is not None else gen.bos,
+        "vocab_size": vocab_size(spec, graph),
+        "max_positions": cache.max_positions,
+        "logits_kind": _logits_kind(spec),
+        "decoder": {"file": DECODER_FILE},
+        "encoder": None,
+        "cache": [{"past_key": e.past_key, "past_value": e.past_value, "present_key": e.present_key,
+                   "present_value": e.present_value, "kv_heads": e.kv_heads, "head_dim": e.head_dim}
+                  for e in cache.entries],
+        "spec": spec.name,
+        "graphc_version": __version__,
+    }
+    parts = {DECODER_FILE: graph}
+    if gen.encoder_decoder:
+        from ..ir.partition import split_by_inputs
+        roles = {gen.source: "source_ids", **gen.source_masks}
+
+        def name(k, info):
+            if not info.type.shape or info.type.shape[0] != cache.batch:
+                raise GraphcError(f"the encoder-decoder split needs every value passed from the encoder to the "
+                                  f"decoder batch-first, but '{info.name}' is {info.type}", info.span,
+                                  hint="beam search repeats encoder outputs along axis 0")
+            return f"encoder_out.{k}"
+        enc, dec, boundary = split_by_inputs(graph, set(roles), name)
+        if not boundary:
+            raise GraphcError(f"generation 'source': the decoder does not read the source '{gen.source}'",
+                              gen.spans["source"])
+        for g in (enc, dec):
+            g.metadata["graphc.bundle_part"] = "encoder" if g is enc else "decoder"
+        parts = {ENCODER_FILE: enc, DECODER_FILE: dec}
+        config["encoder"] = {"file": ENCODER_FILE, "inputs": {n: roles[n] for n in enc.inputs},
+                             "outputs": [b for _, b in boundary]}
+    report(progress, "lower")
+    models = {f: lower_by_reference(g, opset or DEFAULT_OPSET) for f, g in parts.items()}
+    _write_directory(out, models, config, verify, progress)
+    config["notes"] = notes
+    return config
+
+
+def _write_directory(out: Path, models: dict, config: dict, verify: bool, progress) -> None:
+    from ..lower import check_model_file, save_model
+    from ..progress import report
+    parent = out.parent if str(out.parent) else Path(".")
+    tmp_root = None
+    try:
+        with terminate_as_interrupt():
+            with deferred():
+                tmp_root = tempfile.mkdtemp(prefix=".graphc-bundle-", dir=parent)
+            tmp = Path(tmp_root) / "bundle"
+            tmp.mkdir()
+            for file, (model, arrays) in models.items():
+                report(progress, "write", detail=str(out / file))
+                save_model(model, tmp / file, arrays, check_model_file if verify else None)
+            (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
+            if config["architecture"] == "decoder-only":
+                _genai_config(tmp, config)
+            checkpoint()
+            with deferred():
+                old = Path(tmp_root) / "old"
+                if out.exists():
+                    os.replace(out, old)        # an earlier bundle: moved aside, removed below
+                os.replace(tmp, out)
+    except OSError as exc:
+        raise GraphcError(f"cannot write the bundle {out}: {exc.strerror or exc}") from None
+    finally:
+        if tmp_root is not None:
+            shutil.rmtree(tmp_root, ignore_errors=True)
+
+
+def _genai_config(directory: Path, config: dict) -> None:
+    """genai_config.json for onnxruntime-genai, when graphc.generation.genai_config
+    (the runtime side's module) is present: write_genai_config(directory, config)."""
+    try:
+        from . import genai_config
+    except ImportError:
+        return
+    write = getattr(genai_config, "write_genai_config", None)
+    if write is not None:
+        write(directory, config)

@@ -1,0 +1,177 @@
+"""Cache mode of the expansion: what ``graphc build --kv-cache`` changes.
+
+A generating decoder runs once per new token. Without a cache each step
+recomputes the keys and values of every earlier token; with one, each causal
+self-attention takes the keys/values of the earlier tokens as graph inputs
+(``past_key_values.{i}.key|value`` [batch, kv_heads, past_seq, head_dim]) and
+returns them extended by the new tokens (``present.{i}.key|value``, the concat
+on the sequence axis). The Builder carries one ``CacheContext`` (``b.gen``)
+while a spec is expanded in cache mode; the layer kinds consult it:
+
+- ``multihead_attention`` (and every Transformer kind, which expands through
+  it), when causal self-attention runs over the generated sequence, concats the
+  cache after the projections (and after rope) and attends with ``mask()``;
+- ``sinusoidal_pe``, ``learned_pe`` and rope look positions up in
+  ``position_ids`` [batch, seq] instead of using 0..seq-1, so a step at
+  position 37 (or a left-padded row whose real tokens start late) gets its
+  real positions.
+
+"The generated sequence" is recognised by its length: a value whose sequence
+axis is the tokens input's symbolic length. Source sequences (another
+symbol) are untouched, so an encoder-decoder's encoder compiles as before.
+
+The mask is built once and shared by every layer: query j of a step (absolute
+column past_seq + j) may see key columns 0 .. past_seq + j (causal aligned
+bottom-right) whose ``attention_mask`` is 1. It uses reversed column indices
+(distance from the last column), which need no run-time past length:
+key k is visible to query j iff (T-1-k) >= (S-1-j), T = past_seq + S.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import GraphcError
+from ..shapes import Dim
+from .builder import Builder, Value
+
+PAST_DIM = "past_seq"
+# layer kinds that mix positions along a sequence in a way a cache cannot carry
+UNCACHEABLE_KINDS = ("lstm", "gru", "rnn", "scaled_dot_product_attention", "rope")
+
+
+@dataclass
+class CacheEntry:
+    past_key: str
+    past_value: str
+    present_key: str
+    present_value: str
+    kv_heads: int
+    head_dim: int
+    layer: str
+    key_value: tuple[str, str] = ("", "")      # the IR values of the present key/value
+
+
+class CacheContext:
+    def __init__(self, b: Builder, input_ids: Value, span):
+        if input_ids.rank != 2:
+            raise GraphcError(f"the tokens input must be [batch, seq], got rank {input_ids.rank}", span)
+        self.batch, self.seq = input_ids.shape
+        if self.seq.is_const or len(self.seq.symbols) != 1:
+            raise GraphcError(f"the tokens input's sequence length must be a symbolic dim (like 'seq'), "
+                              f"not '{self.seq}'", span,
+                              hint="a cached decoder runs with a different number of new tokens at each step")
+        if str(self.seq) == PAST_DIM or str(self.batch) == PAST_DIM:
+            raise GraphcError(f"'{PAST_DIM}' is the name graphc gives the cache length; rename that dim", span)
+        self.input_ids = input_ids
+        self.past = Dim.sym(PAST_DIM)
+        self.total = self.past + self.seq
+        self.span = span
+        self.attention_mask = b.input("attention_mask", "int64", (self.batch, self.total), span)
+        self.position_ids = b.input("position_ids", "int64", (self.batch, self.seq), span)
+        self.entries: list[CacheEntry] = []
+        self.max_positions: int | None = None
+        self._mask: Value | None = None
+
+    # ------------------------------------------------------------------ queries
+    def applies(self, seq: Dim) -> bool:
+        """Does a sequence axis of this length run over the generated tokens?"""
+        return seq == self.seq
+
+    def positions(self, max_len: int) -> Value:
+        """position_ids [batch, seq], noting ``max_len`` rows of the table that reads it."""
+        self.max_positions = max_len if self.max_positions is None else min(self.max_positions, max_len)
+        return self.position_ids
+
+    # ------------------------------------------------------------------ emitting
+    def self_attention(self, b: Builder, kh: Value, vh: Value) -> tuple[Value, Value]:
+        """Concat the cache before this step's keys/values [B, Hkv, S, D]:
+        returns [B, Hkv, past_seq + S, D] each (the layer's present)."""
+        i = len(self.entries)
+        kvh, hd = kh.shape[1], kh.shape[3]
+        if not (kvh.is_const and hd.is_const):
+            raise b.error("a cached attention needs fixed head counts and widths")
+        past_k = b.input(f"past_key_values.{i}.key", kh.dtype, (self.batch, kvh, self.past, hd), b.span)
+        past_v = b.input(f"past_key_values.{i}.value", vh.dtype, (self.batch, vh.shape[1], self.past, vh.shape[3]),
+                         b.span)
+        k = b.op("Concat", [past_k, kh], axis=2, name_hint="present_key")      # [B, Hkv, P, D] + [B, Hkv, S, D]
+        v = b.op("Concat", [past_v, vh], axis=2, name_hint="present_value")    # -> [B, Hkv, P+S, D]
+        self.entries.append(CacheEntry(past_k.name, past_v.name, f"present.{i}.key", f"present.{i}.value",
+                                       kvh.value, hd.value, b.path, (k.name, v.name)))
+        return k, v
+
+    def mask(self, b: Builder) -> Value:
+        """bool [B, 1, S, T], True = masked out: padding (attention_mask == 0) or a
+        key after the query (bottom-right causal). Built once, shared by all layers."""
+        if self._mask is not None:
+            return self._mask
+        one = Dim.const
+        pad = b.op("Equal", [self.attention_mask, b.const(np.array(0, np.int64), "zero")])    # [B, T]
+        pad = b.op("Reshape", [pad], shape=(self.batch, one(1), one(1), self.total))           # -> [B, 1, 1, T]
+        key_back = b.op("Arange", [self.attention_mask], axis=1, reverse=True)                 # [T]: T-1 .. 0
+        query_back = b.op("Arange", [self.input_ids], axis=1, reverse=True)                    # [S]: S-1 .. 0
+        key_back = b.op("Reshape", [key_back], shape=(one(1), self.total))                    # [T] -> [1, T]
+        query_back = b.op("Reshape", [query_back], shape=(self.seq, one(1)))                  # [S] -> [S, 1]
+        later = b.op("Less", [key_back, query_back])                                           # [S, T]: key after query
+        later = b.op("Reshape", [later], shape=(one(1), one(1), self.seq, self.total))         # -> [1, 1, S, T]
+        self._mask = b.op("Or", [pad, later])                                                  # [B, 1, S, T]
+        return self._mask
+
+    def check_kind(self, kind: str, inputs, span) -> None:
+        """Refuse a layer that would read the generated sequence in a way no cache carries."""
+        if kind not in UNCACHEABLE_KINDS:
+            return
+        for v in inputs:
+            if v is not None and any(self.applies(d) for d in v.shape):
+                raise GraphcError(f"a '{kind}' layer over the generated sequence cannot be compiled with "
+                                  f"--kv-cache", span,
+                                  hint="cached decoding supports causal multihead_attention and the Transformer "
+                                       "kinds (with rope: for rotary positions); build without --kv-cache")
+
+    def finish(self, b: Builder, spec_span) -> None:
+        if not self.entries:
+            raise GraphcError("--kv-cache: the model has no causal self-attention over the generated tokens, "
+                              "so there is nothing to cache", spec_span,
+                              hint="a cached decoder needs causal: true self-attention (multihead_attention, "
+                                   "transformer_decoder, transformer, or a causal transformer_encoder) reading "
+                                   "the generation tokens; build without --kv-cache otherwise")
+        for e in self.entries:
+            b.g.outputs[e.present_key] = e.key_value[0]
+            b.g.outputs[e.present_value] = e.key_value[1]
+
+
+def vocab_size(spec, g) -> int | None:
+    """The logits' last dim (a fixed number), or None when it is symbolic."""
+    gen = spec.generation
+    name = g.outputs.get("logits") if getattr(g, "generation", None) is not None else g.outputs.get(gen.logits)
+    d = g.value(name).type.shape[-1] if name else None
+    return d.value if d is not None and d.is_const else None
+
+
+def check_generation(spec, g) -> None:
+    """What the ``generation:`` section says, against the built graph: the logits
+    are [batch, seq, vocab] over the tokens' batch and length, and every special
+    id lies inside the vocabulary. Located at the section's keys."""
+    gen = spec.generation
+    cached = getattr(g, "generation", None) is not None
+    out = g.outputs["logits" if cached else gen.logits]
+    t = g.value(out).type
+    tokens = g.value("input_ids" if cached else gen.tokens).type
+    where = gen.spans["logits"]
+    if t.rank != 3 or t.dtype not in ("float32", "float16"):
+        raise GraphcError(f"generation 'logits': output '{gen.logits}' must be float [batch, seq, vocab], "
+                          f"got {t}", where)
+    if t.shape[:2] != tokens.shape:
+        raise GraphcError(f"generation 'logits': output '{gen.logits}' is {t}, but the tokens are "
+                          f"{tokens}: the logits must score every token position", where,
+                          hint="the logits' first two axes are the tokens' [batch, seq]")
+    vocab = vocab_size(spec, g)
+    if vocab is None:
+        raise GraphcError(f"generation 'logits': the vocabulary axis of output '{gen.logits}' is symbolic "
+                          f"('{t.shape[-1]}')", where, hint="the logits' last axis must be a fixed number")
+    for key, i in gen.ids():
+        if i >= vocab:
+            raise GraphcError(f"generation '{key}' is {i}, outside the vocabulary of {vocab} tokens "
+                              f"(ids 0..{vocab - 1})", gen.spans[key],
+                              hint=f"the vocabulary is the last axis of output '{gen.logits}'")
