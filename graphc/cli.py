@@ -136,6 +136,9 @@ def cmd_check(args) -> int:
 def cmd_build(args) -> int:
     from .lower import check_model_file
     from .compiler import check_output_path
+    if args.kv_cache:
+        from .generation.bundle_write import build_bundle_cli
+        return build_bundle_cli(args)
     out = Path(args.output)
     check_output_path(out, [args.spec, args.weights])      # before a long compile, not after
     t0 = time.perf_counter()
@@ -345,6 +348,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--check", action="store_true",
                    help="also run onnx.checker (full) and ONNX's strict shape inference on the output "
                         "(the test suite does this for every example; it adds seconds on big models)")
+    b.add_argument("--kv-cache", action="store_true",
+                   help="write a generation bundle directory (cached decoder, encoder, graphc_generation.json) "
+                        "for 'graphc generate'; needs the spec's generation: section (docs/generation.md)")
     b.add_argument("-q", "--quiet", action="store_true")
     b.set_defaults(fn=cmd_build)
 

@@ -182,6 +182,7 @@ def _top_properties() -> dict:
         "outputs": _ref("outputs"),
         "quantize": quantize_schema(),
         "weights": _weights_def(),
+        "generation": _generation_def(),
     }
 
 
@@ -204,6 +205,32 @@ def _weights_def() -> dict:
                 "ignore": {**names, "description": "tensor name patterns to drop (with a note)"},
                 "map": {"type": "array", "items": rule, "description": "rules, applied in order"},
                 "doc": {"type": "string"}}}
+
+
+def _generation_def() -> dict:
+    from .spec.generation import GENERATION_KEYS, LOGITS_KINDS, SOURCE_MASK_ROLES
+    token_id = {"type": "integer", "minimum": 0}
+    props = {
+        "tokens": {**_ref("name"), "description": "the int [batch, seq] input carrying the generated tokens"},
+        "source": {**_ref("name"), "description": "encoder-decoder models: the encoder's int [batch, src_seq] input"},
+        "source_masks": {"type": "object", "description": "other source inputs: name -> role",
+                         "propertyNames": {"pattern": NAME_RE.pattern},
+                         "additionalProperties": {"enum": list(SOURCE_MASK_ROLES)}},
+        "logits": {**_ref("name"), "description": "the [batch, seq, vocab] output scored at each step"},
+        "logits_kind": {"enum": list(LOGITS_KINDS),
+                        "description": "default: log_probs when the output is a log_softmax layer, else logits"},
+        "bos": {"anyOf": [token_id, {"type": "null"}], "description": "beginning-of-sequence id"},
+        "eos": {"anyOf": [token_id, {"type": "array", "items": token_id, "minItems": 1}],
+                "description": "end-of-sequence id(s): a row stops when it produces one"},
+        "pad": {**token_id, "description": "the padding id"},
+        "decoder_start": {**token_id, "description": "encoder-decoder: the decoder's first token (default bos)"},
+        "doc": {"type": "string"},
+    }
+    if set(props) != set(GENERATION_KEYS):   # pragma: no cover - caught by the tests
+        raise InternalError("schema generation keys differ from graphc.spec.generation.GENERATION_KEYS")
+    return {"type": "object", "additionalProperties": False, "required": ["tokens", "logits", "pad"],
+            "description": "how the model generates (graphc build --kv-cache; docs/generation.md)",
+            "properties": props}
 
 
 def _block_def() -> dict:

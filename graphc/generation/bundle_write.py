@@ -178,3 +178,22 @@ def _genai_config(directory: Path, config: dict) -> None:
     write = getattr(genai_config, "write_genai_config", None)
     if write is not None:
         write(directory, config)
+
+
+def build_bundle_cli(args) -> int:
+    """``graphc build --kv-cache``: the CLI's arguments to build_bundle, and its summary line."""
+    import sys
+    import time
+    from ..progress import Progress
+    t0 = time.perf_counter()
+    with Progress(enabled=False if args.quiet else None) as progress:
+        config = build_bundle(args.spec, args.output, args.weights, args.seed, args.opset, args.include_dir,
+                              args.max_param_bytes, progress, args.dtype, args.check)
+    if not args.quiet:
+        for note in config["notes"]:
+            print(f"graphc: note: {note}", file=sys.stderr)
+        files = [DECODER_FILE] + ([ENCODER_FILE] if config["encoder"] else [])
+        size = sum(os.path.getsize(Path(args.output) / f) for f in files)
+        print(f"wrote {args.output}/ ({config['architecture']}: {', '.join(files)}, {size / 1e6:.1f} MB, "
+              f"{len(config['cache'])} cached attention layers) in {time.perf_counter() - t0:.2f} s")
+    return 0
