@@ -166,3 +166,39 @@ def test_bundle_io_names_and_shapes(tmp_path):
     assert outs == {"logits": ["batch", "seq", 80],
                     **{f"present.{i}.{kv}": ["batch", 2, "past_seq+seq", 16] for i in range(2) for kv in ("key", "value")}}
     assert read_config(bundle) == {k: v for k, v in config.items() if k != "notes"}
+
+
+GENERATING_SPECS = ["gpt_decoder_only", "llama_decoder", "translation_base"]
+
+
+@pytest.mark.parametrize("name", GENERATING_SPECS)
+def test_example_specs_expand_in_cache_mode(name):
+    """Shape-checked cached graphs of the example specs (no weights allocated)."""
+    from graphc.build import build_graph
+    from graphc.spec import load_spec
+    from helpers import SPECS
+    g = build_graph(load_spec(SPECS / f"{name}.yaml"), kv_cache=True)
+    layers = {"gpt_decoder_only": 4, "llama_decoder": 8, "translation_base": 6}[name]
+    assert len(g.generation.entries) == layers
+    assert [i for i in g.inputs if not i.startswith("past_")] == \
+        (["src_tokens"] if name == "translation_base" else []) + ["input_ids", "attention_mask", "position_ids"]
+    assert list(g.outputs)[0] == "logits" and len(g.outputs) == 1 + 2 * layers
+
+
+def test_generation_section_leaves_the_plain_build_unchanged():
+    """A plain build of a spec with a generation: section is the build of the same
+    spec without it, byte for byte, but for the spec's own hash in the metadata."""
+    import onnx
+    from helpers import SPECS
+    text = (SPECS / "gpt_decoder_only.yaml").read_text()
+    without = text[:text.index("generation:")]
+    assert without != text
+    small = {"vocab: 8000, d_model: 256": "vocab: 100, d_model: 32"}
+    models = []
+    for t in (text, without):
+        for a, b in small.items():
+            t = t.replace(a, b)
+        m = onnx.load_from_string(compile_text(t)[0])
+        del m.metadata_props[:]
+        models.append(m.SerializeToString(deterministic=True))
+    assert models[0] == models[1]

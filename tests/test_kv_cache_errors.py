@@ -1,0 +1,102 @@
+"""Bad input to --kv-cache builds and to the generation: section: located
+errors (path:line:col at the offending key or value), exit 2, a hint, no
+traceback, and nothing written (no bundle directory, no temporary left)."""
+from __future__ import annotations
+
+import pytest
+
+from helpers import cli
+
+BASE = """graphc: 1
+dims: {batch: 2, seq: 8}
+params: {vocab: 40}
+inputs:
+  tokens: {dtype: int64, shape: [batch, seq], range: [0, vocab]}
+layers:
+  - {name: emb, kind: embedding, input: tokens, num_embeddings: vocab, embedding_dim: 16}
+  - {name: attn, kind: multihead_attention, input: emb, heads: 2, causal: true}
+  - {name: head, kind: linear, input: attn, out_features: vocab}
+outputs:
+  logits: head
+"""
+GEN = "generation: {tokens: tokens, logits: logits, bos: 1, eos: 2, pad: 0}\n"
+
+CASES = {
+    # name: (spec text, expected 'line:col: error: ...' prefix, a fragment of the hint or None)
+    "no_section": (BASE, "1:1: error: --kv-cache needs a 'generation:' section", "generation:"),
+    "unknown_input": (BASE + GEN.replace("tokens: tokens", "tokens: token"),
+                      "12:22: error: generation 'tokens' names 'token', which is not an input", "did you mean 'tokens'"),
+    "float_tokens": (BASE.replace("tokens: {dtype: int64", "tokens: {dtype: float32") + GEN,
+                     "12:22: error: generation 'tokens': input 'tokens' must hold token ids", "declared at"),
+    "unknown_output": (BASE + GEN.replace("logits: logits", "logits: logit"),
+                       "12:38: error: generation 'logits' names 'logit', which is not an output", "did you mean"),
+    "eos_outside_vocab": (BASE + GEN.replace("eos: 2", "eos: 40"),
+                          "12:59: error: generation 'eos' is 40, outside the vocabulary of 40 tokens", "last axis"),
+    "unknown_key": (BASE + GEN.replace("pad: 0", "pad: 0, bso: 1"),
+                    "12:70: error: unknown key 'bso' in 'generation'", "did you mean 'bos'"),
+    "no_causal_attention": (BASE.replace(", causal: true", "").replace(
+        "- {name: attn, kind: multihead_attention, input: emb, heads: 2}",
+        "- {name: attn, kind: relu, input: emb}") + GEN,
+        "12:13: error: --kv-cache: the model has no causal self-attention", "causal: true"),
+    "non_causal_attention": (BASE.replace(", causal: true", "") + GEN,
+                             "8:12: error: multihead_attention 'attn': non-causal self-attention over the generated",
+                             "causal: true"),
+    "logits_not_per_token": (BASE.replace("outputs:\n  logits: head", "  - {name: pooled, kind: reshape, input: head, shape: [batch, -1]}\n"
+                                          "outputs:\n  logits: pooled") + GEN,
+                             "13:38: error: generation 'logits': output 'logits' must be float [batch, seq, vocab]",
+                             None),
+    "static_seq": (BASE.replace("shape: [batch, seq]", "shape: [batch, 8]") + GEN,
+                   "12:22: error: the tokens input's sequence length must be a symbolic dim", "different number"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_kv_cache_bad_input_is_located(tmp_path, name):
+    text, expect, hint = CASES[name]
+    spec = tmp_path / "bad.yaml"
+    spec.write_text(text)
+    out = tmp_path / "bundle"
+    rc, stdout, stderr = cli("build", spec, "--kv-cache", "-o", out)
+    assert rc == 2, stderr
+    assert stderr.startswith(f"{spec}:{expect}"), stderr
+    if hint:
+        assert "hint:" in stderr and hint in stderr, stderr
+    assert "Traceback" not in stderr
+    assert not out.exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["bad.yaml"]          # no temporary left behind
+
+
+def test_plain_check_reports_generation_problems_too(tmp_path):
+    spec = tmp_path / "bad.yaml"
+    spec.write_text(BASE + GEN.replace("pad: 0", "pad: 99"))
+    rc, _, stderr = cli("check", spec)
+    assert rc == 2 and "generation 'pad' is 99, outside the vocabulary of 40 tokens" in stderr
+
+
+def test_a_directory_that_is_not_a_bundle_is_not_replaced(tmp_path):
+    spec = tmp_path / "ok.yaml"
+    spec.write_text(BASE + GEN)
+    out = tmp_path / "stuff"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    rc, _, stderr = cli("build", spec, "--kv-cache", "-o", out)
+    assert rc == 2 and "not a bundle" in stderr
+    assert [p.name for p in out.iterdir()] == ["keep.txt"]
+    # an earlier bundle is replaced whole
+    rc, _, stderr = cli("build", spec, "--kv-cache", "-o", tmp_path / "b")
+    assert rc == 0, stderr
+    rc, _, stderr = cli("build", spec, "--kv-cache", "-o", tmp_path / "b", "--seed", "3")
+    assert rc == 0, stderr
+    assert sorted(p.name for p in (tmp_path / "b").iterdir())[:2] == ["decoder.onnx", "genai_config.json"] or \
+        sorted(p.name for p in (tmp_path / "b").iterdir()) == ["decoder.onnx", "graphc_generation.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b", "ok.yaml", "stuff"]
+
+
+def test_bad_weights_leave_nothing(tmp_path):
+    import numpy as np
+    spec = tmp_path / "ok.yaml"
+    spec.write_text(BASE + GEN)
+    np.savez(tmp_path / "w.npz", nothing=np.zeros(3, np.float32))
+    rc, _, stderr = cli("build", spec, "--kv-cache", "-o", tmp_path / "b", "--weights", tmp_path / "w.npz")
+    assert rc == 2 and "Traceback" not in stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ok.yaml", "w.npz"]
