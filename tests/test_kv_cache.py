@@ -13,6 +13,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from helpers import compile_text
 from kv_helpers import Decoder, build_both, read_config, session
 
 TOL = 1e-5
