@@ -45,6 +45,12 @@ CASES = {
                                           "outputs:\n  logits: pooled") + GEN,
                              "13:38: error: generation 'logits': output 'logits' must be float [batch, seq, vocab]",
                              None),
+    "cross_attention_over_tokens": (BASE.replace(
+        "- {name: attn, kind: multihead_attention, input: emb, heads: 2, causal: true}",
+        "- {name: other, kind: linear, input: emb, out_features: 16}\n"
+        "  - {name: attn, kind: multihead_attention, inputs: {query: emb, key: other}, heads: 2, causal: true}")
+        .replace("outputs:\n  logits: head", "outputs:\n  logits: head") + GEN,
+        "9:71: error: multihead_attention 'attn': attention whose keys run over the generated tokens", "self-attention"),
     "static_seq": (BASE.replace("shape: [batch, seq]", "shape: [batch, 8]") + GEN,
                    "12:22: error: the tokens input's sequence length must be a symbolic dim", "different number"),
 }

@@ -77,11 +77,13 @@ def _needed_ops(g: Graph, targets: Iterable[str], stop: set[str]) -> list[OpNode
     return [op for op in g.ops() if op.id in wanted]
 
 
-def split_by_inputs(g: Graph, first: set[str], boundary_name: Callable[[int, ValueInfo], str]
-                    ) -> tuple[Graph, Graph, list[tuple[str, str]]]:
+def split_by_inputs(g: Graph, first: set[str], boundary_name: Callable[[int, ValueInfo], str],
+                    late: Callable[[OpNode], bool] | None = None) -> tuple[Graph, Graph, list[tuple[str, str]]]:
     """(first part, second part, [(IR value, boundary name)]). The first part's outputs
     are the boundary values; the second part's inputs are g's other inputs, then the
-    boundary values under their boundary names."""
+    boundary values under their boundary names. ``late(op)`` true keeps an op (and so
+    what depends on it) in the second part: tools/bench_encdec_split.py uses it to
+    measure the cut at the encoder memory against the default cut."""
     dynamic = set(g.inputs)
     only_first = set(first)
     first_ops: set[str] = set()
@@ -90,7 +92,7 @@ def split_by_inputs(g: Graph, first: set[str], boundary_name: Callable[[int, Val
         if not read:
             continue                # weights and constants only: copied where needed
         dynamic.update(op.outputs)
-        if all(i in only_first for i in read):
+        if all(i in only_first for i in read) and not (late is not None and late(op)):
             only_first.update(op.outputs)
             first_ops.add(op.id)
     boundary: list[str] = []

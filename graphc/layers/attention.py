@@ -194,7 +194,14 @@ def _cached_self_attention(b: Builder, call: Call, c: dict, sq: Dim) -> bool:
     """Whether this attention reads and extends a KV cache (a --kv-cache build's
     causal self-attention over the generated tokens: graphc.ir.kv_cache)."""
     gen = getattr(b, "gen", None)
-    if gen is None or not c["self_attn"] or not gen.applies(sq):
+    if gen is None:
+        return False
+    key = call.inputs.get("key") or call.inputs["query"]
+    if not c["self_attn"] and gen.applies(key.shape[1]):
+        raise call.error("attention whose keys run over the generated tokens must be self-attention (key and "
+                         "value the query itself) to be cached", "key",
+                         hint="a --kv-cache build caches causal self-attention only; build without --kv-cache")
+    if not c["self_attn"] or not gen.applies(sq):
         return False
     if not call["causal"]:
         raise call.error("non-causal self-attention over the generated tokens cannot be cached: each token "
