@@ -203,3 +203,17 @@ def test_generation_section_leaves_the_plain_build_unchanged():
         del m.metadata_props[:]
         models.append(m.SerializeToString(deterministic=True))
     assert models[0] == models[1]
+
+
+def test_bundle_is_deterministic(tmp_path):
+    """Same spec and seed: byte-identical files, encoder-decoder split included."""
+    from graphc.generation.bundle_write import build_bundle
+    from test_kv_cache_encdec import TRANSLATION
+    spec = tmp_path / "m.yaml"
+    spec.write_text(TRANSLATION.format(final_norms="false"))
+    for out in ("a", "b"):
+        build_bundle(spec, tmp_path / out, seed=7)
+    files = sorted(p.name for p in (tmp_path / "a").iterdir())
+    assert files[:2] == ["decoder.onnx", "encoder.onnx"]
+    for f in files:
+        assert (tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes(), f
