@@ -178,6 +178,24 @@ def _slice_to_seq(b: Builder, table: Value, x: Value, seq_axis: int) -> Value:
     return b.op("SliceLike", [table, x], axis=0, ref_axis=seq_axis % x.rank)
 
 
+_POSITIONS_PORT = Port("position_ids", "optional int64 [batch, seq]: each token's position (default 0..seq-1; "
+                      "left-padded rows: cumsum(mask) - 1); ids at or above max_len are an error at run time", True)
+
+
+def _positions(b: Builder, call: Call, x: Value, seq_axis: int, max_len: int) -> Value | None:
+    """The positions to encode x at: the layer's position_ids input when connected, a
+    --kv-cache build's position_ids for the generated tokens, or None (0..seq-1)."""
+    pos = call.inputs.get("position_ids")
+    if pos is None:
+        return _cached_positions(b, x, seq_axis, max_len)
+    if x.rank != 3 or seq_axis % 3 != 1:
+        raise call.error("position_ids need a batch-first [batch, seq, d] input (seq_axis 1)", "position_ids")
+    if pos.dtype not in ("int64", "int32") or pos.rank != 2 or tuple(pos.shape) != tuple(x.shape[:2]):
+        raise call.error(f"position_ids must be int64 [batch, seq] = [{x.shape[0]}, {x.shape[1]}], "
+                         f"got {pos.dtype}[{', '.join(map(str, pos.shape))}]", "position_ids")
+    return pos
+
+
 def _cached_positions(b: Builder, x: Value, seq_axis: int, max_len: int) -> Value | None:
     """In a --kv-cache build, the position_ids [batch, seq] a batch-first input over
     the generated tokens is encoded at (graphc.ir.kv_cache); None otherwise."""
@@ -251,7 +269,7 @@ class SinusoidalPE(LayerKind):
         Param("seq_axis", "int", 1, "the sequence axis of x (1 for batch-first [batch, seq, d], "
               "0 for [seq, batch, d])"),
     )
-    inputs = (Port("x", "[batch, seq, d] (batch-first; see seq_axis) embeddings"),)
+    inputs = (Port("x", "[batch, seq, d] (batch-first; see seq_axis) embeddings"), _POSITIONS_PORT)
     outputs = (Port("y", "x + PE, same shape as x (or PE alone when add is false)"),)
     shape_rule = "[batch, seq, d] -> [batch, seq, d]   (add: false -> [seq, d])"
     example = "{name: pos, kind: sinusoidal_pe, input: embed, max_len: 5000}"
@@ -268,7 +286,7 @@ class SinusoidalPE(LayerKind):
         table = _shared_const(
             b, key, lambda: _table_layout(sinusoid_table(max_len, d, call["style"], np.dtype(x.dtype)), x.rank, s),
             "pe_table")
-        positions = _cached_positions(b, x, s, max_len)
+        positions = _positions(b, call, x, s, max_len)
         if positions is not None:
             pe = b.op("Gather", [table, positions], axis=0)      # [L, d] at [B, S] -> [B, S, d]
         else:
@@ -286,9 +304,12 @@ class SinusoidalPE(LayerKind):
             i, use_sin = j // 2, j % 2 == 0
         else:
             i, use_sin = j % (d // 2), j < d // 2
+        if inputs.get("position_ids") is not None:
+            pos = inputs["position_ids"].astype(np.float64)[..., None]          # [batch, seq, 1]
         angle = pos / 10000.0 ** (2.0 * i / d)
         pe = np.where(use_sin, np.sin(angle), np.cos(angle))
-        pe = pe.reshape((n,) + (1,) * (x.ndim - 2 - s) + (d,))   # [seq, d] -> [seq, 1.., d]
+        if inputs.get("position_ids") is None:
+            pe = pe.reshape((n,) + (1,) * (x.ndim - 2 - s) + (d,))   # [seq, d] -> [seq, 1.., d]
         return {"y": (x + pe if args["add"] else pe).astype(x.dtype)}
 
 
@@ -314,7 +335,7 @@ class LearnedPE(LayerKind):
               min=1, max=MAX_TABLE_LEN),
         Param("seq_axis", "int", 1, "the sequence axis of x (1 for batch-first [batch, seq, d])"),
     )
-    inputs = (Port("x", "[batch, seq, d] (batch-first; see seq_axis) embeddings"),)
+    inputs = (Port("x", "[batch, seq, d] (batch-first; see seq_axis) embeddings"), _POSITIONS_PORT)
     shape_rule = "[batch, seq, d] -> [batch, seq, d]"
     example = "{name: pos, kind: learned_pe, input: embed, max_len: 1024}"
 
@@ -328,7 +349,7 @@ class LearnedPE(LayerKind):
             shape = (max_len,) + (1,) * ones + (d,)
             w = b.derive(lambda t: t.reshape(shape), [w], shape, "weight_bcast",   # [L, d] -> [L, 1.., d]
                          dtype=x.dtype)
-        positions = _cached_positions(b, x, s, max_len)
+        positions = _positions(b, call, x, s, max_len)
         if positions is not None:
             return {"y": b.op("Add", [x, b.op("Gather", [w, positions], axis=0)])}   # [L, d] at [B, S] -> [B, S, d]
         return {"y": b.op("Add", [x, _slice_to_seq(b, w, x, s)])}
@@ -336,6 +357,8 @@ class LearnedPE(LayerKind):
     def reference(self, args, weights, inputs):
         x = inputs["x"]
         s = args["seq_axis"] % x.ndim
+        if inputs.get("position_ids") is not None:
+            return {"y": x + weights["weight"][inputs["position_ids"]]}             # [batch, seq, d]
         pe = weights["weight"][: x.shape[s]]
         pe = pe.reshape((x.shape[s],) + (1,) * (x.ndim - 2 - s) + (x.shape[-1],))   # [seq, d] -> [seq, 1.., d]
         return {"y": x + pe}
