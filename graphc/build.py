@@ -383,6 +383,13 @@ def build_graph(spec: Spec, max_param_bytes: int | None = DEFAULT_MAX_PARAM_BYTE
         if gen is not None and decl.name == gen.tokens:
             from .ir.kv_cache import CacheContext
             ex.b.gen = CacheContext(ex.b, v, gen.spans["tokens"])
+    if gen is not None and gen.source is not None:
+        src_seq, tgt_seq = (g.value(n).type.shape[1] for n in (gen.source, "input_ids"))
+        if src_seq == tgt_seq:
+            raise GraphcError(f"generation 'source' and 'tokens' share the sequence length '{tgt_seq}'",
+                              gen.spans["source"],
+                              hint="--kv-cache tells the generated sequence by its length: give the source its "
+                                   "own dim (e.g. src_seq)")
     for name, d in spec.dims.items():
         if d.example is not None:
             g.dim_examples[name] = d.example

@@ -56,6 +56,23 @@ CASES = {
 }
 
 
+SHARED_DIM = """graphc: 1
+dims: {batch: 2, seq: 8}
+inputs:
+  src: {dtype: int64, shape: [batch, seq]}
+  tgt: {dtype: int64, shape: [batch, seq]}
+layers:
+  - {name: e, kind: embedding, input: src, num_embeddings: 30, embedding_dim: 16}
+  - {name: f, kind: embedding, input: tgt, num_embeddings: 30, embedding_dim: 16}
+  - {name: t, kind: transformer, inputs: {src: e, tgt: f}, heads: 2, encoder_layers: 1, decoder_layers: 1, d_ff: 32}
+  - {name: head, kind: linear, input: t, out_features: 30}
+outputs: {logits: head}
+generation: {tokens: tgt, source: src, logits: logits, bos: 1, pad: 0}
+"""
+CASES["source_shares_the_tokens_dim"] = (SHARED_DIM, "12:35: error: generation 'source' and 'tokens' share the "
+                                         "sequence length 'seq'", "src_seq")
+
+
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_kv_cache_bad_input_is_located(tmp_path, name):
     text, expect, hint = CASES[name]
