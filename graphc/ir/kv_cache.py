@@ -144,7 +144,7 @@ class CacheContext:
 def vocab_size(spec, g) -> int | None:
     """The logits' last dim (a fixed number), or None when it is symbolic."""
     gen = spec.generation
-    name = g.outputs.get("logits") if getattr(g, "generation", None) is not None else g.outputs.get(gen.logits)
+    name = g.outputs.get("logits") if g.generation is not None else g.outputs.get(gen.logits)
     d = g.value(name).type.shape[-1] if name else None
     return d.value if d is not None and d.is_const else None
 
@@ -154,7 +154,7 @@ def check_generation(spec, g) -> None:
     are [batch, seq, vocab] over the tokens' batch and length, and every special
     id lies inside the vocabulary. Located at the section's keys."""
     gen = spec.generation
-    cached = getattr(g, "generation", None) is not None
+    cached = g.generation is not None
     out = g.outputs["logits" if cached else gen.logits]
     t = g.value(out).type
     tokens = g.value("input_ids" if cached else gen.tokens).type
