@@ -123,3 +123,36 @@ def test_bad_weights_leave_nothing(tmp_path):
     rc, _, stderr = cli("build", spec, "--kv-cache", "-o", tmp_path / "b", "--weights", tmp_path / "w.npz")
     assert rc == 2 and "Traceback" not in stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ok.yaml", "w.npz"]
+
+
+def test_int8_and_ort_target_are_refused_not_ignored(tmp_path):
+    spec = tmp_path / "q.yaml"
+    spec.write_text(BASE + GEN + "quantize: {mode: int8}\n")
+    rc, _, stderr = cli("build", spec, "--kv-cache", "-o", tmp_path / "b")
+    assert rc == 2 and f"{spec}:13:" in stderr and "int8 quantization is not supported" in stderr
+    assert "--quantize none" in stderr and not (tmp_path / "b").exists()
+    rc, _, stderr = cli("build", spec, "--kv-cache", "-o", tmp_path / "b", "--target", "ort")
+    assert rc == 2 and "--target ort is not supported" in stderr
+    rc, _, stderr = cli("build", spec, "--kv-cache", "-o", tmp_path / "b", "--quantize", "none")
+    assert rc == 0, stderr
+    assert (tmp_path / "b" / "decoder.onnx").is_file()
+
+
+def test_weights_file_with_ignored_names(tmp_path):
+    """A weights file loads as in a plain build: --ignore-weights drops extra tensors."""
+    import numpy as np
+    from graphc.build import build_graph
+    from graphc.spec import load_spec
+    spec = tmp_path / "ok.yaml"
+    spec.write_text(BASE + GEN)
+    g = build_graph(load_spec(spec))
+    rng = np.random.default_rng(0)
+    w = {p.name: rng.standard_normal(p.type.concrete_shape()).astype(np.float32) for p in g.params()}
+    np.savez(tmp_path / "w.npz", extra_thing=np.zeros(2, np.float32), **w)
+    rc, _, stderr = cli("build", spec, "--kv-cache", "-o", tmp_path / "b", "--weights", tmp_path / "w.npz",
+                        "--ignore-weights", "extra_thing")
+    assert rc == 0, stderr
+    import onnx
+    m = onnx.load(str(tmp_path / "b" / "decoder.onnx"))
+    emb = next(t for t in m.graph.initializer if t.name == "emb.weight")
+    np.testing.assert_array_equal(onnx.numpy_helper.to_array(emb), w["emb.weight"])

@@ -30,7 +30,7 @@ from ..interrupt import checkpoint, deferred, terminate_as_interrupt
 from ..ir.kv_cache import vocab_size
 from ..ir.simplify import simplify
 from ..spec import load_spec
-from ..weights import fold_derived, load_weights, materialize
+from ..weights import fold_derived, materialize
 
 CONFIG_NAME = "graphc_generation.json"
 DECODER_FILE = "decoder.onnx"
@@ -63,29 +63,48 @@ def build_bundle(spec_path: str | os.PathLike, output: str | os.PathLike,
                  weights: str | os.PathLike | Mapping[str, np.ndarray] | None = None, seed: int = 0,
                  opset: int | None = None, include_dirs: Iterable[str] = (),
                  max_param_bytes: int | None = DEFAULT_MAX_PARAM_BYTES, progress=None,
-                 dtype: str = "float32", verify: bool = False) -> dict:
+                 dtype: str = "float32", verify: bool = False, quantize: str | None = None,
+                 target: str = "onnx", ignore_weights: Iterable[str] = ()) -> dict:
     """Compile ``spec_path`` with a KV cache and write the bundle directory
     ``output``; returns the config written as graphc_generation.json.
-    ``verify``: run the ONNX checker and strict shape inference on each file first."""
+    ``verify``: run the ONNX checker and strict shape inference on each file first.
+    Weights load as in graphc.compiler.compile_spec (a file, a checkpoint directory or
+    a sharded index; the spec's ``weights:`` section and ``ignore_weights`` map names).
+    Bundles are float32 with standard operators for now: int8 (``quantize`` or the
+    spec's ``quantize:`` section) and ``target: ort`` are refused, not ignored."""
     from ..lower import DEFAULT_OPSET, lower_by_reference, save_model
     from ..progress import report
     out = Path(output)
     if dtype != "float32":
         raise GraphcError(f"--kv-cache bundles are float32 for now, not {dtype}", hint="leave out --dtype")
+    if target != "onnx":
+        raise GraphcError(f"--kv-cache bundles use standard ONNX operators; --target {target} is not supported "
+                          f"with them yet", hint="leave out --target")
     _check_target(out)
     report(progress, "check")
     spec = load_spec(spec_path, include_dirs)
+    from .. import quantized
+    if quantized.resolve_mode(quantize, spec) != "none":
+        raise GraphcError("--kv-cache bundles are float32 for now: int8 quantization is not supported with them",
+                          spec.quantize.span if quantize is None and getattr(spec.quantize, "span", None) else None,
+                          hint="pass --quantize none to build a float bundle")
     graph = build_graph(spec, max_param_bytes, kv_cache=True)
     gen, cache = spec.generation, graph.generation
     for src in spec.sources + ([str(weights)] if isinstance(weights, (str, os.PathLike)) else []):
         if out.exists() and Path(src).exists() and Path(src).resolve().is_relative_to(out.resolve()):
             raise GraphcError(f"refusing to replace {out}: it holds the input {src}", hint="choose another directory")
-    source, seeded = "weights", weights is None
+    source, seeded, notes = "weights", weights is None, []
     if isinstance(weights, (str, os.PathLike)):
+        from ..checkpoint import load_checkpoint
         source = str(weights)
         report(progress, "read", detail=source)
-        weights = load_weights(weights, max_bytes=max_param_bytes)
-    notes = materialize(graph, weights, seed, source, progress=progress, fold=False)
+        weights, notes = load_checkpoint(weights, max_bytes=max_param_bytes)
+    if weights is not None and (spec.weights is not None or ignore_weights):
+        from ..weights_map import apply_weights_section
+        expected = {p.name: p.type.concrete_shape() for p in graph.params()}
+        weights, more = apply_weights_section(spec.weights, weights, expected, source, ignore_weights)
+        notes += more
+    notes += materialize(graph, weights, seed, source, progress=progress, fold=False)
     weights = None
     report(progress, "fold")
     fold_derived(graph)
@@ -188,7 +207,8 @@ def build_bundle_cli(args) -> int:
     t0 = time.perf_counter()
     with Progress(enabled=False if args.quiet else None) as progress:
         config = build_bundle(args.spec, args.output, args.weights, args.seed, args.opset, args.include_dir,
-                              args.max_param_bytes, progress, args.dtype, args.check)
+                              args.max_param_bytes, progress, args.dtype, args.check, args.quantize, args.target,
+                              args.ignore_weights)
     if not args.quiet:
         for note in config["notes"]:
             print(f"graphc: note: {note}", file=sys.stderr)
