@@ -24,16 +24,16 @@ def session(path_or_bytes):
                                 providers=["CPUExecutionProvider"])
 
 
-def build_both(tmp_path: Path, text: str, seed: int = 0, scale: float = 0.15):
+def build_both(tmp_path: Path, text: str, seed: int = 0, scale: float = 0.15, opset: int = 17):
     """(plain model bytes, bundle directory, config, weights): the same spec and weights,
     compiled without and with --kv-cache. Weights N(0, scale^2) keep logits O(1), so an
     absolute 1e-5 is a meaningful float32 tolerance."""
     spec_path = tmp_path / "model.yaml"
     spec_path.write_text(text)
     weights = random_weights(build_graph(load_spec(spec_path)), seed, scale)
-    plain, _, _ = compile_text(text, dict(weights))
+    plain, _, _ = compile_text(text, dict(weights), opset=opset)
     out = tmp_path / "bundle"
-    config = build_bundle(spec_path, out, dict(weights), verify=True)
+    config = build_bundle(spec_path, out, dict(weights), opset=opset, verify=True)
     return plain, out, config, weights
 
 

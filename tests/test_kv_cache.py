@@ -110,6 +110,15 @@ def test_llama_like_gqa_rope_steps_equal_full_forward(tmp_path, rope):
     assert _incremental(plain, bundle, config, ids, prompt=3) <= TOL
 
 
+def test_fused_attention_opset23_steps_equal_full_forward(tmp_path):
+    """impl: fused (the ONNX Attention operator, opset 23, inside an If that guards empty
+    inputs): its branch reads the present key/value, which are graph outputs."""
+    text = LLAMA.format(rope="interleaved").replace("rope_max_len: 64", "rope_max_len: 64, impl: fused")
+    plain, bundle, config, _ = build_both(tmp_path, text, opset=23)
+    ids = np.random.default_rng(6).integers(3, 80, (2, 7))
+    assert _incremental(plain, bundle, config, ids, prompt=2) <= TOL
+
+
 def test_attention_in_repeat_block_steps_equal_full_forward(tmp_path):
     plain, bundle, config, _ = build_both(tmp_path, REPEAT)
     assert len(config["cache"]) == 2 and config["logits_kind"] == "log_probs"

@@ -143,16 +143,29 @@ def _add_initializer(graph: onnx.GraphProto, name: str, data) -> None:
 def _rename_outputs(ctx: LowerContext, g: Graph) -> None:
     """Graph outputs carry the spec's public names: rename the producing node's output."""
     mapping = {name: public for public, name in g.outputs.items()}
-    for node in ctx.nodes:
+    _rename_in(ctx.nodes, mapping)
+    for v in g.inputs:
+        if v in mapping:
+            raise InternalError("an input is a graph output without an Identity")
+
+
+def _rename_in(nodes, mapping: dict) -> None:
+    """Rename in these nodes and in the If branches inside them: a branch may read
+    a value of the outer graph that is a graph output (a KV cache's present key
+    read by a guarded fused Attention)."""
+    for node in nodes:
         for i, o in enumerate(node.output):
             if o in mapping:
                 node.output[i] = mapping[o]
         for i, inp in enumerate(node.input):
             if inp in mapping:
                 node.input[i] = mapping[inp]
-    for v in g.inputs:
-        if v in mapping:
-            raise InternalError("an input is a graph output without an Identity")
+        for a in node.attribute:
+            if a.type == onnx.AttributeProto.GRAPH:
+                _rename_in(a.g.node, mapping)
+            elif a.type == onnx.AttributeProto.GRAPHS:
+                for sub in a.graphs:
+                    _rename_in(sub.node, mapping)
 
 
 def serialize(model: onnx.ModelProto) -> bytes:
