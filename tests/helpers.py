@@ -11,10 +11,9 @@ import numpy as np
 import yaml
 
 from graphc.build import build_graph
-from graphc.ir.simplify import simplify
 from graphc.lower import check_model, lower, serialize
+from graphc.pipeline import Options, run_passes
 from graphc.spec import parse_spec_text
-from graphc.weights import materialize
 
 ROOT = Path(__file__).resolve().parent.parent
 SPECS = ROOT / "specs"
@@ -46,16 +45,15 @@ def random_weights(graph, seed: int = 0, scale: float | None = None) -> dict[str
 
 def compile_text(text: str, weights=None, seed: int = 0, opset: int = 17, check: bool = True,
                  simplified: bool = True):
-    """Returns (model bytes, graph, the weights used); the steps of compiler.compile_spec
-    (``simplified=False`` skips its graphc.ir.simplify passes, for comparisons)."""
+    """Returns (model bytes, graph, the weights used): the passes of
+    compiler.compile_spec, from the one list in graphc.pipeline
+    (``simplified=False`` skips its simplify pass, for comparisons)."""
     spec = parse_spec_text(text, "<test>")
     g = build_graph(spec)
     if weights == "random":
         weights = random_weights(g, seed)
     used = dict(weights) if weights is not None else None
-    materialize(g, weights, seed)
-    if simplified:
-        simplify(g)
+    run_passes(g, Options(weights, seed, spec=spec, opset=opset), skip=() if simplified else ("simplify",))
     model = lower(g, opset)
     if check:
         check_model(model)

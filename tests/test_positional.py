@@ -25,7 +25,7 @@ from graphc.layers.positional import alibi_bias, alibi_slopes, apply_rope, feed_
 from graphc.lower import check_model, lower, serialize
 from graphc.shapes import Dim
 from graphc.spec import parse_spec_text
-from graphc.weights import materialize
+from graphc.pipeline import Options, run_passes
 from helpers import compile_text, ort_run, ref_run, single_layer_spec
 
 RNG = np.random.default_rng(0)
@@ -260,7 +260,7 @@ def _standalone(fn, inputs):
         out = fn(b, vals)
     g.outputs["y"] = out.name
     declared = sorted(p.name for p in g.params())
-    materialize(g, None, 0)
+    run_passes(g, Options(seed=0))
     model = lower(g, 17)
     check_model(model)
     return serialize(model), declared
