@@ -11,6 +11,7 @@ import numpy as np
 from .build import DEFAULT_MAX_PARAM_BYTES, build_graph
 from .errors import GraphcError
 from .ir import Graph
+from .ir.precision import PRECISIONS
 from .spec import Spec, load_spec
 from .pipeline import Options, run_passes
 
@@ -105,7 +106,7 @@ def compile_spec(path: str | os.PathLike, weights: str | os.PathLike | Mapping[s
     from .lower.targets import check_target
     from . import quantized
     check_target(target)
-    if dtype not in ("float32", "float16"):
+    if dtype not in PRECISIONS:
         raise GraphcError(f"unknown model dtype '{dtype}'", hint="choose float32 or float16")
     report(progress, "check")
     spec, graph = check_spec(path, include_dirs, max_param_bytes)

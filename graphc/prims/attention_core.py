@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..tensors import FLOAT_DTYPES, TensorType
-from ..shapes import Dim, format_shape
+from ..shapes import format_shape
 from ._flops import numel, per_output_element
 from ._registry import ShapeError, broadcast, prim
 
