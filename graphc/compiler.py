@@ -124,7 +124,8 @@ def compile_spec(path: str | os.PathLike, weights: str | os.PathLike | Mapping[s
         weights, more = apply_weights_section(spec.weights, weights, expected, source, ignore_weights)
         notes += more
     mode = quantized.resolve_mode(quantize, spec)
-    options = Options(weights, seed, source, dtype, attention, mode, spec, opset or DEFAULT_OPSET, target, progress)
+    options = Options(weights, seed, source, dtype, attention, quantize=mode, spec=spec,
+                      opset=opset or DEFAULT_OPSET, target=target, progress=progress)
     weights = None          # the passes take them over (and drop them once the graph holds them)
     state = run_passes(graph, options)
     notes, quant, float_model = notes + state.notes, state.quantization, state.float_model
