@@ -5,37 +5,17 @@ from dataclasses import dataclass
 from typing import Mapping
 
 from .ir import Graph, OpNode
+from .prims import PRIMS
+from .prims._flops import numel
 from .shapes import Dim, format_shape
 
 
-def _numel(shape, env) -> int | None:
-    total = 1
-    for d in shape:
-        try:
-            total *= d.evaluate(env)
-        except KeyError:
-            return None
-    return total
-
-
 def op_flops(g: Graph, op: OpNode, env: Mapping[str, int]) -> int | None:
-    """Multiply-adds count as 2 FLOPs; elementwise ops as 1 per output element."""
-    outs = [g.value(o).type for o in op.outputs]
-    if op.op == "MatMul":
-        a = g.value(op.inputs[0]).type
-        n = _numel(outs[0].shape, env)
-        k = a.shape[-1].evaluate(env) if a.shape[-1].symbols <= set(env) else None
-        return None if n is None or k is None else 2 * n * k
-    if op.op in ("Reshape", "Transpose", "Identity", "Concat", "Split", "Slice", "SliceLike", "Gather", "Cast",
-                 "Derive"):   # Derive runs once at compile time, not per inference
-        return 0
-    if op.op == "Derive":     # runs once at compile time on the weights, never at inference
-        return 0
-    custom = op.attrs.get("flops")
-    if callable(custom):
-        return custom(g, op, env)
-    n = _numel(outs[0].shape, env) if outs else 0
-    return n
+    """The op's FLOPs at dims ``env``, by its primitive's registered rule
+    (graphc.prims._flops states the conventions); None if a dim is not given."""
+    ins = [g.value(n).type for n in op.inputs if n]
+    outs = [g.value(n).type for n in op.outputs]
+    return PRIMS[op.op].flops(op.attrs, ins, outs, env)
 
 
 @dataclass
@@ -80,12 +60,9 @@ def layer_rows(g: Graph, env: Mapping[str, int], depth: int | None = None) -> li
         for name in op.inputs:
             if name and g.has_value(name):
                 v = g.value(name)
-                if v.kind in ("param", "const") and name not in counted_params and v.type.concrete_shape() is not None:
-                    if v.kind == "param" or v.data is not None:
-                        pass
-                    if v.kind == "param":
-                        counted_params.add(name)
-                        row.params += _numel(v.type.shape, {}) or 0
+                if v.kind == "param" and name not in counted_params and v.type.concrete_shape() is not None:
+                    counted_params.add(name)
+                    row.params += numel(v.type.shape, {}) or 0
     return list(rows.values())
 
 
@@ -114,7 +91,3 @@ def _subst(d: Dim, env: Mapping[str, int]):
     if d.symbols and d.symbols <= set(env):
         return Dim.const(d.evaluate(env))
     return d
-
-
-def param_count_by_derivation(g: Graph) -> int:
-    return sum(_numel(p.type.shape, {}) or 0 for p in g.params())

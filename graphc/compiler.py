@@ -11,9 +11,9 @@ import numpy as np
 from .build import DEFAULT_MAX_PARAM_BYTES, build_graph
 from .errors import GraphcError
 from .ir import Graph
+from .ir.precision import PRECISIONS
 from .spec import Spec, load_spec
-from .ir.simplify import simplify
-from .weights import fold_derived, materialize
+from .pipeline import Options, run_passes
 
 
 @dataclass
@@ -87,7 +87,8 @@ def compile_spec(path: str | os.PathLike, weights: str | os.PathLike | Mapping[s
                  max_param_bytes: int | None = DEFAULT_MAX_PARAM_BYTES, dtype: str = "float32",
                  quantize: str | None = None, target: str = "onnx", max_error: float | None = None,
                  ignore_weights: Iterable[str] = ()) -> Compiled:
-    """``dtype="float16"`` converts the whole model to half precision after the
+    """The whole build: check (graphc.build), the passes of graphc.pipeline,
+    then the lowering. ``dtype="float16"`` converts the whole model to half precision after the
     weights are in (graphc.ir.precision says which parts stay float32).
     ``progress``: an optional callback told of each stage (graphc.progress.Progress draws it).
     ``keep_weights=False`` leaves the weights out of the proto: ``Compiled.save``
@@ -105,7 +106,7 @@ def compile_spec(path: str | os.PathLike, weights: str | os.PathLike | Mapping[s
     from .lower.targets import check_target
     from . import quantized
     check_target(target)
-    if dtype not in ("float32", "float16"):
+    if dtype not in PRECISIONS:
         raise GraphcError(f"unknown model dtype '{dtype}'", hint="choose float32 or float16")
     report(progress, "check")
     spec, graph = check_spec(path, include_dirs, max_param_bytes)
@@ -122,28 +123,12 @@ def compile_spec(path: str | os.PathLike, weights: str | os.PathLike | Mapping[s
         expected = {p.name: p.type.concrete_shape() for p in graph.params()}
         weights, more = apply_weights_section(spec.weights, weights, expected, source, ignore_weights)
         notes += more
-    seeded = weights is None
-    notes += materialize(graph, weights, seed, source, progress=progress, fold=False)
-    weights = None          # the graph holds what it needs; drop the file's other references
-    if dtype == "float16":
-        from .ir.precision import check_float16_range
-        check_float16_range(graph.params())     # named as the user's weights, before folding renames them
-    report(progress, "fold")
-    fold_derived(graph)
-    if dtype == "float16":
-        from .ir.precision import convert_to_float16
-        report(progress, "float16")
-        convert_to_float16(graph)
-    simplify(graph)
-    graph.metadata["graphc.attention"] = attention
-    graph.metadata["graphc.seed"] = str(seed) if seeded else "weights"
     mode = quantized.resolve_mode(quantize, spec)
-    quant = float_model = None
-    if mode != "none":
-        report(progress, "quantize")
-        float_model = quantized.float_reference(graph, opset or DEFAULT_OPSET, target)
-        quant = quantized.apply(graph, spec, mode)
-        simplify(graph)
+    options = Options(weights, seed, source, dtype, attention, quantize=mode, spec=spec,
+                      opset=opset or DEFAULT_OPSET, target=target, progress=progress)
+    weights = None          # the passes take them over (and drop them once the graph holds them)
+    state = run_passes(graph, options)
+    notes, quant, float_model = notes + state.notes, state.quantization, state.float_model
     report(progress, "lower")
     if keep_weights:
         compiled = Compiled(spec, graph, lower(graph, opset or DEFAULT_OPSET, target=target), notes=notes)

@@ -27,8 +27,6 @@ class Span:
         return f"{self.path}:{self.line}:{self.col}"
 
 
-UNKNOWN_SPAN = Span("<unknown>", 0, 0)
-
 # Texts of the spec files read in this process, so diagnostics can quote the
 # offending line even when the file changed on disk since (or never existed).
 _SOURCES: dict[str, str] = {}

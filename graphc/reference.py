@@ -12,7 +12,7 @@ import inspect
 import math
 import re
 import sys
-from typing import Any, Iterable
+from typing import Any
 
 from .layers import LAYERS, LayerKind, Param
 
@@ -202,7 +202,3 @@ def layers_markdown() -> str:
         for k in kinds:
             out.append(layer_markdown(k))
     return "\n".join(out).rstrip("\n") + "\n"
-
-
-def kind_names() -> Iterable[str]:
-    return list(LAYERS)

@@ -1,5 +1,6 @@
 """Weights: reading .npz/.safetensors files, seeded initialisation, and the
-materialisation pass that fills parameters and folds compile-time ``Derive`` ops.
+materialisation pass that fills parameters (folding compile-time ``Derive``
+ops is the next pass, graphc.ir.fold).
 
 Weight files follow torch ``state_dict`` names, so a PyTorch model's weights
 load with no mapping. Every mismatch (missing, extra, misshaped, wrongly typed)
@@ -23,9 +24,8 @@ from typing import Mapping
 import numpy as np
 
 from .errors import GraphcError, InternalError
-from .ir import DTYPES, Graph, ValueInfo, verify
+from .ir import DTYPES, Graph, ValueInfo
 from .ir.builder import Init
-from .ir.simplify import remove_unread_weights
 
 # safetensors dtype names -> numpy
 _ST_DTYPES = {"F32": np.float32, "F16": np.float16, "F64": np.float64, "I64": np.int64, "I32": np.int32,
@@ -381,9 +381,9 @@ def _drawn(info: ValueInfo, init: Init, seed: int) -> np.ndarray:
 
 
 def materialize(g: Graph, weights: Mapping[str, np.ndarray] | None = None, seed: int = 0,
-                source: str = "weights", progress=None, fold: bool = True) -> list[str]:
-    """Give every parameter data (from ``weights`` or seeded init), then fold Derive
-    ops (unless ``fold`` is False: the caller inspects the raw parameters first).
+                source: str = "weights", progress=None) -> list[str]:
+    """Give every parameter data (from ``weights`` or seeded init); the first
+    stage of graphc.pipeline (Derive ops are folded by the next, graphc.ir.fold).
     Returns notes for the user (a weights file matched by renaming, see prefix_rewrite).
 
     ``progress`` (optional, see graphc.progress) hears of each tensor with the
@@ -421,9 +421,6 @@ def materialize(g: Graph, weights: Mapping[str, np.ndarray] | None = None, seed:
             p.data = initial_value(p, seed)
             done += p.data.nbytes
             report(progress, "weights", done, total, p.name)
-    if fold:
-        report(progress, "fold")
-        fold_derived(g)
     return notes
 
 
@@ -498,70 +495,3 @@ def _found(renaming: tuple[str, str], names, expected) -> int:
 def _nbytes(p: ValueInfo) -> int:
     shape = p.type.concrete_shape() or ()
     return int(np.prod(shape, dtype=np.int64)) * DTYPES[p.type.dtype].itemsize
-
-
-def fold_derived(g: Graph) -> None:
-    """Run every Derive op once; its result becomes a const initializer and
-    parameters that only fed Derive ops drop out of the runtime graph."""
-    for op in [o for o in g.ops() if o.op == "Derive"]:
-        args = [g.value(n).data for n in op.inputs]
-        if any(a is None for a in args):
-            raise InternalError(f"Derive {op.id} runs before its inputs have data")
-        out = np.ascontiguousarray(op.attrs["fn"](*args))
-        (out_name,) = op.outputs
-        info = g.value(out_name)
-        if tuple(out.shape) != info.type.concrete_shape() or out.dtype != DTYPES[info.type.dtype]:
-            raise InternalError(f"Derive {op.attrs['label']} produced {out.dtype}{list(out.shape)}, "
-                                f"declared {info.type}")
-        g.remove_op(op.id)
-        info.kind, info.data = "const", out
-        # free inputs nothing else reads any more (raw weights once transposed, the
-        # halves of a packed QKV) now, not at the end: keeps peak memory near 1x weights
-        for name in set(op.inputs):
-            if g.has_value(name) and not g.users(name) and name not in g.outputs.values():
-                release_mapped_pages(g.value(name).data)
-                g.remove_value(name)
-        # a readable initializer name: '<layer path>.<label>' where free
-        nice = f"{op.layer}.{op.attrs['label']}" if op.layer else op.attrs["label"]
-        if not g.has_value(nice):
-            _rename_value(g, out_name, nice)
-    remove_unread_weights(g)
-    verify(g)
-
-
-def release_mapped_pages(arr: np.ndarray | None) -> None:
-    """Tell the kernel this process is done with the file pages behind a
-    tensor mapped from a weights file (the originals of transposed or stacked
-    weights): they leave this process's resident memory at once instead of
-    when the whole file is unmapped, which keeps a build's peak near one copy
-    of the weights. The page cache keeps them; nothing is written. A no-op for
-    ordinary arrays."""
-    if arr is None or not hasattr(mmap, "MADV_DONTNEED"):
-        return
-    base = arr
-    while isinstance(base, np.ndarray) and base.base is not None:
-        base = base.base
-    if isinstance(base, memoryview):          # np.frombuffer keeps a memoryview of the map
-        base = base.obj
-    if not isinstance(base, mmap.mmap) or not arr.nbytes:
-        return
-    start = arr.__array_interface__["data"][0] - np.frombuffer(base, np.uint8, count=1).ctypes.data
-    lo = -(-start // mmap.PAGESIZE) * mmap.PAGESIZE                  # whole pages inside the tensor only:
-    hi = (start + arr.nbytes) // mmap.PAGESIZE * mmap.PAGESIZE       # its neighbours may still be in use
-    if hi > lo:
-        base.madvise(mmap.MADV_DONTNEED, lo, hi - lo)
-
-
-def _rename_value(g: Graph, old: str, new: str) -> None:
-    info = g.value(old)
-    users = g.users(old)
-    g.remove_value(old)
-    info.name = new
-    g.add_value(info)
-    for u in users:
-        u.inputs = [new if i == old else i for i in u.inputs]
-        g.nx.add_edge("v:" + new, "op:" + u.id)
-    for k, v in g.outputs.items():
-        if v == old:
-            g.outputs[k] = new
-

@@ -11,10 +11,9 @@ import numpy as np
 import yaml
 
 from graphc.build import build_graph
-from graphc.ir.simplify import simplify
 from graphc.lower import check_model, lower, serialize
+from graphc.pipeline import Options, run_passes
 from graphc.spec import parse_spec_text
-from graphc.weights import materialize
 
 ROOT = Path(__file__).resolve().parent.parent
 SPECS = ROOT / "specs"
@@ -46,16 +45,15 @@ def random_weights(graph, seed: int = 0, scale: float | None = None) -> dict[str
 
 def compile_text(text: str, weights=None, seed: int = 0, opset: int = 17, check: bool = True,
                  simplified: bool = True):
-    """Returns (model bytes, graph, the weights used); the steps of compiler.compile_spec
-    (``simplified=False`` skips its graphc.ir.simplify passes, for comparisons)."""
+    """Returns (model bytes, graph, the weights used): the passes of
+    compiler.compile_spec, from the one list in graphc.pipeline
+    (``simplified=False`` skips its simplify pass, for comparisons)."""
     spec = parse_spec_text(text, "<test>")
     g = build_graph(spec)
     if weights == "random":
         weights = random_weights(g, seed)
     used = dict(weights) if weights is not None else None
-    materialize(g, weights, seed)
-    if simplified:
-        simplify(g)
+    run_passes(g, Options(weights, seed, spec=spec, opset=opset), skip=() if simplified else ("simplify",))
     model = lower(g, opset)
     if check:
         check_model(model)
@@ -116,3 +114,106 @@ def cli(*args) -> tuple[int, str, str]:
         except SystemExit as exc:
             rc = exc.code
     return rc, out.getvalue(), err.getvalue()
+
+
+# ---------------------------------------------------------------- layer parity (one table-driven check)
+
+def random_feeds(inputs: dict, dims: dict, rng: np.random.Generator | None = None,
+                 id_range: int = 11) -> dict[str, np.ndarray]:
+    """Random arrays for ``inputs`` (name -> (dtype, shape list)) with the
+    symbolic dims of ``dims``: standard normal floats, integer ids in [0, id_range)."""
+    rng = rng if rng is not None else np.random.default_rng(0)
+    feeds = {}
+    for name, (dt, shape) in inputs.items():
+        concrete = [dims.get(d, d) for d in shape]
+        if dt in ("int64", "int32"):
+            feeds[name] = rng.integers(0, id_range, size=concrete).astype(dt)
+        else:
+            feeds[name] = rng.standard_normal(concrete).astype(dt)
+    return feeds
+
+
+def layer_parity(kind: str, args: dict, inputs: dict, *, opset: int = 17, outputs: dict | None = None,
+                 dims: dict | None = None, feeds: dict | None = None, tol: float = 1e-5,
+                 rng: np.random.Generator | None = None) -> dict[str, float]:
+    """The per-layer parity check: a one-layer spec (``single_layer_spec``)
+    with random weights, run on ONNX Runtime, must match (1) the kind's numpy
+    ``reference`` written from the math and (2) the ONNX reference evaluator, a
+    second runtime, within ``tol`` (absolute and relative, as
+    ``np.testing.assert_allclose``). ``outputs`` maps model outputs to
+    ``l`` (the first port) or ``l.PORT``; the reference gets the feeds by the
+    kind's input ports (all of them, by name, for a variadic kind).
+    Returns the max abs differences {"reference": .., "onnx.reference": ..}."""
+    from graphc.layers import LAYERS
+    outputs = outputs or {"y": "l"}
+    model, _, weights = compile_text(single_layer_spec(kind, args, inputs, outputs=outputs),
+                                     weights="random", opset=opset)
+    if feeds is None:
+        feeds = random_feeds(inputs, dims or {"batch": 3, "seq": 4}, rng)
+    got = ort_run(model, feeds)
+    layer = LAYERS[kind]
+    full_args = {p.name: args.get(p.name, p.default) for p in layer.params}
+    local = {k[len("l."):]: v for k, v in weights.items()}
+    ref_inputs = dict(feeds) if getattr(layer, "variadic", False) else \
+        {p.name: feeds[n] for p, n in zip(layer.inputs, inputs)}
+    want = layer.reference(full_args, local, ref_inputs)
+    second = ref_run(model, feeds)
+    diffs = {"reference": 0.0, "onnx.reference": 0.0}
+    for out_name, key in outputs.items():
+        port = key.split(".", 1)[1] if "." in key else layer.outputs[0].name
+        np.testing.assert_allclose(got[out_name], want[port], rtol=tol, atol=tol, err_msg=f"{kind} {out_name} vs reference")
+        np.testing.assert_allclose(got[out_name], second[out_name], rtol=tol, atol=tol,
+                                   err_msg=f"{kind} {out_name} vs onnx.reference")
+        diffs["reference"] = max(diffs["reference"], _max_abs(got[out_name], want[port]))
+        diffs["onnx.reference"] = max(diffs["onnx.reference"], _max_abs(got[out_name], second[out_name]))
+    return diffs
+
+
+def _max_abs(a, b) -> float:
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return float(np.max(np.abs(a - b))) if a.size else 0.0
+
+
+# ---------------------------------------------------------------- user errors (one checker)
+
+def user_error(source, message: str, *, at: str | None = None, hint: str | None = None,
+               located: str | None = None):
+    """Check that graphc refuses something as a *user* error, and return the error.
+
+    ``source`` is one of: spec text (compiled with ``compile_text``), a
+    callable (called), or the ``(rc, stdout, stderr)`` of ``cli(...)``. In
+    process: a GraphcError (not any other exception) whose message holds
+    ``message``; with ``at``, its span is on the first line of the spec text
+    that contains ``at``. Through the CLI: exit code 2, no traceback, the
+    first stderr line ``located:LINE:COL: error: ...`` (``located`` given: the
+    file) or ``graphc: error: ...`` (not located), ``message`` in stderr.
+    ``hint``: text the hint must hold. Returns the GraphcError, or stderr."""
+    from graphc.errors import GraphcError
+    if isinstance(source, tuple):
+        rc, _, err = source
+        assert rc == 2, err
+        assert "Traceback" not in err, err
+        first = err.splitlines()[0]
+        if located is not None:
+            assert first.startswith(f"{located}:") and ": error: " in first, first
+            _, line, col = first.split(": error: ")[0].rsplit(":", 2)
+            assert int(line) >= 1 and int(col) >= 1, first
+        else:
+            assert first.startswith("graphc: error: "), first
+        assert message in err, err
+        assert hint is None or hint in err, err
+        return err
+    run = source if callable(source) else (lambda: compile_text(source))
+    try:
+        run()
+    except GraphcError as exc:
+        error = exc
+    else:
+        raise AssertionError(f"expected a user error containing {message!r}; nothing was refused")
+    assert message in error.message, error.message
+    assert hint is None or (error.hint and hint in error.hint), error.hint
+    if at is not None:
+        assert isinstance(source, str) and error.span is not None, "no spec location"
+        want = next(i for i, line in enumerate(source.splitlines(), 1) if at in line)
+        assert error.span.line == want, (error.span, want, source.splitlines()[error.span.line - 1])
+    return error

@@ -4,8 +4,7 @@ reference evaluator. Tolerances: 1e-5 absolute in float32."""
 import numpy as np
 import pytest
 
-from graphc.layers import LAYERS
-from helpers import compile_text, ort_run, ref_run, single_layer_spec
+from helpers import compile_text, layer_parity, ort_run, single_layer_spec
 
 RNG = np.random.default_rng(0)
 F = "float32"
@@ -39,38 +38,11 @@ CASES = [
 ]
 
 
-def _feeds(inputs, batch=3, seq=4):
-    env = {"batch": batch, "seq": seq}
-    feeds = {}
-    for name, (dt, shape) in inputs.items():
-        concrete = [env.get(d, d) for d in shape]
-        if dt == "int64":
-            feeds[name] = RNG.integers(0, 11, size=concrete).astype(np.int64)
-        else:
-            feeds[name] = RNG.standard_normal(concrete).astype(np.float32)
-    return feeds
-
-
 @pytest.mark.parametrize("kind,args,inputs", CASES, ids=[f"{c[0]}-{i}" for i, c in enumerate(CASES)])
 @pytest.mark.parametrize("opset", [17, 23])
 def test_layer_matches_numpy_reference(kind, args, inputs, opset):
     outputs = {"y": "l"} if kind != "split" else {"y0": "l.y0", "y1": "l.y1"}
-    text = single_layer_spec(kind, args, inputs, outputs=outputs)
-    model, graph, weights = compile_text(text, weights="random", opset=opset)
-    feeds = _feeds(inputs)
-    got = ort_run(model, feeds)
-    layer = LAYERS[kind]
-    full_args = {p.name: args.get(p.name, p.default) for p in layer.params}
-    local = {k[2:]: v for k, v in weights.items()}      # strip the 'l.' prefix
-    ref_inputs = {p.name: feeds[n] for p, n in zip(layer.inputs, inputs)} if kind != "concat" else feeds
-    want = layer.reference(full_args, local, ref_inputs)
-    for out_name, key in outputs.items():
-        port = key.split(".")[1] if "." in key else next(iter(want))
-        np.testing.assert_allclose(got[out_name], want[port], rtol=1e-5, atol=1e-5)
-    # a second, independent runtime
-    ref = ref_run(model, feeds)
-    for k in got:
-        np.testing.assert_allclose(got[k], ref[k], rtol=1e-5, atol=1e-5)
+    layer_parity(kind, args, inputs, opset=opset, outputs=outputs, rng=RNG)
 
 
 def test_reshape_with_symbolic_dims_and_minus_one():

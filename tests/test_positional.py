@@ -25,8 +25,8 @@ from graphc.layers.positional import alibi_bias, alibi_slopes, apply_rope, feed_
 from graphc.lower import check_model, lower, serialize
 from graphc.shapes import Dim
 from graphc.spec import parse_spec_text
-from graphc.weights import materialize
-from helpers import compile_text, ort_run, ref_run, single_layer_spec
+from graphc.pipeline import Options, run_passes
+from helpers import compile_text, layer_parity, ort_run, ref_run, single_layer_spec, user_error
 
 RNG = np.random.default_rng(0)
 F = "float32"
@@ -152,13 +152,7 @@ CASES = [
 @pytest.mark.parametrize("kind,args,shape", CASES, ids=[f"{c[0]}-{i}" for i, c in enumerate(CASES)])
 @pytest.mark.parametrize("opset", [17, 23])
 def test_ort_matches_reference_and_onnx_reference(kind, args, shape, opset):
-    model, graph, weights = compile_text(single_layer_spec(kind, args, {"x": (F, shape)}),
-                                         weights="random", opset=opset)
-    x = _x(*[{"batch": 3, "seq": 5}.get(d, d) for d in shape])
-    got = ort_run(model, {"x": x})["y"]
-    want = LAYERS[kind].reference(_full_args(kind, args), _local(weights), {"x": x})["y"]
-    np.testing.assert_allclose(got, want, **TOL)
-    np.testing.assert_allclose(got, ref_run(model, {"x": x})["y"], **TOL)
+    layer_parity(kind, args, {"x": (F, shape)}, opset=opset, dims={"batch": 3, "seq": 5}, rng=RNG)
 
 
 def _declared(text):
@@ -260,7 +254,7 @@ def _standalone(fn, inputs):
         out = fn(b, vals)
     g.outputs["y"] = out.name
     declared = sorted(p.name for p in g.params())
-    materialize(g, None, 0)
+    run_passes(g, Options(seed=0))
     model = lower(g, 17)
     check_model(model)
     return serialize(model), declared
@@ -353,13 +347,8 @@ def test_alibi_bias_against_numpy(heads):
 
 # ------------------------------------------------------------------ (f) located errors
 
-def _error(kind, args, shape, dtype=F):
-    text = single_layer_spec(kind, args, {"x": (dtype, shape)})
-    with pytest.raises(GraphcError) as exc:
-        compile_text(text)
-    err = exc.value
-    line = text.splitlines()[err.span.line - 1] if err.span and err.span.line else ""
-    return err, line
+def _error(kind, args, shape, message, at=None, dtype=F):
+    return user_error(single_layer_spec(kind, args, {"x": (dtype, shape)}), message, at=at)
 
 
 @pytest.mark.parametrize("kind,args,shape,message,at", [
@@ -377,14 +366,11 @@ def _error(kind, args, shape, dtype=F):
     ("feed_forward", {"activation": "swish"}, ["batch", 8], "must be one of", "activation: swish"),
 ])
 def test_located_errors(kind, args, shape, message, at):
-    err, line = _error(kind, args, shape)
-    assert message in err.message
-    assert line.strip().startswith(at), (line, err.message)
+    _error(kind, args, shape, message, at)
 
 
 def test_errors_on_integer_input_and_from_helper_functions():
-    err, _ = _error("sinusoidal_pe", {}, ["batch", "seq"], dtype="int64")
-    assert "floating-point" in err.message
+    _error("sinusoidal_pe", {}, ["batch", "seq"], "floating-point", dtype="int64")
     with pytest.raises(GraphcError, match="even head_dim"):
         _standalone(lambda b, v: apply_rope(b, v["q"], "half", 10000.0, 64), {"q": ["batch", 2, "seq", 5]})
     with pytest.raises(GraphcError, match="unknown rope style"):
@@ -406,12 +392,12 @@ def test_tables_over_the_budget_are_refused_at_max_len_before_they_are_computed(
     tracemalloc.start()
     t0 = time.perf_counter()
     try:
-        err, line = _error(kind, {"max_len": max_len}, shape)
+        _error(kind, {"max_len": max_len}, shape,
+               "over the budget of 2.0 GiB" if max_len == 1 << 20 else "must be at most 1048576",
+               at=f"max_len: {max_len}")
         elapsed, peak = time.perf_counter() - t0, tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
-    assert line.strip() == f"max_len: {max_len}", (line, err.message)
-    assert ("over the budget of 2.0 GiB" if max_len == 1 << 20 else "must be at most 1048576") in err.message
     assert elapsed < 2 and peak < 16 << 20, (elapsed, peak)
 
 

@@ -8,10 +8,9 @@ import onnx
 import pytest
 
 from graphc.compiler import compile_spec
-from graphc.errors import GraphcError
 from graphc.layers import LAYERS
 from graphc.prims import PRIMS
-from helpers import SPECS, compile_text, graphc_cli, ort_run, ref_run, single_layer_spec
+from helpers import SPECS, compile_text, graphc_cli, ort_run, ref_run, single_layer_spec, user_error
 
 torch = pytest.importorskip("torch", reason="PyTorch parity tests need torch (the CPU build is enough)")
 nn = torch.nn
@@ -229,10 +228,7 @@ def _line_of(text, needle):
 def test_proj_size_is_a_located_error():
     text, _ = _case_spec("lstm", 1, False, True, False, False)
     text = text.replace("hidden_size: 6", "hidden_size: 6\n  proj_size: 3")
-    with pytest.raises(GraphcError) as err:
-        compile_text(text)
-    assert "ONNX LSTM has no output projection" in err.value.message
-    assert err.value.span.line == _line_of(text, "proj_size")
+    user_error(text, "ONNX LSTM has no output projection", at="proj_size")
 
 
 BAD = """
@@ -255,17 +251,13 @@ outputs: {y: l}
 
 
 def test_bad_ports_are_located_errors():
-    with pytest.raises(GraphcError, match=r"initial state 'h0' must have shape \[4, batch, 6\]") as err:
-        compile_text(BAD)                                   # needs num_layers * dirs = 4 rows
-    assert err.value.span.line == _line_of(BAD, "inputs: {x: x")
+    # needs num_layers * dirs = 4 rows
+    err = user_error(BAD, "initial state 'h0' must have shape [4, batch, 6]", at="inputs: {x: x")
     line = BAD.splitlines()[_line_of(BAD, "inputs: {x: x") - 1]
-    assert err.value.span.col == line.index("h0: h0") + len("h0: ") + 1     # at the bound value 'h0'
-    with pytest.raises(GraphcError, match="lengths must be int64 or int32, got float32"):
-        compile_text(BAD.replace("dtype: int64", "dtype: float32"))
-    with pytest.raises(GraphcError, match="lengths must have shape \\[batch\\]"):
-        compile_text(BAD.replace("shape: [batch]}", "shape: [seq]}"))
-    with pytest.raises(GraphcError, match="must have rank 3"):
-        compile_text(BAD.replace("[batch, seq, 5]", "[batch, 5]"))
+    assert err.span.col == line.index("h0: h0") + len("h0: ") + 1     # at the bound value 'h0'
+    user_error(BAD.replace("dtype: int64", "dtype: float32"), "lengths must be int64 or int32, got float32")
+    user_error(BAD.replace("shape: [batch]}", "shape: [seq]}"), "lengths must have shape [batch]")
+    user_error(BAD.replace("[batch, seq, 5]", "[batch, 5]"), "must have rank 3")
 
 
 def test_specs_load_torch_state_dicts_with_no_renaming():

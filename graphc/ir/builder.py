@@ -13,7 +13,8 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
-from ..errors import GraphcError, Span
+from ..errors import GraphcError, Span, did_you_mean
+from ..prims import ShapeError, infer_op
 from ..shapes import Dim, DimLike, as_dim
 from .graph import DTYPES, Graph, OpNode, TensorType, ValueInfo
 
@@ -130,7 +131,6 @@ class Builder:
         """A parameter declared by an earlier layer, for weight tying."""
         if not self.g.has_value(name) or self.g.value(name).kind != "param":
             known = [p.name for p in self.g.params()]
-            from ..errors import did_you_mean
             raise self.error(f"no parameter named '{name}' to tie to", span=span,
                              hint=did_you_mean(name, known) or "tie to a parameter of an earlier layer")
         return Value(name, self.g.value(name).type)
@@ -147,7 +147,6 @@ class Builder:
     def op(self, prim: str, inputs: Sequence[Value | None], n_out: int = 1, name_hint: str | None = None,
            **attrs: Any) -> Any:
         """Emit one primitive; returns a Value (or a tuple when n_out > 1)."""
-        from ..prims import ShapeError, infer_op
         in_types = [v.type for v in inputs if v is not None]
         try:
             out_types = infer_op(prim, attrs, in_types)

@@ -15,36 +15,7 @@ import networkx as nx
 import numpy as np
 
 from ..errors import InternalError, Span
-from ..shapes import Dim, format_shape
-
-DTYPES: dict[str, np.dtype] = {
-    "float32": np.dtype(np.float32),
-    "float16": np.dtype(np.float16),
-    "float64": np.dtype(np.float64),
-    "int64": np.dtype(np.int64),
-    "int32": np.dtype(np.int32),
-    "bool": np.dtype(np.bool_),
-    "int8": np.dtype(np.int8),           # quantized weights (graphc.ir.quantize)
-    "uint8": np.dtype(np.uint8),
-}
-FLOAT_DTYPES = ("float32", "float16", "float64")
-
-
-@dataclass(frozen=True)
-class TensorType:
-    dtype: str
-    shape: tuple[Dim, ...]
-
-    @property
-    def rank(self) -> int:
-        return len(self.shape)
-
-    def concrete_shape(self) -> tuple[int, ...] | None:
-        vals = [d.value for d in self.shape]
-        return None if any(v is None for v in vals) else tuple(vals)
-
-    def __str__(self) -> str:
-        return f"{self.dtype}{format_shape(self.shape)}"
+from ..tensors import DTYPES, FLOAT_DTYPES, TensorType  # noqa: F401  (re-exported: the IR's types)
 
 
 @dataclass

@@ -21,6 +21,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import GraphcError, InternalError
+from ..prims import ShapeError, infer_op
 from .graph import Graph, TensorType
 
 FLOAT16_MAX = float(np.finfo(np.float16).max)     # 65504
@@ -32,7 +33,6 @@ def convert_to_float16(g: Graph) -> None:
     so that every float32 tensor is float16. Integer and bool tensors are
     untouched. Each parameter is converted and its float32 copy released at
     once, so the pass adds at most one tensor's worth of memory."""
-    from ..prims import ShapeError, infer_op
     for v in g.values():
         if v.type.dtype != "float32" or v.kind not in ("input", "param", "const"):
             continue

@@ -17,7 +17,6 @@ import numpy as np
 
 from ..ir import Builder, Init, Value, run_limits
 from ..ir.graph import FLOAT_DTYPES
-from ..prims.recurrent import rnn_flops
 from ..shapes import Dim, format_shape
 from .base import Call, LayerKind, Param, Port
 from .basic import last_dim
@@ -82,7 +81,7 @@ def rnn_op(b: Builder, prim: str, x: Value, w: Value, r: Value, bias: Value | No
     given = tuple(k for k, v in optional.items() if v is not None)
     ins = [x, w, r] + [v for v in optional.values() if v is not None]
     n_out = 3 if prim == "LSTM" else 2
-    return b.op(prim, ins, n_out=n_out, hidden_size=hidden, direction=direction, given=given, flops=rnn_flops)
+    return b.op(prim, ins, n_out=n_out, hidden_size=hidden, direction=direction, given=given)
 
 
 def _sigmoid(x):

@@ -11,7 +11,6 @@ import json
 import os
 import shutil
 import tempfile
-from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np

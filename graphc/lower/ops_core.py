@@ -6,7 +6,8 @@ import math
 import numpy as np
 from onnx import TensorProto
 
-from ..ir import OpNode
+from ..errors import InternalError
+from ..ir import DTYPES, OpNode
 from .context import LowerContext
 from .guards import dim_of, unless_empty
 
@@ -19,8 +20,12 @@ INT64_MAX = np.iinfo(np.int64).max
 
 
 def lowering(*names: str):
+    """Register the standard (target "onnx") form of primitives; a duplicate is
+    a bug, as for primitives and target forms (graphc.lower.targets)."""
     def deco(fn):
         for n in names:
+            if n in LOWERINGS:
+                raise InternalError(f"standard lowering of {n} registered twice")
             LOWERINGS[n] = fn
         return fn
     return deco
@@ -97,7 +102,6 @@ def _cast(ctx, op):
 
 
 def _dtype_of(ctx, name: str) -> np.dtype:
-    from ..ir.graph import DTYPES
     return DTYPES[ctx.g.value(name).type.dtype]
 
 

@@ -2,12 +2,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
-
-import numpy as np
+from typing import Any, Callable, Mapping, Sequence
 
 from ..errors import InternalError
-from ..ir.graph import TensorType
+from ..tensors import TensorType, np_dtype  # noqa: F401  (np_dtype: for the rules)
 from ..shapes import Dim, format_shape
 
 
@@ -19,23 +17,46 @@ class ShapeError(Exception):
         self.message, self.hint = message, hint
 
 
+FlopRule = Callable[[dict, list[TensorType], list[TensorType], Mapping[str, int]], "int | None"]
+
+
 @dataclass(frozen=True)
 class Prim:
+    """Everything graphc knows about a primitive except its ONNX forms (those
+    are keyed by (primitive, target) in graphc.lower.targets: primitives never
+    import onnx).
+
+    ``infer(attrs, input types) -> output types``: the shape rule, run when the
+    op is built. ``evaluate(*arrays, **attrs)``: numpy, for folding and tests.
+    ``flops(attrs, input types, output types, dims) -> int | None``: what
+    ``graphc info`` counts (multiply-adds as 2; None when a dim it needs is
+    not given). ``lowering_options``: attributes that only choose between ONNX
+    forms of the same function (Attention's ``impl``); they never change a
+    value, so passes may ignore them when comparing what ops compute.
+    """
     name: str
     infer: Callable[[dict, list[TensorType]], list[TensorType]]
     evaluate: Callable[..., Any] | None
+    flops: FlopRule
     doc: str = ""
+    lowering_options: tuple[str, ...] = ()
 
 
 PRIMS: dict[str, Prim] = {}
 
 
-def prim(name: str, evaluate: Callable[..., Any] | None = None):
-    """Register a primitive's shape rule; duplicates are a bug."""
+def prim(name: str, evaluate: Callable[..., Any] | None = None, *, flops: FlopRule | None = None,
+         lowering_options: tuple[str, ...] = ()):
+    """Register a primitive's shape rule with its FLOP rule (graphc.prims._flops
+    has the common ones). A duplicate, or a primitive without a FLOP rule, is a
+    bug: a new op must say what it costs rather than be counted by some default."""
     def deco(infer):
         if name in PRIMS:
             raise InternalError(f"primitive {name} registered twice")
-        PRIMS[name] = Prim(name, infer, evaluate, (infer.__doc__ or "").strip())
+        if not callable(flops):
+            raise InternalError(f"primitive {name} registered without a FLOP rule "
+                                f"(flops=...; see graphc.prims._flops)")
+        PRIMS[name] = Prim(name, infer, evaluate, flops, (infer.__doc__ or "").strip(), tuple(lowering_options))
         return infer
     return deco
 
@@ -85,8 +106,3 @@ def same_dtype(op: str, types: Sequence[TensorType]) -> str:
             hint = "declare the inputs float32 and build with --dtype float16 for a half-precision model"
         raise ShapeError(f"{op} needs inputs of one dtype, got " + ", ".join(t.dtype for t in types), hint)
     return types[0].dtype
-
-
-def np_dtype(name: str) -> np.dtype:
-    from ..ir.graph import DTYPES
-    return DTYPES[name]

@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..ir.graph import FLOAT_DTYPES, TensorType
-from ..shapes import Dim, format_shape
+from ..tensors import FLOAT_DTYPES, TensorType
+from ..shapes import format_shape
+from ._flops import numel, per_output_element
 from ._registry import ShapeError, broadcast, prim
 
 
@@ -53,7 +54,20 @@ def _eval(q, k, v, *rest, scale=1.0, causal=False, has_masked=False, has_bias=Fa
     return attention_reference(q, k, v, masked, bias, scale, causal)
 
 
-@prim("Attention", _eval)
+def attention_flops(attrs, ins, outs, dims) -> int | None:
+    """The two products, 2·B·Hq·Sq·Sk·(D + Dv), plus one per score for the
+    softmax (as the Softmax primitive counts it)."""
+    q, k, v = ins[:3]
+    scores = numel(q.shape[:3] + k.shape[2:3], dims)
+    widths = numel(q.shape[3:], dims), numel(v.shape[3:], dims)
+    if scores is None or None in widths:
+        return None
+    return scores * (2 * (widths[0] + widths[1]) + 1)
+
+
+# ``impl`` (auto, decomposed, fused) picks the ONNX form in
+# graphc.lower.ops_attention; every form computes the same function.
+@prim("Attention", _eval, flops=attention_flops, lowering_options=("impl",))
 def attention_infer(attrs, ins):
     """[B, Hq, Sq, D] x [B, Hkv, Sk, D] x [B, Hkv, Sk, Dv] -> [B, Hq, Sq, Dv]; Hkv divides Hq."""
     q, k, v = ins[:3]
@@ -108,7 +122,7 @@ def _arange_eval(ref, axis, reverse=False, **_):
     return r[::-1].copy() if reverse else r
 
 
-@prim("Arange", _arange_eval)
+@prim("Arange", _arange_eval, flops=per_output_element)
 def arange_infer(attrs, ins):
     """[0, 1, ..., n-1] with n the run-time length of ``ref`` along ``axis`` (int64);
     ``reverse``: [n-1, ..., 0] (distances from the end: the KV-cache mask)."""

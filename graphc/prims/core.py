@@ -10,9 +10,11 @@ import math
 
 import numpy as np
 
-from ..ir.graph import FLOAT_DTYPES, TensorType
+from ..tensors import FLOAT_DTYPES, TensorType
 from ..shapes import Dim, format_shape
-from ._registry import ShapeError, broadcast, norm_axis, np_dtype, prim, same_dtype
+from ..tensors import np_dtype
+from ._flops import matmul_flops, no_flops, per_output_element
+from ._registry import ShapeError, broadcast, norm_axis, prim, same_dtype
 
 # ---------------------------------------------------------------- elementwise
 
@@ -47,7 +49,7 @@ def _unary_infer(attrs, ins):
 
 
 for _name, _fn in _UNARY.items():
-    prim(_name, _fn)(_unary_infer)
+    prim(_name, _fn, flops=no_flops if _name == "Identity" else per_output_element)(_unary_infer)
 
 _BINARY = {
     "Add": np.add, "Sub": np.subtract, "Mul": np.multiply, "Div": np.divide, "Pow": np.power,
@@ -74,14 +76,14 @@ def _binary(name, fn):
                              hint="bool tensors are masks: give them to an attention layer's mask inputs; arithmetic needs numbers")
         shape = broadcast([a.shape, b.shape])
         return [TensorType("bool" if name in _LOGICAL + _COMPARE else dtype, shape)]
-    prim(name, evaluate)(infer)
+    prim(name, evaluate, flops=per_output_element)(infer)
 
 
 for _name, _fn in _BINARY.items():
     _binary(_name, _fn)
 
 
-@prim("Where", lambda c, a, b, **_: np.where(c, a, b))
+@prim("Where", lambda c, a, b, **_: np.where(c, a, b), flops=per_output_element)
 def where_infer(attrs, ins):
     """Where(cond, a, b): cond is bool; a and b share a dtype; all broadcast."""
     c, a, b = ins
@@ -91,14 +93,14 @@ def where_infer(attrs, ins):
     return [TensorType(dtype, broadcast([c.shape, a.shape, b.shape]))]
 
 
-@prim("Cast", lambda x, to, **_: x.astype(np_dtype(to)))
+@prim("Cast", lambda x, to, **_: x.astype(np_dtype(to)), flops=no_flops)
 def cast_infer(attrs, ins):
     return [TensorType(attrs["to"], ins[0].shape)]
 
 
 # ---------------------------------------------------------------- linear algebra
 
-@prim("MatMul", lambda a, b, **_: np.matmul(a, b))
+@prim("MatMul", lambda a, b, **_: np.matmul(a, b), flops=matmul_flops)
 def matmul_infer(attrs, ins):
     """numpy matmul: [..., n, k] @ [..., k, m] -> [..., n, m], batch dims broadcast."""
     a, b = ins
@@ -143,8 +145,8 @@ def _float_same_shape(name):
     return infer
 
 
-prim("Softmax", _softmax)(_float_same_shape("Softmax"))
-prim("LogSoftmax", _log_softmax)(_float_same_shape("LogSoftmax"))
+prim("Softmax", _softmax, flops=per_output_element)(_float_same_shape("Softmax"))
+prim("LogSoftmax", _log_softmax, flops=per_output_element)(_float_same_shape("LogSoftmax"))
 
 
 def _layer_norm(x, scale, bias=None, axis=-1, eps=1e-5, **_):
@@ -175,11 +177,12 @@ def _norm_infer(name):
     return infer
 
 
-prim("LayerNorm", _layer_norm)(_norm_infer("LayerNorm"))
-prim("RMSNorm", _rms_norm)(_norm_infer("RMSNorm"))
+prim("LayerNorm", _layer_norm, flops=per_output_element)(_norm_infer("LayerNorm"))
+prim("RMSNorm", _rms_norm, flops=per_output_element)(_norm_infer("RMSNorm"))
 
 
-@prim("ReduceMax", lambda x, axes, keepdims=1, **_: np.max(x, axis=tuple(axes), keepdims=bool(keepdims)))
+@prim("ReduceMax", lambda x, axes, keepdims=1, **_: np.max(x, axis=tuple(axes), keepdims=bool(keepdims)),
+      flops=per_output_element)
 def reduce_infer(attrs, ins):
     (x,) = ins
     axes = sorted(norm_axis(a, x.rank) for a in attrs["axes"])
@@ -194,7 +197,7 @@ def _reshape_eval(x, shape, **_):
     return x.reshape(tuple(int(d.value) for d in shape))
 
 
-@prim("Reshape", _reshape_eval)
+@prim("Reshape", _reshape_eval, flops=no_flops)
 def reshape_infer(attrs, ins):
     """Reshape to a symbolic target; the element counts must agree symbolically."""
     (x,) = ins
@@ -210,7 +213,7 @@ def reshape_infer(attrs, ins):
     return [TensorType(x.dtype, target)]
 
 
-@prim("Transpose", lambda x, perm, **_: np.transpose(x, perm))
+@prim("Transpose", lambda x, perm, **_: np.transpose(x, perm), flops=no_flops)
 def transpose_infer(attrs, ins):
     (x,) = ins
     perm = list(attrs["perm"])
@@ -219,7 +222,7 @@ def transpose_infer(attrs, ins):
     return [TensorType(x.dtype, tuple(x.shape[p] for p in perm))]
 
 
-@prim("Concat", lambda *xs, axis, **_: np.concatenate(xs, axis=axis))
+@prim("Concat", lambda *xs, axis, **_: np.concatenate(xs, axis=axis), flops=no_flops)
 def concat_infer(attrs, ins):
     dtype = same_dtype("Concat", ins)
     rank = ins[0].rank
@@ -241,7 +244,7 @@ def _split_eval(x, axis, sizes, **_):
     return list(np.split(x, idx, axis=axis))
 
 
-@prim("Split", _split_eval)
+@prim("Split", _split_eval, flops=no_flops)
 def split_infer(attrs, ins):
     (x,) = ins
     axis = norm_axis(attrs["axis"], x.rank)
@@ -258,7 +261,7 @@ def _slice_eval(x, axis, start, end, **_):
     return x[tuple(index)]
 
 
-@prim("Slice", _slice_eval)
+@prim("Slice", _slice_eval, flops=no_flops)
 def slice_infer(attrs, ins):
     """Static slice [start, end) on one axis; end may be None for 'to the end'."""
     (x,) = ins
@@ -281,7 +284,7 @@ def _slice_like_eval(table, ref, axis, ref_axis, **_):
     return _slice_eval(table, axis, 0, ref.shape[ref_axis])
 
 
-@prim("SliceLike", _slice_like_eval)
+@prim("SliceLike", _slice_like_eval, flops=no_flops)
 def slice_like_infer(attrs, ins):
     """table[..., :len(ref along ref_axis), ...]: slices a precomputed table (sinusoids,
     a causal mask) to a run-time length, so one compiled model serves any length."""
@@ -298,7 +301,7 @@ def _gather_eval(data, idx, axis=0, **_):
     return np.take(data, idx, axis=axis)
 
 
-@prim("Gather", _gather_eval)
+@prim("Gather", _gather_eval, flops=no_flops)
 def gather_infer(attrs, ins):
     data, idx = ins
     if idx.dtype not in ("int64", "int32"):
@@ -307,7 +310,7 @@ def gather_infer(attrs, ins):
     return [TensorType(data.dtype, data.shape[:axis] + idx.shape + data.shape[axis + 1:])]
 
 
-@prim("Derive")
+@prim("Derive", flops=no_flops)     # runs once at compile time, never at inference
 def derive_infer(attrs, ins):
     """A compile-time computation over parameters (gate reordering, transposes,
     folded scales). ``fn`` runs once when weights are known; the result is stored

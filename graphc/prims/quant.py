@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..ir.graph import TensorType
+from ..tensors import TensorType
 from ..shapes import format_shape
+from ._flops import matmul_flops
 from ._registry import ShapeError, prim
 
 
@@ -40,7 +41,7 @@ def _quant_matmul(x, w_q, w_scale, **_):
     return (acc.astype(np.float32) * (s * w_scale.astype(np.float32))).astype(np.float32)
 
 
-@prim("QuantMatMul", _quant_matmul)
+@prim("QuantMatMul", _quant_matmul, flops=matmul_flops)   # counted as the float product it stands for
 def quant_matmul_infer(attrs, ins):
     """float32 [..., K] x int8 [K, N] (scale float32 [N]) -> float32 [..., N]."""
     x, w, s = ins

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..ir.graph import FLOAT_DTYPES, TensorType
+from ..tensors import FLOAT_DTYPES, TensorType
 from ..shapes import Dim, format_shape
 from ._registry import ShapeError, prim, same_dtype
 
@@ -157,19 +157,19 @@ def _rnn_eval(op: str):
     return evaluate
 
 
-def rnn_flops(g, op, env) -> int | None:
-    """For ``graphc check``'s FLOP column: per step and direction, the two
-    gate products (2 * batch * G*H * (input_size + H)) plus about G + 3
-    elementwise ops per hidden unit."""
-    x = g.value(op.inputs[0]).type
-    try:
-        seq, batch, width = (d.evaluate(env) for d in x.shape)
-    except KeyError:
-        return None
-    gates, h = GATES[op.op], int(op.attrs["hidden_size"])
-    dirs = DIRECTIONS[op.attrs.get("direction", "forward")]
-    return seq * dirs * batch * (2 * gates * h * (width + h) + (gates + 3) * h)
+def _rnn_flops(op: str):
+    def flops(attrs, ins, outs, dims) -> int | None:
+        """Per step and direction, the two gate products (2 * batch * G*H *
+        (input_size + H)) plus about G + 3 elementwise ops per hidden unit."""
+        try:
+            seq, batch, width = (d.evaluate(dims) for d in ins[0].shape)
+        except KeyError:
+            return None
+        gates, h = GATES[op], int(attrs["hidden_size"])
+        n_dirs = DIRECTIONS[attrs.get("direction", "forward")]
+        return seq * n_dirs * batch * (2 * gates * h * (width + h) + (gates + 3) * h)
+    return flops
 
 
-prim("LSTM", _rnn_eval("LSTM"))(_rnn_infer("LSTM"))
-prim("GRU", _rnn_eval("GRU"))(_rnn_infer("GRU"))
+prim("LSTM", _rnn_eval("LSTM"), flops=_rnn_flops("LSTM"))(_rnn_infer("LSTM"))
+prim("GRU", _rnn_eval("GRU"), flops=_rnn_flops("GRU"))(_rnn_infer("GRU"))

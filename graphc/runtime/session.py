@@ -173,8 +173,6 @@ def check_inputs(session, feeds: Mapping[str, np.ndarray]) -> dict[str, int]:
                     raise GraphcError(f"dim '{d}' is {bound[d][0]} in input '{bound[d][1]}' but {n} in input '{name}'",
                                       hint=f"every input must agree on '{d}'")
                 bound.setdefault(d, (n, name))
-                if n == 0 and arr.dtype.kind == "f":
-                    pass
     return check_dim_expressions(bound)
 
 
