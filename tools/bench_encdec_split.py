@@ -29,10 +29,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from graphc.build import build_graph  # noqa: E402
 from graphc.ir.partition import split_by_inputs  # noqa: E402
-from graphc.ir.simplify import simplify  # noqa: E402
 from graphc.lower import lower, serialize  # noqa: E402
 from graphc.spec import load_spec  # noqa: E402
-from graphc.weights import fold_derived, materialize  # noqa: E402
+from graphc.pipeline import Options, run_passes  # noqa: E402
 
 
 def _session(model: bytes, threads: int):
@@ -47,9 +46,7 @@ def _session(model: bytes, threads: int):
 def build_variants(spec_path: str, threads: int):
     spec = load_spec(spec_path)
     g = build_graph(spec, None, kv_cache=True)
-    materialize(g, None, 0, fold=False)
-    fold_derived(g)
-    simplify(g)
+    run_passes(g, Options())
     gen, cache = spec.generation, g.generation
     name = lambda k, info: f"encoder_out.{k}"                       # noqa: E731
     enc2, dec2, _ = split_by_inputs(g, {gen.source}, name)

@@ -28,9 +28,8 @@ from ..build import DEFAULT_MAX_PARAM_BYTES, build_graph
 from ..errors import GraphcError
 from ..interrupt import checkpoint, deferred, terminate_as_interrupt
 from ..ir.kv_cache import vocab_size
-from ..ir.simplify import simplify
 from ..spec import load_spec
-from ..weights import fold_derived, materialize
+from ..pipeline import Options, run_passes
 
 CONFIG_NAME = "graphc_generation.json"
 DECODER_FILE = "decoder.onnx"
@@ -72,7 +71,7 @@ def build_bundle(spec_path: str | os.PathLike, output: str | os.PathLike,
     a sharded index; the spec's ``weights:`` section and ``ignore_weights`` map names).
     Bundles are float32 with standard operators for now: int8 (``quantize`` or the
     spec's ``quantize:`` section) and ``target: ort`` are refused, not ignored."""
-    from ..lower import DEFAULT_OPSET, lower_by_reference, save_model
+    from ..lower import DEFAULT_OPSET, lower_by_reference
     from ..progress import report
     out = Path(output)
     if dtype != "float32":
@@ -93,7 +92,7 @@ def build_bundle(spec_path: str | os.PathLike, output: str | os.PathLike,
     for src in spec.sources + ([str(weights)] if isinstance(weights, (str, os.PathLike)) else []):
         if out.exists() and Path(src).exists() and Path(src).resolve().is_relative_to(out.resolve()):
             raise GraphcError(f"refusing to replace {out}: it holds the input {src}", hint="choose another directory")
-    source, seeded, notes = "weights", weights is None, []
+    source, notes = "weights", []
     if isinstance(weights, (str, os.PathLike)):
         from ..checkpoint import load_checkpoint
         source = str(weights)
@@ -104,12 +103,9 @@ def build_bundle(spec_path: str | os.PathLike, output: str | os.PathLike,
         expected = {p.name: p.type.concrete_shape() for p in graph.params()}
         weights, more = apply_weights_section(spec.weights, weights, expected, source, ignore_weights)
         notes += more
-    notes += materialize(graph, weights, seed, source, progress=progress, fold=False)
-    weights = None
-    report(progress, "fold")
-    fold_derived(graph)
-    simplify(graph)
-    graph.metadata["graphc.seed"] = str(seed) if seeded else "weights"
+    options = Options(weights, seed, source, progress=progress)
+    weights = None              # the options hand them to the materialize pass, which lets go
+    notes += run_passes(graph, options).notes
     graph.metadata["graphc.kv_cache"] = "1"
     config = {
         "format": 1,
