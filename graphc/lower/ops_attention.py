@@ -120,7 +120,10 @@ def _decomposed(ctx: LowerContext, op: OpNode) -> None:
     # layers of a stack share their masks after graphc.ir.simplify), not once per layer
     if bias is not None:
         scores = ctx.one("Add", [scores, bias])
-        neg_inf = ctx.shared(("neg_inf", bias), lambda: ctx.one("IsInf", [bias], detect_positive=0))
+        # IsInf takes float16 only from opset 20: test the float32 copy before that
+        neg_inf = ctx.shared(("neg_inf", bias), lambda: ctx.one("IsInf", [
+            ctx.one("Cast", [bias], to=TensorProto.FLOAT) if dt == np.float16 and ctx.opset < 20 else bias],
+            detect_positive=0))
         masked = neg_inf if masked is None else ctx.shared(("or", masked, neg_inf),
                                                         lambda m=masked: ctx.one("Or", [m, neg_inf]))
     if op.attrs.get("causal"):
