@@ -11,7 +11,6 @@ import pytest
 import graphc
 from graphc.errors import GraphcError
 from graphc.generation.api import Generator
-from graphc.generation.runner import DecoderRunner
 from graphc.generation.search import beam_search, greedy_or_sample
 
 import generation_toy as toy
@@ -29,9 +28,8 @@ def _mask(ids):
     return (np.cumsum(ids != toy.PAD, 1) > 0).astype(np.int64)
 
 
-@pytest.mark.parametrize("iobinding", [True, False])
-def test_cached_logits_equal_full_forward_every_step(bundle, iobinding):
-    g = Generator(bundle, iobinding=iobinding)
+def test_cached_logits_equal_full_forward_every_step(bundle):
+    g = Generator(bundle)
     w = toy.toy_weights()
     ids, mask = PROMPTS, _mask(PROMPTS)
     got = [g.decoder.start(ids, mask, 6)]
@@ -46,9 +44,8 @@ def test_cached_logits_equal_full_forward_every_step(bundle, iobinding):
         np.testing.assert_allclose(logits, ref[:, PROMPTS.shape[1] - 1 + i], atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("iobinding", [True, False])
-def test_greedy_and_beam_ids_equal_the_reference(bundle, iobinding):
-    g = Generator(bundle, iobinding=iobinding)
+def test_greedy_and_beam_ids_equal_the_reference(bundle):
+    g = Generator(bundle)
     ref_model = toy.ReferenceStepModel(toy.toy_weights())
     mask = _mask(PROMPTS)
     want = greedy_or_sample(ref_model, PROMPTS, mask, max_new_tokens=12, eos=(toy.EOS,), pad=toy.PAD)

@@ -51,11 +51,10 @@ def as_id_rows(ids, what: str) -> np.ndarray:
 class Generator:
     """A loaded bundle (its ONNX Runtime sessions kept between calls)."""
 
-    def __init__(self, bundle: str | os.PathLike | Bundle, threads: int | None = DEFAULT_THREADS,
-                 iobinding: bool = True):
+    def __init__(self, bundle: str | os.PathLike | Bundle, threads: int | None = DEFAULT_THREADS):
         from .runner import DecoderRunner, EncoderRunner
         self.bundle = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
-        self.decoder = DecoderRunner(self.bundle, threads, iobinding)
+        self.decoder = DecoderRunner(self.bundle, threads)
         self.encoder = EncoderRunner(self.bundle, threads) if self.bundle.encoder_decoder else None
 
     def _check_ids(self, arr: np.ndarray, what: str) -> None:

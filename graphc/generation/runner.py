@@ -1,11 +1,13 @@
 """The ONNX Runtime side of generation: a bundle's sessions as a *step model*
 (the protocol graphc.generation.search drives).
 
-Why it is shaped this way (measured in tools/bench_generate.py, docs/generation.md):
-- the KV cache never goes through numpy between steps: the decoder's outputs are
-  bound with ORT's IOBinding to ORT-allocated memory and the ``present.*``
-  OrtValues are bound as the next step's ``past_key_values.*`` inputs directly
-  (``binding.get_outputs()`` hands back the same buffers, no copy);
+Why it is shaped this way (measured, docs/generation.md "Performance"):
+- the ``present.*`` outputs of one step are fed back as the next step's
+  ``past_key_values.*`` as they are: ONNX Runtime (1.20+) returns outputs as numpy
+  views of its own buffers (no copy), and a numpy input is wrapped, not copied.
+  Binding them with IOBinding/OrtValues instead was measured: ~45 us slower per
+  step on a small model (binding every input each step; ORT refuses a binding
+  reused across steps whose output shapes grow), no difference on the 56M one;
 - only the last position's logits are copied out (``[B, V]``);
 - the attention mask lives in one preallocated ``[B, T + max_new]`` buffer;
 - beam search's reorder is the only step that copies the cache (a gather).
@@ -67,10 +69,9 @@ class DecoderRunner:
     """The cached decoder as a step model. ``fixed`` are extra decoder inputs
     that stay the same at every step (the encoder outputs), batch on axis 0."""
 
-    def __init__(self, bundle: Bundle, threads: int | None = 2, iobinding: bool = True):
+    def __init__(self, bundle: Bundle, threads: int | None = 2):
         self.bundle = bundle
         self.session = _session(bundle.decoder, threads)
-        self.iobinding = iobinding
         ins = {i.name: i for i in self.session.get_inputs()}
         outs = [o.name for o in self.session.get_outputs()]
         past = [n for c in bundle.cache for n in (c.past_key, c.past_value)]
@@ -103,7 +104,6 @@ class DecoderRunner:
         empty = {n: np.zeros((b, c.kv_heads, 0, c.head_dim), dtype=self.float)
                  for c in self.bundle.cache for n in (c.past_key, c.past_value)}
         self.cache = None
-        self._keep = []
         feeds = {"input_ids": np.ascontiguousarray(input_ids, dtype=np.int64),
                  "attention_mask": np.ascontiguousarray(self.mask[:, :t]), **empty}
         if self.has_positions:
@@ -129,38 +129,12 @@ class DecoderRunner:
         self.mask = self.mask[index]
         self.next_pos = self.next_pos[index]
         self.fixed = {k: np.ascontiguousarray(v[index]) for k, v in self.fixed.items()}
-        self.cache = [self._numpy(v)[index] for v in self.cache]
-        if self.iobinding:
-            self.cache = [self._ortvalue(a) for a in self.cache]
-
-    # ------------------------------------------------------------------ internals
-    def _numpy(self, v):
-        return v if isinstance(v, np.ndarray) else v.numpy()
-
-    def _ortvalue(self, a):
-        import onnxruntime as ort
-        self._keep.append(a)            # the OrtValue borrows the array's memory
-        return ort.OrtValue.ortvalue_from_numpy(a)
+        self.cache = [v[index] for v in self.cache]                    # a gather: [B', kv, L, d]
 
     def _run(self, feeds: dict) -> np.ndarray:
         feeds.update(self.fixed)
-        if not self.iobinding:
-            if self.cache is not None:
-                feeds.update(zip(self.past, self.cache))
-            values = self.session.run(self.out_names, feeds)
-            self.cache = values[1:]
-            return np.ascontiguousarray(values[0][:, -1, :], dtype=np.float32)
-        binding = self.session.io_binding()
-        for name, arr in feeds.items():
-            binding.bind_cpu_input(name, arr)
         if self.cache is not None:
-            for name, v in zip(self.past, self.cache):
-                binding.bind_ortvalue_input(name, v)
-        for name in self.out_names:
-            binding.bind_output(name, "cpu")
-        self.session.run_with_iobinding(binding)
-        values = binding.get_outputs()
-        self._keep = []
+            feeds.update(zip(self.past, self.cache))
+        values = self.session.run(self.out_names, feeds)
         self.cache = values[1:]
-        logits = values[0].numpy()
-        return np.ascontiguousarray(logits[:, -1, :], dtype=np.float32)
+        return np.ascontiguousarray(values[0][:, -1, :], dtype=np.float32)      # [B, V]

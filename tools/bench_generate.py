@@ -1,0 +1,249 @@
+#!/usr/bin/env python
+"""Generation speed: graphc's KV-cache bundles against Hugging Face transformers' eager
+generate() (with its cache), same weights, same prompts, greedy, in one run.
+
+    python tools/bench_generate.py --json-out gen.json          # the full measurement (minutes)
+    python tools/bench_generate.py --quick                      # tiny models, a few seconds
+    python tools/bench_generate.py --only llama --batches 1 --reps 3
+
+Workloads (tools/gen_models.py): "llama", a LLaMA-like decoder (hidden 512, 8 layers, 8 heads,
+4 kv heads, FFN 1376, vocab 32000, untied; 56M parameters), and "base", the paper's base
+Transformer (6+6 layers, 512, FFN 2048, 8 heads, vocab 37000) in Marian's layout (HF's
+MarianMTModel is the transformers side). Random weights, std 0.05. Prompts of 32 tokens
+(batch 4: 32, 24, 16 and 28 real tokens, left-padded), 128 new tokens, eos off so every run
+is the same length, 2 threads everywhere (torch.set_num_threads, ORT intra-op threads).
+
+Per run, the times at which each step's scores become available are recorded (graphc: a
+wrapper around the step model; transformers: a logits processor, called once per step):
+time to first token = the first one; the step latency at token k = time(k) - time(k-1);
+decode tokens/s = batch * (new - 1) / (time(last) - time(first)). Tools are interleaved
+rep by rep and medians reported; ratios are the only numbers comparable across runs of a
+busy machine. Greedy ids are compared (graphc against transformers) in every run.
+
+Optimum and onnxruntime-genai are not measured here: optimum-onnx pins transformers < 4.58
+and onnxruntime-genai needs its own environment (docs/generation.md, "Performance").
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tools"))
+
+import gen_models as gm  # noqa: E402
+
+QUICK_LLAMA = dict(vocab=512, d_model=64, heads=4, kv_heads=2, layers=2, d_ff=128, max_len=256, eos=2)
+QUICK_BASE = dict(vocab=512, d_model=64, heads=4, d_ff=128, layers=2, max_len=256)
+
+
+def _prompts(batch: int, prompt: int, vocab: int, seed: int, pad: int, left: bool) -> np.ndarray:
+    """[batch, prompt] ids in [4, vocab); rows shorter than the first padded with pad
+    (left for decoder prompts, right for sources)."""
+    rng = np.random.default_rng(seed)
+    lengths = [prompt, prompt * 3 // 4, prompt // 2, prompt * 7 // 8][:batch] if batch > 1 else [prompt]
+    lengths += [prompt] * (batch - len(lengths))
+    ids = np.full((batch, prompt), pad, np.int64)
+    for i, n in enumerate(lengths):
+        row = rng.integers(4, vocab, size=n)
+        if left:
+            ids[i, prompt - n:] = row
+        else:
+            ids[i, :n] = row
+    return ids
+
+
+class _Clock:
+    """A step model wrapper recording when each step's scores are ready."""
+
+    def __init__(self, inner):
+        self.inner, self.times = inner, []
+
+    def start(self, ids, mask):
+        out = self.inner.start(ids, mask)
+        self.times.append(time.perf_counter())
+        return out
+
+    def step(self, tokens):
+        out = self.inner.step(tokens)
+        self.times.append(time.perf_counter())
+        return out
+
+    def reorder(self, index):
+        self.inner.reorder(index)
+
+
+def run_graphc(gen, ids, new, encoder_decoder):
+    """One greedy run; returns (ids, t0, step times)."""
+    from graphc.generation.api import _WithCapacity
+    from graphc.generation.search import greedy_or_sample
+    b = gen.bundle
+    t0 = time.perf_counter()
+    if encoder_decoder:
+        gen.decoder.set_fixed(gen.encoder(ids))
+        start = np.full((ids.shape[0], 1), b.decoder_start, np.int64)
+        mask = np.ones_like(start)
+    else:
+        gen.decoder.set_fixed({})
+        start, mask = ids, (np.cumsum(ids != b.pad, 1) > 0).astype(np.int64)
+    clock = _Clock(_WithCapacity(gen.decoder, new))
+    out = greedy_or_sample(clock, start, mask, max_new_tokens=new, eos=(), pad=b.pad)
+    return out, t0, clock.times
+
+
+def run_hf(model, ids, new, encoder_decoder, pad):
+    import torch
+    import transformers
+
+    class Clock(transformers.LogitsProcessor):
+        def __init__(self):
+            self.times = []
+
+        def __call__(self, input_ids, scores):
+            self.times.append(time.perf_counter())
+            return scores
+
+    clock = Clock()
+    cfg = transformers.GenerationConfig(do_sample=False, max_new_tokens=new, min_new_tokens=new, eos_token_id=None,
+                                        pad_token_id=pad, use_cache=True,
+                                        decoder_start_token_id=3 if encoder_decoder else None)
+    mask = torch.from_numpy((ids != pad).astype(np.int64))
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        out = model.generate(input_ids=torch.from_numpy(ids), attention_mask=mask, generation_config=cfg,
+                             logits_processor=transformers.LogitsProcessorList([clock]))
+    out = out.numpy()[:, (1 if encoder_decoder else ids.shape[1]):]
+    return out, t0, clock.times
+
+
+def _metrics(t0, times, batch, new):
+    lat = np.diff(np.array(times)) * 1e3
+    k8, k120 = min(8, len(times) - 1), min(120, len(times) - 1)
+    return {"ttft_ms": (times[0] - t0) * 1e3,
+            "step8_ms": float(lat[k8 - 1]) if k8 >= 1 else None,
+            "step120_ms": float(lat[k120 - 1]) if k120 >= 1 else None,
+            "step_median_ms": float(np.median(lat)) if lat.size else None,
+            "decode_tok_s": batch * (len(times) - 1) / (times[-1] - times[0]) if len(times) > 1 else None}
+
+
+def _median(runs, key):
+    vals = [r[key] for r in runs if r[key] is not None]
+    return statistics.median(vals) if vals else None
+
+
+def bench_workload(name, dims, args, tmp: Path) -> dict:
+    import torch
+    from graphc.generation.api import Generator
+    from graphc.generation.bundle_write import build_bundle
+    torch.manual_seed(0)
+    enc_dec = name == "base"
+    if enc_dec:
+        model = gm.marian_model(gm.hf_marian(**dims), 0.05)
+        weights, text, pad = gm.marian_weights(model), gm.MARIAN_TEMPLATE.format(**dims), 1
+    else:
+        import transformers
+        model = gm.randomize(transformers.LlamaForCausalLM(gm.hf_llama(**dims)).eval(), 0.05)
+        weights, text, pad = gm.llama_weights(model), gm.LLAMA_TEMPLATE.format(**dims), 0
+    spec = tmp / f"{name}.yaml"
+    spec.write_text(text)
+    t = time.perf_counter()
+    build_bundle(spec, tmp / name, weights)
+    build_s = time.perf_counter() - t
+    gen = Generator(tmp / name, threads=args.threads)
+    n_params = sum(int(np.prod(v.shape)) for v in weights.values())
+    result = {"params": n_params, "build_s": build_s, "batches": {}}
+    for batch in args.batches:
+        ids = _prompts(batch, args.prompt, dims["vocab"], 1, pad, left=not enc_dec)
+        runs = {"graphc": [], "transformers": []}
+        equal = True
+        run_graphc(gen, ids, min(args.new, 4), enc_dec)                  # warm-up
+        run_hf(model, ids, min(args.new, 4), enc_dec, pad)
+        for _ in range(args.reps):
+            g_ids, t0, times = run_graphc(gen, ids, args.new, enc_dec)
+            runs["graphc"].append(_metrics(t0, times, batch, args.new))
+            h_ids, t0, times = run_hf(model, ids, args.new, enc_dec, pad)
+            runs["transformers"].append(_metrics(t0, times, batch, args.new))
+            equal = equal and g_ids.shape == h_ids.shape and bool((g_ids == h_ids).all())
+            if g_ids.shape == h_ids.shape:
+                agree = (g_ids == h_ids).all(axis=0)
+                first = int(np.argmin(agree)) if not agree.all() else g_ids.shape[1]
+            else:
+                first = 0
+        keys = ["ttft_ms", "step8_ms", "step120_ms", "step_median_ms", "decode_tok_s"]
+        med = {tool: {k: _median(r, k) for k in keys} for tool, r in runs.items()}
+        g, h = med["graphc"], med["transformers"]
+        med["ratios"] = {
+            "decode_tok_s_vs_transformers": g["decode_tok_s"] / h["decode_tok_s"],
+            "ttft_vs_transformers": g["ttft_ms"] / h["ttft_ms"],
+            "graphc_step120_over_step8": (g["step120_ms"] / g["step8_ms"]) if g["step8_ms"] and g["step120_ms"] else None,
+        }
+        med["ids_equal"] = equal
+        med["first_differing_token"] = first
+        result["batches"][str(batch)] = med
+        print(f"{name} b{batch}: graphc {g['decode_tok_s']:.0f} tok/s (step {g['step_median_ms']:.2f} ms, "
+              f"ttft {g['ttft_ms']:.1f} ms) | transformers {h['decode_tok_s']:.0f} tok/s "
+              f"(step {h['step_median_ms']:.2f} ms, ttft {h['ttft_ms']:.1f} ms) | "
+              f"x{med['ratios']['decode_tok_s_vs_transformers']:.2f} tok/s, ids equal: {equal}", flush=True)
+    return result
+
+
+def markdown(report) -> str:
+    lines = ["| workload | batch | tool | TTFT ms | step@8 ms | step@120 ms | tok/s | graphc/transformers tok/s | ids equal |",
+             "|---|---:|---|---:|---:|---:|---:|---:|---|"]
+    f = lambda v, p=2: "-" if v is None else f"{v:.{p}f}"
+    for name, w in report["workloads"].items():
+        for batch, m in w["batches"].items():
+            for tool in ("graphc", "transformers"):
+                r = m[tool]
+                ratio = f(m["ratios"]["decode_tok_s_vs_transformers"]) + "x" if tool == "graphc" else ""
+                lines.append(f"| {name} | {batch} | {tool} | {f(r['ttft_ms'], 1)} | {f(r['step8_ms'])} | "
+                             f"{f(r['step120_ms'])} | {f(r['decode_tok_s'], 0)} | {ratio} | "
+                             f"{m['ids_equal'] if tool == 'graphc' else ''} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="tiny models, 16 new tokens, 1 rep (a smoke run)")
+    p.add_argument("--only", default="llama,base", help="workloads: llama, base")
+    p.add_argument("--batches", default="1,4")
+    p.add_argument("--prompt", type=int, default=32)
+    p.add_argument("--new", type=int, default=128)
+    p.add_argument("--reps", type=int, default=5)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--json-out")
+    args = p.parse_args(argv)
+    args.batches = [int(b) for b in args.batches.split(",")]
+    if args.quick:
+        args.new, args.reps, args.prompt = min(args.new, 16), 1, min(args.prompt, 8)
+    import torch
+    torch.set_num_threads(args.threads)
+    import onnxruntime
+    import transformers
+    report = {"config": {"quick": args.quick, "batches": args.batches, "prompt": args.prompt, "new": args.new,
+                         "reps": args.reps, "threads": args.threads, "torch": torch.__version__,
+                         "transformers": transformers.__version__, "onnxruntime": onnxruntime.__version__},
+              "workloads": {}}
+    sizes = {"llama": QUICK_LLAMA if args.quick else gm.LLAMA_BENCH,
+             "base": QUICK_BASE if args.quick else gm.MARIAN_BASE}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in args.only.split(","):
+            if name not in sizes:
+                p.error(f"unknown workload {name!r} (llama, base)")
+            report["workloads"][name] = bench_workload(name, sizes[name], args, Path(tmp))
+    print(markdown(report))
+    if args.json_out:
+        Path(args.json_out).write_text(json.dumps(report, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
