@@ -51,17 +51,19 @@ def add_parser(sub) -> None:
                    help="prompt (or source) text, tokenized with --tokenizer; repeat for a batch")
     g.add_argument("--tokenizer", metavar="tokenizer.json",
                    help="a Hugging Face tokenizers file: encode --text, print decoded text (pip install 'graphc[text]')")
-    g.add_argument("--max-new-tokens", type=int, default=20, metavar="N")
-    g.add_argument("--temperature", type=float, default=None, help="sample with this temperature")
-    g.add_argument("--top-k", type=int, default=None, help="sample from the k most likely tokens")
-    g.add_argument("--top-p", type=float, default=None, help="sample from the smallest set with this probability")
-    g.add_argument("--seed", type=int, default=None, help="seed for sampling")
+    g.add_argument("--max-new-tokens", type=int, default=20, metavar="N", help="at most N new tokens per row (default 20)")
+    g.add_argument("--temperature", type=float, default=None, metavar="T", help="sample, scores divided by T")
+    g.add_argument("--top-k", type=int, default=None, metavar="K", help="sample from the K most likely tokens")
+    g.add_argument("--top-p", type=float, default=None, metavar="P",
+                   help="sample from the smallest set of tokens with probability >= P")
+    g.add_argument("--seed", type=int, default=None, help="seed for sampling (repeatable draws)")
     g.add_argument("--num-beams", type=int, default=1, metavar="N", help="beam search with N beams")
-    g.add_argument("--length-penalty", type=float, default=None, help="beam search: score / length**p (default 1)")
+    g.add_argument("--length-penalty", type=float, default=None, metavar="P",
+                   help="beam search: finished hypotheses ranked by score / length**P (default 1)")
     g.add_argument("--early-stopping", type=_early_stopping, default=None, metavar="true|false|never",
                    help="beam search: when a row stops (transformers' meaning; default false)")
     g.add_argument("--output", "-o", metavar="ids.npy|ids.json", help="also write the generated ids here")
-    g.add_argument("--threads", type=int, default=2, help="ONNX Runtime threads (default 2)")
+    g.add_argument("--threads", type=int, default=2, metavar="N", help="ONNX Runtime intra-op threads (default 2)")
     g.set_defaults(fn=cmd_generate)
 
 

@@ -88,10 +88,12 @@ class DecoderRunner:
         self.float = _NP.get(ins[past[0]].type, np.float32)
         self.out_names = ["logits"] + self.present
         self.fixed: dict[str, np.ndarray] = {}
+        self.fixed_rows = None
 
     # --------------------------------------------------------------- step model
     def set_fixed(self, fixed: dict[str, np.ndarray]) -> None:
         self.fixed = {k: np.ascontiguousarray(v) for k, v in fixed.items()}
+        self.fixed_rows = np.arange(next(iter(fixed.values())).shape[0]) if fixed else None
 
     def start(self, input_ids: np.ndarray, attention_mask: np.ndarray, capacity: int = 0) -> np.ndarray:
         b, t = input_ids.shape
@@ -128,7 +130,13 @@ class DecoderRunner:
         index = np.asarray(index, dtype=np.int64)
         self.mask = self.mask[index]
         self.next_pos = self.next_pos[index]
-        self.fixed = {k: np.ascontiguousarray(v[index]) for k, v in self.fixed.items()}
+        if self.fixed:
+            # beams only ever move within their own source row, so the encoder outputs
+            # are gathered once (prompts -> beams), not at every step
+            rows = self.fixed_rows[index]
+            if not np.array_equal(rows, self.fixed_rows):
+                self.fixed = {k: np.ascontiguousarray(v[index]) for k, v in self.fixed.items()}
+            self.fixed_rows = rows
         self.cache = [v[index] for v in self.cache]                    # a gather: [B', kv, L, d]
 
     def _run(self, feeds: dict) -> np.ndarray:
