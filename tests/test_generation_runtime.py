@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 
 import graphc
-from graphc.errors import GraphcError
 from graphc.generation.api import Generator
 from graphc.generation.search import beam_search, greedy_or_sample
 

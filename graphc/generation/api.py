@@ -15,7 +15,6 @@ after a row's eos the row holds ``pad``.
 from __future__ import annotations
 
 import os
-from typing import Sequence
 
 import numpy as np
 

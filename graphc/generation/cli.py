@@ -10,9 +10,7 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
-
-from ..errors import GraphcError
+from ..errors import GraphcError        # numpy and onnxruntime load only when the command runs
 
 
 def _ids_arg(text: str, flag: str):
@@ -82,6 +80,7 @@ def _tokenizer(path: str):
 
 
 def cmd_generate(args) -> int:
+    import numpy as np
     from .api import Generator, check_settings
     from .bundle import load_bundle
     check_settings(max_new_tokens=args.max_new_tokens, num_beams=args.num_beams, temperature=args.temperature,
