@@ -160,58 +160,108 @@ def bench_workload(name, dims, args, tmp: Path) -> dict:
     gen = Generator(tmp / name, threads=args.threads)
     n_params = sum(int(np.prod(v.shape)) for v in weights.values())
     result = {"params": n_params, "build_s": build_s, "batches": {}}
+    tools = {"graphc": lambda ids, new: run_graphc(gen, ids, new, enc_dec)}
+    if "transformers" in args.tools:
+        tools["transformers"] = lambda ids, new: run_hf(model, ids, new, enc_dec, pad)
+    if "genai" in args.tools:
+        if enc_dec:
+            result["genai"] = "onnxruntime-genai's builder does not take Marian/BART-style models"
+        else:
+            og_model = build_genai(model, dims, tmp / f"{name}_genai", args)
+            tools["genai"] = lambda ids, new: run_genai(og_model, ids, new, pad, args.threads)
     for batch in args.batches:
         ids = _prompts(batch, args.prompt, dims["vocab"], 1, pad, left=not enc_dec)
-        hf = "transformers" in args.tools
-        runs = {"graphc": [], **({"transformers": []} if hf else {})}
-        equal, first = None, None
-        run_graphc(gen, ids, min(args.new, 4), enc_dec)                  # warm-up
-        if hf:
-            run_hf(model, ids, min(args.new, 4), enc_dec, pad)
+        runs = {tool: [] for tool in tools}
+        outs = {}
+        for fn in tools.values():                                        # warm-up
+            fn(ids, min(args.new, 4))
         for _ in range(args.reps):                                       # interleaved
-            g_ids, t0, times = run_graphc(gen, ids, args.new, enc_dec)
-            runs["graphc"].append(_metrics(t0, times, batch, args.new))
-            if hf:
-                h_ids, t0, times = run_hf(model, ids, args.new, enc_dec, pad)
-                runs["transformers"].append(_metrics(t0, times, batch, args.new))
-                same = g_ids.shape == h_ids.shape and bool((g_ids == h_ids).all())
-                equal = same if equal is None else equal and same
-                if g_ids.shape == h_ids.shape:
-                    agree = (g_ids == h_ids).all(axis=0)
-                    first = int(np.argmin(agree)) if not agree.all() else g_ids.shape[1]
+            for tool, fn in tools.items():
+                out, t0, times = fn(ids, args.new)
+                runs[tool].append(_metrics(t0, times, batch, args.new))
+                outs[tool] = out
         keys = ["ttft_ms", "step8_ms", "step120_ms", "step_median_ms", "decode_tok_s"]
         med = {tool: {k: _median(r, k) for k in keys} for tool, r in runs.items()}
-        g, h = med["graphc"], med.get("transformers")
-        med["ratios"] = {
-            "decode_tok_s_vs_transformers": g["decode_tok_s"] / h["decode_tok_s"] if h else None,
-            "ttft_vs_transformers": g["ttft_ms"] / h["ttft_ms"] if h else None,
-            "graphc_step120_over_step8": (g["step120_ms"] / g["step8_ms"]) if g["step8_ms"] and g["step120_ms"] else None,
-        }
-        med["ids_equal"] = equal
-        med["first_differing_token"] = first
+        ref = outs.get("transformers")
+        for tool in tools:
+            if tool != "transformers":
+                med[tool]["ids_equal_rows"] = (None if ref is None else
+                                               [bool(r) for r in (outs[tool] == ref).all(axis=1)]
+                                               if outs[tool].shape == ref.shape else [False] * batch)
+        g = med["graphc"]
+        med["ratios"] = {f"decode_tok_s_vs_{t}": g["decode_tok_s"] / med[t]["decode_tok_s"] for t in tools if t != "graphc"}
+        med["ratios"].update({f"ttft_vs_{t}": g["ttft_ms"] / med[t]["ttft_ms"] for t in tools if t != "graphc"})
+        med["ratios"]["graphc_step120_over_step8"] = (g["step120_ms"] / g["step8_ms"]
+                                                      if g["step8_ms"] and g["step120_ms"] else None)
+        med["ids_equal"] = None if ref is None else all(g["ids_equal_rows"])
         result["batches"][str(batch)] = med
-        line = (f"{name} b{batch}: graphc {g['decode_tok_s']:.0f} tok/s (step {g['step_median_ms']:.2f} ms, "
-                f"ttft {g['ttft_ms']:.1f} ms)")
-        if h:
-            line += (f" | transformers {h['decode_tok_s']:.0f} tok/s (step {h['step_median_ms']:.2f} ms, "
-                     f"ttft {h['ttft_ms']:.1f} ms) | x{med['ratios']['decode_tok_s_vs_transformers']:.2f} tok/s, "
-                     f"ids equal: {equal}")
+        line = f"{name} b{batch}:"
+        for tool in tools:
+            m = med[tool]
+            line += f" | {tool} {m['decode_tok_s']:.0f} tok/s (step {m['step_median_ms']:.2f} ms, ttft {m['ttft_ms']:.1f} ms)"
+            if "ids_equal_rows" in m and m["ids_equal_rows"] is not None:
+                line += f" ids equal {sum(m['ids_equal_rows'])}/{batch}"
         print(line, flush=True)
     return result
 
 
+def build_genai(model, dims, out: Path, args):
+    """onnxruntime-genai's model builder output (fp32, CPU) for the same HF model. The
+    builder runs in ``--genai-python`` (an environment with onnxruntime-genai and onnx-ir;
+    default: this one) and wants a tokenizer beside the model: a word-level one is made."""
+    import subprocess
+    hf_dir = out.parent / (out.name + "_hf")
+    model.save_pretrained(hf_dir)
+    from tokenizers import Tokenizer
+    from tokenizers.models import WordLevel
+    tok = Tokenizer(WordLevel({f"w{i}": i for i in range(dims["vocab"])}, unk_token="w0"))
+    tok.save(str(hf_dir / "tokenizer.json"))
+    (hf_dir / "tokenizer_config.json").write_text(json.dumps(
+        {"tokenizer_class": "PreTrainedTokenizerFast", "unk_token": "w0", "pad_token": "w0"}))
+    proc = subprocess.run([args.genai_python, "-m", "onnxruntime_genai.models.builder", "-i", str(hf_dir),
+                           "-o", str(out), "-p", "fp32", "-e", "cpu", "-c", str(out.parent / "genai_cache")],
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"onnxruntime-genai's builder failed:\n{proc.stderr[-2000:]}")
+    import onnxruntime_genai as og
+    cfg = json.loads((out / "genai_config.json").read_text())
+    cfg["model"]["decoder"]["session_options"]["intra_op_num_threads"] = args.threads
+    (out / "genai_config.json").write_text(json.dumps(cfg))
+    return og.Model(str(out))
+
+
+def run_genai(og_model, ids, new, pad, threads):
+    import onnxruntime_genai as og
+    t0 = time.perf_counter()
+    params = og.GeneratorParams(og_model)
+    params.set_search_options(max_length=ids.shape[1] + new, min_length=ids.shape[1] + new, do_sample=False,
+                              batch_size=ids.shape[0])
+    gen = og.Generator(og_model, params)
+    gen.append_tokens(ids.astype(np.int32))
+    times, out = [], []
+    while not gen.is_done():
+        gen.generate_next_token()
+        times.append(time.perf_counter())
+        out.append(np.array(gen.get_next_tokens(), dtype=np.int64))
+    return np.stack(out, axis=1), t0, times
+
+
 def markdown(report) -> str:
-    lines = ["| workload | batch | tool | TTFT ms | step@8 ms | step@120 ms | tok/s | graphc/transformers tok/s | ids equal |",
+    """One row per workload, batch and tool; the ratio column is graphc's decode tokens/s over
+    that tool's (graphc's own row: blank); ids: rows equal to transformers' ids."""
+    lines = ["| workload | batch | tool | TTFT ms | step@8 ms | step@120 ms | tok/s | graphc tok/s ratio | ids = transformers |",
              "|---|---:|---|---:|---:|---:|---:|---:|---|"]
     f = lambda v, p=2: "-" if v is None else f"{v:.{p}f}"
     for name, w in report["workloads"].items():
         for batch, m in w["batches"].items():
-            for tool in [t for t in ("graphc", "transformers") if t in m]:
+            for tool in [t for t in ("graphc", "transformers", "genai") if t in m]:
                 r = m[tool]
-                ratio = f(m["ratios"]["decode_tok_s_vs_transformers"]) + "x" if tool == "graphc" and "transformers" in m else ""
+                ratio = m["ratios"].get(f"decode_tok_s_vs_{tool}")
+                rows = r.get("ids_equal_rows")
+                ids = "" if tool == "transformers" else "-" if rows is None else f"{sum(rows)}/{len(rows)} rows"
                 lines.append(f"| {name} | {batch} | {tool} | {f(r['ttft_ms'], 1)} | {f(r['step8_ms'])} | "
-                             f"{f(r['step120_ms'])} | {f(r['decode_tok_s'], 0)} | {ratio} | "
-                             f"{'' if tool != 'graphc' else '-' if m['ids_equal'] is None else m['ids_equal']} |")
+                             f"{f(r['step120_ms'])} | {f(r['decode_tok_s'], 0)} | "
+                             f"{'' if ratio is None else f(ratio) + 'x'} | {ids} |")
     return "\n".join(lines)
 
 
@@ -225,7 +275,10 @@ def main(argv=None) -> int:
     p.add_argument("--reps", type=int, default=5)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--tools", default="graphc,transformers",
-                   help="graphc alone skips transformers (its OpenMP threads suffer most on a busy machine)")
+                   help="comma list of graphc, transformers, genai (onnxruntime-genai's builder output, fp32; "
+                        "graphc alone skips transformers, whose OpenMP threads suffer most on a busy machine)")
+    p.add_argument("--genai-python", default=sys.executable,
+                   help="a python with onnxruntime-genai and onnx-ir, to run genai's model builder")
     p.add_argument("--json-out")
     args = p.parse_args(argv)
     args.batches = [int(b) for b in args.batches.split(",")]
