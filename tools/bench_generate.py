@@ -169,6 +169,9 @@ def bench_workload(name, dims, args, tmp: Path) -> dict:
         else:
             og_model = build_genai(model, dims, tmp / f"{name}_genai", args)
             tools["genai"] = lambda ids, new: run_genai(og_model, ids, new, pad, args.threads)
+    if "optimum" in args.tools:
+        worker = OptimumWorker(model, tmp / f"{name}_optimum", args, enc_dec)
+        tools["optimum"] = worker.run
     for batch in args.batches:
         ids = _prompts(batch, args.prompt, dims["vocab"], 1, pad, left=not enc_dec)
         runs = {tool: [] for tool in tools}
@@ -230,6 +233,68 @@ def build_genai(model, dims, out: Path, args):
     return og.Model(str(out))
 
 
+class OptimumWorker:
+    """Optimum's ONNX export (``text-generation-with-past`` / ``text2text-generation-with-past``)
+    run by Optimum's ORTModel generate() in ``--optimum-python`` (an environment with
+    optimum-onnx, whose transformers must be < 4.58): a worker process that answers one
+    timed greedy run per request, so its runs interleave with the other tools'."""
+
+    def __init__(self, model, out: Path, args, enc_dec):
+        import subprocess
+        hf_dir = out.parent / (out.name + "_hf")
+        model.save_pretrained(hf_dir)
+        task = "text2text-generation-with-past" if enc_dec else "text-generation-with-past"
+        proc = subprocess.run([args.optimum_python, "-m", "optimum.exporters.onnx", "--model", str(hf_dir),
+                               "--task", task, "--no-post-process", str(out)], capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise SystemExit(f"Optimum's export failed:\n{proc.stderr[-2000:]}")
+        self.proc = subprocess.Popen([args.optimum_python, __file__, "--optimum-worker", str(out),
+                                      "--threads", str(args.threads)] + (["--enc-dec"] if enc_dec else []),
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        self.pad = 1 if enc_dec else 0
+
+    def run(self, ids, new):
+        self.proc.stdin.write(json.dumps({"ids": ids.tolist(), "new": new, "pad": self.pad}) + "\n")
+        self.proc.stdin.flush()
+        reply = json.loads(self.proc.stdout.readline())
+        return np.array(reply["out"], np.int64), reply["t0"], reply["times"]
+
+
+def optimum_worker(directory: str, threads: int, enc_dec: bool) -> int:
+    """The --optimum-worker loop: one JSON request per line on stdin, one reply on stdout."""
+    import onnxruntime as ort
+    import torch
+    import transformers
+    from optimum.onnxruntime import ORTModelForCausalLM, ORTModelForSeq2SeqLM
+    torch.set_num_threads(threads)
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    cls = ORTModelForSeq2SeqLM if enc_dec else ORTModelForCausalLM
+    model = cls.from_pretrained(directory, session_options=opts, use_cache=True)
+
+    class Clock(transformers.LogitsProcessor):
+        def __call__(self, input_ids, scores):
+            self.times.append(time.perf_counter())
+            return scores
+
+    for line in sys.stdin:
+        req = json.loads(line)
+        ids = np.array(req["ids"], np.int64)
+        clock = Clock()
+        clock.times = []
+        cfg = transformers.GenerationConfig(do_sample=False, max_new_tokens=req["new"], min_new_tokens=req["new"],
+                                            eos_token_id=None, pad_token_id=req["pad"], use_cache=True,
+                                            decoder_start_token_id=3 if enc_dec else None)
+        t0 = time.perf_counter()
+        out = model.generate(input_ids=torch.from_numpy(ids),
+                             attention_mask=torch.from_numpy((ids != req["pad"]).astype(np.int64)),
+                             generation_config=cfg, logits_processor=transformers.LogitsProcessorList([clock]))
+        out = out.numpy()[:, (1 if enc_dec else ids.shape[1]):]
+        sys.stdout.write(json.dumps({"out": out.tolist(), "t0": t0, "times": clock.times}) + "\n")
+        sys.stdout.flush()
+    return 0
+
+
 def run_genai(og_model, ids, new, pad, threads):
     import onnxruntime_genai as og
     t0 = time.perf_counter()
@@ -254,7 +319,7 @@ def markdown(report) -> str:
     f = lambda v, p=2: "-" if v is None else f"{v:.{p}f}"
     for name, w in report["workloads"].items():
         for batch, m in w["batches"].items():
-            for tool in [t for t in ("graphc", "transformers", "genai") if t in m]:
+            for tool in [t for t in ("graphc", "transformers", "optimum", "genai") if t in m]:
                 r = m[tool]
                 ratio = m["ratios"].get(f"decode_tok_s_vs_{tool}")
                 rows = r.get("ids_equal_rows")
@@ -275,12 +340,19 @@ def main(argv=None) -> int:
     p.add_argument("--reps", type=int, default=5)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--tools", default="graphc,transformers",
-                   help="comma list of graphc, transformers, genai (onnxruntime-genai's builder output, fp32; "
+                   help="comma list of graphc, transformers, optimum (Optimum's export on ORT), genai "
+                        "(onnxruntime-genai's builder output, fp32; "
                         "graphc alone skips transformers, whose OpenMP threads suffer most on a busy machine)")
+    p.add_argument("--optimum-python", default=sys.executable,
+                   help="a python with optimum-onnx (transformers < 4.58) for --tools ...,optimum")
+    p.add_argument("--optimum-worker", help=argparse.SUPPRESS)
+    p.add_argument("--enc-dec", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--genai-python", default=sys.executable,
                    help="a python with onnxruntime-genai and onnx-ir, to run genai's model builder")
     p.add_argument("--json-out")
     args = p.parse_args(argv)
+    if args.optimum_worker:
+        return optimum_worker(args.optimum_worker, args.threads, args.enc_dec)
     args.batches = [int(b) for b in args.batches.split(",")]
     args.tools = args.tools.split(",")
     if args.quick:
