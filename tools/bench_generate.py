@@ -1,6 +1,7 @@
 #!/usr/bin/env python
 """Generation speed: graphc's KV-cache bundles against Hugging Face transformers' eager
-generate() (with its cache), same weights, same prompts, greedy, in one run.
+generate() (with its cache), and optionally Optimum's export and onnxruntime-genai, same
+weights, same prompts, greedy, in one run.
 
     python tools/bench_generate.py --json-out gen.json          # the full measurement (minutes)
     python tools/bench_generate.py --quick                      # tiny models, a few seconds
@@ -20,8 +21,12 @@ decode tokens/s = batch * (new - 1) / (time(last) - time(first)). Tools are inte
 rep by rep and medians reported; ratios are the only numbers comparable across runs of a
 busy machine. Greedy ids are compared (graphc against transformers) in every run.
 
-Optimum and onnxruntime-genai are not measured here: optimum-onnx pins transformers < 4.58
-and onnxruntime-genai needs its own environment (docs/generation.md, "Performance").
+With --tools ...,optimum,genai also Optimum's ONNX export on ORT and onnxruntime-genai's model
+builder output (fp32), each from its own environment (--optimum-python, --genai-python; see
+docs/generation.md, "Performance"):
+
+    python tools/bench_generate.py --tools graphc,transformers,optimum,genai \
+        --optimum-python optimum-venv/bin/python --genai-python genai-venv/bin/python --json-out gen.json
 """
 from __future__ import annotations
 
