@@ -136,6 +136,7 @@ def test_not_a_bundle(tmp_path, bundle):
     (json.dumps(toy.config(pad="0")), "'pad' must be an integer"),
     (json.dumps(toy.config(cache=[])), "'cache' must be a non-empty list"),
     (json.dumps(toy.config(architecture="rnn")), "'architecture'"),
+    (json.dumps(toy.config(vocab_size=30)), "scores 20 tokens but"),
     (json.dumps(toy.config(cache=[{"past_key": "a", "past_value": "b", "present_key": "c",
                                    "present_value": "d", "kv_heads": 1, "head_dim": 8}])), "does not match"),
 ])

@@ -83,6 +83,10 @@ class DecoderRunner:
             raise GraphcError(f"{bundle.decoder} does not match {bundle.directory}/graphc_generation.json "
                               f"(names {', '.join(sorted(set(missing) | extra))})",
                               hint="rebuild the bundle with graphc build --kv-cache")
+        vocab = self.session.get_outputs()[outs.index("logits")].shape[-1]
+        if isinstance(vocab, int) and vocab != bundle.vocab_size:
+            raise GraphcError(f"{bundle.decoder} scores {vocab} tokens but {bundle.directory}/graphc_generation.json "
+                              f"says vocab_size {bundle.vocab_size}", hint="rebuild the bundle with graphc build --kv-cache")
         self.has_positions = "position_ids" in ins
         self.past = past
         self.float = _NP.get(ins[past[0]].type, np.float32)
