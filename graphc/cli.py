@@ -155,8 +155,9 @@ def cmd_build(args) -> int:
     if not args.quiet:
         from .outputs import output_target
         # -o /dev/stdout: the model is on stdout, so the summary goes to stderr
+        consts = compiled.count_weights() - compiled.param_count   # position tables, shape constants
         print(f"wrote {out} ({size / 1e6:.1f} MB, {len(compiled.model.graph.node)} nodes, "
-              f"{compiled.count_weights():,} weights, opset {compiled.model.opset_import[0].version}) in "
+              f"{compiled.param_count:,} parameters + {consts:,} constant values, opset {compiled.model.opset_import[0].version}) in "
               f"{time.perf_counter() - t0:.2f} s", file=sys.stderr if output_target(out).stream else sys.stdout)
     return 0
 
