@@ -284,7 +284,8 @@ def cmd_info(args) -> int:
 
 def cmd_graph(args) -> int:
     from .compiler import check_spec
-    from .render import render_graph
+    from .render import choose_format, render_graph
+    args.format = choose_format(args.format, args.output)
     if args.format == "png" and not args.output:
         raise GraphcError("--format png writes binary data; give a file with -o", hint="e.g. -o model.png")
     spec, g = check_spec(args.spec, args.include_dir, args.max_param_bytes)
@@ -386,8 +387,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     g = sub.add_parser("graph", help="draw the graph: dot or mermaid text, or svg/png through Graphviz")
     g.add_argument("spec")
-    g.add_argument("--format", default="dot", choices=["dot", "mermaid", "svg", "png"],
-                   help="svg and png need Graphviz's 'dot' program; png needs -o")
+    g.add_argument("--format", default=None, choices=["dot", "mermaid", "svg", "png"],
+                   help="default: from -o's extension (.dot/.gv, .mmd, .svg, .png), else dot; "
+                        "svg and png need Graphviz's 'dot' program; png needs -o")
     g.add_argument("--ops", action="store_true", help="primitive ops instead of spec layers")
     g.add_argument("--dim", action="append", default=[], metavar="NAME=N")
     g.add_argument("-o", "--output")

@@ -246,7 +246,7 @@ def test_graph_dot_with_dims_and_ops(capsys):
     assert rc == 0 and out.startswith('digraph "mlp"')
     assert "fc2: linear\\n[3, 10]" in out and "x\\n[3, 784]" in out
     rc, out, _ = _main(capsys, "graph", "specs/mlp.yaml", "--ops")
-    assert "MatMul\\nfc1\\n[batch, 256]" in out and "Derive" not in out
+    assert 'label="fc1"' in out and "MatMul\\n[batch, 256]" in out and "Derive" not in out
 
 
 def test_graph_edge_labels_name_ports(tmp_path, capsys):
