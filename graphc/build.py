@@ -90,9 +90,10 @@ class _BoundedBuilder(Builder):
     the layer responsible, before anything is allocated or the graph grows
     for minutes."""
 
-    def __init__(self, graph: Graph, max_param_bytes: int | None):
+    def __init__(self, graph: Graph, max_param_bytes: int | None, params_allocated: bool = True):
         super().__init__(graph)
         self.max_param_bytes = max_param_bytes
+        self.params_allocated = params_allocated
         self.param_bytes = 0
         self.n_ops = 0
         self.biggest: tuple[int, str] = (0, "")
@@ -122,7 +123,8 @@ class _BoundedBuilder(Builder):
         count = 1
         for s in shape:
             count *= int(s)
-        self._account(self.qualified(local), count * DTYPES[dtype].itemsize)
+        if self.params_allocated:    # check/params/info/graph declare parameters, they never allocate them
+            self._account(self.qualified(local), count * DTYPES[dtype].itemsize)
         return super().param(local, shape, init, dtype, doc)
 
     def const(self, array, hint="const"):
@@ -164,9 +166,10 @@ class _Scope:
 
 
 class _Expander:
-    def __init__(self, spec: Spec, graph: Graph, max_param_bytes: int | None = DEFAULT_MAX_PARAM_BYTES):
+    def __init__(self, spec: Spec, graph: Graph, max_param_bytes: int | None = DEFAULT_MAX_PARAM_BYTES,
+                 params_allocated: bool = True):
         self.spec = spec
-        self.b = _BoundedBuilder(graph, max_param_bytes)
+        self.b = _BoundedBuilder(graph, max_param_bytes, params_allocated)
         self.block_stack: list[str] = []
         self.count = 0
 
@@ -353,17 +356,21 @@ def _dependency_order(layers: list[LayerDecl], scope: _Scope) -> list[LayerDecl]
                           hint="a layer cannot depend on its own output; recurrent layers (lstm, gru) loop internally") from None
 
 
-def build_graph(spec: Spec, max_param_bytes: int | None = DEFAULT_MAX_PARAM_BYTES, kv_cache: bool = False) -> Graph:
+def build_graph(spec: Spec, max_param_bytes: int | None = DEFAULT_MAX_PARAM_BYTES, kv_cache: bool = False,
+                params_allocated: bool = True) -> Graph:
     """Expand a spec into a shape-checked IR graph (parameters declared, not
     allocated). ``max_param_bytes`` bounds the parameters' total size (None: no
-    bound); a spec over it is refused at the layer that crosses it.
+    bound); a spec over it is refused at the layer that crosses it. With
+    ``params_allocated=False`` (commands that never allocate the parameters:
+    check, params, info, graph) only the constant tables computed while
+    expanding count against it.
     ``kv_cache``: the cached decoder of a generation bundle (graphc.ir.kv_cache):
     the generation tokens input becomes ``input_ids``, the logits output
     ``logits``, and attention_mask, position_ids and the per-layer caches are added."""
     g = Graph(spec.name)
     dims = {name: Dim.sym(name) for name in spec.dims}
     env = Env(spec.params, dims)
-    ex = _Expander(spec, g, max_param_bytes)
+    ex = _Expander(spec, g, max_param_bytes, params_allocated)
     top = _Scope("the spec")
     gen = spec.generation if kv_cache else None
     if kv_cache and gen is None:

@@ -66,7 +66,8 @@ def _byte_size(text: str) -> int:
 def _add_budget_arg(p: argparse.ArgumentParser) -> None:
     from .build import DEFAULT_MAX_PARAM_BYTES
     p.add_argument("--max-param-bytes", type=_byte_size, default=DEFAULT_MAX_PARAM_BYTES, metavar="SIZE",
-                   help="refuse models whose parameters exceed this (e.g. 16G; default 2G)")
+                   help="refuse models whose parameters exceed this (e.g. 16G; default 2G); check, params, info "
+                        "and graph allocate no parameters, so for them only computed tables count")
 
 
 def _is_spec(path: str) -> bool:
@@ -115,20 +116,31 @@ def _compile(args, progress=None, keep_weights=True):
 
 # ------------------------------------------------------------------ commands
 
-def cmd_check(args) -> int:
+def inspect_spec(args):
+    """check, params, info, graph: the spec checked, its parameters declared but never
+    allocated, so only constant tables count against --max-param-bytes; an .onnx file
+    is refused with the commands that read one (graphc.spec_or_model)."""
     from .compiler import check_spec
+    from .spec_or_model import refuse_compiled_model
+    refuse_compiled_model(args.spec, args.command)
+    return check_spec(args.spec, args.include_dir, args.max_param_bytes, params_allocated=False)
+
+
+def cmd_check(args) -> int:
     import numpy as np
     t0 = time.perf_counter()
-    spec, g = check_spec(args.spec, args.include_dir, args.max_param_bytes)
+    spec, g = inspect_spec(args)
     from .analysis import layer_rows
-    rows = layer_rows(g, _dims(args.dim, spec.dims), depth=args.depth)
+    dims = _dims(args.dim, spec.dims)
+    rows = layer_rows(g, dims, depth=args.depth or 1)     # top-level layers unless --depth asks for more
     width = max([len(r.layer) for r in rows] + [5])
     for r in rows:
         print(f"{r.layer:<{width}}  {r.shape}")
     for public, name in g.outputs.items():
         print(f"output {public}: {g.value(name).type}")
     n_params = sum(int(np.prod(p.type.concrete_shape())) for p in g.params())
-    print(f"ok: {spec.path}: {len(rows)} layers, {n_params:,} parameters, checked in "
+    n_layers = len(layer_rows(g, dims, depth=1))           # the same total at every --depth
+    print(f"ok: {spec.path}: {n_layers} layers, {n_params:,} parameters, checked in "
           f"{(time.perf_counter() - t0) * 1000:.0f} ms")
     return 0
 
@@ -231,9 +243,8 @@ def _quantile(sorted_seconds: list[float], q: float) -> float:
 
 
 def cmd_params(args) -> int:
-    from .compiler import check_spec
     import numpy as np
-    _, g = check_spec(args.spec, args.include_dir, args.max_param_bytes)
+    _, g = inspect_spec(args)
     total = 0
     rows = []
     for p in g.params():
@@ -253,8 +264,7 @@ def cmd_params(args) -> int:
 
 def cmd_info(args) -> int:
     from .analysis import layer_kind, layer_rows
-    from .compiler import check_spec
-    spec, g = check_spec(args.spec, args.include_dir, args.max_param_bytes)
+    spec, g = inspect_spec(args)
     dims = {**g.dim_examples, **_dims(args.dim, spec.dims)}
     rows = layer_rows(g, dims, depth=args.depth)
     for r in rows:
@@ -262,7 +272,9 @@ def cmd_info(args) -> int:
     total_p = sum(r.params for r in rows)
     total_f = None if any(r.flops is None for r in rows) else sum(r.flops for r in rows)
     if args.json:
-        print(json.dumps({"dims": dims, "layers": [r.__dict__ for r in rows],
+        from .analysis import shape_list
+        layers = [{**r.__dict__, "shape": shape_list(r.shape)} for r in rows]   # lists, as params --json
+        print(json.dumps({"dims": dims, "layers": layers,
                           "total_params": total_p, "total_flops": total_f}, indent=1))
         return 0
     width = max([len(r.layer) for r in rows] + [5])
@@ -283,12 +295,11 @@ def cmd_info(args) -> int:
 
 
 def cmd_graph(args) -> int:
-    from .compiler import check_spec
     from .render import choose_format, render_graph
     args.format = choose_format(args.format, args.output)
     if args.format == "png" and not args.output:
         raise GraphcError("--format png writes binary data; give a file with -o", hint="e.g. -o model.png")
-    spec, g = check_spec(args.spec, args.include_dir, args.max_param_bytes)
+    spec, g = inspect_spec(args)
     text = render_graph(g, args.format, ops=args.ops, dims=_dims(args.dim, spec.dims), spec=spec)
     if args.output:
         from .compiler import check_output_path
@@ -338,7 +349,8 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("check", help="parse and shape-check a spec (no weights allocated)")
     c.add_argument("spec")
     c.add_argument("--dim", action="append", default=[], metavar="NAME=N", help="show shapes at these dim sizes")
-    c.add_argument("--depth", type=int, default=None, help="group layers at this nesting depth")
+    c.add_argument("--depth", type=int, default=None, metavar="N",
+                   help="show sub-layers down to this nesting depth (default 1: the spec's top-level layers)")
     c.add_argument("--include-dir", action="append", default=[])
     _add_budget_arg(c)
     c.set_defaults(fn=cmd_check)

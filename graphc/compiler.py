@@ -80,11 +80,14 @@ def param_total(graph: Graph) -> int:
 
 
 def check_spec(path: str | os.PathLike, include_dirs: Iterable[str] = (),
-               max_param_bytes: int | None = DEFAULT_MAX_PARAM_BYTES) -> tuple[Spec, Graph]:
+               max_param_bytes: int | None = DEFAULT_MAX_PARAM_BYTES,
+               params_allocated: bool = True) -> tuple[Spec, Graph]:
     """Parse and shape-check a spec; no weights are allocated. A spec whose
-    parameters exceed ``max_param_bytes`` (None: no limit) is refused here."""
+    parameters exceed ``max_param_bytes`` (None: no limit) is refused here,
+    unless ``params_allocated=False`` (the caller only inspects: then only
+    constant tables count)."""
     spec = load_spec(path, include_dirs)
-    return spec, build_graph(spec, max_param_bytes)
+    return spec, build_graph(spec, max_param_bytes, params_allocated=params_allocated)
 
 
 def compile_spec(path: str | os.PathLike, weights: str | os.PathLike | Mapping[str, np.ndarray] | None = None,

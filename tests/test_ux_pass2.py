@@ -45,3 +45,89 @@ def test_graph_ops_clusters_primitives_by_layer():
     rc, out, _ = cli("graph", SPECS / "transformer_encoder.yaml", "--ops", "--format", "mermaid")
     assert rc == 0 and 'subgraph g0["encoder"]' in out
     assert out.count("subgraph ") == sum(ln.strip() == "end" for ln in out.splitlines()) > 6
+
+
+# ------------------------------------------------------------------ 5: a compiled model given to a spec command
+
+@pytest.mark.parametrize("command", ["check", "params", "info", "graph"])
+def test_spec_commands_given_an_onnx_say_a_spec_is_needed(command, tmp_path):
+    model = tmp_path / "m.onnx"
+    assert cli("build", MLP, "-o", model, "-q")[0] == 0
+    for path in (model, tmp_path / "renamed.yaml"):     # by name, and by its binary content
+        if path != model:
+            path.write_bytes(model.read_bytes())
+        rc, out, err = cli(command, path)
+        assert rc == 2 and out == ""
+        assert f"graphc {command} needs a spec (.yaml)" in err and "graphc run" in err, err
+        assert err.isprintable() or all(c.isprintable() or c == "\n" for c in err)
+
+
+# ------------------------------------------------------------------ 6: inspecting allocates nothing
+
+GPT2_LARGE = """graphc: 1
+dims: {batch: 1, seq: 8}
+params: {vocab: 50257, d: 1280, n_layers: 36}
+inputs:
+  ids: {dtype: int64, shape: [batch, seq], range: [0, vocab]}
+layers:
+  - {name: wte, kind: embedding, input: ids, num_embeddings: vocab, embedding_dim: d}
+  - {name: wpe, kind: learned_pe, input: wte, max_len: 1024}
+  - {name: h, kind: transformer_encoder, input: wpe, layers: n_layers, heads: 20, d_ff: 5120,
+     norm_first: true, causal: true, activation: gelu, final_norm: true}
+  - {name: lm_head, kind: linear, input: h, out_features: vocab, bias: false, tie: wte.weight}
+outputs: {logits: lm_head}
+"""
+
+
+def test_check_and_params_accept_gpt2_large_without_a_budget(tmp_path):
+    spec = tmp_path / "gpt2_large.yaml"
+    spec.write_text(GPT2_LARGE, encoding="utf-8")
+    rc, out, err = cli("check", spec)
+    assert rc == 0, err
+    n = int(re.search(r"([\d,]+) parameters", out).group(1).replace(",", ""))
+    assert 770e6 < n < 780e6                                 # GPT-2 large: 774M parameters
+    rc, out, err = cli("params", spec)
+    assert rc == 0, err and int(out.splitlines()[-1].split()[-1].replace(",", "")) == n
+    for command in ("info", "graph"):
+        assert cli(command, spec)[0] == 0
+    # a build allocates them: still refused at the default budget, with the way out named
+    rc, _, err = cli("build", spec, "-o", tmp_path / "m.onnx")
+    assert rc == 2 and "--max-param-bytes" in err
+
+
+# ------------------------------------------------------------------ 12: check and info tables
+
+def test_check_prints_top_level_layers_and_a_stable_total():
+    spec = SPECS / "gpt_decoder_only.yaml"
+    rc, out, _ = cli("check", spec)
+    assert rc == 0
+    body = [ln for ln in out.splitlines() if not ln.startswith(("output ", "ok:"))]
+    assert [ln.split()[0] for ln in body] == ["wte", "wpe", "blocks", "lm_head"]
+    totals = set()
+    for depth in ([], ["--depth", "1"], ["--depth", "2"], ["--depth", "4"]):
+        rc, out, _ = cli("check", spec, *depth)
+        totals.add(re.search(r"(\d+) layers", out).group(1))
+        if depth and depth[1] == "4":
+            assert "blocks.layers.0.self_attn" in out
+    assert totals == {"4"}
+
+
+def test_info_json_shapes_are_lists_like_params_json():
+    rc, out, _ = cli("info", SPECS / "gpt_decoder_only.yaml", "--json", "--dim", "batch=3")
+    layers = json.loads(out)["layers"]
+    assert layers[0]["shape"] == [3, 16, 256]
+    rc, out, _ = cli("info", SPECS / "gpt_decoder_only.yaml", "--json")
+    rc, pout, _ = cli("params", SPECS / "gpt_decoder_only.yaml", "--json")
+    assert isinstance(json.loads(pout)["params"][0]["shape"], list)
+    assert all(isinstance(r["shape"], list) for r in json.loads(out)["layers"])
+
+
+def test_info_depth_names_the_kind_of_stack_members():
+    rc, out, _ = cli("info", SPECS / "gpt_decoder_only.yaml", "--depth", "2", "--json")
+    kinds = {r["layer"]: r["kind"] for r in json.loads(out)["layers"]}
+    assert kinds["blocks.layers.0"] == "transformer_encoder_layer"
+    assert kinds["blocks.norm"] == "layer_norm"
+    rc, out, _ = cli("info", SPECS / "transformer.yaml", "--depth", "4", "--json")
+    kinds = {r["layer"]: r["kind"] for r in json.loads(out)["layers"]}
+    assert kinds["transformer.decoder.layers.5.multihead_attn"] == "multihead_attention"
+    assert all(kinds.values()), [k for k, v in kinds.items() if not v]
