@@ -79,9 +79,11 @@ def _add_compile_args(p: argparse.ArgumentParser) -> None:
                    "directory (model.safetensors, or sharded with model.safetensors.index.json)")
     p.add_argument("--ignore-weights", action="append", default=[], metavar="PATTERN",
                    help="drop the checkpoint's tensors matching PATTERN ('*' = one name segment), with a note")
-    p.add_argument("--seed", type=int, default=0, help="seed for initial weights when --weights is not given")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed for initial weights when --weights is not given (run: and for --random's inputs)")
     p.add_argument("--opset", type=int, default=None, help="target ONNX opset (17..26; default 17)")
-    p.add_argument("--include-dir", action="append", default=[], help="also allow includes from this directory")
+    p.add_argument("--include-dir", action="append", default=[], metavar="DIR",
+                   help="a directory that includes may also read from (repeatable; default: the spec's own directory)")
     p.add_argument("--dtype", default="float32", choices=["float32", "float16"],
                    help="precision of the model's float tensors (float16: softmax and norms still in float32)")
     p.add_argument("--quantize", default=None, metavar="MODE",
@@ -201,9 +203,14 @@ def cmd_run(args) -> int:
     from .runtime.session import model_dims
     dims = _dims(args.dim, model_dims(session))
     feeds = _load_inputs(args.input)
-    if args.random:
+    if args.random or (args.bench and not args.input):     # --bench alone times the model on random inputs
+        from .run_report import describe_drawn
+        from .runtime.session import model_meta
         rand = random_inputs(session, dims, args.seed)
+        drawn = [k for k in rand if k not in feeds]
         feeds = {**rand, **feeds}
+        if drawn:
+            print(describe_drawn(model_meta(session), feeds, drawn, args.seed))
     outs = run_model(session, feeds, dims)
     if args.bench:
         times = []
@@ -347,17 +354,19 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
 
     c = sub.add_parser("check", help="parse and shape-check a spec (no weights allocated)")
-    c.add_argument("spec")
-    c.add_argument("--dim", action="append", default=[], metavar="NAME=N", help="show shapes at these dim sizes")
+    c.add_argument("spec", help="the spec file (.yaml)")
+    c.add_argument("--dim", action="append", default=[], metavar="NAME=N",
+                   help="show shapes at these dim sizes (repeatable), e.g. --dim seq=128")
     c.add_argument("--depth", type=int, default=None, metavar="N",
                    help="show sub-layers down to this nesting depth (default 1: the spec's top-level layers)")
-    c.add_argument("--include-dir", action="append", default=[])
+    c.add_argument("--include-dir", action="append", default=[], metavar="DIR", help="a directory that includes may also read from (repeatable; default: the spec's own directory)")
     _add_budget_arg(c)
     c.set_defaults(fn=cmd_check)
 
     b = sub.add_parser("build", help="compile a spec to an .onnx file")
-    b.add_argument("spec")
-    b.add_argument("-o", "--output", required=True)
+    b.add_argument("spec", help="the spec file (.yaml)")
+    b.add_argument("-o", "--output", required=True, metavar="FILE.onnx",
+                   help="the model to write (atomically: a failed build leaves an earlier file untouched)")
     _add_compile_args(b)
     b.add_argument("--check", action="store_true",
                    help="also run onnx.checker (full) and ONNX's strict shape inference on the output "
@@ -365,52 +374,60 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--kv-cache", action="store_true",
                    help="write a generation bundle directory (cached decoder, encoder, graphc_generation.json) "
                         "for 'graphc generate'; needs the spec's generation: section (docs/generation.md)")
-    b.add_argument("-q", "--quiet", action="store_true")
+    b.add_argument("-q", "--quiet", action="store_true", help="print nothing on success (no progress, no summary)")
     b.set_defaults(fn=cmd_build)
 
     r = sub.add_parser("run", help="run an .onnx file (or a spec, compiled in memory) on ONNX Runtime")
-    r.add_argument("model")
-    r.add_argument("--input", action="append", default=[], metavar="NAME=FILE.npy")
-    r.add_argument("--random", action="store_true", help="random inputs for those not given")
-    r.add_argument("--dim", action="append", default=[], metavar="NAME=N")
-    r.add_argument("--output", help="save outputs to this .npz")
-    r.add_argument("--provider", default="cpu", choices=["cpu", "cuda"])
-    r.add_argument("--threads", type=int, default=None)
-    r.add_argument("--bench", type=int, default=0, metavar="N", help="time N runs and print the median")
-    r.add_argument("--warmup", type=int, default=3)
+    r.add_argument("model", help="a compiled .onnx file, or a spec (.yaml) compiled in memory first")
+    r.add_argument("--input", action="append", default=[], metavar="NAME=FILE.npy",
+                   help="an input's values from a .npy file (repeatable)")
+    r.add_argument("--random", action="store_true",
+                   help="random values for the inputs not given (it prints what it drew); --seed picks them")
+    r.add_argument("--dim", action="append", default=[], metavar="NAME=N", help="a dim's size (repeatable), e.g. --dim batch=1 --dim seq=128; default: the spec's example sizes")
+    r.add_argument("--output", metavar="FILE.npz", help="save outputs to this .npz")
+    r.add_argument("--provider", default="cpu", choices=["cpu", "cuda"], help="ONNX Runtime execution provider")
+    r.add_argument("--threads", type=int, default=None, metavar="N",
+                   help="ONNX Runtime intra-op threads (default: ONNX Runtime's choice, one per core)")
+    r.add_argument("--bench", type=int, default=0, metavar="N",
+                   help="time N runs and print the median and quantiles (without --input: random inputs)")
+    r.add_argument("--warmup", type=int, default=3, metavar="N", help="untimed runs before --bench's (default 3)")
     _add_compile_args(r)
     r.set_defaults(fn=cmd_run)
 
     pa = sub.add_parser("params", help="list every parameter: name, shape, count")
-    pa.add_argument("spec")
-    pa.add_argument("--json", action="store_true")
-    pa.add_argument("--include-dir", action="append", default=[])
+    pa.add_argument("spec", help="the spec file (.yaml)")
+    pa.add_argument("--json", action="store_true", help="print JSON (shapes as lists) for programs")
+    pa.add_argument("--include-dir", action="append", default=[], metavar="DIR", help="a directory that includes may also read from (repeatable; default: the spec's own directory)")
     _add_budget_arg(pa)
     pa.set_defaults(fn=cmd_params)
 
     i = sub.add_parser("info", help="per-layer table: output shape, params, FLOPs")
-    i.add_argument("spec")
-    i.add_argument("--dim", action="append", default=[], metavar="NAME=N")
-    i.add_argument("--depth", type=int, default=None)
-    i.add_argument("--json", action="store_true")
-    i.add_argument("--include-dir", action="append", default=[])
+    i.add_argument("spec", help="the spec file (.yaml)")
+    i.add_argument("--dim", action="append", default=[], metavar="NAME=N", help="a dim's size (repeatable), e.g. --dim batch=1 --dim seq=128; default: the spec's example sizes")
+    i.add_argument("--depth", type=int, default=None, metavar="N",
+                   help="group sub-layers at this nesting depth (1: top-level layers; default: every layer)")
+    i.add_argument("--json", action="store_true", help="print JSON (shapes as lists) for programs")
+    i.add_argument("--include-dir", action="append", default=[], metavar="DIR", help="a directory that includes may also read from (repeatable; default: the spec's own directory)")
     _add_budget_arg(i)
     i.set_defaults(fn=cmd_info)
 
     g = sub.add_parser("graph", help="draw the graph: dot or mermaid text, or svg/png through Graphviz")
-    g.add_argument("spec")
+    g.add_argument("spec", help="the spec file (.yaml)")
     g.add_argument("--format", default=None, choices=["dot", "mermaid", "svg", "png"],
                    help="default: from -o's extension (.dot/.gv, .mmd, .svg, .png), else dot; "
                         "svg and png need Graphviz's 'dot' program; png needs -o")
     g.add_argument("--ops", action="store_true", help="primitive ops instead of spec layers")
-    g.add_argument("--dim", action="append", default=[], metavar="NAME=N")
-    g.add_argument("-o", "--output")
-    g.add_argument("--include-dir", action="append", default=[])
+    g.add_argument("--dim", action="append", default=[], metavar="NAME=N",
+                   help="label shapes at these dim sizes (repeatable); default: symbolic")
+    g.add_argument("-o", "--output", metavar="FILE", help="write here (its extension picks the format) "
+                   "instead of stdout")
+    g.add_argument("--include-dir", action="append", default=[], metavar="DIR", help="a directory that includes may also read from (repeatable; default: the spec's own directory)")
     _add_budget_arg(g)
     g.set_defaults(fn=cmd_graph)
 
     ly = sub.add_parser("layers", help="list the layer kinds, or show one kind's parameters, shapes and example")
-    ly.add_argument("kind", nargs="?", default=None)
+    ly.add_argument("kind", nargs="?", default=None,
+                    help="a layer kind (any case; lstm, LSTM); omit it to list every kind")
     ly.set_defaults(fn=cmd_layers)
 
     from .hf_import.cli import add_parser as add_import_parser

@@ -15,8 +15,10 @@ MODEL_SUFFIXES = (".onnx", ".ort", ".pb")
 
 
 def looks_compiled(path: str | Path) -> bool:
-    """An .onnx (or other model) name, or a file whose first bytes are binary:
-    YAML text never holds NUL bytes, an ONNX protobuf nearly always does early."""
+    """An .onnx (or other model) name, or a file that starts as an ONNX protobuf
+    does: field 1 (ir_version, a varint: byte 0x08) and NUL bytes soon after.
+    No YAML text starts with that control character; other binary files keep the
+    spec reader's own error ("NUL bytes", "not UTF-8")."""
     p = Path(path)
     if p.suffix.lower() in MODEL_SUFFIXES:
         return True
@@ -25,7 +27,7 @@ def looks_compiled(path: str | Path) -> bool:
             head = f.read(4096)
     except OSError:
         return False                   # the spec reader reports a missing file as it always has
-    return b"\0" in head
+    return head[:1] == b"\x08" and b"\0" in head
 
 
 def refuse_compiled_model(path: str | Path, command: str) -> None:

@@ -131,3 +131,30 @@ def test_info_depth_names_the_kind_of_stack_members():
     kinds = {r["layer"]: r["kind"] for r in json.loads(out)["layers"]}
     assert kinds["transformer.decoder.layers.5.multihead_attn"] == "multihead_attention"
     assert all(kinds.values()), [k for k, v in kinds.items() if not v]
+
+
+# ------------------------------------------------------------------ 7: help, --bench, what --random drew
+
+def test_every_option_and_argument_has_help():
+    import argparse
+    from graphc.cli import build_parser
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    missing = [f"{name} {a.dest}" for name, p in sub.choices.items() for a in p._actions
+               if not isinstance(a, argparse._HelpAction) and not (a.help or "").strip()]
+    assert not missing, f"options without help text: {missing}"
+
+
+def test_bench_without_inputs_draws_random_ones_and_says_so():
+    rc, out, err = cli("run", SPECS / "mha.yaml", "--bench", "2", "--warmup", "0", "--dim", "seq=3")
+    assert rc == 0, err
+    assert "random inputs (seed 0): x float32[2, 3, 512] N(0, 1); key_padding_mask bool[2, 3]" in out
+    assert "latency over 2 runs" in out
+
+
+def test_random_says_what_it_drew_and_within_which_range():
+    rc, out, err = cli("run", SPECS / "tutorial" / "lstm_tagger.yaml", "--random", "--seed", "3")
+    assert rc == 0, err
+    line = next(ln for ln in out.splitlines() if ln.startswith("random inputs"))
+    assert line.startswith("random inputs (seed 3): tokens int64[2, 12] in [0, 10000), drawn ")
+    assert "lengths int64[2] in [1, seq + 1), drawn " in line
