@@ -27,6 +27,7 @@ from .layers import LAYERS, Call
 from .shapes import Dim, format_shape
 from .spec import BlockDecl, InputRef, LayerDecl, Spec
 from .spec.args import Env, eval_arg, eval_int, eval_shape, resolve_args
+from .spec.declarations import check_declarations, unknown_kind_error
 
 MAX_REPEAT = 1024
 # Expansion costs ~60 us per primitive; these bound a spec's compile time to a
@@ -181,9 +182,7 @@ class _Expander:
         block = self.spec.blocks.get(decl.kind)
         kind = LAYERS.get(decl.kind)
         if block is None and kind is None:
-            raise GraphcError(f"unknown layer kind '{decl.kind}'", decl.kind_span,
-                              hint=did_you_mean(decl.kind, list(LAYERS) + list(self.spec.blocks)) or
-                              "run 'graphc layers' to list the layer kinds")
+            raise unknown_kind_error(decl, self.spec)
         if block is not None and kind is not None:
             raise GraphcError(f"block '{decl.kind}' has the name of a built-in layer kind", block.span,
                               hint="rename the block")
@@ -370,6 +369,7 @@ def build_graph(spec: Spec, max_param_bytes: int | None = DEFAULT_MAX_PARAM_BYTE
     g = Graph(spec.name)
     dims = {name: Dim.sym(name) for name in spec.dims}
     env = Env(spec.params, dims)
+    check_declarations(spec, env)       # all independent layer-declaration errors at once, not the first
     ex = _Expander(spec, g, max_param_bytes, params_allocated)
     top = _Scope("the spec")
     gen = spec.generation if kv_cache else None
@@ -425,6 +425,8 @@ def build_graph(spec: Spec, max_param_bytes: int | None = DEFAULT_MAX_PARAM_BYTE
     if spec.generation is not None:
         from .ir.kv_cache import check_generation
         check_generation(spec, g)
+    from .table_limits import record_table_limits
+    record_table_limits(g)              # lengths written as expressions too (num_patches + 1)
     verify(g)
     return g
 

@@ -104,6 +104,9 @@ def _compile(args, progress=None, keep_weights=True):
                             quantize=args.quantize, target=args.target, max_error=args.max_error,
                             ignore_weights=args.ignore_weights)
     if not getattr(args, "quiet", False):
+        if compiled.graph.warnings and isinstance(progress, Progress):
+            progress.close()
+        _print_warnings(compiled.graph)
         if compiled.quantization is not None:
             if isinstance(progress, Progress):
                 progress.close()
@@ -125,7 +128,14 @@ def inspect_spec(args):
     from .compiler import check_spec
     from .spec_or_model import refuse_compiled_model
     refuse_compiled_model(args.spec, args.command)
-    return check_spec(args.spec, args.include_dir, args.max_param_bytes, params_allocated=False)
+    spec, g = check_spec(args.spec, args.include_dir, args.max_param_bytes, params_allocated=False)
+    _print_warnings(g)
+    return spec, g
+
+
+def _print_warnings(g) -> None:
+    for w in g.warnings:
+        print(w.render(), file=sys.stderr)
 
 
 def cmd_check(args) -> int:
@@ -134,6 +144,8 @@ def cmd_check(args) -> int:
     spec, g = inspect_spec(args)
     from .analysis import layer_rows
     dims = _dims(args.dim, spec.dims)
+    from .table_limits import check_table_limits
+    check_table_limits(g, {**g.dim_examples, **dims})
     rows = layer_rows(g, dims, depth=args.depth or 1)     # top-level layers unless --depth asks for more
     width = max([len(r.layer) for r in rows] + [5])
     for r in rows:
@@ -273,6 +285,8 @@ def cmd_info(args) -> int:
     from .analysis import layer_kind, layer_rows
     spec, g = inspect_spec(args)
     dims = {**g.dim_examples, **_dims(args.dim, spec.dims)}
+    from .table_limits import check_table_limits
+    check_table_limits(g, dims)
     rows = layer_rows(g, dims, depth=args.depth)
     for r in rows:
         r.kind = r.kind or layer_kind(spec, r.layer)
@@ -324,11 +338,13 @@ def cmd_layers(args) -> int:
     if args.kind is None:
         sys.stdout.write(layers_list_text())
         return 0
-    if args.kind not in LAYERS:
+    from .spec.aliases import find_kind
+    kind = args.kind if args.kind in LAYERS else find_kind(args.kind, LAYERS)   # LSTM, nn.LayerNorm
+    if kind is None:
         from .errors import did_you_mean
         raise GraphcError(f"unknown layer kind '{args.kind}'",
-                          hint=did_you_mean(args.kind, LAYERS) or "'graphc layers' lists the layer kinds")
-    sys.stdout.write(layer_detail_text(LAYERS[args.kind]))
+                          hint=did_you_mean(args.kind.lower(), LAYERS) or "'graphc layers' lists the layer kinds")
+    sys.stdout.write(layer_detail_text(LAYERS[kind]))
     return 0
 
 

@@ -158,3 +158,133 @@ def test_random_says_what_it_drew_and_within_which_range():
     line = next(ln for ln in out.splitlines() if ln.startswith("random inputs"))
     assert line.startswith("random inputs (seed 3): tokens int64[2, 12] in [0, 10000), drawn ")
     assert "lengths int64[2] in [1, seq + 1), drawn " in line
+
+
+# ------------------------------------------------------------------ 8: every declaration error in one pass
+
+MANY_ERRORS = """graphc: 1
+dims: [batch, seq]
+inputs:
+  x: {dtype: float32, shape: [batch, seq, 16]}
+layers:
+  - {name: a, kind: linear, input: x, out_features: 16, biass: true}
+  - {name: enc, kind: transformer_encoder, input: a, layers: 2, heads: 4, pre_norm: true}
+  - {name: r, kind: LSTM, input: enc, hidden_size: 8}
+  - {name: d, kind: dropout, input: enc, p: 2.0}
+  - {name: f, kind: linear, input: d}
+outputs: {y: f}
+"""
+
+
+def test_all_independent_spec_errors_are_reported_in_one_pass(tmp_path):
+    spec = tmp_path / "s.yaml"
+    spec.write_text(MANY_ERRORS, encoding="utf-8")
+    rc, out, err = cli("check", spec)
+    assert rc == 2 and out == ""
+    located = re.findall(r"^.*s\.yaml:(\d+):\d+: error: (.*)$", err, re.M)
+    assert [int(line) for line, _ in located] == [6, 7, 8, 9, 10], err
+    assert "unknown argument 'biass'" in located[0][1] and "'p' of layer 'd' must be at most 1" in located[3][1]
+    assert "needs 'out_features'" in located[4][1]
+    assert err.rstrip().endswith("5 errors")
+    assert "Traceback" not in err
+
+
+def test_error_reports_stop_at_the_limit(tmp_path):
+    layers = "".join(f"  - {{name: l{i}, kind: relu, input: x, bogus{i}: 1}}\n" for i in range(30))
+    spec = tmp_path / "s.yaml"
+    spec.write_text(MANY_ERRORS.split("layers:")[0] + "layers:\n" + layers + "outputs: {y: l0}\n", encoding="utf-8")
+    rc, _, err = cli("check", spec)
+    assert rc == 2 and err.count(": error: ") == 20
+    assert err.rstrip().endswith("30 errors (10 more not shown)")
+
+
+# ------------------------------------------------------------------ 9: RNN layout, aliases, kind names
+
+RNN = """graphc: 1
+dims: [batch, seq]
+inputs:
+  x: {dtype: float32, shape: [batch, seq, 8]}
+  h0: {dtype: float32, shape: [1, batch, 4]}
+layers:
+  - {name: rnn, kind: gru, inputs: {x: x, h0: h0}, hidden_size: 4}
+outputs: {y: rnn}
+"""
+
+
+def test_rnn_over_a_batch_dim_without_batch_first_warns(tmp_path):
+    spec = tmp_path / "s.yaml"
+    spec.write_text(RNN, encoding="utf-8")
+    rc, out, err = cli("check", spec)
+    # legal (the h0 is [1, seq, 4] from the RNN's point of view, so this one is an error that names batch_first)
+    assert rc == 2 and "batch_first" in err and "initial state 'h0'" in err
+    spec.write_text(RNN.replace("  h0: {dtype: float32, shape: [1, batch, 4]}\n", "")
+                    .replace("inputs: {x: x, h0: h0}", "input: x"), encoding="utf-8")
+    rc, out, err = cli("check", spec)
+    assert rc == 0
+    assert re.search(r"s\.yaml:6:\d+: warning: gru 'rnn': x's first axis is named 'batch'", err), err
+    assert "batch_first: true" in err
+    rc, _, err = cli("build", spec, "-o", tmp_path / "m.onnx")
+    assert rc == 0 and "warning: gru 'rnn': x's first axis is named 'batch'" in err
+    spec.write_text(RNN.replace("hidden_size: 4}", "hidden_size: 4, batch_first: true}"), encoding="utf-8")
+    rc, _, err = cli("check", spec)
+    assert rc == 0 and "warning" not in err
+
+
+def test_rnn_lengths_shape_error_names_batch_first(tmp_path):
+    spec = tmp_path / "s.yaml"
+    spec.write_text(RNN.replace("h0: {dtype: float32, shape: [1, batch, 4]}", "n: {dtype: int64, shape: [batch]}")
+                    .replace("h0: h0", "lengths: n"), encoding="utf-8")
+    rc, _, err = cli("check", spec)
+    assert rc == 2 and "lengths must have shape [seq]" in err and "batch_first: true" in err
+
+
+def test_torch_argument_names_suggest_graphcs(tmp_path):
+    spec = tmp_path / "s.yaml"
+    spec.write_text(MANY_ERRORS, encoding="utf-8")
+    _, _, err = cli("check", spec)
+    assert "did you mean 'norm_first'?" in err and "did you mean 'norm'?" not in err
+    assert "did you mean 'lstm'?" in err
+
+
+@pytest.mark.parametrize("name, kind", [("LSTM", "lstm"), ("lstm", "lstm"), ("nn.LayerNorm", "layer_norm"),
+                                        ("MultiheadAttention", "multihead_attention"), ("GRU", "gru")])
+def test_layers_command_finds_kinds_without_case(name, kind):
+    rc, out, err = cli("layers", name)
+    assert rc == 0, err
+    assert out.startswith(f"{kind}: ")
+
+
+# ------------------------------------------------------------------ 4: lengths against position tables
+
+PATCHES = """graphc: 1
+dims: {batch: 2, num_patches: 8}
+inputs:
+  x: {dtype: float32, shape: [batch, num_patches + 1, 8]}
+layers:
+  - {name: pos, kind: learned_pe, input: x, max_len: 16}
+outputs: {y: pos}
+"""
+
+
+def test_check_refuses_a_dim_past_a_position_table_at_the_layer():
+    rc, out, err = cli("check", SPECS / "gpt_decoder_only.yaml", "--dim", "seq=1100")
+    assert rc == 2 and out == ""
+    assert re.match(r".*gpt_decoder_only\.yaml:11:\d+: error: layer 'wpe': its table holds 1024 positions, "
+                    r"but seq is 1100", err), err
+    assert cli("check", SPECS / "gpt_decoder_only.yaml", "--dim", "seq=1024")[0] == 0
+    rc, _, err = cli("info", SPECS / "gpt_decoder_only.yaml", "--dim", "seq=1025")
+    assert rc == 2 and "holds 1024 positions" in err
+
+
+def test_a_length_written_as_an_expression_is_checked_too(tmp_path):
+    spec = tmp_path / "patches.yaml"
+    spec.write_text(PATCHES, encoding="utf-8")
+    rc, _, err = cli("check", spec, "--dim", "num_patches=20")
+    assert rc == 2 and "but num_patches + 1 is 21 (num_patches=20)" in err, err
+    assert cli("check", spec, "--dim", "num_patches=15")[0] == 0
+    model = tmp_path / "m.onnx"
+    assert cli("build", spec, "-o", model, "-q")[0] == 0
+    rc, out, err = cli("run", model, "--random", "--dim", "num_patches=20")
+    assert rc == 2 and "accepts at most 16" in err and "pos" in err, err
+    assert "BroadcastIterator" not in err and "onnxruntime" not in err.lower()
+    assert cli("run", model, "--random", "--dim", "num_patches=15")[0] == 0
