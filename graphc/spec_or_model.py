@@ -22,7 +22,10 @@ def looks_compiled(path: str | Path) -> bool:
     p = Path(path)
     if p.suffix.lower() in MODEL_SUFFIXES:
         return True
+    import stat
     try:
+        if not stat.S_ISREG(p.stat().st_mode):
+            return False               # a FIFO or device: reading here would block or consume it
         with open(p, "rb") as f:
             head = f.read(4096)
     except OSError:
