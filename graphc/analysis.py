@@ -83,6 +83,28 @@ BUILT_IN_MEMBERS = {
 }
 
 
+def with_opless_layers(rows: list[LayerRow], spec, g: Graph, env: Mapping[str, int]) -> list[LayerRow]:
+    """Top-level rows plus the declared layers that emit no ops (dropout at
+    inference passes its input through), each placed after the row of its first
+    input with that input's shape: `graphc check` lists every layer the spec declares."""
+    out = list(rows)
+    have = {r.layer.split(".")[0] for r in rows}
+    for decl in spec.layers:
+        if decl.name in have or not decl.inputs:
+            continue
+        src = decl.inputs[0].ref.partition(".")[0]
+        at = max((i for i, r in enumerate(out) if r.layer.split(".")[0] == src), default=-1)
+        if at >= 0:
+            shape = out[at].shape
+        elif src in g.inputs:
+            shape = format_shape(tuple(_subst(d, env) for d in g.value(src).type.shape))
+        else:
+            continue
+        out.insert(at + 1, LayerRow(decl.name, decl.kind, shape, 0, 0))
+        have.add(decl.name)
+    return out
+
+
 def layer_kind(spec, path: str) -> str:
     """The spec kind of a layer path ('encoder.layers.0.self_attn' -> the kind
     declared for self_attn in its block), following blocks and repeat indices,

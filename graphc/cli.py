@@ -146,14 +146,15 @@ def cmd_check(args) -> int:
     dims = _dims(args.dim, spec.dims)
     from .table_limits import check_table_limits
     check_table_limits(g, {**g.dim_examples, **dims})
-    rows = layer_rows(g, dims, depth=args.depth or 1)     # top-level layers unless --depth asks for more
+    from .analysis import with_opless_layers
+    rows = with_opless_layers(layer_rows(g, dims, depth=args.depth or 1), spec, g, dims)   # --depth: sub-layers
     width = max([len(r.layer) for r in rows] + [5])
     for r in rows:
         print(f"{r.layer:<{width}}  {r.shape}")
     for public, name in g.outputs.items():
         print(f"output {public}: {g.value(name).type}")
     n_params = sum(int(np.prod(p.type.concrete_shape())) for p in g.params())
-    n_layers = len(layer_rows(g, dims, depth=1))           # the same total at every --depth
+    n_layers = len(with_opless_layers(layer_rows(g, dims, depth=1), spec, g, dims))   # the same at every --depth
     print(f"ok: {spec.path}: {n_layers} layers, {n_params:,} parameters, checked in "
           f"{(time.perf_counter() - t0) * 1000:.0f} ms")
     return 0

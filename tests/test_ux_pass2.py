@@ -110,6 +110,10 @@ def test_check_prints_top_level_layers_and_a_stable_total():
         if depth and depth[1] == "4":
             assert "blocks.layers.0.self_attn" in out
     assert totals == {"4"}
+    # a layer that emits no ops (dropout at inference) is listed too, with the shape it passes on
+    rc, out, _ = cli("check", MLP)
+    assert [ln.split()[0] for ln in out.splitlines()[:5]] == ["fc1", "act", "drop", "fc2", "log_probs"]
+    assert "drop       [batch, 256]" in out and ": 5 layers," in out
 
 
 def test_info_json_shapes_are_lists_like_params_json():
