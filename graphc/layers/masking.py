@@ -14,8 +14,8 @@ True = a real position, as HF's attention_mask and tf.sequence_mask; or
 two conventions are both common and a swapped mask gives plausible numbers.
 
 A row whose every position is masked (a sequence of length 0) gets all-zero
-weights, never NaN: masked scores are set to the lowest finite value of the
-dtype (so the softmax is finite) and the weights are zeroed afterwards.
+weights, never NaN: masked scores are set to a large finite negative value
+(MASK_FILL, so the softmax is finite) and their weights are zeroed afterwards.
 """
 from __future__ import annotations
 
@@ -26,6 +26,11 @@ from ..shapes import Dim, format_shape
 from .base import Call, LayerKind, Param, Port
 
 POLARITIES = ("keep", "masked")
+# Masked scores become float16's lowest finite value in either dtype, so a float32
+# model converts to float16 unchanged (--dtype float16). It is exact for every row
+# whose best kept score is above -65416: the masked terms are then below exp(-88),
+# zero in float32, and are zeroed explicitly after the softmax anyway.
+MASK_FILL = float(np.finfo(np.float16).min)        # -65504
 POLARITY_DOC = ("what True means in the mask: 'keep' (True = real position: HF attention_mask, tf.sequence_mask) "
                 "or 'masked' (True = padding: torch key_padding_mask)")
 
@@ -133,7 +138,7 @@ class MaskedSoftmax(LayerKind):
                              hint="bind inputs: {x: scores, lengths: lengths} or {x: scores, mask: mask}")
         if x.rank > 2:   # [B, S] -> [B, 1.., S] so it broadcasts over x's middle axes
             keep = b.op("Reshape", [keep], shape=(x.shape[0],) + (Dim.const(1),) * (x.rank - 2) + (x.shape[-1],))
-        lowest = b.const(np.array(np.finfo(x.dtype).min, dtype=x.dtype), "lowest")
+        lowest = b.const(np.array(MASK_FILL, dtype=x.dtype), "mask_fill")
         zero = b.const(np.array(0, dtype=x.dtype), "zero")
         scores = b.op("Where", [keep, x, lowest])                # masked -> lowest finite: no inf - inf
         probs = b.op("Softmax", [scores], axis=-1)
