@@ -83,7 +83,7 @@ def _add_compile_args(p: argparse.ArgumentParser) -> None:
                    help="seed for initial weights when --weights is not given (run: and for --random's inputs)")
     p.add_argument("--opset", type=int, default=None, help="target ONNX opset (17..26; default 17)")
     p.add_argument("--include-dir", action="append", default=[], metavar="DIR",
-                   help="a directory that includes may also read from (repeatable; default: the spec's own directory)")
+                   help=INCLUDE_DIR_HELP)
     p.add_argument("--dtype", default="float32", choices=["float32", "float16"],
                    help="precision of the model's float tensors (float16: softmax and norms still in float32)")
     p.add_argument("--quantize", default=None, metavar="MODE",
@@ -184,7 +184,8 @@ def cmd_build(args) -> int:
         # -o /dev/stdout: the model is on stdout, so the summary goes to stderr
         consts = compiled.count_weights() - compiled.param_count   # position tables, shape constants
         print(f"wrote {out} ({size / 1e6:.1f} MB, {len(compiled.model.graph.node)} nodes, "
-              f"{compiled.param_count:,} parameters + {consts:,} constant values, opset {compiled.model.opset_import[0].version}) in "
+              f"{compiled.param_count:,} parameters + {consts:,} constant values, "
+              f"opset {compiled.model.opset_import[0].version}) in "
               f"{time.perf_counter() - t0:.2f} s", file=sys.stderr if output_target(out).stream else sys.stdout)
     return 0
 
@@ -364,6 +365,10 @@ def cmd_schema(args) -> int:
 
 # ------------------------------------------------------------------ parser
 
+SPEC_HELP = "the spec file (.yaml)"
+DIM_HELP = "a dim's size (repeatable), e.g. --dim batch=1 --dim seq=128; default: the spec's example sizes"
+INCLUDE_DIR_HELP = "a directory that includes may also read from (repeatable; default: the spec's own directory)"
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="graphc", description="Compile YAML model specs to ONNX.")
     p.add_argument("--version", action="version", version=f"graphc {__version__}")
@@ -371,17 +376,17 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
 
     c = sub.add_parser("check", help="parse and shape-check a spec (no weights allocated)")
-    c.add_argument("spec", help="the spec file (.yaml)")
+    c.add_argument("spec", help=SPEC_HELP)
     c.add_argument("--dim", action="append", default=[], metavar="NAME=N",
                    help="show shapes at these dim sizes (repeatable), e.g. --dim seq=128")
     c.add_argument("--depth", type=int, default=None, metavar="N",
                    help="show sub-layers down to this nesting depth (default 1: the spec's top-level layers)")
-    c.add_argument("--include-dir", action="append", default=[], metavar="DIR", help="a directory that includes may also read from (repeatable; default: the spec's own directory)")
+    c.add_argument("--include-dir", action="append", default=[], metavar="DIR", help=INCLUDE_DIR_HELP)
     _add_budget_arg(c)
     c.set_defaults(fn=cmd_check)
 
     b = sub.add_parser("build", help="compile a spec to an .onnx file")
-    b.add_argument("spec", help="the spec file (.yaml)")
+    b.add_argument("spec", help=SPEC_HELP)
     b.add_argument("-o", "--output", required=True, metavar="FILE.onnx",
                    help="the model to write (atomically: a failed build leaves an earlier file untouched)")
     _add_compile_args(b)
@@ -400,7 +405,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="an input's values from a .npy file (repeatable)")
     r.add_argument("--random", action="store_true",
                    help="random values for the inputs not given (it prints what it drew); --seed picks them")
-    r.add_argument("--dim", action="append", default=[], metavar="NAME=N", help="a dim's size (repeatable), e.g. --dim batch=1 --dim seq=128; default: the spec's example sizes")
+    r.add_argument("--dim", action="append", default=[], metavar="NAME=N", help=DIM_HELP)
     r.add_argument("--output", metavar="FILE.npz", help="save outputs to this .npz")
     r.add_argument("--provider", default="cpu", choices=["cpu", "cuda"], help="ONNX Runtime execution provider")
     r.add_argument("--threads", type=int, default=None, metavar="N",
@@ -412,24 +417,24 @@ def build_parser() -> argparse.ArgumentParser:
     r.set_defaults(fn=cmd_run)
 
     pa = sub.add_parser("params", help="list every parameter: name, shape, count")
-    pa.add_argument("spec", help="the spec file (.yaml)")
+    pa.add_argument("spec", help=SPEC_HELP)
     pa.add_argument("--json", action="store_true", help="print JSON (shapes as lists) for programs")
-    pa.add_argument("--include-dir", action="append", default=[], metavar="DIR", help="a directory that includes may also read from (repeatable; default: the spec's own directory)")
+    pa.add_argument("--include-dir", action="append", default=[], metavar="DIR", help=INCLUDE_DIR_HELP)
     _add_budget_arg(pa)
     pa.set_defaults(fn=cmd_params)
 
     i = sub.add_parser("info", help="per-layer table: output shape, params, FLOPs")
-    i.add_argument("spec", help="the spec file (.yaml)")
-    i.add_argument("--dim", action="append", default=[], metavar="NAME=N", help="a dim's size (repeatable), e.g. --dim batch=1 --dim seq=128; default: the spec's example sizes")
+    i.add_argument("spec", help=SPEC_HELP)
+    i.add_argument("--dim", action="append", default=[], metavar="NAME=N", help=DIM_HELP)
     i.add_argument("--depth", type=int, default=None, metavar="N",
                    help="group sub-layers at this nesting depth (1: top-level layers; default: every layer)")
     i.add_argument("--json", action="store_true", help="print JSON (shapes as lists) for programs")
-    i.add_argument("--include-dir", action="append", default=[], metavar="DIR", help="a directory that includes may also read from (repeatable; default: the spec's own directory)")
+    i.add_argument("--include-dir", action="append", default=[], metavar="DIR", help=INCLUDE_DIR_HELP)
     _add_budget_arg(i)
     i.set_defaults(fn=cmd_info)
 
     g = sub.add_parser("graph", help="draw the graph: dot or mermaid text, or svg/png through Graphviz")
-    g.add_argument("spec", help="the spec file (.yaml)")
+    g.add_argument("spec", help=SPEC_HELP)
     g.add_argument("--format", default=None, choices=["dot", "mermaid", "svg", "png"],
                    help="default: from -o's extension (.dot/.gv, .mmd, .svg, .png), else dot; "
                         "svg and png need Graphviz's 'dot' program; png needs -o")
@@ -438,7 +443,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="label shapes at these dim sizes (repeatable); default: symbolic")
     g.add_argument("-o", "--output", metavar="FILE", help="write here (its extension picks the format) "
                    "instead of stdout")
-    g.add_argument("--include-dir", action="append", default=[], metavar="DIR", help="a directory that includes may also read from (repeatable; default: the spec's own directory)")
+    g.add_argument("--include-dir", action="append", default=[], metavar="DIR", help=INCLUDE_DIR_HELP)
     _add_budget_arg(g)
     g.set_defaults(fn=cmd_graph)
 

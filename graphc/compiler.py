@@ -141,7 +141,8 @@ def compile_spec(path: str | os.PathLike, weights: str | os.PathLike | Mapping[s
     notes, quant, float_model = notes + state.notes, state.quantization, state.float_model
     report(progress, "lower")
     if keep_weights:
-        compiled = Compiled(spec, graph, lower(graph, opset or DEFAULT_OPSET, target=target), notes=notes, param_count=n_params)
+        compiled = Compiled(spec, graph, lower(graph, opset or DEFAULT_OPSET, target=target), notes=notes,
+                            param_count=n_params)
     else:
         model, arrays = lower_by_reference(graph, opset or DEFAULT_OPSET, target)
         compiled = Compiled(spec, graph, model, arrays, notes=notes, param_count=n_params)

@@ -135,3 +135,14 @@ def test_tutorial_models_match_pytorch():
                                weights={k: v.detach().numpy() for k, v in tagger.state_dict().items()})
     got = ort_run(model, {"tokens": tokens, "lengths": lengths})["tag_scores"]
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
+# The console-block machinery lives in tests/test_console_blocks.py (every document);
+# these names stay for tests that run one document with fixtures of their own.
+def _run_console(command: str) -> list[str]:
+    from pathlib import Path
+    from test_console_blocks import run_console
+    return run_console(command, Path.cwd())
+
+
+from test_console_blocks import console_blocks as _console_blocks, output_matches as _output_matches  # noqa: E402,F401
