@@ -323,7 +323,10 @@ def cmd_graph(args) -> int:
     if args.format == "png" and not args.output:
         raise GraphcError("--format png writes binary data; give a file with -o", hint="e.g. -o model.png")
     spec, g = inspect_spec(args)
-    text = render_graph(g, args.format, ops=args.ops, dims=_dims(args.dim, spec.dims), spec=spec)
+    dims = _dims(args.dim, spec.dims)
+    from .table_limits import check_table_limits
+    check_table_limits(g, dims)                          # a picture at sizes the model refuses would mislead
+    text = render_graph(g, args.format, ops=args.ops, dims=dims, spec=spec)
     if args.output:
         from .compiler import check_output_path
         from .outputs import write_atomic

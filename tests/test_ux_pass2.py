@@ -276,8 +276,9 @@ def test_check_refuses_a_dim_past_a_position_table_at_the_layer():
     assert re.match(r".*gpt_decoder_only\.yaml:11:\d+: error: layer 'wpe': its table holds 1024 positions, "
                     r"but seq is 1100", err), err
     assert cli("check", SPECS / "gpt_decoder_only.yaml", "--dim", "seq=1024")[0] == 0
-    rc, _, err = cli("info", SPECS / "gpt_decoder_only.yaml", "--dim", "seq=1025")
-    assert rc == 2 and "holds 1024 positions" in err
+    for command in ("info", "graph"):
+        rc, _, err = cli(command, SPECS / "gpt_decoder_only.yaml", "--dim", "seq=1025")
+        assert rc == 2 and "holds 1024 positions" in err
 
 
 def test_a_length_written_as_an_expression_is_checked_too(tmp_path):
