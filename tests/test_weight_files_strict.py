@@ -230,9 +230,10 @@ def test_a_named_pipe_is_refused_without_blocking(spec, tmp_path, suffix, alarm)
         reader(fifo)                    # the readers themselves never block on it either
 
 
-def test_a_directory_is_refused(spec, tmp_path):
+def test_a_directory_without_a_checkpoint_is_refused(spec, tmp_path):
+    # a directory is read as a save_pretrained checkpoint directory (docs/huggingface.md)
     (d := tmp_path / "w.safetensors").mkdir()
-    err = build_fails(spec, d, "is not a regular file (it is a directory)")
+    err = build_fails(spec, d, "has no model.safetensors or model.safetensors.index.json")
     assert "not found" not in err
 
 
