@@ -218,6 +218,9 @@ def _encode(bundle, config, src, mask):
 @pytest.mark.parametrize("family", ["bart", "marian", "t5"])
 def test_encoder_decoder_greedy_ids_equal_transformers_generate(family, imported):
     model, bundle, config = imported(family)
+    # the source inputs carry the decoder's names in transformers: the bundle prefixes them
+    assert config["encoder"]["inputs"] == {"encoder_input_ids": "source_ids",
+                                           "encoder_attention_mask": "source_attention_mask"}
     pad, steps = config["pad"], 12
     width = max(map(len, SOURCES))
     src = np.full((len(SOURCES), width), pad, np.int64)        # right-padded, as tokenizers pad sources
