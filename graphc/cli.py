@@ -404,6 +404,9 @@ def build_parser() -> argparse.ArgumentParser:
     sc = sub.add_parser("schema", help="print the JSON Schema of the spec format (for editors)")
     sc.add_argument("-o", "--output", help="write to this file instead of stdout")
     sc.set_defaults(fn=cmd_schema)
+
+    from .generation.cli import add_parser as add_generate    # graphc generate DIR (its own module)
+    add_generate(sub)
     return p
 
 

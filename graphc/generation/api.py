@@ -1,0 +1,197 @@
+"""``graphc.generate``: decode with a bundle, from Python.
+
+Inputs are checked here, before any session runs, so that a bad id, an
+over-long prompt or a contradictory setting is a GraphcError with a hint
+(exit 2 from the CLI), never an ORT failure half way through.
+
+Padding conventions (the same as transformers derives them):
+- decoder-only prompts are *left*-padded with ``pad``: a row's leading ``pad``
+  ids are padding, everything after the first other id is prompt (so a prompt
+  may contain ``pad`` itself, e.g. when pad == eos);
+- encoder-decoder sources: every id equal to ``pad`` is padding.
+The result holds only the generated ids, ``[batch, n]`` with n <= max_new_tokens;
+after a row's eos the row holds ``pad``.
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from ..errors import GraphcError
+from .bundle import Bundle, load_bundle
+from .search import Sampling, beam_search, greedy_or_sample
+
+DEFAULT_THREADS = 2
+MAX_NEW_TOKENS_LIMIT = 1 << 20
+
+
+def as_id_rows(ids, what: str) -> np.ndarray:
+    """A list, a list of lists or an integer array -> int64 [batch, len]."""
+    try:
+        arr = np.asarray(ids)
+    except ValueError:
+        raise GraphcError(f"{what}: rows of different lengths; pad them to one length with the bundle's pad id") from None
+    if arr.dtype == object:
+        raise GraphcError(f"{what}: rows of different lengths; pad them to one length with the bundle's pad id")
+    if arr.ndim == 1:
+        arr = arr[None, :]
+    if arr.ndim != 2:
+        raise GraphcError(f"{what}: expected [batch, length] token ids, got shape {list(arr.shape)}")
+    if arr.size == 0:
+        raise GraphcError(f"{what}: no token ids (shape {list(arr.shape)})")
+    if arr.dtype.kind == "f" and np.all(np.isfinite(arr)) and np.all(arr == np.round(arr)):
+        arr = arr.astype(np.int64)
+    if arr.dtype.kind not in "iu":
+        raise GraphcError(f"{what}: token ids must be integers, got {arr.dtype}")
+    return arr.astype(np.int64)
+
+
+class Generator:
+    """A loaded bundle (its ONNX Runtime sessions kept between calls)."""
+
+    def __init__(self, bundle: str | os.PathLike | Bundle, threads: int | None = DEFAULT_THREADS):
+        from .runner import DecoderRunner, EncoderRunner
+        self.bundle = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
+        self.decoder = DecoderRunner(self.bundle, threads)
+        self.encoder = EncoderRunner(self.bundle, threads) if self.bundle.encoder_decoder else None
+
+    def _check_ids(self, arr: np.ndarray, what: str) -> None:
+        v = self.bundle.vocab_size
+        bad = (arr < 0) | (arr >= v)
+        if bad.any():
+            r, c = map(int, np.argwhere(bad)[0])
+            raise GraphcError(f"{what}: id {int(arr[r, c])} at row {r}, position {c} is outside the vocabulary "
+                              f"[0, {v})", hint=f"the model's vocab_size is {v}")
+
+    def generate(self, input_ids=None, src_ids=None, *, max_new_tokens: int = 20, num_beams: int = 1,
+                 temperature: float | None = None, top_k: int | None = None, top_p: float | None = None,
+                 seed: int | None = None, length_penalty: float | None = None,
+                 early_stopping: bool | str | None = None) -> np.ndarray:
+        b = self.bundle
+        sampling = check_settings(max_new_tokens=max_new_tokens, num_beams=num_beams, temperature=temperature,
+                                  top_k=top_k, top_p=top_p, seed=seed, length_penalty=length_penalty,
+                                  early_stopping=early_stopping)
+        if b.encoder_decoder:
+            if src_ids is None:
+                raise GraphcError("this bundle is an encoder-decoder model: give the source ids (--src-ids)")
+            if input_ids is not None:
+                raise GraphcError("this bundle is an encoder-decoder model: it takes --src-ids, not --input-ids",
+                                  hint="the decoder starts from the bundle's decoder_start id")
+            src = as_id_rows(src_ids, "--src-ids")
+            self._check_ids(src, "--src-ids")
+            if (src == b.pad).all(axis=1).any():
+                raise GraphcError(f"--src-ids: row {int(np.argmax((src == b.pad).all(axis=1)))} is all padding")
+            self._check_length(src.shape[1], 0, "source")
+            self._check_length(1, max_new_tokens, "decoder")
+            fixed = self.encoder(src)
+            self.decoder.set_fixed(fixed)
+            ids = np.full((src.shape[0], 1), b.decoder_start, dtype=np.int64)
+            mask = np.ones_like(ids)
+        else:
+            if input_ids is None:
+                raise GraphcError("this bundle is a decoder-only model: give a prompt (--input-ids)")
+            if src_ids is not None:
+                raise GraphcError("this bundle is a decoder-only model: it takes --input-ids, not --src-ids")
+            ids = as_id_rows(input_ids, "--input-ids")
+            self._check_ids(ids, "--input-ids")
+            mask = (np.cumsum(ids != b.pad, axis=1) > 0).astype(np.int64)   # leading pads are padding
+            empty = ~mask.any(axis=1)
+            if empty.any():
+                raise GraphcError(f"--input-ids: row {int(np.argmax(empty))} is all padding (pad id {b.pad})")
+            self._check_length(int(mask.sum(axis=1).max()), max_new_tokens, "prompt")
+            self.decoder.set_fixed({})
+        common = dict(max_new_tokens=max_new_tokens, eos=b.eos, pad=b.pad)
+        model = _WithCapacity(self.decoder, max_new_tokens)
+        if num_beams > 1:
+            return beam_search(model, ids, mask, num_beams=num_beams,
+                               length_penalty=1.0 if length_penalty is None else float(length_penalty),
+                               early_stopping=False if early_stopping is None else early_stopping, **common)
+        return greedy_or_sample(model, ids, mask, sampling=sampling, **common)
+
+    def _check_length(self, length: int, new: int, what: str) -> None:
+        most = self.bundle.max_positions
+        if most is None:
+            return
+        if length > most:
+            raise GraphcError(f"the {what} has {length} tokens; the model's positions go up to {most}",
+                              hint=f"shorten it to at most {most} tokens")
+        if length + new > most:
+            raise GraphcError(f"the {what} ({length} tokens) plus --max-new-tokens {new} is longer than the "
+                              f"model's {most} positions", hint=f"use --max-new-tokens {most - length} or less")
+
+
+class _WithCapacity:
+    """Passes the number of steps ahead to DecoderRunner.start (one mask buffer)."""
+
+    def __init__(self, runner, capacity):
+        self.runner, self.capacity = runner, capacity
+
+    def start(self, ids, mask):
+        return self.runner.start(ids, mask, self.capacity)
+
+    def step(self, tokens):
+        return self.runner.step(tokens)
+
+    def reorder(self, index):
+        self.runner.reorder(index)
+
+
+def check_settings(*, max_new_tokens, num_beams, temperature, top_k, top_p, seed, length_penalty,
+                   early_stopping) -> Sampling | None:
+    """Settings that contradict each other or are out of range -> GraphcError.
+    Returns the Sampling to use, or None for greedy / beam search."""
+    def integer(v, flag):
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
+            raise GraphcError(f"{flag} must be an integer, got {v!r}")
+        return int(v)
+    if not 1 <= integer(max_new_tokens, "--max-new-tokens") <= MAX_NEW_TOKENS_LIMIT:
+        raise GraphcError(f"--max-new-tokens must be between 1 and {MAX_NEW_TOKENS_LIMIT}, got {max_new_tokens}")
+    if not 1 <= integer(num_beams, "--num-beams") <= 1024:
+        raise GraphcError(f"--num-beams must be between 1 and 1024, got {num_beams}")
+    sampling_flags = [f for f, v in (("--temperature", temperature), ("--top-k", top_k), ("--top-p", top_p))
+                      if v is not None]
+    if num_beams > 1 and sampling_flags:
+        raise GraphcError(f"{', '.join(sampling_flags)} cannot be combined with --num-beams {num_beams}",
+                          hint="beam search is deterministic; drop --num-beams to sample")
+    if num_beams == 1:
+        beam_flags = [f for f, v in (("--length-penalty", length_penalty), ("--early-stopping", early_stopping))
+                      if v is not None]
+        if beam_flags:
+            raise GraphcError(f"{', '.join(beam_flags)} only apply to beam search", hint="add --num-beams N (N > 1)")
+    if early_stopping not in (None, True, False, "never"):
+        raise GraphcError(f"--early-stopping must be true, false or never, got {early_stopping!r}")
+    if length_penalty is not None and not np.isfinite(float(length_penalty)):
+        raise GraphcError("--length-penalty must be a finite number")
+    if seed is not None and not sampling_flags:
+        raise GraphcError("--seed only applies to sampling", hint="add --temperature, --top-k or --top-p")
+    if seed is not None and not 0 <= integer(seed, "--seed") < 2 ** 63:
+        raise GraphcError(f"--seed must be a non-negative integer, got {seed}")
+    if not sampling_flags:
+        return None
+    if temperature is not None and not (np.isfinite(temperature) and temperature > 0):
+        raise GraphcError(f"--temperature must be a positive number, got {temperature}",
+                          hint="leave out the sampling flags for greedy decoding")
+    if top_k is not None and integer(top_k, "--top-k") < 1:
+        raise GraphcError(f"--top-k must be at least 1, got {top_k}")
+    if top_p is not None and not 0 < top_p <= 1:
+        raise GraphcError(f"--top-p must be in (0, 1], got {top_p}")
+    return Sampling(1.0 if temperature is None else float(temperature), top_k, top_p, seed)
+
+
+def generate(bundle: str | os.PathLike, input_ids=None, src_ids=None, *, max_new_tokens: int = 20,
+             num_beams: int = 1, temperature: float | None = None, top_k: int | None = None,
+             top_p: float | None = None, seed: int | None = None, length_penalty: float | None = None,
+             early_stopping: bool | str | None = None, threads: int | None = DEFAULT_THREADS) -> np.ndarray:
+    """Generate with a bundle built by ``graphc build SPEC --kv-cache -o DIR``.
+
+    input_ids: decoder-only prompts, [batch, len] left-padded with the bundle's
+    pad id (or one list of ids); src_ids: encoder-decoder sources, padded with
+    pad. Greedy by default; sampling when temperature, top_k or top_p is given;
+    beam search when num_beams > 1. Returns int64 [batch, n]: the generated ids
+    only (pad after a row's eos)."""
+    check_settings(max_new_tokens=max_new_tokens, num_beams=num_beams, temperature=temperature, top_k=top_k,
+                   top_p=top_p, seed=seed, length_penalty=length_penalty, early_stopping=early_stopping)
+    return Generator(bundle, threads).generate(
+        input_ids, src_ids, max_new_tokens=max_new_tokens, num_beams=num_beams, temperature=temperature,
+        top_k=top_k, top_p=top_p, seed=seed, length_penalty=length_penalty, early_stopping=early_stopping)

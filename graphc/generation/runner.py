@@ -1,0 +1,152 @@
+"""The ONNX Runtime side of generation: a bundle's sessions as a *step model*
+(the protocol graphc.generation.search drives).
+
+Why it is shaped this way (measured, docs/generation.md "Performance"):
+- the ``present.*`` outputs of one step are fed back as the next step's
+  ``past_key_values.*`` as they are: ONNX Runtime (1.20+) returns outputs as numpy
+  views of its own buffers (no copy), and a numpy input is wrapped, not copied.
+  Binding them with IOBinding/OrtValues instead was measured: ~45 us slower per
+  step on a small model (binding every input each step; ORT refuses a binding
+  reused across steps whose output shapes grow), no difference on the 56M one;
+- only the last position's logits are copied out (``[B, V]``);
+- the attention mask lives in one preallocated ``[B, T + max_new]`` buffer;
+- beam search's reorder is the only step that copies the cache (a gather).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import GraphcError
+from .bundle import Bundle
+
+_NP = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int64)": np.int64,
+       "tensor(bool)": np.bool_, "tensor(int32)": np.int32}
+
+
+def _session(path, threads: int | None):
+    from ..runtime.session import make_session
+    return make_session(str(path), "cpu", threads)
+
+
+class EncoderRunner:
+    """Runs ``encoder.onnx`` once per batch of sources."""
+
+    def __init__(self, bundle: Bundle, threads: int | None = 2):
+        enc = bundle.encoder
+        self.bundle = bundle
+        self.session = _session(enc.path, threads)
+        have = {i.name: i for i in self.session.get_inputs()}
+        outs = {o.name for o in self.session.get_outputs()}
+        missing = [n for n in enc.inputs if n not in have] + [n for n in enc.outputs if n not in outs]
+        if missing or set(have) - set(enc.inputs):
+            raise GraphcError(f"{enc.path} does not match {bundle.directory}/graphc_generation.json "
+                              f"(names {', '.join(sorted(set(missing) | (set(have) - set(enc.inputs))))})",
+                              hint="rebuild the bundle with graphc build --kv-cache")
+        self.types = {n: _NP.get(have[n].type, np.int64) for n in enc.inputs}
+
+    def __call__(self, src: np.ndarray) -> dict[str, np.ndarray]:
+        """src: int64 [B, S], padded with ``pad`` (padding = ids equal to pad, as
+        transformers derives the attention mask)."""
+        real = src != self.bundle.pad                                   # [B, S] True = real token
+        feeds = {}
+        for name, role in self.bundle.encoder.inputs.items():
+            if role == "source_ids":
+                v = src
+            elif role == "source_padding_mask":
+                v = ~real
+            elif role == "source_keep_mask":
+                v = real
+            elif role == "source_attention_mask":
+                v = real
+            else:                                                       # source_lengths
+                v = real.sum(axis=1)
+            feeds[name] = np.ascontiguousarray(v.astype(self.types[name]))
+        values = self.session.run(list(self.bundle.encoder.outputs), feeds)
+        return dict(zip(self.bundle.encoder.outputs, values))
+
+
+class DecoderRunner:
+    """The cached decoder as a step model. ``fixed`` are extra decoder inputs
+    that stay the same at every step (the encoder outputs), batch on axis 0."""
+
+    def __init__(self, bundle: Bundle, threads: int | None = 2):
+        self.bundle = bundle
+        self.session = _session(bundle.decoder, threads)
+        ins = {i.name: i for i in self.session.get_inputs()}
+        outs = [o.name for o in self.session.get_outputs()]
+        past = [n for c in bundle.cache for n in (c.past_key, c.past_value)]
+        self.present = [n for c in bundle.cache for n in (c.present_key, c.present_value)]
+        need_in = ["input_ids", "attention_mask"] + past + list(bundle.encoder.outputs if bundle.encoder else ())
+        missing = [n for n in need_in if n not in ins] + [n for n in ["logits"] + self.present if n not in outs]
+        extra = set(ins) - set(need_in) - {"position_ids"}
+        if missing or extra:
+            raise GraphcError(f"{bundle.decoder} does not match {bundle.directory}/graphc_generation.json "
+                              f"(names {', '.join(sorted(set(missing) | extra))})",
+                              hint="rebuild the bundle with graphc build --kv-cache")
+        vocab = self.session.get_outputs()[outs.index("logits")].shape[-1]
+        if isinstance(vocab, int) and vocab != bundle.vocab_size:
+            raise GraphcError(f"{bundle.decoder} scores {vocab} tokens but {bundle.directory}/graphc_generation.json "
+                              f"says vocab_size {bundle.vocab_size}", hint="rebuild the bundle with graphc build --kv-cache")
+        self.has_positions = "position_ids" in ins
+        self.past = past
+        self.float = _NP.get(ins[past[0]].type, np.float32)
+        self.out_names = ["logits"] + self.present
+        self.fixed: dict[str, np.ndarray] = {}
+        self.fixed_rows = None
+
+    # --------------------------------------------------------------- step model
+    def set_fixed(self, fixed: dict[str, np.ndarray]) -> None:
+        self.fixed = {k: np.ascontiguousarray(v) for k, v in fixed.items()}
+        self.fixed_rows = np.arange(next(iter(fixed.values())).shape[0]) if fixed else None
+
+    def start(self, input_ids: np.ndarray, attention_mask: np.ndarray, capacity: int = 0) -> np.ndarray:
+        b, t = input_ids.shape
+        self.mask = np.zeros((b, t + max(capacity, 1)), dtype=np.int64)
+        self.mask[:, :t] = attention_mask
+        self.length = t
+        pos = np.cumsum(attention_mask, axis=1) - 1                     # [B, T] each row's real positions
+        self.next_pos = pos[:, -1:].copy() + 1                          # [B, 1]
+        np.maximum(pos, 0, out=pos)
+        empty = {n: np.zeros((b, c.kv_heads, 0, c.head_dim), dtype=self.float)
+                 for c in self.bundle.cache for n in (c.past_key, c.past_value)}
+        self.cache = None
+        feeds = {"input_ids": np.ascontiguousarray(input_ids, dtype=np.int64),
+                 "attention_mask": np.ascontiguousarray(self.mask[:, :t]), **empty}
+        if self.has_positions:
+            feeds["position_ids"] = pos
+        return self._run(feeds)
+
+    def step(self, tokens: np.ndarray) -> np.ndarray:
+        b = tokens.shape[0]
+        if self.length >= self.mask.shape[1]:                           # grow (start without capacity)
+            self.mask = np.concatenate([self.mask, np.zeros((b, self.mask.shape[1]), np.int64)], axis=1)
+        self.mask[:, self.length] = 1
+        self.length += 1
+        feeds = {"input_ids": tokens.reshape(b, 1).astype(np.int64, copy=False),
+                 "attention_mask": np.ascontiguousarray(self.mask[:, :self.length])}
+        if self.has_positions:
+            feeds["position_ids"] = self.next_pos
+        out = self._run(feeds)
+        self.next_pos = self.next_pos + 1
+        return out
+
+    def reorder(self, index: np.ndarray) -> None:
+        index = np.asarray(index, dtype=np.int64)
+        self.mask = self.mask[index]
+        self.next_pos = self.next_pos[index]
+        if self.fixed:
+            # beams only ever move within their own source row, so the encoder outputs
+            # are gathered once (prompts -> beams), not at every step
+            rows = self.fixed_rows[index]
+            if not np.array_equal(rows, self.fixed_rows):
+                self.fixed = {k: np.ascontiguousarray(v[index]) for k, v in self.fixed.items()}
+            self.fixed_rows = rows
+        self.cache = [v[index] for v in self.cache]                    # a gather: [B', kv, L, d]
+
+    def _run(self, feeds: dict) -> np.ndarray:
+        feeds.update(self.fixed)
+        if self.cache is not None:
+            feeds.update(zip(self.past, self.cache))
+        values = self.session.run(self.out_names, feeds)
+        self.cache = values[1:]
+        return np.ascontiguousarray(values[0][:, -1, :], dtype=np.float32)      # [B, V]
