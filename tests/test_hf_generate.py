@@ -8,9 +8,10 @@ save_pretrained, then taken through exactly what a user runs:
     graphc build spec.yaml --weights DIR --kv-cache -o BUNDLE
 
 (the spec as imported: its generation: section, its weight map). The bundle
-is driven by a minimal greedy loop written here from the bundle contract
-(BUNDLE.md: prompt first, then one token at a time, present caches fed back
-as past), and compared with transformers' own cached forward and generate():
+is decoded by graphc.generate and, step by step, by feeding its decoder from
+the bundle contract (prompt first, then one token at a time, present caches
+fed back as past); both are compared with transformers' own cached forward
+and generate():
 
 - decoder-only (GPT-2; LLaMA with GQA and rope): the logits of every step
   within 1e-5 of transformers' (float32) on a left-padded batch; greedy ids
@@ -18,7 +19,9 @@ as past), and compared with transformers' own cached forward and generate():
   decoded alone;
 - encoder-decoder (BART: learned positions read from row 2; Marian: sin-then-
   cos positions; T5: the relative-position bias over the cache): greedy ids
-  equal to generate()'s on a batch of right-padded sources.
+  equal to generate()'s on a batch of right-padded sources, each step's
+  logits within 1e-5 of transformers' forward, and beam search (3-4 beams,
+  length_penalty != 1, early_stopping) equal to transformers' beam search.
 """
 from __future__ import annotations
 
@@ -27,6 +30,8 @@ import re
 
 import numpy as np
 import pytest
+
+import graphc
 
 from helpers import cli
 from kv_helpers import Decoder, session
@@ -70,12 +75,13 @@ _SEQ2SEQ = dict(d_model=64, encoder_layers=2, decoder_layers=2, encoder_attentio
                 encoder_ffn_dim=96, decoder_ffn_dim=96, vocab_size=96, max_position_embeddings=64)
 
 
+# eos ids these random models produce now and then, so rows (and beams) end at different lengths
 def _bart():
-    return transformers.BartForConditionalGeneration(transformers.BartConfig(**_SEQ2SEQ))
+    return transformers.BartForConditionalGeneration(transformers.BartConfig(eos_token_id=6, **_SEQ2SEQ))
 
 
 def _marian():
-    c = transformers.MarianConfig(pad_token_id=95, decoder_start_token_id=95, eos_token_id=2, scale_embedding=True,
+    c = transformers.MarianConfig(pad_token_id=95, decoder_start_token_id=95, eos_token_id=29, scale_embedding=True,
                                   activation_function="swish", **_SEQ2SEQ)
     return transformers.MarianMTModel(c)
 
@@ -83,7 +89,7 @@ def _marian():
 def _t5():
     c = transformers.T5Config(d_model=64, d_kv=16, d_ff=96, num_layers=2, num_decoder_layers=2, num_heads=4,
                               vocab_size=96, relative_attention_num_buckets=8, relative_attention_max_distance=20,
-                              decoder_start_token_id=0, pad_token_id=0, eos_token_id=1)
+                              decoder_start_token_id=0, pad_token_id=0, eos_token_id=93)
     return transformers.T5ForConditionalGeneration(c)
 
 
@@ -130,33 +136,6 @@ def _left_padded(prompts, pad):
     return ids, mask
 
 
-def _greedy(dec: Decoder, config, first_ids, first_pos, first_mask, steps: int, scores: list | None = None):
-    """transformers' greedy loop: argmax of the last position; a row that produced
-    eos gets pad from then on; stop when every row has. [batch, <= steps].
-    ``scores`` collects each step's last-position logits [batch, vocab]."""
-    logits = dec.step(first_ids, first_pos, first_mask)
-    pos, eos, pad = first_pos[:, -1:], _eos(config), config["pad"]
-    done = np.zeros(len(first_ids), bool)
-    out = []
-    for _ in range(steps):
-        if scores is not None:
-            scores.append(logits[:, -1])
-        nxt = np.where(done, pad, logits[:, -1].argmax(-1))
-        out.append(nxt)
-        done |= np.isin(nxt, eos)
-        if done.all():
-            break
-        pos = pos + 1
-        logits = dec.step(nxt[:, None], pos)
-    return np.stack(out, 1)
-
-
-def _decode_only(bundle, config, prompts, steps):
-    ids, mask = _left_padded(prompts, config["pad"])
-    positions = np.maximum(np.cumsum(mask, 1) - 1, 0)          # as transformers numbers a left-padded row
-    return _greedy(Decoder(bundle, config, len(prompts)), config, ids, positions, mask, steps)
-
-
 @pytest.mark.parametrize("family", ["gpt2", "llama"])
 def test_step_logits_equal_transformers_left_padded(family, imported):
     """Prompt step, then 6 one-token steps: every real position's logits against
@@ -198,11 +177,11 @@ def test_greedy_ids_equal_transformers_generate_left_padded(family, imported):
     with torch.no_grad():
         want = model.generate(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask),
                               max_new_tokens=steps, do_sample=False).numpy()[:, ids.shape[1]:]
-    got = _decode_only(bundle, config, PROMPTS, steps)
+    got = graphc.generate(bundle, input_ids=ids, max_new_tokens=steps)     # left-padded with the bundle's pad
     assert len(set(want.ravel().tolist())) > 5                # real sequences, not one repeated token
     np.testing.assert_array_equal(got, want)
     for r, prompt in enumerate(PROMPTS):                     # a row's ids do not depend on the batch
-        alone = _decode_only(bundle, config, [prompt], steps)[0]
+        alone = graphc.generate(bundle, input_ids=[prompt], max_new_tokens=steps)[0]
         np.testing.assert_array_equal(alone, got[r, :len(alone)])
         assert (got[r, len(alone):] == config["pad"]).all()
 
@@ -215,36 +194,60 @@ def _encode(bundle, config, src, mask):
     return dict(zip(names, enc.run(names, feeds)))
 
 
+def _sources(pad):
+    """SOURCES right-padded with pad (as tokenizers pad sources), and their attention_mask."""
+    width = max(map(len, SOURCES))
+    src = np.full((len(SOURCES), width), pad, np.int64)
+    for r, s in enumerate(SOURCES):
+        src[r, :len(s)] = s
+    return src, (np.arange(width)[None] < np.array([len(s) for s in SOURCES])[:, None]).astype(np.int64)
+
+
+def _hf_generate(model, src, mask, steps, **kw):
+    t = torch.from_numpy
+    with torch.no_grad():
+        # forced_eos_token_id (BART, Marian) forces eos at max_length; graphc generate does not
+        out = model.generate(input_ids=t(src), attention_mask=t(mask), max_new_tokens=steps,
+                             forced_eos_token_id=None, do_sample=False, **kw)
+    return out.numpy()[:, 1:]                                       # without decoder_start
+
+
 @pytest.mark.parametrize("family", ["bart", "marian", "t5"])
 def test_encoder_decoder_greedy_ids_equal_transformers_generate(family, imported):
     model, bundle, config = imported(family)
     # the source inputs carry the decoder's names in transformers: the bundle prefixes them
     assert config["encoder"]["inputs"] == {"encoder_input_ids": "source_ids",
                                            "encoder_attention_mask": "source_attention_mask"}
-    pad, steps = config["pad"], 12
-    width = max(map(len, SOURCES))
-    src = np.full((len(SOURCES), width), pad, np.int64)        # right-padded, as tokenizers pad sources
-    for r, s in enumerate(SOURCES):
-        src[r, :len(s)] = s
-    mask = (np.arange(width)[None] < np.array([len(s) for s in SOURCES])[:, None]).astype(np.int64)
-    with torch.no_grad():
-        # forced_eos_token_id (BART, Marian) forces eos at max_length; graphc generate does not
-        want = model.generate(input_ids=torch.from_numpy(src), attention_mask=torch.from_numpy(mask),
-                              max_new_tokens=steps, do_sample=False, num_beams=1,
-                              forced_eos_token_id=None).numpy()[:, 1:]
-    batch = len(SOURCES)
-    dec = Decoder(bundle, config, batch, _encode(bundle, config, src, mask))
-    start = np.full((batch, 1), config["decoder_start"], np.int64)
     assert config["decoder_start"] == model.generation_config.decoder_start_token_id
-    scores = []
-    got = _greedy(dec, config, start, np.zeros((batch, 1), np.int64), None, steps, scores)
+    src, mask = _sources(config["pad"])
+    want = _hf_generate(model, src, mask, 12, num_beams=1)
+    got = graphc.generate(bundle, src_ids=src, max_new_tokens=12)
     assert len(set(want.ravel().tolist())) >= 3
     np.testing.assert_array_equal(got, want)
-    # each step's logits against transformers' forward over the whole decoded prefix
-    prefix = np.concatenate([start, got[:, :-1]], 1)
+    # each step's logits (the encoder once, the decoder one token at a time) against
+    # transformers' forward over the whole decoded prefix
+    batch = len(SOURCES)
+    prefix = np.concatenate([np.full((batch, 1), config["decoder_start"]), got[:, :-1]], 1)
+    dec = Decoder(bundle, config, batch, _encode(bundle, config, src, mask))
+    steps = np.concatenate([dec.step(prefix[:, t:t + 1], np.full((batch, 1), t)) for t in range(prefix.shape[1])], 1)
     with torch.no_grad():
         full = model(input_ids=torch.from_numpy(src), attention_mask=torch.from_numpy(mask),
                      decoder_input_ids=torch.from_numpy(prefix)).logits.numpy()
     assert full.std() > 0.1
-    worst = float(np.abs(np.stack(scores, 1) - full).max())
+    worst = float(np.abs(steps - full).max())
     assert worst <= TOL, f"{family}: max abs diff {worst:.2e}"
+
+
+@pytest.mark.parametrize("family, beams, length_penalty", [("bart", 4, 0.6), ("marian", 3, 1.5), ("t5", 4, 2.0)])
+def test_encoder_decoder_beam_search_equals_transformers(family, beams, length_penalty, imported):
+    model, bundle, config = imported(family)
+    src, _ = _sources(config["pad"])
+    mask = (src != config["pad"]).astype(np.int64)
+    want = _hf_generate(model, src, mask, 10, num_beams=beams, length_penalty=length_penalty, early_stopping=True)
+    got = graphc.generate(bundle, src_ids=src, max_new_tokens=10, num_beams=beams, length_penalty=length_penalty,
+                          early_stopping=True)
+    # transformers' beam search fills after eos with `pad_token_id or eos`: eos when pad is 0 (T5)
+    ended = np.cumsum(np.isin(want, _eos(config)), 1) - np.isin(want, _eos(config)) > 0
+    want = np.where(ended, config["pad"], want)
+    assert ended.any()             # hypotheses end at eos at different lengths: length_penalty decides
+    np.testing.assert_array_equal(got, want)
