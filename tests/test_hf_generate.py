@@ -251,3 +251,19 @@ def test_encoder_decoder_beam_search_equals_transformers(family, beams, length_p
     want = np.where(ended, config["pad"], want)
     assert ended.any()             # hypotheses end at eos at different lengths: length_penalty decides
     np.testing.assert_array_equal(got, want)
+
+
+def test_ids_outside_the_vocabulary_leave_the_section_out(tmp_path):
+    """A tiny config left with GPT-2's default ids (50256) over a 96-token vocabulary:
+    no section (a plain build checks it, so a wrong one would refuse the spec), a
+    comment saying why, and the spec still checks."""
+    config = transformers.GPT2Config(n_embd=32, n_layer=1, n_head=4, vocab_size=96, n_positions=32)
+    config.architectures = ["GPT2LMHeadModel"]
+    config.save_pretrained(tmp_path / "cfg")
+    rc, out, err = cli("import", tmp_path / "cfg")
+    assert rc == 0, err
+    assert "\ngeneration:" not in out
+    assert "# no generation: section (graphc build --kv-cache needs one): token id(s) 50256 lie outside the " \
+           "vocabulary of 96." in out
+    (tmp_path / "s.yaml").write_text(out)
+    assert cli("check", tmp_path / "s.yaml")[0] == 0
