@@ -66,10 +66,50 @@ def layer_rows(g: Graph, env: Mapping[str, int], depth: int | None = None) -> li
     return list(rows.values())
 
 
+# The sub-modules of the built-in composite kinds, named as their expansion
+# scopes them ('#' a stack index, '<norm>' the layer_norm or rms_norm the
+# declaration's `norm` chooses), so `graphc info --depth 2` can name the kind of
+# a stack member the spec never declares.
+_NORMS = {"norm": "<norm>", "norm1": "<norm>", "norm2": "<norm>", "norm3": "<norm>"}
+BUILT_IN_MEMBERS = {
+    "transformer": {"encoder": "transformer_encoder", "decoder": "transformer_decoder"},
+    "transformer_encoder": {"layers.#": "transformer_encoder_layer", **_NORMS},
+    "transformer_decoder": {"layers.#": "transformer_decoder_layer", **_NORMS},
+    "transformer_encoder_layer": {"self_attn": "multihead_attention", "linear1": "linear", "linear2": "linear",
+                                  **_NORMS},
+    "transformer_decoder_layer": {"self_attn": "multihead_attention", "multihead_attn": "multihead_attention",
+                                  "linear1": "linear", "linear2": "linear", **_NORMS},
+    "multihead_attention": {"out_proj": "linear"},
+}
+
+
+def with_opless_layers(rows: list[LayerRow], spec, g: Graph, env: Mapping[str, int]) -> list[LayerRow]:
+    """Top-level rows plus the declared layers that emit no ops (dropout at
+    inference passes its input through), each placed after the row of its first
+    input with that input's shape: `graphc check` lists every layer the spec declares."""
+    out = list(rows)
+    have = {r.layer.split(".")[0] for r in rows}
+    for decl in spec.layers:
+        if decl.name in have or not decl.inputs:
+            continue
+        src = decl.inputs[0].ref.partition(".")[0]
+        at = max((i for i, r in enumerate(out) if r.layer.split(".")[0] == src), default=-1)
+        if at >= 0:
+            shape = out[at].shape
+        elif src in g.inputs:
+            shape = format_shape(tuple(_subst(d, env) for d in g.value(src).type.shape))
+        else:
+            continue
+        out.insert(at + 1, LayerRow(decl.name, decl.kind, shape, 0, 0))
+        have.add(decl.name)
+    return out
+
+
 def layer_kind(spec, path: str) -> str:
     """The spec kind of a layer path ('encoder.layers.0.self_attn' -> the kind
-    declared for self_attn in its block), following blocks and repeat indices.
-    Empty for the internals of a built-in kind, which have no declaration."""
+    declared for self_attn in its block), following blocks and repeat indices,
+    and into the members of built-in composite kinds (BUILT_IN_MEMBERS).
+    Empty where neither names one."""
     layers, kind = spec.layers, ""
     parts = path.split(".") if path else []
     i = 0
@@ -82,9 +122,28 @@ def layer_kind(spec, path: str) -> str:
             i += 1
         block = spec.blocks.get(decl.kind)
         if block is None:
-            return kind if i == len(parts) else ""
+            return _member_kind(kind, parts[i:], getattr(decl, "args", {}) or {})
         layers = block.layers
     return kind
+
+
+def _member_kind(kind: str, rest: list[str], args) -> str:
+    while rest:
+        members = BUILT_IN_MEMBERS.get(kind, {})
+        key, n = (f"{rest[0]}.#", 2) if len(rest) > 1 and rest[1].isdigit() else (rest[0], 1)
+        if key not in members:
+            return ""
+        kind, rest = members[key], rest[n:]
+        if kind == "<norm>":
+            chosen = getattr(args.get("norm"), "value", None)    # a literal; a param reference reads as layer_norm
+            kind = chosen if chosen in ("layer_norm", "rms_norm") else "layer_norm"
+    return kind
+
+
+def shape_list(text: str) -> list:
+    """'[2, seq, 512]' -> [2, 'seq', 512], the form `graphc params --json` uses."""
+    inner = text.strip()[1:-1].strip()
+    return [int(p) if p.strip().lstrip("-").isdigit() else p.strip() for p in inner.split(",")] if inner else []
 
 
 def _subst(d: Dim, env: Mapping[str, int]):

@@ -27,6 +27,7 @@ from .layers import LAYERS, Call
 from .shapes import Dim, format_shape
 from .spec import BlockDecl, InputRef, LayerDecl, Spec
 from .spec.args import Env, eval_arg, eval_int, eval_shape, resolve_args
+from .spec.declarations import check_declarations, unknown_kind_error
 
 MAX_REPEAT = 1024
 # Expansion costs ~60 us per primitive; these bound a spec's compile time to a
@@ -90,9 +91,10 @@ class _BoundedBuilder(Builder):
     the layer responsible, before anything is allocated or the graph grows
     for minutes."""
 
-    def __init__(self, graph: Graph, max_param_bytes: int | None):
+    def __init__(self, graph: Graph, max_param_bytes: int | None, params_allocated: bool = True):
         super().__init__(graph)
         self.max_param_bytes = max_param_bytes
+        self.params_allocated = params_allocated
         self.param_bytes = 0
         self.n_ops = 0
         self.biggest: tuple[int, str] = (0, "")
@@ -122,7 +124,8 @@ class _BoundedBuilder(Builder):
         count = 1
         for s in shape:
             count *= int(s)
-        self._account(self.qualified(local), count * DTYPES[dtype].itemsize)
+        if self.params_allocated:    # check/params/info/graph declare parameters, they never allocate them
+            self._account(self.qualified(local), count * DTYPES[dtype].itemsize)
         return super().param(local, shape, init, dtype, doc)
 
     def const(self, array, hint="const"):
@@ -164,9 +167,10 @@ class _Scope:
 
 
 class _Expander:
-    def __init__(self, spec: Spec, graph: Graph, max_param_bytes: int | None = DEFAULT_MAX_PARAM_BYTES):
+    def __init__(self, spec: Spec, graph: Graph, max_param_bytes: int | None = DEFAULT_MAX_PARAM_BYTES,
+                 params_allocated: bool = True):
         self.spec = spec
-        self.b = _BoundedBuilder(graph, max_param_bytes)
+        self.b = _BoundedBuilder(graph, max_param_bytes, params_allocated)
         self.block_stack: list[str] = []
         self.count = 0
 
@@ -178,9 +182,7 @@ class _Expander:
         block = self.spec.blocks.get(decl.kind)
         kind = LAYERS.get(decl.kind)
         if block is None and kind is None:
-            raise GraphcError(f"unknown layer kind '{decl.kind}'", decl.kind_span,
-                              hint=did_you_mean(decl.kind, list(LAYERS) + list(self.spec.blocks)) or
-                              "run 'graphc layers' to list the layer kinds")
+            raise unknown_kind_error(decl, self.spec)
         if block is not None and kind is not None:
             raise GraphcError(f"block '{decl.kind}' has the name of a built-in layer kind", block.span,
                               hint="rename the block")
@@ -353,17 +355,22 @@ def _dependency_order(layers: list[LayerDecl], scope: _Scope) -> list[LayerDecl]
                           hint="a layer cannot depend on its own output; recurrent layers (lstm, gru) loop internally") from None
 
 
-def build_graph(spec: Spec, max_param_bytes: int | None = DEFAULT_MAX_PARAM_BYTES, kv_cache: bool = False) -> Graph:
+def build_graph(spec: Spec, max_param_bytes: int | None = DEFAULT_MAX_PARAM_BYTES, kv_cache: bool = False,
+                params_allocated: bool = True) -> Graph:
     """Expand a spec into a shape-checked IR graph (parameters declared, not
     allocated). ``max_param_bytes`` bounds the parameters' total size (None: no
-    bound); a spec over it is refused at the layer that crosses it.
+    bound); a spec over it is refused at the layer that crosses it. With
+    ``params_allocated=False`` (commands that never allocate the parameters:
+    check, params, info, graph) only the constant tables computed while
+    expanding count against it.
     ``kv_cache``: the cached decoder of a generation bundle (graphc.ir.kv_cache):
     the generation tokens input becomes ``input_ids``, the logits output
     ``logits``, and attention_mask, position_ids and the per-layer caches are added."""
     g = Graph(spec.name)
     dims = {name: Dim.sym(name) for name in spec.dims}
     env = Env(spec.params, dims)
-    ex = _Expander(spec, g, max_param_bytes)
+    check_declarations(spec, env)       # all independent layer-declaration errors at once, not the first
+    ex = _Expander(spec, g, max_param_bytes, params_allocated)
     top = _Scope("the spec")
     gen = spec.generation if kv_cache else None
     if kv_cache and gen is None:
@@ -423,6 +430,8 @@ def build_graph(spec: Spec, max_param_bytes: int | None = DEFAULT_MAX_PARAM_BYTE
     if spec.generation is not None:
         from .ir.kv_cache import check_generation
         check_generation(spec, g)
+    from .table_limits import record_table_limits
+    record_table_limits(g)              # lengths written as expressions too (num_patches + 1)
     verify(g)
     return g
 

@@ -66,7 +66,8 @@ def _byte_size(text: str) -> int:
 def _add_budget_arg(p: argparse.ArgumentParser) -> None:
     from .build import DEFAULT_MAX_PARAM_BYTES
     p.add_argument("--max-param-bytes", type=_byte_size, default=DEFAULT_MAX_PARAM_BYTES, metavar="SIZE",
-                   help="refuse models whose parameters exceed this (e.g. 16G; default 2G)")
+                   help="refuse models whose parameters exceed this (e.g. 16G; default 2G); check, params, info "
+                        "and graph allocate no parameters, so for them only computed tables count")
 
 
 def _is_spec(path: str) -> bool:
@@ -78,9 +79,11 @@ def _add_compile_args(p: argparse.ArgumentParser) -> None:
                    "directory (model.safetensors, or sharded with model.safetensors.index.json)")
     p.add_argument("--ignore-weights", action="append", default=[], metavar="PATTERN",
                    help="drop the checkpoint's tensors matching PATTERN ('*' = one name segment), with a note")
-    p.add_argument("--seed", type=int, default=0, help="seed for initial weights when --weights is not given")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed for initial weights when --weights is not given (run: and for --random's inputs)")
     p.add_argument("--opset", type=int, default=None, help="target ONNX opset (17..26; default 17)")
-    p.add_argument("--include-dir", action="append", default=[], help="also allow includes from this directory")
+    p.add_argument("--include-dir", action="append", default=[], metavar="DIR",
+                   help=INCLUDE_DIR_HELP)
     p.add_argument("--dtype", default="float32", choices=["float32", "float16"],
                    help="precision of the model's float tensors (float16: softmax and norms still in float32)")
     p.add_argument("--quantize", default=None, metavar="MODE",
@@ -101,6 +104,9 @@ def _compile(args, progress=None, keep_weights=True):
                             quantize=args.quantize, target=args.target, max_error=args.max_error,
                             ignore_weights=args.ignore_weights)
     if not getattr(args, "quiet", False):
+        if compiled.graph.warnings and isinstance(progress, Progress):
+            progress.close()
+        _print_warnings(compiled.graph)
         if compiled.quantization is not None:
             if isinstance(progress, Progress):
                 progress.close()
@@ -115,20 +121,41 @@ def _compile(args, progress=None, keep_weights=True):
 
 # ------------------------------------------------------------------ commands
 
-def cmd_check(args) -> int:
+def inspect_spec(args):
+    """check, params, info, graph: the spec checked, its parameters declared but never
+    allocated, so only constant tables count against --max-param-bytes; an .onnx file
+    is refused with the commands that read one (graphc.spec_or_model)."""
     from .compiler import check_spec
+    from .spec_or_model import refuse_compiled_model
+    refuse_compiled_model(args.spec, args.command)
+    spec, g = check_spec(args.spec, args.include_dir, args.max_param_bytes, params_allocated=False)
+    _print_warnings(g)
+    return spec, g
+
+
+def _print_warnings(g) -> None:
+    for w in g.warnings:
+        print(w.render(), file=sys.stderr)
+
+
+def cmd_check(args) -> int:
     import numpy as np
     t0 = time.perf_counter()
-    spec, g = check_spec(args.spec, args.include_dir, args.max_param_bytes)
+    spec, g = inspect_spec(args)
     from .analysis import layer_rows
-    rows = layer_rows(g, _dims(args.dim, spec.dims), depth=args.depth)
+    dims = _dims(args.dim, spec.dims)
+    from .table_limits import check_table_limits
+    check_table_limits(g, {**g.dim_examples, **dims})
+    from .analysis import with_opless_layers
+    rows = with_opless_layers(layer_rows(g, dims, depth=args.depth or 1), spec, g, dims)   # --depth: sub-layers
     width = max([len(r.layer) for r in rows] + [5])
     for r in rows:
         print(f"{r.layer:<{width}}  {r.shape}")
     for public, name in g.outputs.items():
         print(f"output {public}: {g.value(name).type}")
     n_params = sum(int(np.prod(p.type.concrete_shape())) for p in g.params())
-    print(f"ok: {spec.path}: {len(rows)} layers, {n_params:,} parameters, checked in "
+    n_layers = len(with_opless_layers(layer_rows(g, dims, depth=1), spec, g, dims))   # the same at every --depth
+    print(f"ok: {spec.path}: {n_layers} layers, {n_params:,} parameters, checked in "
           f"{(time.perf_counter() - t0) * 1000:.0f} ms")
     return 0
 
@@ -155,8 +182,10 @@ def cmd_build(args) -> int:
     if not args.quiet:
         from .outputs import output_target
         # -o /dev/stdout: the model is on stdout, so the summary goes to stderr
+        consts = compiled.count_weights() - compiled.param_count   # position tables, shape constants
         print(f"wrote {out} ({size / 1e6:.1f} MB, {len(compiled.model.graph.node)} nodes, "
-              f"{compiled.count_weights():,} weights, opset {compiled.model.opset_import[0].version}) in "
+              f"{compiled.param_count:,} parameters + {consts:,} constant values, "
+              f"opset {compiled.model.opset_import[0].version}) in "
               f"{time.perf_counter() - t0:.2f} s", file=sys.stderr if output_target(out).stream else sys.stdout)
     return 0
 
@@ -188,9 +217,14 @@ def cmd_run(args) -> int:
     from .runtime.session import model_dims
     dims = _dims(args.dim, model_dims(session))
     feeds = _load_inputs(args.input)
-    if args.random:
+    if args.random or (args.bench and not args.input):     # --bench alone times the model on random inputs
+        from .run_report import describe_drawn
+        from .runtime.session import model_meta
         rand = random_inputs(session, dims, args.seed)
+        drawn = [k for k in rand if k not in feeds]
         feeds = {**rand, **feeds}
+        if drawn:
+            print(describe_drawn(model_meta(session), feeds, drawn, args.seed))
     outs = run_model(session, feeds, dims)
     if args.bench:
         times = []
@@ -230,9 +264,8 @@ def _quantile(sorted_seconds: list[float], q: float) -> float:
 
 
 def cmd_params(args) -> int:
-    from .compiler import check_spec
     import numpy as np
-    _, g = check_spec(args.spec, args.include_dir, args.max_param_bytes)
+    _, g = inspect_spec(args)
     total = 0
     rows = []
     for p in g.params():
@@ -252,16 +285,19 @@ def cmd_params(args) -> int:
 
 def cmd_info(args) -> int:
     from .analysis import layer_kind, layer_rows
-    from .compiler import check_spec
-    spec, g = check_spec(args.spec, args.include_dir, args.max_param_bytes)
+    spec, g = inspect_spec(args)
     dims = {**g.dim_examples, **_dims(args.dim, spec.dims)}
+    from .table_limits import check_table_limits
+    check_table_limits(g, dims)
     rows = layer_rows(g, dims, depth=args.depth)
     for r in rows:
         r.kind = r.kind or layer_kind(spec, r.layer)
     total_p = sum(r.params for r in rows)
     total_f = None if any(r.flops is None for r in rows) else sum(r.flops for r in rows)
     if args.json:
-        print(json.dumps({"dims": dims, "layers": [r.__dict__ for r in rows],
+        from .analysis import shape_list
+        layers = [{**r.__dict__, "shape": shape_list(r.shape)} for r in rows]   # lists, as params --json
+        print(json.dumps({"dims": dims, "layers": layers,
                           "total_params": total_p, "total_flops": total_f}, indent=1))
         return 0
     width = max([len(r.layer) for r in rows] + [5])
@@ -282,12 +318,15 @@ def cmd_info(args) -> int:
 
 
 def cmd_graph(args) -> int:
-    from .compiler import check_spec
-    from .render import render_graph
+    from .render import choose_format, render_graph
+    args.format = choose_format(args.format, args.output)
     if args.format == "png" and not args.output:
         raise GraphcError("--format png writes binary data; give a file with -o", hint="e.g. -o model.png")
-    spec, g = check_spec(args.spec, args.include_dir, args.max_param_bytes)
-    text = render_graph(g, args.format, ops=args.ops, dims=_dims(args.dim, spec.dims), spec=spec)
+    spec, g = inspect_spec(args)
+    dims = _dims(args.dim, spec.dims)
+    from .table_limits import check_table_limits
+    check_table_limits(g, dims)                          # a picture at sizes the model refuses would mislead
+    text = render_graph(g, args.format, ops=args.ops, dims=dims, spec=spec)
     if args.output:
         from .compiler import check_output_path
         from .outputs import write_atomic
@@ -304,11 +343,13 @@ def cmd_layers(args) -> int:
     if args.kind is None:
         sys.stdout.write(layers_list_text())
         return 0
-    if args.kind not in LAYERS:
+    from .spec.aliases import find_kind
+    kind = args.kind if args.kind in LAYERS else find_kind(args.kind, LAYERS)   # LSTM, nn.LayerNorm
+    if kind is None:
         from .errors import did_you_mean
         raise GraphcError(f"unknown layer kind '{args.kind}'",
-                          hint=did_you_mean(args.kind, LAYERS) or "'graphc layers' lists the layer kinds")
-    sys.stdout.write(layer_detail_text(LAYERS[args.kind]))
+                          hint=did_you_mean(args.kind.lower(), LAYERS) or "'graphc layers' lists the layer kinds")
+    sys.stdout.write(layer_detail_text(LAYERS[kind]))
     return 0
 
 
@@ -327,6 +368,10 @@ def cmd_schema(args) -> int:
 
 # ------------------------------------------------------------------ parser
 
+SPEC_HELP = "the spec file (.yaml)"
+DIM_HELP = "a dim's size (repeatable), e.g. --dim batch=1 --dim seq=128; default: the spec's example sizes"
+INCLUDE_DIR_HELP = "a directory that includes may also read from (repeatable; default: the spec's own directory)"
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="graphc", description="Compile YAML model specs to ONNX.")
     p.add_argument("--version", action="version", version=f"graphc {__version__}")
@@ -334,16 +379,19 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
 
     c = sub.add_parser("check", help="parse and shape-check a spec (no weights allocated)")
-    c.add_argument("spec")
-    c.add_argument("--dim", action="append", default=[], metavar="NAME=N", help="show shapes at these dim sizes")
-    c.add_argument("--depth", type=int, default=None, help="group layers at this nesting depth")
-    c.add_argument("--include-dir", action="append", default=[])
+    c.add_argument("spec", help=SPEC_HELP)
+    c.add_argument("--dim", action="append", default=[], metavar="NAME=N",
+                   help="show shapes at these dim sizes (repeatable), e.g. --dim seq=128")
+    c.add_argument("--depth", type=int, default=None, metavar="N",
+                   help="show sub-layers down to this nesting depth (default 1: the spec's top-level layers)")
+    c.add_argument("--include-dir", action="append", default=[], metavar="DIR", help=INCLUDE_DIR_HELP)
     _add_budget_arg(c)
     c.set_defaults(fn=cmd_check)
 
     b = sub.add_parser("build", help="compile a spec to an .onnx file")
-    b.add_argument("spec")
-    b.add_argument("-o", "--output", required=True)
+    b.add_argument("spec", help=SPEC_HELP)
+    b.add_argument("-o", "--output", required=True, metavar="FILE.onnx",
+                   help="the model to write (atomically: a failed build leaves an earlier file untouched)")
     _add_compile_args(b)
     b.add_argument("--check", action="store_true",
                    help="also run onnx.checker (full) and ONNX's strict shape inference on the output "
@@ -351,51 +399,60 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--kv-cache", action="store_true",
                    help="write a generation bundle directory (cached decoder, encoder, graphc_generation.json) "
                         "for 'graphc generate'; needs the spec's generation: section (docs/generation.md)")
-    b.add_argument("-q", "--quiet", action="store_true")
+    b.add_argument("-q", "--quiet", action="store_true", help="print nothing on success (no progress, no summary)")
     b.set_defaults(fn=cmd_build)
 
     r = sub.add_parser("run", help="run an .onnx file (or a spec, compiled in memory) on ONNX Runtime")
-    r.add_argument("model")
-    r.add_argument("--input", action="append", default=[], metavar="NAME=FILE.npy")
-    r.add_argument("--random", action="store_true", help="random inputs for those not given")
-    r.add_argument("--dim", action="append", default=[], metavar="NAME=N")
-    r.add_argument("--output", help="save outputs to this .npz")
-    r.add_argument("--provider", default="cpu", choices=["cpu", "cuda"])
-    r.add_argument("--threads", type=int, default=None)
-    r.add_argument("--bench", type=int, default=0, metavar="N", help="time N runs and print the median")
-    r.add_argument("--warmup", type=int, default=3)
+    r.add_argument("model", help="a compiled .onnx file, or a spec (.yaml) compiled in memory first")
+    r.add_argument("--input", action="append", default=[], metavar="NAME=FILE.npy",
+                   help="an input's values from a .npy file (repeatable)")
+    r.add_argument("--random", action="store_true",
+                   help="random values for the inputs not given (it prints what it drew); --seed picks them")
+    r.add_argument("--dim", action="append", default=[], metavar="NAME=N", help=DIM_HELP)
+    r.add_argument("--output", metavar="FILE.npz", help="save outputs to this .npz")
+    r.add_argument("--provider", default="cpu", choices=["cpu", "cuda"], help="ONNX Runtime execution provider")
+    r.add_argument("--threads", type=int, default=None, metavar="N",
+                   help="ONNX Runtime intra-op threads (default: ONNX Runtime's choice, one per core)")
+    r.add_argument("--bench", type=int, default=0, metavar="N",
+                   help="time N runs and print the median and quantiles (without --input: random inputs)")
+    r.add_argument("--warmup", type=int, default=3, metavar="N", help="untimed runs before --bench's (default 3)")
     _add_compile_args(r)
     r.set_defaults(fn=cmd_run)
 
     pa = sub.add_parser("params", help="list every parameter: name, shape, count")
-    pa.add_argument("spec")
-    pa.add_argument("--json", action="store_true")
-    pa.add_argument("--include-dir", action="append", default=[])
+    pa.add_argument("spec", help=SPEC_HELP)
+    pa.add_argument("--json", action="store_true", help="print JSON (shapes as lists) for programs")
+    pa.add_argument("--include-dir", action="append", default=[], metavar="DIR", help=INCLUDE_DIR_HELP)
     _add_budget_arg(pa)
     pa.set_defaults(fn=cmd_params)
 
     i = sub.add_parser("info", help="per-layer table: output shape, params, FLOPs")
-    i.add_argument("spec")
-    i.add_argument("--dim", action="append", default=[], metavar="NAME=N")
-    i.add_argument("--depth", type=int, default=None)
-    i.add_argument("--json", action="store_true")
-    i.add_argument("--include-dir", action="append", default=[])
+    i.add_argument("spec", help=SPEC_HELP)
+    i.add_argument("--dim", action="append", default=[], metavar="NAME=N", help=DIM_HELP)
+    i.add_argument("--depth", type=int, default=None, metavar="N",
+                   help="group sub-layers at this nesting depth (1: top-level layers; default: every layer)")
+    i.add_argument("--json", action="store_true", help="print JSON (shapes as lists) for programs")
+    i.add_argument("--include-dir", action="append", default=[], metavar="DIR", help=INCLUDE_DIR_HELP)
     _add_budget_arg(i)
     i.set_defaults(fn=cmd_info)
 
     g = sub.add_parser("graph", help="draw the graph: dot or mermaid text, or svg/png through Graphviz")
-    g.add_argument("spec")
-    g.add_argument("--format", default="dot", choices=["dot", "mermaid", "svg", "png"],
-                   help="svg and png need Graphviz's 'dot' program; png needs -o")
+    g.add_argument("spec", help=SPEC_HELP)
+    g.add_argument("--format", default=None, choices=["dot", "mermaid", "svg", "png"],
+                   help="default: from -o's extension (.dot/.gv, .mmd, .svg, .png), else dot; "
+                        "svg and png need Graphviz's 'dot' program; png needs -o")
     g.add_argument("--ops", action="store_true", help="primitive ops instead of spec layers")
-    g.add_argument("--dim", action="append", default=[], metavar="NAME=N")
-    g.add_argument("-o", "--output")
-    g.add_argument("--include-dir", action="append", default=[])
+    g.add_argument("--dim", action="append", default=[], metavar="NAME=N",
+                   help="label shapes at these dim sizes (repeatable); default: symbolic")
+    g.add_argument("-o", "--output", metavar="FILE", help="write here (its extension picks the format) "
+                   "instead of stdout")
+    g.add_argument("--include-dir", action="append", default=[], metavar="DIR", help=INCLUDE_DIR_HELP)
     _add_budget_arg(g)
     g.set_defaults(fn=cmd_graph)
 
     ly = sub.add_parser("layers", help="list the layer kinds, or show one kind's parameters, shapes and example")
-    ly.add_argument("kind", nargs="?", default=None)
+    ly.add_argument("kind", nargs="?", default=None,
+                    help="a layer kind (any case; lstm, LSTM); omit it to list every kind")
     ly.set_defaults(fn=cmd_layers)
 
     from .hf_import.cli import add_parser as add_import_parser

@@ -26,6 +26,7 @@ class Compiled:
     weights: list = field(default_factory=list)
     notes: list = field(default_factory=list)     # for the user: e.g. a weights file matched by renaming
     quantization: object = None   # graphc.quantized.Quantization of an int8 build (its report, measured error)
+    param_count: int = 0   # the spec's parameters, each counted once, as `graphc params` totals them
 
     def to_bytes(self) -> bytes:
         from .lower import serialize
@@ -73,12 +74,20 @@ def check_output_path(output: str | os.PathLike, inputs: Iterable[str | os.PathL
             raise GraphcError(f"refusing to write the output over the input {src}", hint="choose another output path")
 
 
+def param_total(graph: Graph) -> int:
+    """Elements of every declared parameter, a tied one once (`graphc params`' total)."""
+    return sum(int(np.prod(p.type.concrete_shape())) for p in graph.params())
+
+
 def check_spec(path: str | os.PathLike, include_dirs: Iterable[str] = (),
-               max_param_bytes: int | None = DEFAULT_MAX_PARAM_BYTES) -> tuple[Spec, Graph]:
+               max_param_bytes: int | None = DEFAULT_MAX_PARAM_BYTES,
+               params_allocated: bool = True) -> tuple[Spec, Graph]:
     """Parse and shape-check a spec; no weights are allocated. A spec whose
-    parameters exceed ``max_param_bytes`` (None: no limit) is refused here."""
+    parameters exceed ``max_param_bytes`` (None: no limit) is refused here,
+    unless ``params_allocated=False`` (the caller only inspects: then only
+    constant tables count)."""
     spec = load_spec(path, include_dirs)
-    return spec, build_graph(spec, max_param_bytes)
+    return spec, build_graph(spec, max_param_bytes, params_allocated=params_allocated)
 
 
 def compile_spec(path: str | os.PathLike, weights: str | os.PathLike | Mapping[str, np.ndarray] | None = None,
@@ -111,6 +120,7 @@ def compile_spec(path: str | os.PathLike, weights: str | os.PathLike | Mapping[s
     report(progress, "check")
     spec, graph = check_spec(path, include_dirs, max_param_bytes)
     notes: list[str] = []
+    n_params = param_total(graph)
     if isinstance(weights, (str, os.PathLike)):
         from .checkpoint import load_checkpoint
         source = str(weights)
@@ -131,10 +141,11 @@ def compile_spec(path: str | os.PathLike, weights: str | os.PathLike | Mapping[s
     notes, quant, float_model = notes + state.notes, state.quantization, state.float_model
     report(progress, "lower")
     if keep_weights:
-        compiled = Compiled(spec, graph, lower(graph, opset or DEFAULT_OPSET, target=target), notes=notes)
+        compiled = Compiled(spec, graph, lower(graph, opset or DEFAULT_OPSET, target=target), notes=notes,
+                            param_count=n_params)
     else:
         model, arrays = lower_by_reference(graph, opset or DEFAULT_OPSET, target)
-        compiled = Compiled(spec, graph, model, arrays, notes=notes)
+        compiled = Compiled(spec, graph, model, arrays, notes=notes, param_count=n_params)
     if quant is not None:
         report(progress, "measure")
         quantized.measure(quant, float_model, compiled.to_bytes(), max_error)

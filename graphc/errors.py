@@ -40,6 +40,7 @@ class GraphcError(Exception):
     """A user error: bad spec, bad weights, bad inputs. Exit code 2."""
 
     exit_code = 2
+    severity = "error"        # GraphcWarning: "warning"
 
     def __init__(self, message: str, span: Span | None = None, hint: str | None = None,
                  notes: Iterable[str] = ()):
@@ -51,7 +52,8 @@ class GraphcError(Exception):
 
     def render(self, source_text: str | None = None) -> str:
         """Render like a compiler diagnostic; reads the source line if it can."""
-        head = f"{self.span}: error: {self.message}" if self.span and self.span.line else f"graphc: error: {self.message}"
+        where = str(self.span) if self.span and self.span.line else "graphc"
+        head = f"{where}: {self.severity}: {self.message}"
         lines = [head]
         text_line = _source_line(self.span, source_text)
         if text_line is not None:
@@ -72,6 +74,30 @@ class GraphcError(Exception):
 
     def __str__(self) -> str:  # so tests and logs see the located form
         return self.render()
+
+
+class GraphcWarning(GraphcError):
+    """Something legal that is probably not what the user meant (an RNN run along
+    a dim named 'batch'): located and rendered like an error, printed to stderr,
+    and the command goes on. Collected in ``Graph.warnings`` while a spec expands."""
+
+    severity = "warning"
+
+
+class GraphcErrors(GraphcError):
+    """Several independent errors of one spec, reported together (graphc.spec
+    collects them up to a limit): each rendered in turn, then a count."""
+
+    def __init__(self, errors: list[GraphcError], more: int = 0):
+        super().__init__(errors[0].message, errors[0].span, errors[0].hint, errors[0].notes)
+        self.errors = list(errors)
+        self.more = more
+
+    def render(self, source_text: str | None = None) -> str:
+        parts = [e.render(source_text) for e in self.errors]
+        n = len(self.errors) + self.more
+        tail = f"{n} errors" + (f" ({self.more} more not shown)" if self.more else "")
+        return "\n".join(parts + [tail])
 
 
 class InternalError(Exception):

@@ -35,6 +35,7 @@ class _Picture:
     nodes: dict[str, list[str]] = field(default_factory=dict)
     roles: dict[str, str] = field(default_factory=dict)       # input | output | layer | op
     edges: list[tuple[str, str, str]] = field(default_factory=list)
+    groups: dict[str, tuple[str, ...]] = field(default_factory=dict)   # node -> its layer path, outermost first
 
     def node(self, key: str, lines: list[str], role: str) -> None:
         self.nodes[key] = lines
@@ -163,7 +164,8 @@ def _op_picture(g: Graph, dims: Mapping[str, int]) -> _Picture:
         if op.op == "Derive":
             continue
         shape = _shape(g.value(op.outputs[0]).type, dims) if op.outputs else ""
-        pic.node(op.id, [op.op, op.layer, shape] if op.layer else [op.op, shape], "op")
+        pic.node(op.id, [op.op, shape], "op")
+        pic.groups[op.id] = _layer_path(op.layer)
         for o in op.outputs:
             producer[o] = op.id
         for i in op.inputs:
@@ -174,6 +176,30 @@ def _op_picture(g: Graph, dims: Mapping[str, int]) -> _Picture:
         if name in producer:
             pic.edge(producer[name], f"out:{public}")
     return pic
+
+
+def _layer_path(path: str) -> tuple[str, ...]:
+    """'encoder.layers.0.self_attn' -> ('encoder', 'encoder.layers.0',
+    'encoder.layers.0.self_attn'): the nested layers an op belongs to, a repeat
+    index kept with its stack ('layers.0' is one level, as in `graphc info`)."""
+    out: list[str] = []
+    for part in path.split(".") if path else []:
+        if part.isdigit() and out:
+            out[-1] += "." + part
+        else:
+            out.append(f"{out[-1]}.{part}" if out else part)
+    return tuple(out)
+
+
+def _group_tree(pic: _Picture) -> dict:
+    """{group: {"nodes": [...], "children": {...}}} from pic.groups, in first-seen order."""
+    root: dict = {"nodes": [], "children": {}}
+    for n in pic.nodes:
+        at = root
+        for g in pic.groups.get(n, ()):
+            at = at["children"].setdefault(g, {"nodes": [], "children": {}})
+        at["nodes"].append(n)
+    return root
 
 
 # ------------------------------------------------------------------ backends
@@ -194,9 +220,18 @@ def _to_dot(pic: _Picture, title: str) -> str:
     ids = {n: f"n{i}" for i, n in enumerate(pic.nodes)}
     lines = [f'digraph "{_dot_escape(title)}" {{', "  rankdir=TB;",
              '  node [fontname="Helvetica", fontsize=11];', '  edge [fontname="Helvetica", fontsize=9];']
-    for n, label in pic.nodes.items():
-        text = "\\n".join(_dot_escape(x) for x in label)
-        lines.append(f'  {ids[n]} [label="{text}", {_DOT_STYLE[pic.roles[n]]}];')
+    clusters = iter(range(1 << 30))
+
+    def emit(tree: dict, indent: str) -> None:
+        for n in tree["nodes"]:
+            text = "\\n".join(_dot_escape(x) for x in pic.nodes[n])
+            lines.append(f'{indent}{ids[n]} [label="{text}", {_DOT_STYLE[pic.roles[n]]}];')
+        for name, sub in tree["children"].items():   # one cluster per layer, nested as the layers nest
+            lines.append(f"{indent}subgraph cluster_{next(clusters)} {{")
+            lines.append(f'{indent}  label="{_dot_escape(name)}"; style="rounded,dashed"; color="#9aa7bd"; fontsize=10;')
+            emit(sub, indent + "  ")
+            lines.append(f"{indent}}}")
+    emit(_group_tree(pic), "  ")
     for a, b, label in pic.edges:
         if a in ids and b in ids:
             attr = f' [label="{_dot_escape(label)}"]' if label else ""
@@ -213,12 +248,20 @@ def _mermaid_escape(text: str) -> str:
 def _to_mermaid(pic: _Picture) -> str:
     ids = {n: f"n{i}" for i, n in enumerate(pic.nodes)}
     lines = ["flowchart TD"]
-    for n, label in pic.nodes.items():
-        text = "<br/>".join(_mermaid_escape(x) for x in label)
-        if pic.roles[n] in ("input", "output"):
-            lines.append(f'  {ids[n]}(["{text}"])')
-        else:
-            lines.append(f'  {ids[n]}["{text}"]')
+    groups = iter(range(1 << 30))
+
+    def emit(tree: dict, indent: str) -> None:
+        for n in tree["nodes"]:
+            text = "<br/>".join(_mermaid_escape(x) for x in pic.nodes[n])
+            if pic.roles[n] in ("input", "output"):
+                lines.append(f'{indent}{ids[n]}(["{text}"])')
+            else:
+                lines.append(f'{indent}{ids[n]}["{text}"]')
+        for name, sub in tree["children"].items():   # one subgraph per layer, nested as the layers nest
+            lines.append(f'{indent}subgraph g{next(groups)}["{_mermaid_escape(name)}"]')
+            emit(sub, indent + "  ")
+            lines.append(f"{indent}end")
+    emit(_group_tree(pic), "  ")
     for a, b, label in pic.edges:
         if a in ids and b in ids:
             arrow = f'-->|"{_mermaid_escape(label)}"|' if label else "-->"
@@ -246,6 +289,24 @@ def render_graph(g: Graph, fmt: str = "dot", ops: bool = False, dims: Mapping[st
         data = dot_to_image(dot, fmt)
         return data.decode("utf-8") if fmt == "svg" else data
     raise GraphcError(f"unknown graph format '{fmt}'", hint=f"one of {', '.join(TEXT_FORMATS + IMAGE_FORMATS)}")
+
+
+FORMAT_OF_SUFFIX = {".dot": "dot", ".gv": "dot", ".mmd": "mermaid", ".mermaid": "mermaid", ".svg": "svg", ".png": "png"}
+
+
+def choose_format(fmt: str | None, output: str | None) -> str:
+    """The picture format: --format if given, else the output file's extension
+    (g.svg -> svg), else dot. A --format that contradicts a known extension
+    (--format svg -o g.png) is an error: the file would hold the wrong bytes."""
+    from pathlib import Path
+    suffix = Path(output).suffix.lower() if output else ""
+    implied = FORMAT_OF_SUFFIX.get(suffix)
+    if fmt is None:
+        return implied or "dot"
+    if implied is not None and implied != fmt:
+        raise GraphcError(f"--format {fmt} contradicts the output file's extension '{suffix}' ({implied})",
+                          hint=f"drop --format (the extension decides), or name the file *.{fmt if fmt != 'mermaid' else 'mmd'}")
+    return fmt
 
 
 def dot_to_image(dot_text: str, fmt: str) -> bytes:

@@ -11,6 +11,7 @@ import weakref
 import pytest
 
 import graphc.compiler
+import graphc.pipeline
 from graphc.cli import main
 from graphc.interrupt import checkpoint, honoured
 from helpers import TINY
@@ -67,12 +68,12 @@ def test_other_unraisable_errors_are_still_reported(unraisable):
 def test_a_build_interrupted_that_way_stops_and_writes_nothing(tmp_path, monkeypatch):
     (spec := tmp_path / "tiny.yaml").write_text(TINY)
     (out := tmp_path / "model.onnx").write_bytes(b"precious")
-    real = graphc.compiler.simplify
+    real = graphc.pipeline.simplify
 
     def simplify_then_ctrl_c(graph):              # mid-compile, before lowering
         real(graph)
         ctrl_c_inside_a_weakref_callback()
-    monkeypatch.setattr(graphc.compiler, "simplify", simplify_then_ctrl_c)
+    monkeypatch.setattr(graphc.pipeline, "simplify", simplify_then_ctrl_c)
     err = io.StringIO()
     with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
         rc = main(["build", str(spec), "-o", str(out)])

@@ -137,86 +137,12 @@ def test_tutorial_models_match_pytorch():
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
 
 
-# ---------------------------------------------------------------------------
-# The tutorial's console blocks are what graphc prints: every `$ graphc ...`
-# line in a ```console block is run (in a scratch directory holding a copy of
-# specs/) and its output compared with the lines under it. "..." stands for any
-# lines; timings ("in 4 ms", "in 0.02 s") are not compared; numbers agree to 1e-4 relative,
-# because printed float statistics may differ in the last digit between CPUs.
-# A block that shows the output after an edit the text asks for carries an
-# HTML comment just above it, invisible when rendered:
-#   <!-- edit specs/x.yaml: "old text" => "new text" -->
-
-NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?(?:e[-+]?\d+)?")
-EDIT = re.compile(r'<!-- edit (\S+): "(.*)" => "(.*)" -->')
-
-
-def _console_blocks(text: str) -> list[tuple[int, tuple | None, list[str]]]:
-    blocks, lines = [], text.splitlines()
-    for i, line in enumerate(lines):
-        if line.strip() != "```console":
-            continue
-        above = next((ln for ln in reversed(lines[:i]) if ln.strip()), "")
-        edit = EDIT.fullmatch(above.strip())
-        end = lines.index("```", i + 1)
-        blocks.append((i + 1, edit.groups() if edit else None, lines[i + 1:end]))
-    return blocks
-
-
-def _line_matches(want: str, got: str) -> bool:
-    want, got = (re.sub(r"\bin \d+(?:\.\d+)? m?s\b", "in (time)", s).rstrip() for s in (want, got))
-    if NUMBER.sub("#", want) != NUMBER.sub("#", got):
-        return False
-    for w, g in zip(NUMBER.findall(want), NUMBER.findall(got)):
-        a, b = float(w.replace(",", "")), float(g.replace(",", ""))
-        if abs(a - b) > 1e-4 * max(abs(a), abs(b)) + 1e-6:
-            return False
-    return True
-
-
-def _output_matches(want: list[str], got: list[str]) -> bool:
-    if not want:
-        return not got
-    if want[0] == "...":
-        return any(_output_matches(want[1:], got[k:]) for k in range(len(got) + 1))
-    return bool(got) and _line_matches(want[0], got[0]) and _output_matches(want[1:], got[1:])
-
-
+# The console-block machinery lives in tests/test_console_blocks.py (every document);
+# these names stay for tests that run one document with fixtures of their own.
 def _run_console(command: str) -> list[str]:
-    import shlex
-    argv, keep = shlex.split(command), None
-    if "|" in argv:                               # only '| head -N' is used in the docs
-        pipe = argv.index("|")
-        assert argv[pipe + 1:pipe + 2] == ["head"], command
-        keep, argv = int(argv[pipe + 2].lstrip("-")), argv[:pipe]
-    assert argv[0] == "graphc", command
-    _, out, err = cli(*argv[1:])
-    lines = (out + err).splitlines()
-    return lines[:keep] if keep is not None else lines
+    from pathlib import Path
+    from test_console_blocks import run_console
+    return run_console(command, Path.cwd())
 
 
-CONSOLE_BLOCKS = _console_blocks(TUTORIAL.read_text(encoding="utf-8"))
-
-
-def test_the_tutorial_has_console_blocks():
-    assert len(CONSOLE_BLOCKS) >= 5 and any(edit for _, edit, _ in CONSOLE_BLOCKS)
-
-
-@pytest.mark.parametrize("line, edit, block", CONSOLE_BLOCKS, ids=[f"line{b[0]}" for b in CONSOLE_BLOCKS])
-def test_tutorial_console_block_is_what_graphc_prints(line, edit, block, tmp_path, monkeypatch):
-    import shutil
-    shutil.copytree(SPECS, tmp_path / "specs")
-    monkeypatch.chdir(tmp_path)
-    if edit:
-        path, old, new = edit
-        text = (tmp_path / path).read_text(encoding="utf-8")
-        assert old in text, f"docs/tutorial.md:{line}: the edit's text '{old}' is not in {path}"
-        (tmp_path / path).write_text(text.replace(old, new, 1), encoding="utf-8")
-    commands = [i for i, ln in enumerate(block) if ln.startswith("$ ")]
-    assert commands and commands[0] == 0, f"docs/tutorial.md:{line}: a console block starts with '$ graphc ...'"
-    for at, stop in zip(commands, commands[1:] + [len(block)]):
-        got = _run_console(block[at][2:])
-        want = block[at + 1:stop]
-        assert _output_matches(want, got), \
-            f"docs/tutorial.md:{line + at + 1}: {block[at]}\n--- the docs show:\n" + "\n".join(want) + \
-            "\n--- graphc printed:\n" + "\n".join(got)
+from test_console_blocks import console_blocks as _console_blocks, output_matches as _output_matches  # noqa: E402,F401

@@ -54,6 +54,7 @@ class Graph:
         self.metadata: dict[str, str] = {}
         self.dim_examples: dict[str, int] = {}     # dim name -> example size (for --random runs)
         self.input_ranges: dict[str, tuple[int, int]] = {}
+        self.warnings: list = []                   # graphc.errors.GraphcWarning, printed by the CLI
         self._op_order: dict[str, None] = {}   # insertion-ordered set: O(1) removal (CSE, folding)
         self.generation = None                  # a --kv-cache build's graphc.ir.kv_cache.CacheContext
 

@@ -72,6 +72,12 @@ class Call:
             span = self.input_spans[key]
         return GraphcError(f"{self.kind} '{self.name}': {message}", span, hint)
 
+    def warning(self, message: str, key: str | None = None, hint: str | None = None):
+        """A located warning (see graphc.errors.GraphcWarning); append it to ``b.g.warnings``."""
+        from ..errors import GraphcWarning
+        err = self.error(message, key, hint)
+        return GraphcWarning(err.message, err.span, err.hint)
+
     def __getitem__(self, key: str) -> Any:
         return self.args[key]
 

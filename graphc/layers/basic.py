@@ -20,6 +20,18 @@ def linear_op(b: Builder, x: Value, weight: Value, bias: Value | None) -> Value:
     return b.op("Add", [y, bias]) if bias is not None else y
 
 
+def tied_linear_op(b: Builder, x: Value, weight: Value, bias: Value | None) -> Value:
+    """x @ W^T + b for a weight another layer also reads (an LM head tied to the
+    embedding table): the file stores the table once and the graph transposes it.
+    ONNX Runtime folds the Transpose of an initializer once, at session load, so
+    inference runs the same MatMul as ``linear_op``'s pre-transposed copy; the
+    alternatives measured by tools/bench_tied.py are in docs/benchmarks.md."""
+    out_f, in_f = (d.value for d in weight.shape)
+    w_t = b.op("Transpose", [weight], perm=(1, 0))   # [out, in] -> [in, out]
+    y = b.op("MatMul", [x, w_t])                     # [..., in] @ [in, out] -> [..., out]
+    return b.op("Add", [y, bias]) if bias is not None else y
+
+
 def declare_linear(b: Builder, in_f: int, out_f: int, bias: bool, prefix: str = "") -> tuple[Value, Value | None]:
     """Parameters of an nn.Linear(in_f, out_f): weight [out, in], bias [out];
     both U(-1/sqrt(in), 1/sqrt(in)) like torch's default init."""
@@ -72,6 +84,7 @@ class Linear(LayerKind):
                 raise call.error(f"tied weight '{call['tie']}' is {list(w.type.concrete_shape())}, this layer needs "
                                  f"[{out_f}, {in_f}] (out_features, in_features)", "tie")
             bias = b.param("bias", (out_f,), Init("uniform", 1 / math.sqrt(in_f))) if call["bias"] else None
+            return {"y": tied_linear_op(b, x, w, bias)}
         return {"y": linear_op(b, x, w, bias)}
 
     def reference(self, args, weights, inputs):
@@ -122,11 +135,13 @@ class Embedding(LayerKind):
         if ids.name in b.g.inputs:
             # ONNX Gather reads -k as row n - k: graphc run refuses ids outside [0, n)
             run_limits.record(b.g.metadata, "ids", ids.name, n, b.path)
+        y = b.op("Gather", [w, ids], axis=0)              # [*] -> [*, d]
         if call["scale"]:
-            # fold sqrt(d) into the table once instead of a Mul per token at run time
-            w = b.derive(lambda t: (t * np.float32(math.sqrt(d))).astype(t.dtype), [w], (n, d), "weight_scaled",
-                         key=("scaled", w.name))
-        return {"y": b.op("Gather", [w, ids], axis=0)}
+            # a Mul per looked-up vector (d FLOPs a token), as torch computes it: folding
+            # sqrt(d) into the table would store a second table when the table is tied
+            # (the paper's shared source/target/pre-softmax table, docs/benchmarks.md)
+            y = b.op("Mul", [y, b.const(np.array(math.sqrt(d), dtype=np.float32), "sqrt_d")])
+        return {"y": y}
 
     def reference(self, args, weights, inputs):
         y = weights["weight"][inputs["ids"]]

@@ -111,13 +111,22 @@ def _float_input(call: Call, v: Value, port: str, rank: int, layout: str) -> Non
         raise call.error(f"input '{port}' must be floating point, got {v.dtype}", port)
 
 
+def _batch_axis_note(call: Call) -> str:
+    """Where the batch size came from: the usual cause of a state or lengths
+    mismatch is x in the other layout than batch_first says."""
+    if call["batch_first"]:
+        return "the batch is x's axis 0 (batch_first: true, x is [batch, seq, input_size])"
+    return ("the batch is x's axis 1 (batch_first is false: x is [seq, batch, input_size], torch's default); "
+            "if x is [batch, seq, input_size], set batch_first: true")
+
+
 def _check_state(call: Call, v: Value | None, port: str, shape: tuple, dtype: str) -> None:
     if v is None:
         return
     if v.shape != tuple(shape):
         raise call.error(f"initial state '{port}' must have shape {format_shape(shape)}, got {format_shape(v.shape)}",
-                         port, hint="states are [num_layers * num_directions, batch, hidden_size], layer-major, "
-                                    "as in torch" if len(shape) == 3 else "cell states are [batch, hidden_size]")
+                         port, hint=("states are [num_layers * num_directions, batch, hidden_size], layer-major, "
+                                     "as in torch; " if len(shape) == 3 else "") + _batch_axis_note(call))
     if v.dtype != dtype:
         raise call.error(f"initial state '{port}' is {v.dtype} but the input is {dtype}", port)
 
@@ -169,6 +178,11 @@ class _Recurrent(LayerKind):
         direction = "bidirectional" if dirs == 2 else "forward"
         if call["batch_first"]:
             x = b.op("Transpose", [x], perm=[1, 0, 2])          # [batch, seq, in] -> [seq, batch, in]
+        elif str(x.shape[0]) == "batch":
+            b.g.warnings.append(call.warning(
+                "x's first axis is named 'batch', but without batch_first the recurrence runs along axis 0 "
+                "(x is read as [seq, batch, input_size])", "batch_first" if "batch_first" in call.arg_spans else None,
+                hint="set batch_first: true if x is [batch, seq, input_size]; if axis 0 really is time, rename the dim"))
         seq, batch = x.shape[0], x.shape[1]
         lens = self._lengths(b, call, batch, seq)
         states = (Dim.const(layers * dirs), batch, Dim.const(hidden))
@@ -204,7 +218,7 @@ class _Recurrent(LayerKind):
             raise call.error(f"lengths must be int64 or int32, got {lens.dtype}", "lengths")
         if lens.shape != (batch,):
             raise call.error(f"lengths must have shape {format_shape((batch,))} (one length per sequence), "
-                             f"got {format_shape(lens.shape)}", "lengths")
+                             f"got {format_shape(lens.shape)}", "lengths", hint=_batch_axis_note(call))
         if lens.name in b.g.inputs:
             # recorded for `graphc run`, which refuses a length of 0: torch's packed sequences
             # reject it, and ONNX Runtime returns a zero state for it even when h0 is given

@@ -84,7 +84,9 @@ def refuse_values_past_limits(meta: Mapping[str, str], feeds: Mapping[str, np.nd
                               dims: Mapping[str, int]) -> None:
     limits = run_limits.load(meta)
     for dim, (most, layer) in sorted(limits.get("dim_max", {}).items()):
-        if isinstance(most, int) and dims.get(dim, 0) > most:
+        size = dims.get(dim) if dim in dims else _evaluate(dim, dims)    # a length may be 'num_patches + 1'
+        if isinstance(most, int) and isinstance(size, int) and size > most:
+            dims = {**dims, dim: size}
             if not layer:         # the spec's own `dims: {seq: {max: N}}`
                 raise GraphcError(f"dim '{dim}' is {dims[dim]}, but the spec declares it at most {most}",
                                   hint=f"use {dim} <= {most}")

@@ -7,6 +7,7 @@ from typing import Any, Mapping
 from ..errors import GraphcError, InternalError, Span, did_you_mean, known_list
 from ..shapes import Dim, parse_expr
 from ..source import Node
+from .aliases import arg_alias_hint
 
 MAX_DIM = 1 << 31          # no single axis of a real model is anywhere near this
 MAX_INT = MAX_DIM          # integer arguments (widths, lengths, axes, sizes) are dims or index into them
@@ -172,7 +173,8 @@ def resolve_args(kind, args: Mapping[str, Node], key_spans: Mapping[str, Span], 
     for key in args:
         if key not in allowed:
             raise GraphcError(f"unknown argument '{key}' for {where}", key_spans[key],
-                              hint=did_you_mean(key, list(allowed) + ["input", "inputs", "repeat"]) or
+                              hint=arg_alias_hint(key, allowed) or
+                              did_you_mean(key, list(allowed) + ["input", "inputs", "repeat"]) or
                               (f"{kind.kind} takes: {known_list(allowed)}" if allowed else f"{kind.kind} takes no arguments"))
     out: dict[str, Any] = {}
     for name, p in allowed.items():
