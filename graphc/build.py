@@ -377,12 +377,14 @@ def build_graph(spec: Spec, max_param_bytes: int | None = DEFAULT_MAX_PARAM_BYTE
         raise GraphcError("--kv-cache needs a 'generation:' section in the spec", spec.span,
                           hint="name the tokens input and the logits output, e.g. generation: "
                                "{tokens: tokens, logits: logits, bos: 1, eos: 2, pad: 0} (docs/generation.md)")
+    if gen is not None:
+        from .ir.kv_cache import bundle_input_names
+        onnx_names = bundle_input_names(spec)
     for decl in spec.inputs:
+        if gen is not None and decl.name == gen.tokens_mask:
+            continue                    # the bundle's attention_mask, defined once the tokens are
         shape = eval_shape(_ShapeNode(decl), env, f"the shape of input '{decl.name}'")
-        onnx_name = "input_ids" if gen is not None and decl.name == gen.tokens else decl.name
-        if gen is not None and onnx_name != decl.name and any(d.name == onnx_name for d in spec.inputs):
-            raise GraphcError(f"--kv-cache names the tokens input 'input_ids', which another input already is",
-                              decl.span, hint="rename that input")
+        onnx_name = onnx_names[decl.name] if gen is not None else decl.name
         v = ex.b.input(onnx_name, decl.dtype, shape, decl.span)
         top.define(decl.name, {"": v}, "")
         if decl.range is not None:
@@ -390,8 +392,11 @@ def build_graph(spec: Spec, max_param_bytes: int | None = DEFAULT_MAX_PARAM_BYTE
         if gen is not None and decl.name == gen.tokens:
             from .ir.kv_cache import CacheContext
             ex.b.gen = CacheContext(ex.b, v, gen.spans["tokens"])
+            ex.b.gen.input_names = onnx_names
+    if gen is not None and gen.tokens_mask is not None:
+        top.define(gen.tokens_mask, {"": ex.b.gen.attention_mask}, "")
     if gen is not None and gen.source is not None:
-        src_seq, tgt_seq = (g.value(n).type.shape[1] for n in (gen.source, "input_ids"))
+        src_seq, tgt_seq = (g.value(n).type.shape[1] for n in (onnx_names[gen.source], "input_ids"))
         if src_seq == tgt_seq:
             raise GraphcError(f"generation 'source' and 'tokens' share the sequence length '{tgt_seq}'",
                               gen.spans["source"],

@@ -212,6 +212,8 @@ def _generation_def() -> dict:
     token_id = {"type": "integer", "minimum": 0}
     props = {
         "tokens": {**_ref("name"), "description": "the int [batch, seq] input carrying the generated tokens"},
+        "tokens_mask": {**_ref("name"), "description": "the tokens' int [batch, seq] padding mask input (1 = real "
+                        "token); in a --kv-cache build the bundle's attention_mask"},
         "source": {**_ref("name"), "description": "encoder-decoder models: the encoder's int [batch, src_seq] input"},
         "source_masks": {"type": "object", "description": "other source inputs: name -> role",
                          "propertyNames": {"pattern": NAME_RE.pattern},

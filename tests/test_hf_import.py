@@ -39,6 +39,15 @@ def _perturb(model) -> None:
     model.eval()
 
 
+def _perturb_std(model, std: float) -> None:
+    """Weights N(0, std^2), LayerNorm weights 1 + N(0, std^2) (seeded)."""
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            base = 1.0 if name.endswith(("ln_1.weight", "ln_2.weight", "ln_f.weight")) else 0.0
+            p.copy_(base + std * torch.randn(p.shape, generator=g))
+
+
 def _gpt2(head: bool):
     c = transformers.GPT2Config(n_embd=32, n_layer=2, n_head=4, vocab_size=61, n_positions=32,
                                 bos_token_id=1, eos_token_id=2)
@@ -241,7 +250,9 @@ def test_docs_console_block_runs_as_written(tmp_path, monkeypatch):
     torch.manual_seed(0)
     c = transformers.GPT2Config(n_embd=64, n_layer=2, n_head=4, vocab_size=1000, n_positions=128,
                                 bos_token_id=0, eos_token_id=0)
-    transformers.GPT2LMHeadModel(c).save_pretrained(tmp_path / "gpt2-tiny")
+    model = transformers.GPT2LMHeadModel(c).eval()
+    _perturb_std(model, 0.15)           # transformers' init (0.02) makes greedy repeat one token
+    model.save_pretrained(tmp_path / "gpt2-tiny")
     monkeypatch.chdir(tmp_path)
     for line, _, block in blocks:
         commands = [i for i, ln in enumerate(block) if ln.startswith("$ ")]
@@ -250,6 +261,21 @@ def test_docs_console_block_runs_as_written(tmp_path, monkeypatch):
             want = block[at + 1:stop]
             assert _output_matches(want, got), f"docs/huggingface.md:{line + at + 1}: {block[at]}\n" \
                 "--- the docs show:\n" + "\n".join(want) + "\n--- graphc printed:\n" + "\n".join(got)
+            if block[at].startswith("$ graphc generate") and block[at].endswith("--max-new-tokens 8"):
+                # the docs' ids are transformers' ids
+                with torch.no_grad():
+                    ids = model.generate(torch.tensor([[5, 6, 7]]), max_new_tokens=8, do_sample=False)[0, 3:]
+                assert want == [",".join(map(str, ids.tolist()))]
+            elif block[at].startswith("$ graphc generate") and block[at].endswith("--num-beams 3"):
+                with torch.no_grad():
+                    ids = model.generate(torch.tensor([[5, 6, 7]]), max_new_tokens=8, do_sample=False,
+                                         num_beams=3)[0, 3:]
+                assert want == [",".join(map(str, ids.tolist()))]
+    assert any(ln.startswith("$ graphc generate") for _, _, b in blocks for ln in b)
+    # the generation: section the docs quote is the one the import wrote
+    text = doc.read_text(encoding="utf-8")
+    quoted = text[text.index("```yaml\ngeneration:") + 8:]
+    assert quoted[:quoted.index("```")] in (tmp_path / "gpt2.yaml").read_text()
 
 
 def test_config_only_directory_and_bad_directories(tmp_path):

@@ -226,3 +226,52 @@ def test_bundle_is_deterministic(tmp_path):
     assert files[:2] == ["decoder.onnx", "encoder.onnx"]
     for f in files:
         assert (tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes(), f
+
+
+T5_DECODER = """graphc: 1
+name: tiny_t5_decoder
+dims: {batch: 2, seq: 8}
+params: {vocab: 60, d_model: 32}
+inputs:
+  tokens: {dtype: int64, shape: [batch, seq], range: [0, vocab]}
+  mask: {dtype: int64, shape: [batch, seq], doc: "1 = real token"}
+blocks:
+  block:
+    inputs: [x, bias, mask]
+    layers:
+      - {name: ln, kind: rms_norm, input: x}
+      - {name: attn, kind: multihead_attention, inputs: {query: ln, attn_mask: bias, key_padding_mask: mask},
+         key_padding_polarity: keep, heads: 4, causal: true, scale: 1.0, bias: false}
+      - {name: res, kind: add, inputs: [x, attn]}
+    outputs: {y: res}
+layers:
+  - {name: emb, kind: embedding, input: tokens, num_embeddings: vocab, embedding_dim: d_model}
+  - {name: rel, kind: relative_position_bias, input: emb, heads: 4, bidirectional: false, num_buckets: 8,
+     max_distance: 12, max_len: 40}
+  - {name: body, kind: block, inputs: [emb, rel, mask], repeat: 2}
+  - {name: head, kind: linear, input: body, out_features: vocab}
+outputs:
+  logits: head
+generation: {tokens: tokens, tokens_mask: mask, logits: logits, eos: 2, pad: 0}
+"""
+
+
+def test_relative_position_bias_and_tokens_mask_steps_equal_full_forward(tmp_path):
+    """T5's decoder pattern: a relative-position bias as the attention's attn_mask and
+    the tokens' padding mask (generation tokens_mask) on a causal self-attention.
+    Cached, the bias covers the cache's key columns and the mask input is the bundle's
+    attention_mask; the plain build (bias [seq, seq], mask all ones) is the oracle,
+    over distances past max_distance (the last, logarithmic buckets)."""
+    plain, bundle, config, _ = build_both(tmp_path, T5_DECODER, scale=0.3)
+    assert config["max_positions"] == 40
+    dec = Decoder(bundle, config, 2)
+    assert [i.name for i in dec.s.get_inputs()][:3] == ["input_ids", "attention_mask", "position_ids"]
+    assert "mask" not in [i.name for i in dec.s.get_inputs()]
+    ids = np.random.default_rng(7).integers(3, 60, (2, 16))
+    ref = session(plain).run(None, {"tokens": ids, "mask": np.ones_like(ids)})[0]
+    worst, t = 0.0, 0
+    for size in [5] + [1] * 11:
+        got = dec.step(ids[:, t:t + size], np.tile(np.arange(t, t + size), (2, 1)))
+        worst = max(worst, float(np.abs(got - ref[:, t:t + size]).max()))
+        t += size
+    assert worst <= TOL

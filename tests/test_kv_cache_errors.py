@@ -72,6 +72,26 @@ generation: {tokens: tgt, source: src, logits: logits, bos: 1, pad: 0}
 CASES["source_shares_the_tokens_dim"] = (SHARED_DIM, "12:35: error: generation 'source' and 'tokens' share the "
                                          "sequence length 'seq'", "src_seq")
 
+# a spec for plain builds too: its causal attention reads the tokens' padding mask (Hugging Face style)
+MASKED = BASE.replace("layers:\n", "  mask: {dtype: int64, shape: [batch, seq]}\nlayers:\n", 1).replace(
+    "input: emb, heads: 2, causal: true}",
+    "inputs: {query: emb, key_padding_mask: mask}, key_padding_polarity: keep, heads: 2, causal: true}")
+MASK_GEN = GEN.replace("tokens: tokens,", "tokens: tokens, tokens_mask: mask,")
+CASES.update({
+    "mask_without_role": (MASKED + GEN, "13:22: error: input 'mask' has no role in generation", "tokens_mask"),
+    "tokens_mask_float": (MASKED.replace("mask: {dtype: int64", "mask: {dtype: float32") + MASK_GEN,
+                          "13:43: error: generation 'tokens_mask': input 'mask' must be int64 or int32", "declared at"),
+    "tokens_mask_shape": (MASKED.replace("mask: {dtype: int64, shape: [batch, seq]}",
+                                         "mask: {dtype: int64, shape: [seq, batch]}") + MASK_GEN,
+                          "13:43: error: generation 'tokens_mask': input 'mask' must have the tokens' shape "
+                          "[batch, seq], got [seq, batch]", "declared at"),
+    "tokens_mask_is_tokens": (MASKED + MASK_GEN.replace("tokens_mask: mask", "tokens_mask: tokens"),
+                              "13:43: error: generation 'tokens_mask' names the tokens input", None),
+    "tokens_mask_read_as_padding": (MASKED.replace("key_padding_polarity: keep, ", "") + MASK_GEN,
+                                    "9:84: error: multihead_attention 'attn': the generation tokens_mask (1 = real "
+                                    "token) is read here with key_padding_polarity 'masked'", "keep"),
+})
+
 
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_kv_cache_bad_input_is_located(tmp_path, name):

@@ -129,7 +129,7 @@ def build_bundle(spec_path: str | os.PathLike, output: str | os.PathLike,
     parts = {DECODER_FILE: graph}
     if gen.encoder_decoder:
         from ..ir.partition import split_by_inputs
-        roles = {gen.source: "source_ids", **gen.source_masks}
+        roles = {cache.input_names[n]: r for n, r in {gen.source: "source_ids", **gen.source_masks}.items()}
 
         def name(k, info):
             if not info.type.shape or info.type.shape[0] != cache.batch:

@@ -16,7 +16,8 @@ Where the two differ, and how the spec says it:
 from __future__ import annotations
 
 from .bert import ACTIVATIONS as _BASE_ACTS
-from .common import Config, generation_block, prefix_of, rule, token_ids
+from .common import Config, prefix_of, rule
+from .generation import generation_section
 
 ACTIVATIONS = {**_BASE_ACTS, "silu": "silu", "swish": "silu"}
 
@@ -161,8 +162,6 @@ def spec_text(cfg: Config, names: dict | None, source: str) -> str:
         w.append("    - {from: 'final_logits_bias', to: 'lm_head.bias', reshape: [-1]}   # [1, vocab] -> [vocab]")
     out += w
     if lm:
-        ids = token_ids(cfg)
-        start = cfg.get("decoder_start_token_id")
-        out += generation_block(ids, "decoder_input_ids", "logits")
-        out.append(f"# decoding starts from decoder_start_token_id = {start}, not bos")
+        out += generation_section(cfg, vocab, "decoder_input_ids", "decoder_attention_mask", "logits",
+                                  "input_ids", "attention_mask")
     return "\n".join(out) + "\n"

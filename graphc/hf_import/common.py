@@ -115,24 +115,6 @@ def tensor_names(cfg: Config) -> dict[str, tuple[int, ...]] | None:
     return names(cfg.dir)
 
 
-def token_ids(cfg: Config) -> dict[str, int | None]:
-    """bos/eos/pad ids: config.json, else generation_config.json (newer
-    transformers keep them there). A list of eos ids keeps the first."""
-    gen = {}
-    if (cfg.dir / "generation_config.json").is_file():
-        g = _read_json(cfg.dir / "generation_config.json")
-        gen = g if isinstance(g, dict) else {}
-    out = {}
-    for key in ("bos", "eos", "pad"):
-        value = cfg.data.get(f"{key}_token_id")
-        if value is None:
-            value = gen.get(f"{key}_token_id")
-        if isinstance(value, list):
-            value = value[0] if value else None
-        out[key] = value if isinstance(value, int) and not isinstance(value, bool) else None
-    return out
-
-
 def prefix_of(names: dict | None, probe: str, candidates: tuple[str, ...]) -> str:
     """Which of ``candidates`` (e.g. 'transformer.', '') the checkpoint's names
     carry before ``probe``: a bare base model saves without its head's prefix."""
@@ -165,13 +147,3 @@ def rule(frm: str | list[str], to: str, transpose: bool = False, comment: str = 
     extra = ", transpose: true" if transpose else ""
     line = f"    - {{from: {src}, to: {q(to)}{extra}}}"
     return line + (f"   # {comment}" if comment else "")
-
-
-def generation_block(ids: dict[str, int | None], tokens: str, logits: str) -> list[str]:
-    """The generation section (bos/eos/pad). Written as a comment: this
-    branch's spec format has no 'generation:' key yet (the generation work adds
-    it); uncomment once it does."""
-    fields = [f"tokens: {tokens}", f"logits: {logits}"] + \
-        [f"{k}: {v}" for k, v in ids.items() if v is not None]
-    return ["# generation (for 'graphc generate', once the spec format has this section):",
-            "# generation: {" + ", ".join(fields) + "}"]

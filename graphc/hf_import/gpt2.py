@@ -7,7 +7,8 @@ square ``attn.c_proj`` would load transposed without any error.
 """
 from __future__ import annotations
 
-from .common import Config, generation_block, prefix_of, rule, token_ids, yfloat
+from .common import Config, prefix_of, rule, yfloat
+from .generation import generation_section
 
 ACTIVATIONS = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu": "gelu"}
 
@@ -100,5 +101,5 @@ def spec_text(cfg: Config, names: dict | None, source: str) -> str:
         w.append(rule("lm_head.weight", "lm_head.weight"))
     out += w
     if lm:
-        out += generation_block(token_ids(cfg), "input_ids", "logits")
+        out += generation_section(cfg, cfg.int("vocab_size"), "input_ids", "attention_mask", "logits")
     return "\n".join(out) + "\n"

@@ -9,7 +9,8 @@ concatenates the three (GQA: k and v have kv_heads * head_dim rows each).
 from __future__ import annotations
 
 from ..errors import GraphcError
-from .common import Config, generation_block, prefix_of, rule, token_ids, yfloat
+from .common import Config, prefix_of, rule, yfloat
+from .generation import generation_section
 
 
 def _rope_theta(cfg: Config) -> float:
@@ -141,5 +142,5 @@ def spec_text(cfg: Config, names: dict | None, source: str) -> str:
         w.append(rule("lm_head.weight", "lm_head.weight"))
     out += w
     if lm:
-        out += generation_block(token_ids(cfg), "input_ids", "logits")
+        out += generation_section(cfg, cfg.int("vocab_size"), "input_ids", "attention_mask", "logits")
     return "\n".join(out) + "\n"

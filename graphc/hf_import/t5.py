@@ -11,7 +11,8 @@ parameters are named ``enc.{i}...`` / ``dec.{i}...``.
 """
 from __future__ import annotations
 
-from .common import Config, generation_block, prefix_of, rule, token_ids, yfloat
+from .common import Config, prefix_of, rule, yfloat
+from .generation import generation_section
 
 FF = {"relu": "relu", "gated-gelu": "gated-gelu"}
 
@@ -173,6 +174,6 @@ def spec_text(cfg: Config, names: dict | None, source: str) -> str:
         w.append(rule("lm_head.weight", "lm_head.weight"))
     out += w
     if lm:
-        out += generation_block(token_ids(cfg), "decoder_input_ids", "logits")
-        out.append(f"# decoding starts from decoder_start_token_id = {cfg.get('decoder_start_token_id')}, not bos")
+        out += generation_section(cfg, cfg.int("vocab_size"), "decoder_input_ids", "decoder_attention_mask",
+                                  "logits", "input_ids", "attention_mask")
     return "\n".join(out) + "\n"

@@ -14,7 +14,11 @@ while a spec is expanded in cache mode; the layer kinds consult it:
 - ``sinusoidal_pe``, ``learned_pe`` and rope look positions up in
   ``position_ids`` [batch, seq] instead of using 0..seq-1, so a step at
   position 37 (or a left-padded row whose real tokens start late) gets its
-  real positions.
+  real positions;
+- ``relative_position_bias`` (T5) over the generated tokens gives the bias of
+  the new queries against every key column, cache included ([1, heads, seq,
+  past_seq + seq], from ``column_distances``: cache columns, as transformers'
+  T5 counts them), and a cached attention adds an ``attn_mask`` of that shape.
 
 "The generated sequence" is recognised by its length: a value whose sequence
 axis is the tokens input's symbolic length. Source sequences (another
@@ -72,6 +76,7 @@ class CacheContext:
         self.position_ids = b.input("position_ids", "int64", (self.batch, self.seq), span)
         self.entries: list[CacheEntry] = []
         self.max_positions: int | None = None
+        self.input_names: dict[str, str] = {}      # spec input -> ONNX input (bundle_input_names)
         self._mask: Value | None = None
 
     # ------------------------------------------------------------------ queries
@@ -81,8 +86,23 @@ class CacheContext:
 
     def positions(self, max_len: int) -> Value:
         """position_ids [batch, seq], noting ``max_len`` rows of the table that reads it."""
-        self.max_positions = max_len if self.max_positions is None else min(self.max_positions, max_len)
+        self.limit_positions(max_len)
         return self.position_ids
+
+    def limit_positions(self, max_len: int) -> None:
+        """Note a table that accepts at most ``max_len`` positions (the bundle's max_positions)."""
+        self.max_positions = max_len if self.max_positions is None else min(self.max_positions, max_len)
+
+    def column_distances(self, b: Builder) -> Value:
+        """int64 [seq, past_seq + seq]: key column minus query column (k - (past_seq + j)),
+        from distances to the last column like ``mask``, so no run-time past length is needed:
+        k - (T-S+j) = (S-1-j) - (T-1-k). Relative-position layers read it (T5's bias)."""
+        one = Dim.const
+        key_back = b.op("Arange", [self.attention_mask], axis=1, reverse=True)                 # [T]: T-1 .. 0
+        query_back = b.op("Arange", [self.input_ids], axis=1, reverse=True)                    # [S]: S-1 .. 0
+        key_back = b.op("Reshape", [key_back], shape=(one(1), self.total))                    # [T] -> [1, T]
+        query_back = b.op("Reshape", [query_back], shape=(self.seq, one(1)))                  # [S] -> [S, 1]
+        return b.op("Sub", [query_back, key_back])                                             # [S, T]
 
     # ------------------------------------------------------------------ emitting
     def self_attention(self, b: Builder, kh: Value, vh: Value) -> tuple[Value, Value]:
@@ -139,6 +159,36 @@ class CacheContext:
         for e in self.entries:
             b.g.outputs[e.present_key] = e.key_value[0]
             b.g.outputs[e.present_value] = e.key_value[1]
+
+
+RESERVED_PREFIXES = ("past_key_values.", "present.", "encoder_out.")
+
+
+def bundle_input_names(spec) -> dict[str, str]:
+    """The ONNX name of each spec input in a --kv-cache build: the tokens become
+    ``input_ids``; a source input whose name the bundle reserves for the decoder
+    (a Hugging Face encoder-decoder's ``input_ids``/``attention_mask``) becomes
+    ``encoder_<name>`` (the bundle's config maps encoder inputs to roles, so runtimes
+    read roles, not names); every other input keeps its name."""
+    gen = spec.generation
+    out = {}
+    for decl in spec.inputs:
+        name = decl.name
+        if name == gen.tokens:
+            name = "input_ids"
+        elif name in ("input_ids", "attention_mask", "position_ids") or name.startswith(RESERVED_PREFIXES):
+            name = "encoder_" + name
+        out[decl.name] = name
+    taken = {}
+    for decl in spec.inputs:
+        if decl.name == gen.tokens_mask:
+            continue
+        other = taken.setdefault(out[decl.name], decl)
+        if other is not decl:
+            renamed = decl if out[decl.name] != decl.name else other
+            raise GraphcError(f"with --kv-cache input '{renamed.name}' is named '{out[renamed.name]}', the name of "
+                              f"another input", renamed.span, hint="rename one of them")
+    return out
 
 
 def vocab_size(spec, g) -> int | None:

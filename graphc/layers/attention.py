@@ -90,30 +90,41 @@ def build_masks(b: Builder, call: Call, batch: Dim, q_len: Dim, k_len: Dim, head
         add(b.op("Reshape", [pad], shape=(batch, Dim.const(1), Dim.const(1), k_len)))      # -> [B, 1, 1, Sk]
     am = call.inputs.get("attn_mask")
     if am is not None:
-        if am.rank == 2:
-            shape4 = (Dim.const(1), Dim.const(1)) + am.shape                                # [Sq, Sk] -> [1, 1, Sq, Sk]
-        elif am.rank == 3:
-            shape4 = (am.shape[0], Dim.const(1)) + am.shape[1:]                             # [B, Sq, Sk] -> [B, 1, Sq, Sk]
-        elif am.rank == 4:
-            shape4 = am.shape
-        else:
-            raise call.error(f"attn_mask must be [q, k], [batch, q, k] or [batch, heads, q, k], "
-                             f"got {format_shape(am.shape)}", "attn_mask")
-        want = (batch, Dim.const(heads), q_len, k_len)
-        for got, full, what in zip(shape4, want, ("batch", "heads", "query length", "key length")):
-            if got != 1 and got != full:
-                raise call.error(f"attn_mask {format_shape(am.shape)} does not fit the scores "
-                                 f"{format_shape(want)}: its {what} is {got}, expected {full} or 1", "attn_mask")
-        am4 = b.op("Reshape", [am], shape=shape4) if am.rank != 4 else am
-        if am.dtype in ("int64", "int32"):      # a 1/0 mask, read like a bool one (additive masks are float)
-            am4 = b.op("Cast", [am4], to="bool")
-        if am4.dtype == "bool":
-            add(am4 if am_polarity == "masked" else b.op("Not", [am4]))
-        elif am.dtype == dtype:
-            bias = am4
-        else:
-            raise call.error(f"attn_mask must be bool, int (1/0, read as bool) or {dtype} (additive), "
-                             f"got {am.dtype}", "attn_mask")
+        am_masked, bias = attn_mask_terms(b, call, am, batch, q_len, k_len, heads, dtype, am_polarity)
+        if am_masked is not None:
+            add(am_masked)
+    return masked, bias
+
+
+def attn_mask_terms(b: Builder, call: Call, am: Value, batch: Dim, q_len: Dim, k_len: Dim, heads: int, dtype: str,
+                    am_polarity: str) -> tuple[Value | None, Value | None]:
+    """attn_mask -> (masked: bool rank 4, True = masked out; or bias: float additive rank 4);
+    shared by the plain masks and a cached attention (whose keys are past + new)."""
+    masked = bias = None
+    if am.rank == 2:
+        shape4 = (Dim.const(1), Dim.const(1)) + am.shape                                # [Sq, Sk] -> [1, 1, Sq, Sk]
+    elif am.rank == 3:
+        shape4 = (am.shape[0], Dim.const(1)) + am.shape[1:]                             # [B, Sq, Sk] -> [B, 1, Sq, Sk]
+    elif am.rank == 4:
+        shape4 = am.shape
+    else:
+        raise call.error(f"attn_mask must be [q, k], [batch, q, k] or [batch, heads, q, k], "
+                         f"got {format_shape(am.shape)}", "attn_mask")
+    want = (batch, Dim.const(heads), q_len, k_len)
+    for got, full, what in zip(shape4, want, ("batch", "heads", "query length", "key length")):
+        if got != 1 and got != full:
+            raise call.error(f"attn_mask {format_shape(am.shape)} does not fit the scores "
+                             f"{format_shape(want)}: its {what} is {got}, expected {full} or 1", "attn_mask")
+    am4 = b.op("Reshape", [am], shape=shape4) if am.rank != 4 else am
+    if am.dtype in ("int64", "int32"):      # a 1/0 mask, read like a bool one (additive masks are float)
+        am4 = b.op("Cast", [am4], to="bool")
+    if am4.dtype == "bool":
+        masked = am4 if am_polarity == "masked" else b.op("Not", [am4])
+    elif am.dtype == dtype:
+        bias = am4
+    else:
+        raise call.error(f"attn_mask must be bool, int (1/0, read as bool) or {dtype} (additive), "
+                         f"got {am.dtype}", "attn_mask")
     return masked, bias
 
 
@@ -207,8 +218,17 @@ def _cached_self_attention(b: Builder, call: Call, c: dict, sq: Dim) -> bool:
         raise call.error("non-causal self-attention over the generated tokens cannot be cached: each token "
                          "would see later ones", "causal",
                          hint="decoders attend causally (causal: true); build without --kv-cache otherwise")
-    for port in ("key_padding_mask", "key_lengths", "attn_mask"):
-        if call.inputs.get(port) is not None:
+    kpm = call.inputs.get("key_padding_mask")
+    if kpm is not None and kpm.name == gen.attention_mask.name:
+        # the spec's tokens_mask: the shared cache mask already applies it
+        if call["key_padding_polarity"] != "keep":
+            raise call.error("the generation tokens_mask (1 = real token) is read here with key_padding_polarity "
+                             "'masked' (True = padding)", "key_padding_mask",
+                             hint="set key_padding_polarity: keep, or give the attention a mask of the "
+                                  "padding (True = padding) that is not the tokens_mask")
+        kpm = None
+    for port in ("key_padding_mask", "key_lengths"):
+        if (kpm if port == "key_padding_mask" else call.inputs.get(port)) is not None:
             raise call.error(f"with --kv-cache the bundle's attention_mask input [batch, past + seq] masks the "
                              f"generated tokens: leave {port} unconnected", port)
     return True
@@ -395,6 +415,11 @@ class MultiheadAttention(LayerKind):
             # [B, Hkv, S, D] -> [B, Hkv, past + S, D]; the mask is bottom-right causal + attention_mask
             kh, vh = b.gen.self_attention(b, kh, vh)
             masked, bias = b.gen.mask(b), None
+            if call.inputs.get("attn_mask") is not None:
+                # over the cached keys too ([.., seq, past_seq + seq], e.g. T5's relative-position bias)
+                extra, bias = attn_mask_terms(b, call, call.inputs["attn_mask"], bsz, sq, b.gen.total, heads,
+                                              x.dtype, call["attn_mask_polarity"])
+                masked = masked if extra is None else b.op("Or", [masked, extra])
         else:
             masked, bias = build_masks(b, call, bsz, sq, sk, heads, x.dtype,
                                        call["key_padding_polarity"], call["attn_mask_polarity"])

@@ -97,13 +97,23 @@ class RelativePositionBias(LayerKind):
             n = t.shape[1]
             if len(n.symbols) == 1 and n == Dim.sym(next(iter(n.symbols))):
                 run_limits.record(b.g.metadata, "dim_max", str(n), max_len, b.path)
-        qpos = b.op("Reshape", [b.op("Arange", [q], axis=1)], shape=(q.shape[1], Dim.const(1)))   # [Sq] -> [Sq, 1]
-        kpos = b.op("Reshape", [b.op("Arange", [k], axis=1)], shape=(Dim.const(1), k.shape[1]))   # [Sk] -> [1, Sk]
-        rel = b.op("Sub", [kpos, qpos])                                                            # [Sq, Sk]: j - i
+        gen = getattr(b, "gen", None)
+        cached = [gen is not None and gen.applies(t.shape[1]) for t in (q, k)]
+        if cached[0] != cached[1]:
+            raise call.error("with --kv-cache a relative-position bias between the generated tokens and another "
+                             "sequence cannot be cached", "key", hint="build without --kv-cache")
+        if cached[0]:
+            # the new queries against every key column, cache included: [S, past_seq + S]
+            gen.limit_positions(max_len)
+            rel, k_len = gen.column_distances(b), gen.total
+        else:
+            qpos = b.op("Reshape", [b.op("Arange", [q], axis=1)], shape=(q.shape[1], Dim.const(1)))  # [Sq] -> [Sq, 1]
+            kpos = b.op("Reshape", [b.op("Arange", [k], axis=1)], shape=(Dim.const(1), k.shape[1]))  # [Sk] -> [1, Sk]
+            rel, k_len = b.op("Sub", [kpos, qpos]), k.shape[1]                                        # [Sq, Sk]: j - i
         idx = b.op("Add", [rel, b.const(np.array(max_len - 1, np.int64), "distance_offset")])
         bias = b.op("Gather", [table, idx], axis=0)                                                # [Sq, Sk, heads]
         bias = b.op("Transpose", [bias], perm=(2, 0, 1))                                           # [heads, Sq, Sk]
-        y = b.op("Reshape", [bias], shape=(Dim.const(1), Dim.const(heads), q.shape[1], k.shape[1]))  # [1, H, Sq, Sk]
+        y = b.op("Reshape", [bias], shape=(Dim.const(1), Dim.const(heads), q.shape[1], k_len))    # [1, H, Sq, Sk]
         return {"y": y}
 
     def reference(self, args, weights, inputs):

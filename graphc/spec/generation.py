@@ -17,6 +17,13 @@ graph is built, so ``graphc check`` reports both.
       eos: 2                 # or a list of ids
       pad: 0
       decoder_start: 1       # encoder-decoder: the first decoder token (default bos)
+      tokens_mask: attention_mask   # optional: the tokens' int [batch, seq] mask, 1 = real token
+
+``tokens_mask`` is for specs written for plain builds too (Hugging Face
+imports): their causal self-attention reads a padding mask of the tokens. In
+a --kv-cache build that input is the bundle's ``attention_mask`` [batch,
+past_seq + seq], which masks the cache as well; a cached self-attention
+given it uses the shared cache mask instead (graphc.ir.kv_cache).
 """
 from __future__ import annotations
 
@@ -26,8 +33,8 @@ from ..errors import GraphcError, Span, did_you_mean, known_list
 from ..source import Node
 from .model import InputDecl
 
-GENERATION_KEYS = ("tokens", "source", "source_masks", "logits", "logits_kind", "bos", "eos", "pad",
-                   "decoder_start", "doc")
+GENERATION_KEYS = ("tokens", "tokens_mask", "source", "source_masks", "logits", "logits_kind", "bos", "eos",
+                   "pad", "decoder_start", "doc")
 SOURCE_MASK_ROLES = ("source_padding_mask", "source_keep_mask", "source_attention_mask", "source_lengths")
 LOGITS_KINDS = ("logits", "log_probs")
 INT_DTYPES = ("int64", "int32")
@@ -47,6 +54,7 @@ class GenerationDecl:
     bos: int | None = None
     eos: list[int] | None = None
     decoder_start: int | None = None
+    tokens_mask: str | None = None       # the tokens' padding mask input (int, 1 = real token)
     spans: dict[str, Span] = field(default_factory=dict)
 
     @property
@@ -109,6 +117,7 @@ def parse_generation(node: Node, inputs: list[InputDecl], outputs: dict) -> Gene
     if source == tokens:
         raise GraphcError("generation 'source' and 'tokens' name the same input", m["source"].span,
                           hint="'source' is the encoder's input; 'tokens' the decoder's")
+    tokens_mask = _tokens_mask(m["tokens_mask"], by_name[tokens], source, by_name) if "tokens_mask" in m else None
     masks: dict[str, str] = {}
     if "source_masks" in m:
         if source is None:
@@ -117,9 +126,10 @@ def parse_generation(node: Node, inputs: list[InputDecl], outputs: dict) -> Gene
         sm = expect_map(m["source_masks"], "generation 'source_masks'")
         for name, role in sm.value.items():
             decl = _input_ref(Node(name, sm.key_spans[name]), "source_masks", by_name)
-            if name in (tokens, source):
+            if name in (tokens, source, tokens_mask):
                 raise GraphcError(f"generation 'source_masks': '{name}' is already the "
-                                  f"{'tokens' if name == tokens else 'source'} input", sm.key_spans[name])
+                                  f"{'tokens' if name == tokens else 'source' if name == source else 'tokens_mask'}"
+                                  " input", sm.key_spans[name])
             if role.value not in SOURCE_MASK_ROLES:
                 raise GraphcError(f"unknown source mask role {role.value!r}", role.span,
                                   hint=did_you_mean(str(role.value), SOURCE_MASK_ROLES)
@@ -132,10 +142,11 @@ def parse_generation(node: Node, inputs: list[InputDecl], outputs: dict) -> Gene
                                   hint=f"the input is declared at {decl.span}")
             masks[name] = role.value
     for decl in inputs:
-        if decl.name not in (tokens, source) and decl.name not in masks:
+        if decl.name not in (tokens, source, tokens_mask) and decl.name not in masks:
             raise GraphcError(f"input '{decl.name}' has no role in generation", m["tokens"].span,
                               hint="a generating model reads its tokens (and, encoder-decoder, its source); "
-                                   "name a source mask under 'source_masks', or derive masks from the ids "
+                                   "name the tokens' mask as 'tokens_mask', a source mask under 'source_masks', "
+                                   "or derive masks from the ids "
                                    "(layer kind padding_mask)",
                               notes=[f"'{decl.name}' is declared at {decl.span}"])
     lg = m["logits"]
@@ -167,4 +178,22 @@ def parse_generation(node: Node, inputs: list[InputDecl], outputs: dict) -> Gene
     if "doc" in m and not isinstance(m["doc"].value, str):
         raise GraphcError(f"'doc' must be text, not {m['doc'].type_name()}", m["doc"].span)
     return GenerationDecl(node.span, tokens, lg.value, _id(m["pad"], "pad"), source, masks, kind, bos, eos,
-                          start, spans)
+                          start, tokens_mask, spans)
+
+
+def _tokens_mask(node: Node, tokens: InputDecl, source: str | None, inputs: dict[str, InputDecl]) -> str:
+    """The tokens' padding mask: an int input of the tokens' shape, 1 = real token
+    (the convention of the bundle's attention_mask, which replaces it)."""
+    decl = _input_ref(node, "tokens_mask", inputs)
+    if decl.name in (tokens.name, source):
+        raise GraphcError(f"generation 'tokens_mask' names the {'tokens' if decl.name == tokens.name else 'source'} "
+                          "input", node.span, hint="name the input that masks padding among the tokens")
+    if decl.dtype not in INT_DTYPES:
+        raise GraphcError(f"generation 'tokens_mask': input '{decl.name}' must be int64 or int32 (1 = real token, "
+                          f"0 = padding), but it is {decl.dtype}", node.span, hint=f"the input is declared at {decl.span}")
+    want, got = ([str(d.value) for d in x.shape] for x in (tokens, decl))
+    if got != want:
+        raise GraphcError(f"generation 'tokens_mask': input '{decl.name}' must have the tokens' shape "
+                          f"[{', '.join(want)}], got [{', '.join(got)}]", node.span,
+                          hint=f"the input is declared at {decl.span}")
+    return decl.name
