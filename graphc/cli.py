@@ -190,9 +190,9 @@ def cmd_build(args) -> int:
     return 0
 
 
-def _load_inputs(items: Sequence[str]) -> dict:
+def _load_inputs(items: Sequence[str], session=None) -> dict:
     from .runtime.session import load_inputs
-    return load_inputs(items)
+    return load_inputs(items, session)
 
 
 def cmd_run(args) -> int:
@@ -210,17 +210,17 @@ def cmd_run(args) -> int:
         from .lower import serialize
         model = serialize(_compile(args).model)
     else:
-        if not Path(args.model).is_file():
-            raise GraphcError(f"model file not found: {args.model}")
+        from .runtime.arrays_io import require_file
+        require_file(args.model, "model file")
         model = args.model
     session = make_session(model, args.provider, args.threads)
     from .runtime.session import model_dims
     dims = _dims(args.dim, model_dims(session))
-    feeds = _load_inputs(args.input)
+    feeds = _load_inputs(args.input, session)         # headers checked against the model first
     if args.random or (args.bench and not args.input):     # --bench alone times the model on random inputs
         from .run_report import describe_drawn
         from .runtime.session import model_meta
-        rand = random_inputs(session, dims, args.seed)
+        rand = random_inputs(session, dims, args.seed, given=feeds)    # only the inputs not given
         drawn = [k for k in rand if k not in feeds]
         feeds = {**rand, **feeds}
         if drawn:

@@ -103,17 +103,22 @@ def deferred():
 
 @contextlib.contextmanager
 def terminate_as_interrupt():
-    """SIGTERM's default action kills the process on the spot, leaving a
-    temporary file behind; meanwhile, turn it into KeyboardInterrupt so the
-    caller's cleanup runs."""
-    if not _in_main_thread() or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+    """SIGTERM's and SIGHUP's default action kills the process on the spot,
+    leaving a temporary file behind; meanwhile, turn them into
+    KeyboardInterrupt so the caller's cleanup runs. (SIGKILL cannot be caught:
+    graphc.outputs removes what such a process left on the next write.)"""
+    if not _in_main_thread():
         yield
         return
+    signals = [s for s in (signal.SIGTERM, getattr(signal, "SIGHUP", None))
+               if s is not None and signal.getsignal(s) is signal.SIG_DFL]
 
     def handler(signum, frame):
         raise KeyboardInterrupt
-    signal.signal(signal.SIGTERM, handler)
+    for s in signals:
+        signal.signal(s, handler)
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        for s in signals:
+            signal.signal(s, signal.SIG_DFL)

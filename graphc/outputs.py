@@ -6,6 +6,12 @@ directory beside the target and one rename, so an error, a full disk or
 Ctrl-C never leaves a partial file or clobbers an earlier one. A path that
 names a device or a pipe (``-o /dev/null``) is written into, not replaced; a
 symlink is written through (its target is replaced, the link stays).
+
+The temporary directories are named ``.graphc-<pid>-XXXX``: a process killed
+where no cleanup can run (SIGKILL, a power cut) leaves one behind, and the
+next write into that directory removes those of ours whose process is gone
+(``private_temp_dir``). A file written over an existing one keeps its
+permission bits (a 0600 file stays 0600).
 """
 from __future__ import annotations
 
@@ -18,6 +24,8 @@ from pathlib import Path
 from typing import BinaryIO, Callable
 
 from .errors import GraphcError
+
+TEMP_PREFIX = ".graphc-"
 
 
 @dataclass(frozen=True)
@@ -39,6 +47,10 @@ def output_target(path: str | os.PathLike) -> OutputTarget:
     """Resolve an output path before any work is done; refuses a missing
     directory, a directory as the target, and paths the system rejects."""
     p = Path(path)
+    if str(path).endswith(("/", os.sep)) and not p.is_dir():
+        # Path() drops the slash: 'newdir/' would silently become a file named 'newdir'
+        raise GraphcError(f"cannot write {path}: a path ending in '/' names a directory, and {p} is none",
+                          hint=f"give a file name, e.g. {p}/model.onnx, after creating the directory")
     try:
         st = os.stat(p)                          # follows symlinks
     except FileNotFoundError:
@@ -58,13 +70,67 @@ def output_target(path: str | os.PathLike) -> OutputTarget:
     return target
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:             # EPERM: alive, someone else's
+        return True
+    return True
+
+
+def remove_stale_temporaries(directory: Path) -> None:
+    """Remove ``.graphc-<pid>-*`` directories left in ``directory`` by graphc
+    processes that were killed without cleanup: only ours (same owner, our
+    naming) and only stale (their pid no longer runs). Best effort: a
+    directory we cannot list or remove is left alone."""
+    me = os.getuid() if hasattr(os, "getuid") else None
+    try:
+        entries = list(os.scandir(directory))
+    except OSError:
+        return
+    for e in entries:
+        if not e.name.startswith(TEMP_PREFIX):
+            continue
+        pid_text = e.name[len(TEMP_PREFIX):].partition("-")[0]
+        if not pid_text.isdigit() or int(pid_text) == os.getpid():
+            continue
+        try:
+            st = e.stat(follow_symlinks=False)
+        except OSError:
+            continue
+        if not stat.S_ISDIR(st.st_mode) or (me is not None and st.st_uid != me):
+            continue
+        if not _pid_alive(int(pid_text)):
+            shutil.rmtree(e.path, ignore_errors=True)
+
+
+def private_temp_dir(target: OutputTarget) -> str:
+    """A new private directory beside the target (the system's temporary
+    directory for a device or pipe), after removing stale ones of ours.
+    Call it with signals deferred (graphc.interrupt.deferred) so that the
+    directory never exists unrecorded by the caller's cleanup."""
+    directory = None if target.stream else target.directory
+    if directory is not None:
+        remove_stale_temporaries(directory)
+    return tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}{os.getpid()}-", dir=directory)
+
+
 def put_in_place(tmp: str, target: OutputTarget) -> None:
     """The last step of every write: rename the finished temporary over the
-    target, or copy it into a device or pipe."""
+    target (with the permission bits of the file it replaces), or copy it
+    into a device or pipe."""
     if target.stream:
         with open(tmp, "rb") as src, open(target.path, "wb") as dst:
             shutil.copyfileobj(src, dst, 1 << 20)
     else:
+        try:
+            old_mode = stat.S_IMODE(os.stat(target.path).st_mode)
+        except FileNotFoundError:
+            old_mode = None
+        if old_mode is not None:
+            os.chmod(tmp, old_mode)
         os.replace(tmp, target.path)
 
 
@@ -74,19 +140,24 @@ def write_atomic(path: str | os.PathLike, data: str | bytes | Callable[[BinaryIO
     Any OSError on the way (no permission, a full disk) is a GraphcError; an
     earlier file is left as it was and no temporary is left behind. The file
     gets the usual permissions (the umask's), not mkstemp's owner-only ones."""
-    p = Path(path)
+    from .interrupt import checkpoint, deferred, terminate_as_interrupt
+    p = path
     target = output_target(p)
     tmp_dir = None
     try:
-        # a device or pipe gets the finished bytes too: an error half way leaves nothing in it
-        tmp_dir = tempfile.mkdtemp(prefix=".graphc-", dir=None if target.stream else target.directory)
-        tmp = os.path.join(tmp_dir, target.path.name)
-        with open(tmp, "wb") as f:
-            if callable(data):
-                data(f)
-            else:
-                f.write(data.encode() if isinstance(data, str) else data)
-        put_in_place(tmp, target)
+        with terminate_as_interrupt():        # SIGTERM/SIGHUP clean up like Ctrl-C
+            with deferred():                  # no window where the directory exists unrecorded
+                # a device or pipe gets the finished bytes too: an error half way leaves nothing in it
+                tmp_dir = private_temp_dir(target)
+            tmp = os.path.join(tmp_dir, target.path.name)
+            with open(tmp, "wb") as f:
+                if callable(data):
+                    data(f)
+                else:
+                    f.write(data.encode() if isinstance(data, str) else data)
+            checkpoint()
+            with deferred():
+                put_in_place(tmp, target)
     except OSError as exc:
         raise GraphcError(f"cannot write {p}: {exc.strerror or exc}",
                           hint="check that the directory is writable and the disk has room") from None

@@ -6,14 +6,14 @@ values came from, so a surprising output can be traced to its input (a token
 range, a padding mask) and the same run repeated with --seed."""
 from __future__ import annotations
 
-import json
 from typing import Mapping
 
 import numpy as np
 
 
 def describe_drawn(meta: Mapping[str, str], feeds: Mapping[str, np.ndarray], drawn, seed: int) -> str:
-    ranges = json.loads(meta.get("graphc.input_ranges", "{}"))
+    from .ir import contract
+    ranges = contract.read(meta).input_ranges          # validated (graphc.ir.contract)
     parts = []
     for name in drawn:
         arr = feeds[name]

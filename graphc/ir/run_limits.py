@@ -20,18 +20,11 @@ from __future__ import annotations
 import json
 from typing import Mapping
 
-KEY = "graphc.run_limits"
-KINDS = ("dim_max", "ids", "steps")
+from . import contract
+from .contract import load_run_limits_lenient as _load_text
 
-
-def _load_text(text: str | None) -> dict[str, dict[str, list]]:
-    try:
-        data = json.loads(text) if text else {}
-    except ValueError:
-        return {}
-    if not isinstance(data, dict):
-        return {}
-    return {k: v for k, v in data.items() if k in KINDS and isinstance(v, dict)}
+KEY = contract.RUN_LIMITS
+KINDS = contract.LIMIT_KINDS
 
 
 def record(metadata: dict[str, str], kind: str, subject: str, limit: int | str, layer: str) -> None:
@@ -47,6 +40,7 @@ def record(metadata: dict[str, str], kind: str, subject: str, limit: int | str, 
     metadata[KEY] = json.dumps(data, sort_keys=True)
 
 
-def load(metadata: Mapping[str, str]) -> dict[str, dict[str, list]]:
-    """The recorded limits (empty for a model from elsewhere or an older graphc)."""
-    return _load_text(metadata.get(KEY))
+def load(metadata: Mapping[str, str]) -> dict[str, dict[str, tuple]]:
+    """The recorded limits (empty for a model from elsewhere or an older graphc),
+    validated (graphc.ir.contract): a malformed entry is a GraphcError."""
+    return contract.read(metadata).run_limits

@@ -7,10 +7,8 @@ byte-identical files.
 """
 from __future__ import annotations
 
-import json
 import os
 import shutil
-import tempfile
 from typing import Callable, Sequence
 
 import numpy as np
@@ -20,7 +18,7 @@ from onnx import helper
 from .. import __version__
 from ..errors import GraphcError, InternalError
 from ..interrupt import checkpoint, deferred, terminate_as_interrupt
-from ..ir import Graph
+from ..ir import Graph, contract
 from ..shapes import Dim
 from .context import LowerContext
 from .ops_core import ONNX_DTYPE
@@ -105,10 +103,7 @@ def lower_by_reference(g: Graph, opset: int = DEFAULT_OPSET,
     meta["graphc.opset"] = str(opset)
     if target != "onnx":
         meta["graphc.target"] = target
-    if g.dim_examples:
-        meta["graphc.dim_examples"] = json.dumps(g.dim_examples, sort_keys=True)
-    if g.input_ranges:
-        meta["graphc.input_ranges"] = json.dumps({k: list(v) for k, v in g.input_ranges.items()}, sort_keys=True)
+    meta.update(contract.encode(g.dim_examples, g.input_ranges))     # graphc.ir.contract reads them back
     helper.set_model_props(model, dict(sorted(meta.items())))
     return model, [(v.name, v.data) for v in weights]
 
@@ -204,7 +199,7 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike, weights: Sequenc
     ``verify(temporary_path)`` runs on the written file before it is put in
     place (``graphc build --check``): a model that fails it never lands."""
     from .stream import with_external_data, write_model
-    from ..outputs import output_target, put_in_place
+    from ..outputs import output_target, private_temp_dir, put_in_place
     shown = path
     target = output_target(path)
     path = target.path
@@ -217,7 +212,7 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike, weights: Sequenc
     try:
         with terminate_as_interrupt():
             with deferred():     # no window where the temporary directory exists unrecorded
-                tmp_dir = tempfile.mkdtemp(prefix=".graphc-", dir=None if target.stream else target.directory)
+                tmp_dir = private_temp_dir(target)
                 tmp_paths.append(tmp_dir)
             tmp_model = os.path.join(tmp_dir, path.name)
             tmp_data = os.path.join(tmp_dir, data_path.name)

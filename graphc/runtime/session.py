@@ -6,7 +6,6 @@ are terse and do not name the symbolic dim ('batch') that broke.
 """
 from __future__ import annotations
 
-import json
 import re
 import os
 import weakref
@@ -18,11 +17,13 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from ..errors import GraphcError
-from .value_checks import (check_dim_expressions, dim_names_in, refuse_values_out_of_range,
-                           refuse_values_past_limits)
+from .value_checks import (check_dim_expressions, dim_names_in, refuse_dims_past_limits,
+                           refuse_values_out_of_range, refuse_values_past_limits)
 
 _ORT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,
-              "tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(bool)": np.bool_}
+              "tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(int16)": np.int16,
+              "tensor(int8)": np.int8, "tensor(uint64)": np.uint64, "tensor(uint32)": np.uint32,
+              "tensor(uint16)": np.uint16, "tensor(uint8)": np.uint8, "tensor(bool)": np.bool_}
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
 # --random inputs are for trying a model out; a typo like --dim seq=1000000000
 # must be an error, not an attempt to fill tens of gigabytes with noise
@@ -70,6 +71,8 @@ def make_session(model: bytes | str, provider: str = "cpu", threads: int | None 
         _SOURCES[session] = model
     except TypeError:           # pragma: no cover  (a session type without weak references)
         pass
+    from ..ir import contract
+    contract.read(model_meta(session), model if isinstance(model, str) else "the model")   # refuse a malformed one now
     return session
 
 
@@ -117,8 +120,7 @@ def _refuse_empty_sequences(session, feeds: Mapping[str, np.ndarray]) -> None:
     """A recurrent layer's lengths must be at least 1: torch's packed sequences
     reject 0, and ONNX Runtime's answer for it (a zero state, even when h0 is
     given) is not the recurrence's. The compiler records which inputs are lengths."""
-    names = model_meta(session).get("graphc.sequence_lengths", "")
-    for name in filter(None, names.split(",")):
+    for name in model_contract(session).sequence_lengths:
         arr = feeds.get(name)
         if arr is None or arr.size == 0 or arr.dtype.kind not in "iu":
             continue
@@ -133,7 +135,7 @@ def _refuse_empty_sequences(session, feeds: Mapping[str, np.ndarray]) -> None:
 def model_dims(session) -> set[str]:
     """The names of the symbolic dims in the model's input shapes (those written
     as expressions, 'seq+1', included) and in its recorded example sizes."""
-    names = set(json.loads(model_meta(session).get("graphc.dim_examples", "{}")))
+    names = set(model_contract(session).dim_examples)
     for info in session.get_inputs():
         for d in info.shape:
             if isinstance(d, str):
@@ -145,9 +147,16 @@ def model_meta(session) -> dict[str, str]:
     return dict(session.get_modelmeta().custom_metadata_map)
 
 
-def check_inputs(session, feeds: Mapping[str, np.ndarray]) -> dict[str, int]:
+def model_contract(session):
+    """The model's graphc metadata, validated (graphc.ir.contract)."""
+    from ..ir import contract
+    return contract.read(model_meta(session))
+
+
+def check_inputs(session, feeds: Mapping[str, np.ndarray], partial: bool = False) -> dict[str, int]:
     """Check names, dtypes, ranks and dims (symbolic dims must agree across
-    inputs); returns the dim values bound by the inputs."""
+    inputs); returns the dim values bound by the inputs. ``partial``: inputs
+    not given are skipped (the headers of files, before --random adds the rest)."""
     declared = {i.name: i for i in session.get_inputs()}
     for name in feeds:
         if name not in declared:
@@ -155,6 +164,8 @@ def check_inputs(session, feeds: Mapping[str, np.ndarray]) -> dict[str, int]:
     bound: dict[str, tuple[int, str]] = {}
     for name, info in declared.items():
         if name not in feeds:
+            if partial:
+                continue
             raise GraphcError(f"input '{name}' is missing", hint=f"pass --input {name}=FILE.npy or --random")
         arr = feeds[name]
         want = _ORT_TYPES.get(info.type)
@@ -176,20 +187,28 @@ def check_inputs(session, feeds: Mapping[str, np.ndarray]) -> dict[str, int]:
     return check_dim_expressions(bound)
 
 
-def random_inputs(session, dims: Mapping[str, int], seed: int = 0) -> dict[str, np.ndarray]:
-    """Random inputs for every model input: floats N(0,1); integers in the
-    input's declared range (or [0, the first symbolic dim it has]); booleans
-    mostly False (a few padded positions)."""
-    meta = model_meta(session)
-    examples = json.loads(meta.get("graphc.dim_examples", "{}"))
-    ranges = json.loads(meta.get("graphc.input_ranges", "{}"))
-    env = {**examples, **dims}
+def random_inputs(session, dims: Mapping[str, int], seed: int = 0,
+                  given: Mapping[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+    """Random inputs for every model input not in ``given``: floats N(0,1);
+    integers in the input's declared range (or [0, 2)), in the input's own
+    integer type; booleans mostly False (a few padded positions). Dims are the
+    --dim values, else the sizes ``given`` inputs bind (an LSTM's lengths fit
+    the x that was given), else the spec's examples."""
+    c = model_contract(session)
+    examples, ranges = c.dim_examples, c.input_ranges
+    bound = check_inputs(session, given, partial=True) if given else {}
+    env = {**examples, **bound, **dims}
     rng = np.random.default_rng(seed % (1 << 64))      # any integer seed; the same draws for 0 .. 2**64-1
     feeds = {}
     total = 0
     for info in session.get_inputs():
-        shape = [_dim_size(info.name, d, env) for d in info.shape]
-        dtype = np.dtype(_ORT_TYPES.get(info.type, np.float32))
+        if given and info.name in given:
+            continue
+        shape = [_dim_size(info.name, d, env, axis) for axis, d in enumerate(info.shape)]
+        if info.type not in _ORT_TYPES:
+            raise GraphcError(f"input '{info.name}' has type {info.type}, for which --random has no values",
+                              hint=f"pass it with --input {info.name}=FILE.npy")
+        dtype = np.dtype(_ORT_TYPES[info.type])
         count = 1
         for n in shape:
             count *= n
@@ -214,11 +233,15 @@ def random_inputs(session, dims: Mapping[str, int], seed: int = 0) -> dict[str, 
     return feeds
 
 
-def _dim_size(input_name: str, d, env: Mapping[str, int]) -> int:
+def _dim_size(input_name: str, d, env: Mapping[str, int], axis: int = 0) -> int:
     """The size of one declared axis: a number, a dim name, or an expression
     over dim names as graphc writes it ('seq+1', '2*seq')."""
     if isinstance(d, int) and d >= 0:
         return d
+    if d is None or d == "" or (isinstance(d, int) and d < 0):
+        # a dynamic axis with no name (another exporter's model): no --dim can name it
+        raise GraphcError(f"input '{input_name}' axis {axis} is dynamic and unnamed, so --random cannot size it",
+                          hint=f"pass it with --input {input_name}=FILE.npy")
     if isinstance(d, str) and d in env:
         return int(env[d])
     if isinstance(d, str) and d:
@@ -233,62 +256,25 @@ def _dim_size(input_name: str, d, env: Mapping[str, int]) -> int:
                       hint="pass --dim NAME=N for the dims it uses")
 
 
-def load_inputs(items: Sequence[str]) -> dict[str, np.ndarray]:
-    """--input NAME=FILE.npy and --input FILE.npz (every array in it, by name)."""
-    feeds: dict[str, np.ndarray] = {}
-    for item in items or ():
-        name, sep, path = item.partition("=")
-        if not sep:
-            if not item.endswith(".npz"):
-                raise GraphcError(f"--input expects NAME=FILE.npy (or FILE.npz), got '{item}'")
-            feeds.update(_load_npz_inputs(item))
-            continue
-        if not name.isidentifier():
-            raise GraphcError(f"--input expects NAME=FILE.npy, got '{item}'")
-        feeds[name] = _load_array(path, f"input '{name}'")
-    return feeds
-
-
-def _load_array(path: str, what: str) -> np.ndarray:
-    if not Path(path).is_file():
-        raise GraphcError(f"cannot read {what}: file not found: {path}")
-    try:
-        with open(path, "rb") as f:
-            magic = f.read(6)
-    except OSError as exc:
-        raise GraphcError(f"cannot read {what} from {path}: {exc.strerror or exc}") from None
-    if magic != b"\x93NUMPY" and not magic.startswith(b"PK"):
-        raise GraphcError(f"cannot read {what}: {path} is not a .npy file", hint="save it with numpy.save")
-    try:
-        arr = np.load(path, allow_pickle=False)
-    except _LOAD_ERRORS as exc:
-        raise GraphcError(f"cannot read {what} from {path}: {str(exc)[:200]}") from None
-    if not isinstance(arr, np.ndarray):
-        arr.close()
-        raise GraphcError(f"{path} is an .npz archive; for {what} give a .npy file",
-                          hint=f"or pass the archive alone: --input {path}")
-    return arr
-
-
-def _load_npz_inputs(path: str) -> dict[str, np.ndarray]:
-    if not Path(path).is_file():
-        raise GraphcError(f"cannot read inputs: file not found: {path}")
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            if not isinstance(z, np.lib.npyio.NpzFile):
-                raise GraphcError(f"{path} is a single .npy array, not an .npz archive",
-                                  hint="pass it as --input NAME=FILE")
-            return {k: z[k] for k in z.files}
-    except GraphcError:
-        raise
-    except _LOAD_ERRORS as exc:
-        raise GraphcError(f"cannot read inputs from {path}: {str(exc)[:200]}") from None
+def load_inputs(items: Sequence[str], session=None) -> dict[str, np.ndarray]:
+    """--input NAME=FILE.npy and --input FILE.npz (every array in it, by name).
+    With ``session``, each array's header is checked against the model's
+    inputs before its data is read (graphc.runtime.arrays_io)."""
+    from .arrays_io import load_inputs as _load
+    check = None
+    if session is not None:
+        def check(stand_ins):
+            dims = check_inputs(session, stand_ins, partial=True)
+            refuse_dims_past_limits(model_meta(session), dims)
+    return _load(items, check)
 
 
 def save_outputs(outs: Mapping[str, np.ndarray], path: str | os.PathLike) -> None:
-    """Write outputs to an .npz atomically (graphc.outputs.write_atomic)."""
+    """Write outputs to an .npz atomically (graphc.outputs.write_atomic), by
+    their own names (not numpy.savez's keyword arguments: graphc.runtime.arrays_io)."""
     from ..outputs import write_atomic
-    write_atomic(path, lambda f: np.savez(f, **outs))
+    from .arrays_io import write_npz
+    write_atomic(path, lambda f: write_npz(f, outs))
 
 
 def _range_value(v, env):

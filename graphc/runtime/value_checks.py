@@ -9,14 +9,13 @@ kernel's message, or not at all (graphc run only; the model is unchanged).
 """
 from __future__ import annotations
 
-import json
 import re
 from typing import Mapping
 
 import numpy as np
 
 from ..errors import GraphcError
-from ..ir import run_limits
+from ..ir import contract, run_limits
 
 
 def _evaluate(text: str, dims: Mapping[str, int]):
@@ -63,10 +62,7 @@ def check_dim_expressions(bound: Mapping[str, tuple[int, str]]) -> dict[str, int
 def refuse_values_out_of_range(meta: Mapping[str, str], feeds: Mapping[str, np.ndarray],
                                dims: Mapping[str, int]) -> None:
     """Integer inputs against the ``range: [lo, hi)`` their spec declared."""
-    try:
-        ranges = json.loads(meta.get("graphc.input_ranges", "{}"))
-    except ValueError:
-        return
+    ranges = contract.read(meta).input_ranges
     for name, (lo, hi) in sorted(ranges.items()):
         arr = feeds.get(name)
         if arr is None or arr.size == 0 or arr.dtype.kind not in "iu":
@@ -80,8 +76,8 @@ def refuse_values_out_of_range(meta: Mapping[str, str], feeds: Mapping[str, np.n
                         "give values inside the declared range")
 
 
-def refuse_values_past_limits(meta: Mapping[str, str], feeds: Mapping[str, np.ndarray],
-                              dims: Mapping[str, int]) -> None:
+def refuse_dims_past_limits(meta: Mapping[str, str], dims: Mapping[str, int]) -> None:
+    """Dims past their recorded largest size (a declared max, a table's max_len)."""
     limits = run_limits.load(meta)
     for dim, (most, layer) in sorted(limits.get("dim_max", {}).items()):
         size = dims.get(dim) if dim in dims else _evaluate(dim, dims)    # a length may be 'num_patches + 1'
@@ -92,6 +88,12 @@ def refuse_values_past_limits(meta: Mapping[str, str], feeds: Mapping[str, np.nd
                                   hint=f"use {dim} <= {most}")
             raise GraphcError(f"dim '{dim}' is {dims[dim]}, but layer '{layer}' accepts at most {most} "
                               f"(its table's max_len)", hint=f"use {dim} <= {most}, or rebuild with a larger max_len")
+
+
+def refuse_values_past_limits(meta: Mapping[str, str], feeds: Mapping[str, np.ndarray],
+                              dims: Mapping[str, int]) -> None:
+    refuse_dims_past_limits(meta, dims)
+    limits = run_limits.load(meta)
     for name, (rows, layer) in sorted(limits.get("ids", {}).items()):
         arr = feeds.get(name)
         if arr is not None and arr.size and arr.dtype.kind in "iu" and isinstance(rows, int):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import stat as _stat
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -369,11 +370,21 @@ def _resolve(path: Path, display: str, span: Span | None, what: str = "spec file
 
 
 def _is_file(path: Path, display: str, span: Span | None) -> bool:
+    """False when nothing is there; an error when something is there that is
+    not a file (a directory or a FIFO is not "not found")."""
     try:
-        return path.is_file()
+        mode = path.stat().st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        return False
     except (OSError, ValueError) as exc:
         reason = os_error_reason(exc) if isinstance(exc, OSError) else "the name contains a NUL character"
         raise GraphcError(f"cannot read included file {display}: {reason}", span) from None
+    if _stat.S_ISDIR(mode):
+        raise GraphcError(f"included file {display} is a directory, not a spec file", span)
+    if not _stat.S_ISREG(mode):
+        raise GraphcError(f"included file {display} is not a regular file (a FIFO, socket or device)", span,
+                          hint="include a spec file; only the root spec may be read from a pipe")
+    return True
 
 
 def _check_version(root: Node, what: str, required: bool) -> Any:
@@ -529,8 +540,11 @@ def _build_spec(root: Node, blocks: dict[str, BlockDecl], path: str, texts: list
         raise GraphcError("the spec has no 'outputs'", root.span, hint="e.g. outputs: {y: last_layer}")
     outputs = parse_outputs(m["outputs"], "the spec")
     digest = hashlib.sha256()
-    for p, t in texts:
-        digest.update(Path(p).name.encode() + b"\0" + t.encode() + b"\0")
+    for _, t in texts:
+        # the texts only, not the file names: the same spec under another name builds the
+        # same bytes (an include's name is in the text that includes it)
+        data = t.encode()
+        digest.update(len(data).to_bytes(8, "little") + data)
     _check_outputs_against_inputs(m["outputs"], outputs, inputs)
     _check_block_nesting(layers, blocks)
     spec = Spec(path, name, version, dims, params, pspans, inputs, blocks, layers, outputs, root.span,
