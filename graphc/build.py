@@ -25,6 +25,7 @@ from .errors import GraphcError, Span, did_you_mean, known_list
 from .ir import DTYPES, Builder, Graph, Value, run_limits, verify
 from .layers import LAYERS, Call
 from .shapes import Dim, format_shape
+from .shapes.dim import DimTooLarge
 from .spec import BlockDecl, InputRef, LayerDecl, Spec
 from .spec.args import Env, eval_arg, eval_int, eval_shape, resolve_args
 from .spec.declarations import check_declarations, unknown_kind_error
@@ -223,6 +224,8 @@ class _Expander:
                 self.b.gen.check_kind(decl.kind, call.inputs.values(), decl.kind_span)
             try:
                 outs = kind.expand(self.b, call)
+            except DimTooLarge as exc:        # a size this layer computes grew past graphc.shapes' bounds
+                raise GraphcError(f"{decl.kind} '{decl.name}': {exc.message}", decl.span, hint=exc.hint) from None
             except MemoryError:
                 raise GraphcError(f"{decl.kind} '{decl.name}': building this layer needs more memory than the "
                                   f"parameter budget allows", decl.span,

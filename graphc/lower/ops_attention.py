@@ -89,7 +89,7 @@ def _guard_empty(ctx: LowerContext, q: str, k: str, v: str, output: str, node) -
                  attend)
 
 
-MASK_FILL = float(np.finfo(np.float32).min) / 2    # additive fill of masked scores (float32)
+MASK_FILL = float("-inf")    # additive fill of masked scores (float32); see _decomposed
 
 
 def _decomposed(ctx: LowerContext, op: OpNode) -> None:
@@ -112,6 +112,12 @@ def _decomposed(ctx: LowerContext, op: OpNode) -> None:
         d, dv = (t.shape[3].value if t.shape[3].is_const else dim_of(ctx, n, 3)
                  for t, n in ((qt, q), (ctx.g.value(v).type, v)))
         q = ctx.one("Reshape", [q, shape_vector(ctx, [b, hkv, gsq, d])], allowzero=1)   # [B,Hq,Sq,D] -> [B,Hkv,G*Sq,D]
+    if dt == np.float16:
+        # scores, mask and softmax in float32: q.k of float16 inputs near 6e4 overflows
+        # float16 (65504) on a runtime that multiplies in float16; casting q and k
+        # ([.., S, D]) costs less than casting the scores ([.., Sq, Sk]) did
+        q = ctx.one("Cast", [q], to=TensorProto.FLOAT)
+        k = ctx.one("Cast", [k], to=TensorProto.FLOAT)
     k_t = ctx.one("Transpose", [k], perm=[0, 1, 3, 2])                  # [B,Hkv,Sk,D] -> [B,Hkv,D,Sk]
     scores = ctx.one("MatMul", [q, k_t])                                # [B,Hkv,G*Sq,Sk]
     if group > 1:
@@ -119,44 +125,58 @@ def _decomposed(ctx: LowerContext, op: OpNode) -> None:
     # what is derived from the masks alone is built once per distinct mask (the
     # layers of a stack share their masks after graphc.ir.simplify), not once per layer
     if bias is not None:
-        scores = ctx.one("Add", [scores, bias])
-        # IsInf takes float16 only from opset 20: test the float32 copy before that
-        neg_inf = ctx.shared(("neg_inf", bias), lambda: ctx.one("IsInf", [
-            ctx.one("Cast", [bias], to=TensorProto.FLOAT) if dt == np.float16 and ctx.opset < 20 else bias],
-            detect_positive=0))
+        bias32 = bias if dt != np.float16 else ctx.shared(
+            ("float32", bias), lambda: ctx.one("Cast", [bias], to=TensorProto.FLOAT))
+        scores = ctx.one("Add", [scores, bias32])
+        # on the float32 copy: IsInf takes float16 only from opset 20
+        neg_inf = ctx.shared(("neg_inf", bias), lambda: ctx.one("IsInf", [bias32], detect_positive=0))
         masked = neg_inf if masked is None else ctx.shared(("or", masked, neg_inf),
                                                         lambda m=masked: ctx.one("Or", [m, neg_inf]))
     if op.attrs.get("causal"):
         causal = _causal_masked(ctx, op.inputs[0], op.inputs[1])
         masked = causal if masked is None else ctx.shared(("or", masked, causal),
                                                        lambda m=masked: ctx.one("Or", [m, causal]))
-    if dt == np.float16:
-        scores = ctx.one("Cast", [scores], to=TensorProto.FLOAT)        # mask and softmax in float32
-    if masked is not None and bias is None:
-        # an additive mask built on the mask's own small shape ([B|1, 1, Sq|1, Sk]) and
-        # broadcast in one Add: ORT runs that twice as fast as a Where over [B, H, Sq, Sk]
-        # (docs/benchmarks.md). MASK_FILL is finite and far from float32's limit, so
-        # score + fill never overflows to -inf (which would make a fully masked row NaN)
-        fill = ctx.shared(("fill", masked), lambda: ctx.one("Where", [
-            masked, ctx.const(np.array(MASK_FILL, np.float32)), ctx.const(np.array(0, np.float32))]))
-        scores = ctx.one("Add", [scores, fill])
-    elif masked is not None:
-        # a user's float mask may hold -inf: replace, do not add; the lowest finite
-        # value, not -inf: -inf rows would give 0/0 = NaN in softmax
-        scores = ctx.one("Where", [masked, ctx.const(np.array(np.finfo(np.float32).min, np.float32)), scores])
+    # rows where every key is masked give zeros: their output is multiplied by 0 below
+    zero_rows = masked is not None and bool(op.attrs.get("has_masked") or op.attrs.get("has_bias"))
+    rank = max([ctx.g.value(n).type.rank for n in op.inputs[3:]] + [2])
+    if masked is not None:
+        # Masked scores become exactly -inf, so no finite score, however large, can
+        # give a masked key weight (a finite fill added to 3e38 outweighed an attended
+        # -1e38), and no sum overflows into a tie. Rows with no key at all would then
+        # be all -inf (softmax 0/0 = NaN, and NaN * 0 is NaN): their fill is 0
+        # instead, so they compute finite numbers that the zeroing below discards.
+        # Everything here is built on the mask's own small shape ([B|1, 1, Sq|1, Sk]),
+        # once per distinct mask, and applied to the scores in one broadcast op.
+        def fill_values() -> str:
+            neg_inf = ctx.const(np.array(-np.inf, np.float32))
+            if not zero_rows:       # a causal mask alone leaves every row key 0
+                return neg_inf
+            any_key = ctx.shared(("any_key", masked, "float32", rank),
+                                 lambda: _any_key(ctx, masked, rank, np.float32))
+            has_key = ctx.shared(("has_key", masked, rank),
+                                 lambda: ctx.one("Cast", [any_key], to=TensorProto.BOOL))    # [.., 1]
+            return ctx.one("Where", [has_key, neg_inf, ctx.const(np.array(0, np.float32))])
+        if bias is None:
+            # an additive mask broadcast in one Add: ORT runs that twice as fast as a
+            # Where over [B, H, Sq, Sk] (docs/benchmarks.md); finite + -inf = -inf
+            fill = ctx.shared(("fill", masked, rank), lambda: ctx.one("Where", [
+                masked, fill_values(), ctx.const(np.array(0, np.float32))]))
+            scores = ctx.one("Add", [scores, fill])
+        else:
+            # a user's float mask was added (it may hold -inf, and finite + finite may
+            # overflow): replace the masked scores, do not add to them
+            fill = ctx.shared(("row_fill", masked, rank), fill_values)
+            scores = ctx.one("Where", [masked, fill, scores])
     probs = ctx.one("Softmax", [scores], axis=-1)
     if dt == np.float16:
         probs = ctx.one("Cast", [probs], to=TensorProto.FLOAT16)
     if group > 1:
         probs = ctx.one("Reshape", [probs, shape_vector(ctx, [b, hkv, gsq, sk])], allowzero=1)  # -> [B,Hkv,G*Sq,Sk]
-    # rows where every key is masked: softmax over equal lowest values is uniform; zero them
-    zero_rows = masked is not None and (op.attrs.get("has_masked") or op.attrs.get("has_bias"))
     result = None if zero_rows else op.outputs[0]
     out = ctx.one("MatMul", [probs, v], None if group > 1 else result)   # [B,Hkv,G*Sq,Dv]
     if group > 1:
         out = ctx.one("Reshape", [out, shape_vector(ctx, [b, hq, sq, dv])], result, allowzero=1)  # -> [B,Hq,Sq,Dv]
     if zero_rows:
-        rank = max([ctx.g.value(n).type.rank for n in op.inputs[3:]] + [2])
         any_key = ctx.shared(("any_key", masked, str(np.dtype(dt)), rank),
                           lambda: _any_key(ctx, masked, rank, dt))
         ctx.node("Mul", [out, any_key], op.outputs)

@@ -11,7 +11,22 @@ from __future__ import annotations
 
 from typing import Iterable, Mapping, Union
 
+from ..errors import GraphcError
+
 Monomial = tuple[str, ...]          # sorted symbol names; () is the constant term
+
+# A real model's sizes are small polynomials (seq + 1, batch * seq, 2 * d * heads).
+# Without bounds a spec of a few lines (a chain of layers that each multiply a
+# size, repeated) grows them exponentially: minutes of arithmetic and megabytes
+# of shape text. Past these the dim is refused where it is made.
+MAX_TERMS = 32
+MAX_DEGREE = 8
+MAX_COEF = 1 << 62                  # an int64 with room: products of axes, not axes
+
+
+class DimTooLarge(GraphcError):
+    """A symbolic size past MAX_TERMS / MAX_DEGREE / MAX_COEF; the caller adds
+    the location (the layer or the expression that made it)."""
 
 
 class Dim:
@@ -19,6 +34,17 @@ class Dim:
 
     def __init__(self, terms: Mapping[Monomial, int]):
         self.terms = {m: c for m, c in terms.items() if c != 0}
+        if len(self.terms) > MAX_TERMS:
+            raise DimTooLarge(f"a symbolic size grows to {len(self.terms)} terms, more than {MAX_TERMS}",
+                              hint="sizes of real models are small expressions of their dims; check what "
+                                   "multiplies or adds them layer after layer")
+        for m, c in self.terms.items():
+            if len(m) > MAX_DEGREE:
+                raise DimTooLarge(f"a symbolic size grows to a product of {len(m)} dims, more than {MAX_DEGREE}",
+                                  hint="check what multiplies the dims layer after layer")
+            if not -MAX_COEF <= c <= MAX_COEF:
+                raise DimTooLarge(f"a size grows past 2**62 (a number of {c.bit_length()} bits)",
+                                  hint="no axis of a real model is that large; check what multiplies it")
 
     # construction -------------------------------------------------------
     @staticmethod

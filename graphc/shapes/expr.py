@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Callable, Mapping, Union
 
 from ..errors import GraphcError, Span, did_you_mean
-from .dim import Dim
+from .dim import Dim, DimTooLarge
 
 Value = Union[int, float, Dim]
 
@@ -28,6 +28,10 @@ _TOKEN = re.compile(r"\s*(?:(?P<num>\d+(?:\.\d*)?(?:[eE][-+]?\d+)?|\.\d+(?:[eE][
                     r"|(?P<name>[A-Za-z_][A-Za-z0-9_]*)|(?P<op>//|[-+*/%()]))")
 MAX_EXPR_CHARS = 256
 MAX_EXPR_DEPTH = 50
+# every integer an expression computes stays within this: params that square the
+# param above them (a1: a0 * a0, a2: a1 * a1, ...) double their digits each time
+# and reach gigabytes in 40 lines; Python's ints would follow them there
+MAX_EXPR_INT = 1 << 63
 
 
 @dataclass(frozen=True)
@@ -142,6 +146,8 @@ class _Parser:
 def _eval(t: tuple, lookup, span, text, known) -> Value:
     kind = t[0]
     if kind == "num":
+        if isinstance(t[1], int) and t[1] > MAX_EXPR_INT:
+            raise GraphcError(f"'{text}' has a number of {t[1].bit_length()} bits, larger than 2**63", span)
         return t[1]
     if kind == "name":
         v = lookup(t[1])
@@ -156,7 +162,19 @@ def _eval(t: tuple, lookup, span, text, known) -> Value:
         return -v
     op, a, b = t[1], _eval(t[2], lookup, span, text, known), _eval(t[3], lookup, span, text, known)
     if isinstance(a, Dim) or isinstance(b, Dim):
-        return _dim_op(op, a, b, span, text)
+        try:
+            return _dim_op(op, a, b, span, text)
+        except DimTooLarge as exc:
+            raise GraphcError(f"'{text}': {exc.message}", span, hint=exc.hint) from None
+    v = _arith(op, a, b, span, text)
+    if isinstance(v, int) and not -MAX_EXPR_INT <= v <= MAX_EXPR_INT:
+        raise GraphcError(f"'{text}' is a number of {v.bit_length()} bits, larger than 2**63", span,
+                          hint="no size or hyperparameter is that large; check for a parameter that "
+                               "multiplies itself")
+    return v
+
+
+def _arith(op: str, a, b, span, text) -> Value:
     if op == "+":
         return a + b
     if op == "-":

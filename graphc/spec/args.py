@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from collections import ChainMap
 from typing import Any, Mapping
 
 from ..errors import GraphcError, InternalError, Span, did_you_mean, known_list
@@ -17,13 +18,12 @@ class Env:
     """Names visible to expressions: hyperparameters (and block parameters) and dims."""
 
     def __init__(self, params: Mapping[str, Any], dims: Mapping[str, Dim]):
-        self.params = dict(params)
+        self.params = params if isinstance(params, ChainMap) else ChainMap(dict(params))
         self.dims = dict(dims)
 
     def child(self, params: Mapping[str, Any]) -> "Env":
-        merged = dict(self.params)
-        merged.update(params)
-        return Env(merged, self.dims)
+        # a view, not a copy: a spec of 49,000 params must not copy them per block use
+        return Env(self.params.new_child(dict(params)), self.dims)
 
     def names(self) -> list[str]:
         return list(self.params) + list(self.dims)
@@ -60,7 +60,7 @@ def eval_number(node: Node, env: Env, what: str, allow_dims: bool = False):
                 raise GraphcError(f"{what} must be a fixed number, but '{n}' is a symbolic dim", node.span,
                                   hint="a dim's size is known only at run time (its number under 'dims:' is "
                                        "only an example); use a number or a parameter from 'params:'")
-        known = {**env.params, **env.dims}
+        known = ChainMap(env.params, env.dims)     # for messages only; a copy would cost O(params) per value
         return _finite(expr.evaluate(env.lookup_dim if allow_dims else env.lookup_number, node.span, known),
                        node, what)
     raise GraphcError(f"{what} must be a number, not {node.type_name()}", node.span)
@@ -110,6 +110,8 @@ def eval_shape(node: Node, env: Env, what: str, allow_minus_one: bool = False) -
         v = eval_number(item, env, f"each dim of {what}", allow_dims=True)
         if isinstance(v, float):
             raise GraphcError(f"dims must be integers, got {v}", item.span)
+        if isinstance(v, int) and v > MAX_DIM:
+            raise GraphcError(f"dim {v} is absurdly large (limit {MAX_DIM})", item.span)
         d = v if isinstance(v, Dim) else Dim.const(v)
         if not d.is_const and all(c <= 0 for c in d.terms.values()):
             raise GraphcError(f"dims must be positive, but '{d}' is never positive", item.span)
@@ -121,6 +123,10 @@ def eval_shape(node: Node, env: Env, what: str, allow_minus_one: bool = False) -
                                   hint="-1 (infer this dim) is allowed only in a reshape target" if d.value < 0 else None)
             elif d.value > MAX_DIM:
                 raise GraphcError(f"dim {d.value} is absurdly large (limit {MAX_DIM})", item.span)
+        elif any(abs(c) > MAX_DIM for c in d.terms.values()):
+            # 'seq * 2**67' is never a real axis: at any size of seq it is past the limit
+            big = max(abs(c) for c in d.terms.values())
+            raise GraphcError(f"dim '{item.value}' has a factor {big}, absurdly large (limit {MAX_DIM})", item.span)
         out.append(d)
     return tuple(out)
 

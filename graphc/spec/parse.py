@@ -242,13 +242,17 @@ def _evaluate_params(node: Node) -> tuple[dict[str, Any], dict[str, Span]]:
                         from None
             else:
                 names = expr.names()
-                later = [n for n in sorted(names - set(values)) if order.get(n, -1) > order[key]]
+                # O(len(names)), never O(len(values)) (a set difference with the dict's keys
+                # copies them): checking is linear in the number of params (49,000 chained
+                # params took 58 s)
+                undefined = {n for n in names if n not in values}
+                later = [n for n in sorted(undefined) if order.get(n, -1) > order[key]]
                 if later:
                     raise GraphcError(f"parameter '{key}' uses '{later[0]}', which is defined below it", v.span,
                                       hint=f"a parameter may only use the parameters above it; move '{later[0]}' "
                                            f"above '{key}'")
-                if names and not names <= set(values):
-                    missing = sorted(names - set(values))
+                if undefined:
+                    missing = sorted(undefined)
                     if len(names) == 1 and expr.tree[0] == "name":
                         values[key] = v.value   # a bare word that names nothing: text
                     else:
