@@ -167,7 +167,7 @@ def cmd_build(args) -> int:
         from .generation.bundle_write import build_bundle_cli
         return build_bundle_cli(args)
     out = Path(args.output)
-    check_output_path(out, [args.spec, args.weights])      # before a long compile, not after
+    check_output_path(args.output, [args.spec, args.weights])   # before a long compile; the text keeps a trailing '/'
     t0 = time.perf_counter()
     from .progress import Progress
     with Progress(enabled=False if args.quiet else None) as progress:   # stderr, only on a terminal
@@ -480,11 +480,17 @@ def run() -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     from .interrupt import honoured
+    if sys.stdout is None:
+        # started with stdout closed (`graphc schema >&-`): what print() already does
+        # for every command, discard, instead of failing on sys.stdout.write
+        sys.stdout = open(os.devnull, "w")
     try:
         with honoured():                # a Ctrl-C that lands in a finalizer is not lost (graphc.interrupt)
             parser = build_parser()     # inside the try: Ctrl-C during start-up is no traceback either
             args = parser.parse_args(argv)
-            return args.fn(args)
+            code = args.fn(args)
+            sys.stdout.flush()          # a reader that went away is seen here, not at interpreter exit
+            return code
     except GraphcError as exc:
         print(exc.render(), file=sys.stderr)
         return 2

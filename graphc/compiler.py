@@ -55,7 +55,7 @@ def check_output_path(output: str | os.PathLike, inputs: Iterable[str | os.PathL
     the (possibly long) compile, and again once the includes are known."""
     from .outputs import output_target
     out = Path(output)
-    target = output_target(out)
+    target = output_target(output)       # the text, not the Path: 'newdir/' keeps its slash
     if target.stream:
         return                    # a device or pipe: written into, no directory entry changes
     directory = target.directory
