@@ -321,3 +321,194 @@ def test_mutated_specs_fail_cleanly(example, workdir):
 
 def test_fuzz_covers_the_examples():
     assert any(p.name == "mlp.yaml" for p in ALL)
+
+
+# ------------------------------------------------------------------ issue 21: the new classes
+# Three more properties, each with its own small budget (GRAPHC_FUZZ_EXAMPLES scales them too):
+# a compiled model's graphc metadata and input dims edited into anything; specs whose
+# params and sizes grow (bounded, located, within the deadline); masked attention at
+# extreme finite values against the numpy reference.
+
+SMALL_EXAMPLES = max(10, EXAMPLES // 2)
+
+CONTRACT_MODEL = """graphc: 1
+dims: {batch: 2, seq: {example: 3, max: 8}}
+inputs:
+  ids: {dtype: int64, shape: [batch, seq], range: [0, 10]}
+  lengths: {dtype: int64, shape: [batch], range: [1, seq + 1]}
+layers:
+  - {name: emb, kind: embedding, input: ids, num_embeddings: 10, embedding_dim: 4}
+  - {name: pe, kind: sinusoidal_pe, input: emb, max_len: 8}
+  - {name: rnn, kind: lstm, inputs: {x: pe, lengths: lengths}, hidden_size: 3, batch_first: true}
+outputs: {y: rnn}
+"""
+META_KEYS = ["graphc.run_limits", "graphc.dim_examples", "graphc.input_ranges", "graphc.sequence_lengths"]
+
+json_leaf = st.one_of(st.none(), st.booleans(), st.integers(-(2 ** 70), 2 ** 70), st.sampled_from([0, 1, 3, 8, -1]),
+                      st.floats(allow_nan=False), st.text(max_size=8),
+                      st.sampled_from(["seq", "seq + 1", "seq ** 2", "batch", "ids", "lengths", "emb", "rnn", ""]))
+json_tree = st.recursive(json_leaf, lambda inner: st.one_of(
+    st.lists(inner, max_size=3), st.dictionaries(st.sampled_from(
+        ["dim_max", "ids", "steps", "seq", "batch", "ids", "lengths", "x", ""]), inner, max_size=3)), max_leaves=8)
+
+
+def _meta_value(data) -> str:
+    import json
+    kind = data.draw(st.sampled_from(["tree", "tree", "text", "valid-ish"]), label="kind")
+    if kind == "text":
+        return data.draw(st.text(max_size=40), label="text")
+    if kind == "valid-ish":
+        return json.dumps({"dim_max": {"seq": [data.draw(st.integers(-5, 2 ** 65)), ""]},
+                           "ids": {"ids": [data.draw(json_leaf), "emb"]},
+                           "steps": {"lengths": [data.draw(json_leaf), "rnn"]}})
+    return json.dumps(data.draw(json_tree, label="tree"))
+
+
+@pytest.fixture(scope="module")
+def contract_model(workdir):
+    (workdir / "contract.yaml").write_text(CONTRACT_MODEL)
+    rc, _, err = run_cli(["build", str(workdir / "contract.yaml"), "-o", str(workdir / "contract.onnx")])
+    assert rc == 0, err
+    return workdir / "contract.onnx"
+
+
+def test_fuzzed_model_metadata_and_dims_fail_cleanly(contract_model, workdir):
+    import onnx
+    from onnx import helper
+    base = onnx.load(str(contract_model))
+    target = workdir / "edited.onnx"
+
+    @seed(FUZZ_SEED + 21)
+    @settings(max_examples=SMALL_EXAMPLES, deadline=None, derandomize=FUZZ_SEED == 0, database=None,
+              suppress_health_check=list(HealthCheck), print_blob=False)
+    @given(st.data())
+    def run(data):
+        m = onnx.ModelProto()
+        m.CopyFrom(base)
+        props = {p.key: p.value for p in m.metadata_props}
+        for key in data.draw(st.lists(st.sampled_from(META_KEYS), min_size=1, max_size=3, unique=True), label="keys"):
+            if data.draw(st.integers(0, 9), label="delete") == 0:
+                props.pop(key, None)
+            else:
+                props[key] = _meta_value(data)
+        del m.metadata_props[:]
+        helper.set_model_props(m, props)
+        if data.draw(st.booleans(), label="edit a dim"):
+            dim = m.graph.input[0].type.tensor_type.shape.dim[1]
+            dim.dim_param = data.draw(st.sampled_from(["seq ** 2", "", "1e999", "a" * 300, "-seq", "seq/0",
+                                                       "seq - seq", "(", "seq * 99999999999999999999"]), label="dim")
+        onnx.save(m, str(target))
+        for args in (["run", str(target), "--random"], ["run", str(target), "--random", "--dim", "seq=4"]):
+            rc, _, err = run_cli(args)
+            assert_clean_outcome(args, rc, err, str(props), target)
+
+    run()
+
+
+def _growth_spec(data) -> str:
+    """Params that add, multiply and square the ones above them, sizes that
+    multiply symbolic dims, and layers that concatenate a tensor with itself."""
+    n = data.draw(st.integers(1, 60), label="params")
+    params = [f"  p0: {data.draw(st.sampled_from([1, 2, 10, 4096, 2 ** 31, 2 ** 62]))}"]
+    if data.draw(st.booleans(), label="squares"):            # each param the square of the one above
+        params += [f"  p{i}: p{i - 1} * p{i - 1}" for i in range(1, n)]
+    for i in range(len(params), n):
+        a, b = (data.draw(st.integers(0, i - 1)) for _ in range(2))
+        op = data.draw(st.sampled_from(["+", "*", "*", "//", "-", "square", "square"]))
+        if op == "square":                                   # digits double each line, without bounds
+            a, b, op = i - 1, i - 1, "*"
+        params.append(f"  p{i}: p{a} {op} {'p' + str(b) if op != '//' else '(p' + str(b) + ' + 1)'}")
+    width = data.draw(st.sampled_from(["3", f"p{n - 1}", f"p{data.draw(st.integers(0, n - 1))} // p0"]))
+    factors = data.draw(st.integers(1, 9), label="factors")
+    axis = " * ".join(data.draw(st.sampled_from(["(seq + 1)", "(seq + batch)", "seq", "2", "p0"]))
+                      for _ in range(factors))
+    layers = [f"  - {{name: l0, kind: linear, input: x, out_features: {width}}}"]
+    for i in range(1, data.draw(st.integers(1, 80), label="concats")):
+        layers.append(f"  - {{name: l{i}, kind: concat, inputs: [l{i - 1}, l{i - 1}], axis: 1}}")
+    return ("graphc: 1\ndims: {batch: 2, seq: 3}\nparams:\n" + "\n".join(params) +
+            f"\ninputs:\n  x: {{dtype: float32, shape: [batch, \"{axis}\", 4]}}\nlayers:\n" + "\n".join(layers) +
+            f"\noutputs: {{y: l{len(layers) - 1}}}\n")
+
+
+def test_growing_params_and_sizes_are_bounded(workdir):
+    spec_path = workdir / "growth.yaml"
+
+    @seed(FUZZ_SEED + 33)
+    @settings(max_examples=SMALL_EXAMPLES, deadline=None, derandomize=FUZZ_SEED == 0, database=None,
+              suppress_health_check=list(HealthCheck), print_blob=False)
+    @given(st.data())
+    def run(data):
+        text = _growth_spec(data)
+        spec_path.write_text(text)
+        t0 = time.perf_counter()
+        args = ["check", str(spec_path), "--max-param-bytes", BUDGET]
+        rc, _, err = run_cli(args)
+        assert_clean_outcome(args, rc, err, text, spec_path)
+        elapsed = time.perf_counter() - t0
+        assert elapsed < DEADLINE_S, f"took {elapsed:.1f} s (bound {DEADLINE_S} s):\n{text}"
+
+    run()
+
+
+@pytest.fixture(scope="module")
+def attention_sessions():
+    """Decomposed (opset 17) and opset-23 'auto' SDPA with a key-padding mask, float32 and float16."""
+    import onnxruntime as ort
+    from helpers import compile_text, single_layer_spec
+    out = {}
+    for dtype in ("float32", "float16"):
+        for opset in (17, 23):
+            for causal in (False, True):
+                inputs = {n: (dtype, ["batch", 2, "seq", 4]) for n in "qkv"}
+                inputs["p"] = ("bool", ["batch", "seq"])
+                text = single_layer_spec("scaled_dot_product_attention", {"causal": causal, "scale": 1.0}, inputs,
+                                         dims=("batch", "seq"),
+                                         ports={"q": "q", "k": "k", "v": "v", "key_padding_mask": "p"})
+                model, _, _ = compile_text(text, opset=opset)
+                opts = ort.SessionOptions()
+                opts.intra_op_num_threads = 1
+                out[dtype, opset, causal] = ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
+    return out
+
+
+def test_masked_attention_at_extreme_values_matches_the_reference(attention_sessions):
+    import numpy as np
+    from graphc.prims.attention_core import attention_reference
+
+    @seed(FUZZ_SEED + 5)
+    @settings(max_examples=SMALL_EXAMPLES * 2, deadline=None, derandomize=FUZZ_SEED == 0, database=None,
+              suppress_health_check=list(HealthCheck), print_blob=False)
+    @given(st.data())
+    def run(data):
+        dtype = data.draw(st.sampled_from(["float32", "float16"]), label="dtype")
+        opset, causal = data.draw(st.sampled_from([17, 23])), data.draw(st.booleans())
+        b, s = data.draw(st.integers(1, 3), label="batch"), data.draw(st.integers(1, 5), label="seq")
+        exponent = data.draw(st.sampled_from([0, 0.5, 1, 2, 4, 10, 30, 37, 38, 38.3, 38.5] if dtype == "float32"
+                                             else [0, 0.5, 1, 2, 3, 4, 4.5, 4.8]), label="log10 |score|")
+        rng = np.random.default_rng(data.draw(st.integers(0, 2 ** 32 - 1), label="seed"))
+        # q one-hot: each score is exactly one entry of k, so the extremes are the scores themselves
+        q = np.zeros((b, 2, s, 4), dtype)
+        q[..., 0] = 1
+        k = (rng.uniform(-1, 1, (b, 2, s, 4)) * 10.0 ** exponent).astype(dtype)
+        v = rng.standard_normal((b, 2, s, 4)).astype(dtype)
+        pad = rng.random((b, s)) < data.draw(st.sampled_from([0.0, 0.3, 0.7, 1.0]), label="padding")
+        if data.draw(st.booleans(), label="adversarial"):
+            # padded keys score highest, the rest near the lowest: a finite fill loses to them
+            big = 10.0 ** exponent
+            k[..., 0] = np.where(pad[:, None, :], big, -big * rng.uniform(0.1, 1, (b, 2, s))).astype(dtype)
+        sess = attention_sessions[dtype, opset, causal]
+        got = sess.run(None, {"q": q, "k": k, "v": v, "p": pad})[0]
+        masked = pad[:, None, None, :] | (~np.tril(np.ones((s, s), bool)) if causal else False)
+        want = attention_reference(q.astype(np.float64), k.astype(np.float64), v.astype(np.float64), masked=masked)
+        shown = f"{dtype} opset {opset} causal {causal} 10**{exponent:.1f}\nk={k}\npad={pad}\ngot={got}\nwant={want}"
+        assert np.all(np.isfinite(got)), shown
+        fully = masked.all(-1) if np.ndim(masked) == 4 else np.zeros((b, 1, s), bool)
+        assert np.all(got[np.broadcast_to(fully, got.shape[:3])] == 0), shown
+        # a masked key's weight would pull the output towards its value: compare with the reference
+        # (float16 rounds the scores themselves, so near-ties may pick another key's value)
+        tol = 1e-5 if dtype == "float32" else 2e-2
+        close = np.abs(got.astype(np.float64) - want) <= tol + tol * np.abs(want)
+        if dtype == "float32" or exponent < 2:
+            assert close.all(), shown
+
+    run()

@@ -151,8 +151,8 @@ def _decomposed(ctx: LowerContext, op: OpNode) -> None:
             neg_inf = ctx.const(np.array(-np.inf, np.float32))
             if not zero_rows:       # a causal mask alone leaves every row key 0
                 return neg_inf
-            any_key = ctx.shared(("any_key", masked, "float32", rank),
-                                 lambda: _any_key(ctx, masked, rank, np.float32))
+            any_key = ctx.shared(("any_key", masked, str(np.dtype(dt)), rank),      # also zeroes the rows below
+                                 lambda: _any_key(ctx, masked, rank, dt))
             has_key = ctx.shared(("has_key", masked, rank),
                                  lambda: ctx.one("Cast", [any_key], to=TensorProto.BOOL))    # [.., 1]
             return ctx.one("Where", [has_key, neg_inf, ctx.const(np.array(0, np.float32))])
