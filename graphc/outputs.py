@@ -7,7 +7,7 @@ Ctrl-C never leaves a partial file or clobbers an earlier one. A path that
 names a device or a pipe (``-o /dev/null``) is written into, not replaced; a
 symlink is written through (its target is replaced, the link stays).
 
-The temporary directories are named ``.graphc-<pid>-XXXX``: a process killed
+The temporary directories are named ``.graphc-<pid>-<host>-XXXX``: a process killed
 where no cleanup can run (SIGKILL, a power cut) leaves one behind, and the
 next write into that directory removes those of ours whose process is gone
 (``private_temp_dir``). A file written over an existing one keeps its
@@ -26,6 +26,14 @@ from typing import BinaryIO, Callable
 from .errors import GraphcError
 
 TEMP_PREFIX = ".graphc-"
+
+
+def _host_tag() -> str:
+    """Six hex digits of this machine's name: a pid means nothing on another
+    host sharing the directory (NFS), so only this host's leftovers are removed."""
+    import hashlib
+    import socket
+    return hashlib.sha256(socket.gethostname().encode()).hexdigest()[:6]
 
 
 @dataclass(frozen=True)
@@ -81,11 +89,12 @@ def _pid_alive(pid: int) -> bool:
 
 
 def remove_stale_temporaries(directory: Path) -> None:
-    """Remove ``.graphc-<pid>-*`` directories left in ``directory`` by graphc
-    processes that were killed without cleanup: only ours (same owner, our
-    naming) and only stale (their pid no longer runs). Best effort: a
-    directory we cannot list or remove is left alone."""
+    """Remove ``.graphc-<pid>-<host>-*`` directories left in ``directory`` by
+    graphc processes that were killed without cleanup: only ours (same owner,
+    our naming, this host) and only stale (their pid no longer runs). Best
+    effort: a directory we cannot list or remove is left alone."""
     me = os.getuid() if hasattr(os, "getuid") else None
+    host = _host_tag()
     try:
         entries = list(os.scandir(directory))
     except OSError:
@@ -93,8 +102,8 @@ def remove_stale_temporaries(directory: Path) -> None:
     for e in entries:
         if not e.name.startswith(TEMP_PREFIX):
             continue
-        pid_text = e.name[len(TEMP_PREFIX):].partition("-")[0]
-        if not pid_text.isdigit() or int(pid_text) == os.getpid():
+        pid_text, _, rest = e.name[len(TEMP_PREFIX):].partition("-")
+        if not pid_text.isdigit() or int(pid_text) == os.getpid() or not rest.startswith(host + "-"):
             continue
         try:
             st = e.stat(follow_symlinks=False)
@@ -112,9 +121,20 @@ def private_temp_dir(target: OutputTarget) -> str:
     Call it with signals deferred (graphc.interrupt.deferred) so that the
     directory never exists unrecorded by the caller's cleanup."""
     directory = None if target.stream else target.directory
-    if directory is not None:
-        remove_stale_temporaries(directory)
-    return tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}{os.getpid()}-", dir=directory)
+    remove_stale_temporaries(Path(tempfile.gettempdir()) if directory is None else directory)
+    return tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}{os.getpid()}-{_host_tag()}-", dir=directory)
+
+
+def replace_keeping_mode(tmp: str, dest: Path) -> None:
+    """os.replace, with the permission bits of the file it replaces (a 0600
+    model stays 0600; a new file gets the umask's)."""
+    try:
+        old_mode = stat.S_IMODE(os.stat(dest).st_mode)
+    except FileNotFoundError:
+        old_mode = None
+    if old_mode is not None:
+        os.chmod(tmp, old_mode)
+    os.replace(tmp, dest)
 
 
 def put_in_place(tmp: str, target: OutputTarget) -> None:
@@ -125,13 +145,7 @@ def put_in_place(tmp: str, target: OutputTarget) -> None:
         with open(tmp, "rb") as src, open(target.path, "wb") as dst:
             shutil.copyfileobj(src, dst, 1 << 20)
     else:
-        try:
-            old_mode = stat.S_IMODE(os.stat(target.path).st_mode)
-        except FileNotFoundError:
-            old_mode = None
-        if old_mode is not None:
-            os.chmod(tmp, old_mode)
-        os.replace(tmp, target.path)
+        replace_keeping_mode(tmp, target.path)
 
 
 def write_atomic(path: str | os.PathLike, data: str | bytes | Callable[[BinaryIO], object]) -> None:

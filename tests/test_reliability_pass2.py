@@ -323,13 +323,18 @@ def test_sigterm_while_writing_an_output_leaves_no_temporary(tmp_path):
 def test_stale_temporaries_of_killed_runs_are_removed_on_the_next_write(tiny, tmp_path):
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    (stale := tmp_path / f".graphc-{dead.pid}-abc123").mkdir()
+    from graphc.outputs import _host_tag
+    host = _host_tag()
+    (stale := tmp_path / f".graphc-{dead.pid}-{host}-abc123").mkdir()
     (stale / "tiny.onnx").write_bytes(b"half a model")
-    (alive := tmp_path / f".graphc-{os.getpid()}-live").mkdir()     # a running graphc's: kept
-    (alive_other := tmp_path / f".graphc-{os.getppid()}-other").mkdir()
-    (foreign := tmp_path / ".graphc-notours").mkdir()               # not our naming: kept
+    kept = [f".graphc-{os.getpid()}-{host}-live",        # running graphc processes' own
+            f".graphc-{os.getppid()}-{host}-other",
+            f".graphc-{dead.pid}-{'0' * 6 if host != '0' * 6 else '1' * 6}-nfs",   # another host's
+            ".graphc-notours"]                            # not our naming
+    for name in kept:
+        (tmp_path / name).mkdir()
     assert cli("build", tiny, "-o", tmp_path / "tiny.onnx")[0] == 0
-    assert _temporaries(tmp_path) == sorted([alive.name, alive_other.name, foreign.name])
+    assert _temporaries(tmp_path) == sorted(kept)
 
 
 def test_sigkilled_build_leaves_a_temporary_that_the_next_build_removes(tiny, tmp_path):

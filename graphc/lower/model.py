@@ -199,7 +199,7 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike, weights: Sequenc
     ``verify(temporary_path)`` runs on the written file before it is put in
     place (``graphc build --check``): a model that fails it never lands."""
     from .stream import with_external_data, write_model
-    from ..outputs import output_target, private_temp_dir, put_in_place
+    from ..outputs import output_target, private_temp_dir, put_in_place, replace_keeping_mode
     shown = path
     target = output_target(path)
     path = target.path
@@ -234,7 +234,7 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike, weights: Sequenc
                 # rename is atomic: readers see the old file or the new one, never a part
                 # (no fsync: that guards against power loss, at seconds per big model)
                 if os.path.exists(tmp_data):     # absent when every tensor is under size_threshold
-                    os.replace(tmp_data, data_path)
+                    replace_keeping_mode(tmp_data, data_path)
                 size = os.path.getsize(tmp_model)
                 put_in_place(tmp_model, target)
             external = total > EXTERNAL_DATA_THRESHOLD and data_path.exists()
