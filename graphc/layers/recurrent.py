@@ -15,14 +15,14 @@ import math
 
 import numpy as np
 
-from ..ir import Builder, Init, Value, run_limits
+from ..ir import Builder, Init, Value, contract, run_limits
 from ..ir.graph import FLOAT_DTYPES
 from ..shapes import Dim, format_shape
 from .base import Call, LayerKind, Param, Port
 from .basic import last_dim
 
 # model metadata: the model inputs that are sequence lengths of a recurrent layer (comma-separated)
-SEQUENCE_LENGTHS_KEY = "graphc.sequence_lengths"
+SEQUENCE_LENGTHS_KEY = contract.SEQUENCE_LENGTHS
 
 # block permutations: ONNX block j is torch block ORDER[j]
 LSTM_ORDER = (0, 3, 1, 2)   # torch [i, f, g, o] -> ONNX [i, o, f, c]
@@ -222,8 +222,7 @@ class _Recurrent(LayerKind):
         if lens.name in b.g.inputs:
             # recorded for `graphc run`, which refuses a length of 0: torch's packed sequences
             # reject it, and ONNX Runtime returns a zero state for it even when h0 is given
-            known = set(filter(None, b.g.metadata.get(SEQUENCE_LENGTHS_KEY, "").split(",")))
-            b.g.metadata[SEQUENCE_LENGTHS_KEY] = ",".join(sorted(known | {lens.name}))
+            contract.add_sequence_lengths(b.g.metadata, lens.name)        # graphc.ir.contract
             # each length at most the time axis; over it, ORT fails in the kernel, and past
             # 2**31 the cast below would wrap (2**32 + 3 runs as 3)
             run_limits.record(b.g.metadata, "steps", lens.name, str(steps), b.path)
