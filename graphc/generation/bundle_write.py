@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Iterable, Mapping
 
@@ -155,13 +154,15 @@ def build_bundle(spec_path: str | os.PathLike, output: str | os.PathLike,
 
 def _write_directory(out: Path, models: dict, config: dict, verify: bool, progress) -> None:
     from ..lower import check_model_file, save_model
+    from ..outputs import OutputTarget, private_temp_dir
     from ..progress import report
     parent = out.parent if str(out.parent) else Path(".")
     tmp_root = None
     try:
         with terminate_as_interrupt():
             with deferred():
-                tmp_root = tempfile.mkdtemp(prefix=".graphc-bundle-", dir=parent)
+                # graphc.outputs' naming: a SIGKILLed write's leftovers are removed by the next one
+                tmp_root = private_temp_dir(OutputTarget(parent / out.name))
             tmp = Path(tmp_root) / "bundle"
             tmp.mkdir()
             for file, (model, arrays) in models.items():
