@@ -106,8 +106,14 @@ def _regular(path: str, what: str) -> None:
         raise GraphcError(f"cannot read {what}: {exc.message}", hint=exc.hint) from None
 
 
-def _npy(path: str, name: str) -> _Pending:
-    what = f"input '{name}'"
+def read_npy(path: str, what: str) -> np.ndarray:
+    """One .npy array (``what`` names it in messages: "--prompt-ids"), its
+    header checked against the file's size before the data is mapped."""
+    return np.array(_npy(path, what, what).load())      # a private, writable copy
+
+
+def _npy(path: str, name: str, what: str | None = None) -> _Pending:
+    what = what or f"input '{name}'"
     _regular(path, what)
     shown = f"{what} from {path}"
     try:
@@ -246,4 +252,4 @@ def load_inputs(items: Sequence[str], check: Callable[[Mapping[str, np.ndarray]]
             close()
 
 
-__all__ = ["load_inputs", "write_npz", "placeholder", "MAX_INFLATED_INPUT_BYTES"]
+__all__ = ["load_inputs", "read_npy", "write_npz", "placeholder", "MAX_INFLATED_INPUT_BYTES"]

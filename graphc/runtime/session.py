@@ -269,6 +269,12 @@ def load_inputs(items: Sequence[str], session=None) -> dict[str, np.ndarray]:
     return _load(items, check)
 
 
+def _load_array(path: str, what: str) -> np.ndarray:
+    """One .npy file (graphc generate's --prompt-ids), read header first (graphc.runtime.arrays_io)."""
+    from .arrays_io import read_npy
+    return read_npy(path, what)
+
+
 def save_outputs(outs: Mapping[str, np.ndarray], path: str | os.PathLike) -> None:
     """Write outputs to an .npz atomically (graphc.outputs.write_atomic), by
     their own names (not numpy.savez's keyword arguments: graphc.runtime.arrays_io)."""
