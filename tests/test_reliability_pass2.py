@@ -210,7 +210,7 @@ def test_sizes_doubled_layer_after_layer_are_refused_at_the_layer(tmp_path):
 
 
 @pytest.mark.parametrize("axis", ["147573952589676412928", '"seq * 147573952589676412928"',
-                                  '"147573952589676412928 * seq + 1"'])
+                                  '"147573952589676412928 * seq + 1"', "-9223372036854775808"])
 def test_an_input_axis_of_2_to_the_67_is_refused_at_check_and_build(tmp_path, axis):
     p = tmp_path / "axis.yaml"
     p.write_text(f"graphc: 1\ndims: {{batch: 2, seq: 3}}\ninputs:\n  x: {{dtype: float32, shape: [batch, {axis}]}}\n"

@@ -112,6 +112,8 @@ def eval_shape(node: Node, env: Env, what: str, allow_minus_one: bool = False) -
             raise GraphcError(f"dims must be integers, got {v}", item.span)
         if isinstance(v, int) and v > MAX_DIM:
             raise GraphcError(f"dim {v} is absurdly large (limit {MAX_DIM})", item.span)
+        if isinstance(v, int) and v < -MAX_DIM:
+            raise GraphcError(f"dims must be positive, got {v}", item.span)
         d = v if isinstance(v, Dim) else Dim.const(v)
         if not d.is_const and all(c <= 0 for c in d.terms.values()):
             raise GraphcError(f"dims must be positive, but '{d}' is never positive", item.span)
