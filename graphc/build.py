@@ -421,8 +421,8 @@ def build_graph(spec: Spec, max_param_bytes: int | None = DEFAULT_MAX_PARAM_BYTE
             raise GraphcError(f"output '{public}' has the name of an input", ref.span,
                               hint="ONNX needs distinct input and output names; rename the output")
         v = top.resolve(ref)
-        if v.name in g.outputs.values() or v.name in g.inputs:
-            # ONNX needs distinct graph outputs: copy through Identity
+        if v.name in g.outputs.values() or v.name in g.inputs or g.value(v.name).kind in ("param", "const"):
+            # ONNX needs distinct graph outputs, made by nodes: copy through Identity
             with ex.b.layer("", ref.span, "output"):
                 v = ex.b.op("Identity", [v], name_hint=public)
         g.outputs[public] = v.name

@@ -62,6 +62,8 @@ def param_schema(p: Param) -> dict:
             s = {"type": "string"}
     elif t == "ints":
         s = {"type": "array", "items": _numeric("integer")}
+    elif t == "floats":
+        s = {"type": "array", "items": {"anyOf": [{"type": "number"}, _ref("expr")]}}
     elif t == "shape":
         s = {"type": "array", "items": {"anyOf": [{"type": "integer"}, _ref("expr")]}}
     else:   # a type added to Param later: accept anything rather than reject valid specs

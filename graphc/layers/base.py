@@ -29,7 +29,7 @@ REQUIRED: Any = _Required()
 class Param:
     """One layer argument.
 
-    type: ``int``, ``float``, ``bool``, ``str``, ``ints`` (list of integers),
+    type: ``int``, ``float``, ``bool``, ``str``, ``ints`` (list of integers), ``floats`` (list of numbers),
     ``shape`` (list of dims: integers, dim names or expressions; -1 allowed
     where documented).
     """

@@ -50,14 +50,17 @@ def keep_from_lengths(b: Builder, call: Call, lengths: Value, ref: Value, axis: 
 
 def keep_from_mask(b: Builder, call: Call, mask: Value, want: tuple) -> Value:
     """The mask as True = keep, checked against the shape it must have."""
-    if mask.dtype != "bool":
-        raise call.error(f"mask must be bool, got {mask.dtype}", "mask",
-                         hint="for a 1 = real token / 0 = padding integer mask, give lengths instead, or cast it")
+    if mask.dtype not in ("bool", "int64", "int32"):
+        raise call.error(f"mask must be bool or an int 1/0 mask, got {mask.dtype}", "mask",
+                         hint="a float mask is additive, not a padding mask; convert a 1/0 one with kind: cast")
     if mask.shape != tuple(want):
         raise call.error(f"mask must be {format_shape(want)}, got {format_shape(mask.shape)}", "mask")
     if call["polarity"] is None:
-        raise call.error("a boolean mask needs its polarity named", "mask",
-                         hint="polarity: keep (True = real position) or polarity: masked (True = padding)")
+        raise call.error("a mask needs its polarity named", "mask",
+                         hint="polarity: keep (True/1 = real position, HF's attention_mask) or polarity: masked "
+                              "(True/1 = padding)")
+    if mask.dtype != "bool":        # HF's int64 1/0 attention_mask: nonzero reads as True, as in attention
+        mask = b.op("Cast", [mask], to="bool")
     return mask if call["polarity"] == "keep" else b.op("Not", [mask])
 
 
@@ -117,7 +120,7 @@ class MaskedSoftmax(LayerKind):
     params = (Param("polarity", "str", None, POLARITY_DOC + "; required with mask", choices=POLARITIES),)
     inputs = (Port("x", "scores [batch, ..., seq], float"),
               Port("lengths", "int64 or int32 [batch]: positions >= length are masked", optional=True),
-              Port("mask", "bool [batch, seq], polarity as named", optional=True))
+              Port("mask", "bool or int 1/0 [batch, seq], polarity as named", optional=True))
     shape_rule = "[batch, ..., seq] -> [batch, ..., seq]"
     example = "{name: weights, kind: masked_softmax, inputs: {x: scores, lengths: src_lengths}}"
 

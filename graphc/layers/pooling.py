@@ -31,7 +31,7 @@ class MeanPool(LayerKind):
     params = (Param("polarity", "str", None, POLARITY_DOC + "; required with mask", choices=POLARITIES),)
     inputs = (Port("x", "[batch, seq, d], float"),
               Port("lengths", "int64 or int32 [batch]: positions >= length are padding", optional=True),
-              Port("mask", "bool [batch, seq], polarity as named", optional=True))
+              Port("mask", "bool or int 1/0 [batch, seq], polarity as named", optional=True))
     shape_rule = "[batch, seq, d] -> [batch, d]"
     example = "{name: sentence, kind: mean_pool, inputs: {x: encoder, mask: attention_mask}, polarity: keep}"
 

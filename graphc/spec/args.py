@@ -170,6 +170,16 @@ def eval_arg(param, node: Node, env: Env, where: str) -> Any:
         if not node.is_list:
             raise GraphcError(f"{what} must be a list of integers, not {node.type_name()}", node.span)
         return tuple(eval_int(x, env, f"each entry of {what}") for x in node.value)
+    if t == "floats":
+        if not node.is_list:
+            raise GraphcError(f"{what} must be a list of numbers, not {node.type_name()}", node.span)
+        out = []
+        for x in node.value:
+            v = eval_number(x, env, f"each entry of {what}")
+            if isinstance(v, Dim):
+                raise GraphcError(f"each entry of {what} must be a number, not a dim", x.span)
+            out.append(v)
+        return tuple(out)
     if t == "shape":
         return eval_shape(node, env, what, allow_minus_one=True)
     raise InternalError(f"unknown parameter type {t!r} for {what}")  # pragma: no cover
