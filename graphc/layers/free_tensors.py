@@ -107,7 +107,7 @@ class Parameter(LayerKind):
 
 def constant_values(args) -> np.ndarray:
     """The constant's array from its arguments (checked by Constant.expand)."""
-    shape = tuple(int(d.value) for d in args["shape"]) if args["shape"] is not None else None
+    shape = tuple(int(getattr(d, "value", d)) for d in args["shape"]) if args["shape"] is not None else None
     dtype = DTYPES[args["dtype"]]
     if args["values"] is not None:
         flat = np.asarray(args["values"], np.float64)
