@@ -8,6 +8,7 @@ from .ir import Graph, OpNode
 from .prims import PRIMS
 from .prims._flops import numel
 from .shapes import Dim, format_shape
+from .spec.refs import split_ref
 
 
 def op_flops(g: Graph, op: OpNode, env: Mapping[str, int]) -> int | None:
@@ -88,12 +89,13 @@ def with_opless_layers(rows: list[LayerRow], spec, g: Graph, env: Mapping[str, i
     inference passes its input through), each placed after the row of its first
     input with that input's shape: `graphc check` lists every layer the spec declares."""
     out = list(rows)
-    have = {r.layer.split(".")[0] for r in rows}
+    tops = {d.name for d in spec.layers} | {d.name for d in spec.inputs}
+    have = {split_ref(r.layer, tops)[0] for r in rows}
     for decl in spec.layers:
         if decl.name in have or not decl.inputs:
             continue
-        src = decl.inputs[0].ref.partition(".")[0]
-        at = max((i for i, r in enumerate(out) if r.layer.split(".")[0] == src), default=-1)
+        src = split_ref(decl.inputs[0].ref, tops)[0]
+        at = max((i for i, r in enumerate(out) if split_ref(r.layer, tops)[0] == src), default=-1)
         if at >= 0:
             shape = out[at].shape
         elif src in g.inputs:

@@ -28,6 +28,7 @@ from .shapes import Dim, format_shape
 from .shapes.dim import DimTooLarge
 from .spec import BlockDecl, InputRef, LayerDecl, Spec
 from .spec.args import Env, eval_arg, eval_int, eval_shape, resolve_args
+from .spec.refs import split_ref
 from .spec.declarations import check_declarations, unknown_kind_error
 
 MAX_REPEAT = 1024
@@ -154,7 +155,7 @@ class _Scope:
         self.primary[name] = primary
 
     def resolve(self, ref: InputRef) -> Value:
-        head, _, tail = ref.ref.partition(".")
+        head, tail = split_ref(ref.ref, self.values)
         if head not in self.values:
             raise GraphcError(f"unknown name '{head}' in {self.where}", ref.span,
                               hint=did_you_mean(head, self.values) or f"known here: {known_list(self.values)}")
@@ -339,7 +340,7 @@ def _dependency_order(layers: list[LayerDecl], scope: _Scope) -> list[LayerDecl]
     g.add_nodes_from(by_name)
     for layer in layers:
         for ref in layer.inputs:
-            head = ref.ref.partition(".")[0]
+            head = split_ref(ref.ref, {**by_name, **scope.values})[0]
             if head in by_name:
                 if head == layer.name:
                     raise GraphcError(f"layer '{layer.name}' reads its own output", ref.span)

@@ -22,6 +22,7 @@ from .analysis import _subst
 from .errors import GraphcError
 from .ir import Graph
 from .shapes import format_shape
+from .spec.refs import split_ref
 
 GRAPHVIZ_HINT = "install Graphviz (Debian/Ubuntu: apt-get install graphviz; macOS: brew install graphviz)"
 IMAGE_FORMATS = ("svg", "png")
@@ -50,13 +51,15 @@ def _shape(t, dims: Mapping[str, int]) -> str:
     return format_shape(tuple(_subst(d, dims) for d in t.shape))
 
 
-def _top(path: str) -> str:
-    return path.split(".")[0] if path else ""
+def _top(path: str, tops=()) -> str:
+    """The top-level layer owning an op's layer path (the spec's names, dotted ones
+    included, when known; else the path's first segment)."""
+    return split_ref(path, tops)[0] if path else ""
 
 
 # ------------------------------------------------------------------ layer level
 
-def _leaving_values(g: Graph) -> dict[str, list[str]]:
+def _leaving_values(g: Graph, tops=()) -> dict[str, list[str]]:
     """For each top-level layer, the values it produces that something outside
     it reads (another layer or a graph output), in emission order; those are
     its outputs as the rest of the graph sees them."""
@@ -65,13 +68,13 @@ def _leaving_values(g: Graph) -> dict[str, list[str]]:
     for op in g.ops():
         if op.op == "Derive":
             continue
-        top = _top(op.layer)
+        top = _top(op.layer, tops)
         for o in op.outputs:
             owner[o] = top
             last[top] = o
     leaving: dict[str, list[str]] = {}
     for op in g.ops():
-        top = _top(op.layer)
+        top = _top(op.layer, tops)
         for i in op.inputs:
             src = owner.get(i)
             if src and src != top and i not in leaving.setdefault(src, []):
@@ -88,8 +91,9 @@ def _leaving_values(g: Graph) -> dict[str, list[str]]:
 
 def _spec_picture(spec, g: Graph, dims: Mapping[str, int]) -> _Picture:
     pic = _Picture()
-    leaving = _leaving_values(g)
     decls = {d.name: d for d in spec.layers}
+    known = {**decls, **{d.name: d for d in spec.inputs}}
+    leaving = _leaving_values(g, decls)
     shapes: dict[str, str] = {}
 
     def shape_of(name: str, seen: frozenset = frozenset()) -> str:
@@ -102,7 +106,7 @@ def _spec_picture(spec, g: Graph, dims: Mapping[str, int]) -> _Picture:
         elif leaving.get(name):
             shapes[name] = ", ".join(dict.fromkeys(_shape(g.value(v).type, dims) for v in leaving[name][:3]))
         elif name in decls and decls[name].inputs and name not in seen:
-            shapes[name] = shape_of(decls[name].inputs[0].ref.partition(".")[0], seen | {name})
+            shapes[name] = shape_of(split_ref(decls[name].inputs[0].ref, known)[0], seen | {name})
         else:
             shapes[name] = "?"
         return shapes[name]
@@ -116,7 +120,7 @@ def _spec_picture(spec, g: Graph, dims: Mapping[str, int]) -> _Picture:
         pic.node(d.name, [head, shape_of(d.name)], "layer")
     for d in spec.layers:
         for ref in d.inputs:
-            src, _, port_out = ref.ref.partition(".")
+            src, port_out = split_ref(ref.ref, known)
             label = port_out if port_out else ""
             if ref.port:
                 label = f"{label} → {ref.port}" if label else ref.port
@@ -124,7 +128,7 @@ def _spec_picture(spec, g: Graph, dims: Mapping[str, int]) -> _Picture:
     for public, ref in spec.outputs.items():
         key = f"out:{public}"
         pic.node(key, [public, _shape(g.value(g.outputs[public]).type, dims)], "output")
-        src, _, port_out = ref.ref.partition(".")
+        src, port_out = split_ref(ref.ref, known)
         pic.edge(src, key, port_out)
     return pic
 

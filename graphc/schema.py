@@ -22,6 +22,7 @@ from .errors import InternalError
 from .layers import LAYERS, LayerKind, Param
 from .reference import param_allowed, param_default, param_type, yaml_literal
 from .spec.quantize import quantize_schema
+from .spec.refs import LAYER_NAME_RE
 from .spec.parse import (BLOCK_KEYS, FORMAT_VERSION, INPUT_KEYS, LAYER_RESERVED, NAME_RE, REF_RE, SPEC_DTYPES,
                          TOP_KEYS)
 
@@ -124,7 +125,9 @@ def _layer_def() -> dict:
         "description": "one layer: a name, a kind, its inputs and the kind's arguments",
         "required": ["name", "kind"],
         "properties": {
-            "name": {**_ref("name"), "description": "the layer's name; prefixes its parameter names"},
+            "name": {"type": "string", "pattern": LAYER_NAME_RE.pattern,
+                     "description": "the layer's name; prefixes its parameter names (dotted segments allowed: "
+                                    "block.0.layer.1)"},
             "kind": _kind_enum(),
             "input": {**_ref("ref"), "description": "the one input: an input, a layer, or layer.output"},
             "inputs": {"description": "several inputs: a list (in port order) or a mapping port -> value",

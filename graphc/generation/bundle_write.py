@@ -28,6 +28,7 @@ from ..errors import GraphcError
 from ..interrupt import checkpoint, deferred, terminate_as_interrupt
 from ..ir.kv_cache import vocab_size
 from ..spec import load_spec
+from ..spec.refs import split_ref
 from ..pipeline import Options, run_passes
 
 CONFIG_NAME = "graphc_generation.json"
@@ -39,7 +40,7 @@ def _logits_kind(spec) -> str:
     gen = spec.generation
     if gen.logits_kind is not None:
         return gen.logits_kind
-    head = spec.outputs[gen.logits].ref.partition(".")[0]
+    head = split_ref(spec.outputs[gen.logits].ref, {l.name for l in spec.layers})[0]
     layer = next((l for l in spec.layers if l.name == head), None)
     return "log_probs" if layer is not None and layer.kind == "log_softmax" else "logits"
 

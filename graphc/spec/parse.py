@@ -19,6 +19,7 @@ from ..source import Node, load_yaml_file, load_yaml_text
 from ..source.yaml_loader import os_error_reason, type_name
 from .model import BlockDecl, DimDecl, InputDecl, InputRef, LayerDecl, Spec
 from .quantize import parse_quantize
+from .refs import LAYER_NAME_RE, LAYER_NAME_RULE, REF_RE, extends
 
 FORMAT_VERSION = 1
 TOP_KEYS = ("graphc", "name", "doc", "include", "dims", "params", "inputs", "blocks", "layers", "outputs", "quantize",
@@ -28,7 +29,6 @@ BLOCK_KEYS = ("params", "inputs", "layers", "outputs", "doc")
 INPUT_KEYS = ("dtype", "shape", "range", "doc")
 SPEC_DTYPES = ("float32", "float16", "int64", "int32", "bool")
 NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-REF_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?$")
 MAX_INCLUDE_DEPTH = 16
 MAX_INCLUDED_FILES = 256
 MAX_BLOCK_NESTING = 64      # blocks using blocks; real models nest a handful of levels
@@ -101,13 +101,22 @@ def parse_ref(node: Node, what: str, port: str | None = None) -> InputRef:
     return InputRef(node.value, node.span, port)
 
 
+def _layer_name(node: Node) -> str:
+    if isinstance(node.value, str) and "." in node.value and LAYER_NAME_RE.match(node.value):
+        return node.value
+    try:
+        return expect_name(node, "a layer name")
+    except GraphcError as exc:
+        raise GraphcError(exc.message, exc.span, hint=LAYER_NAME_RULE) from None
+
+
 def parse_layer(node: Node, where: str) -> LayerDecl:
     expect_map(node, f"a layer in {where}")
     m = node.value
     if "name" not in m:
         raise GraphcError("this layer has no 'name'", node.span,
                           hint="every layer needs a name; it prefixes its parameter names")
-    name = expect_name(m["name"], "a layer name")
+    name = _layer_name(m["name"])
     if "kind" not in m:
         raise GraphcError(f"layer '{name}' has no 'kind'", node.span,
                           hint="run 'graphc layers' for the list of layer kinds")
@@ -149,6 +158,12 @@ def parse_layers(node: Node, where: str) -> list[LayerDecl]:
             raise GraphcError(f"duplicate layer name '{layer.name}'", alias or layer.span, notes=notes,
                               hint="give each layer its own name; 'repeat: N' makes N copies with distinct "
                                    "names" if alias is not None else None)
+        for other, span in seen.items():
+            shorter, longer = sorted((other, layer.name), key=len)
+            if extends(longer, shorter):
+                raise GraphcError(f"layer name '{longer}' extends layer name '{shorter}', so '{longer}' could also "
+                                  f"mean an output of '{shorter}'", layer.span, notes=[f"'{other}' is at {span}"],
+                                  hint="rename one of them")
         seen[layer.name] = layer.span
     return layers
 
