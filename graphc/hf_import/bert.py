@@ -89,11 +89,9 @@ def spec_text(cfg: Config, names: dict | None, source: str) -> str:
         "doc: \"segment ids; all 0 for one sentence (HF's default)\"}",
         "  attention_mask: {dtype: int64, shape: [batch, seq], doc: \"1 = real token, 0 = padding (HF)\"}",
         "layers:",
-        "  - {name: word_embeddings, kind: embedding, input: input_ids, num_embeddings: vocab, embedding_dim: d_model}",
-        "  - {name: token_type_embeddings, kind: embedding, input: token_type_ids, num_embeddings: type_vocab, "
-        "embedding_dim: d_model}",
-        "  - {name: embed_sum, kind: add, inputs: [word_embeddings, token_type_embeddings]}",
-        "  - {name: position_embeddings, kind: learned_pe, input: embed_sum, max_len: max_len}   # + P[0..seq-1]",
+        "  - {name: word_embeddings, kind: embedding, inputs: {ids: input_ids, token_type_ids: token_type_ids},",
+        "     num_embeddings: vocab, embedding_dim: d_model, type_vocab_size: type_vocab}   # W[ids] + T[types]",
+        "  - {name: position_embeddings, kind: learned_pe, input: word_embeddings, max_len: max_len}   # + P[0..seq-1]",
         "  - {name: embed_norm, kind: layer_norm, input: position_embeddings, eps: eps}",
     ] + _encoder("embed_norm", act, "hidden_act")
     outputs = ["outputs:", "  last_hidden_state: encoder          # [batch, seq, d_model]"]
@@ -122,7 +120,7 @@ def spec_text(cfg: Config, names: dict | None, source: str) -> str:
         w += [f"    - '{n}'" for n in ignore]
     w += ["  map:",
           rule(E + "word_embeddings.weight", "word_embeddings.weight"),
-          rule(E + "token_type_embeddings.weight", "token_type_embeddings.weight"),
+          rule(E + "token_type_embeddings.weight", "word_embeddings.token_type.weight"),
           rule(E + "position_embeddings.weight", "position_embeddings.weight"),
           rule(E + "LayerNorm.*", "embed_norm.{1}")]
     w += _qkv(L, "attention.self.query", "attention.self.key", "attention.self.value")

@@ -6,6 +6,7 @@ import math
 import numpy as np
 
 from ..ir import Builder, Init, Value, run_limits
+from ..shapes import format_shape
 from .base import Call, LayerKind, Param, Port
 from .relayout import transposed
 
@@ -98,7 +99,13 @@ class Embedding(LayerKind):
 
     Parameter: ``<name>.weight`` [num_embeddings, embedding_dim], init N(0, 1),
     with row ``padding_idx`` zero as torch initialises it (weights given in a
-    file are used as they are). The ids go to ONNX ``Gather``: an id at or
+    file are used as they are). With ``type_vocab_size`` (BERT's token type,
+    or segment, embeddings) a second table ``<name>.token_type.weight``
+    [type_vocab_size, embedding_dim] adds row ``token_type_ids[...]`` to each
+    vector, or row 0 when the ``token_type_ids`` port is not connected (what
+    transformers does when no token_type_ids are given):
+    y = W[ids] (* sqrt(d) with scale) + T[token_type_ids].
+    The ids go to ONNX ``Gather``: an id at or
     above num_embeddings is an error in ONNX Runtime, but a negative id -k
     silently picks row num_embeddings - k (Gather counts from the end), where
     torch raises.
@@ -113,8 +120,11 @@ class Embedding(LayerKind):
         Param("padding_idx", "int", None, "an id whose vector is initialised to zeros (seeded init only, as torch)",
               min=0),
         Param("tie", "str", None, "share an existing table, e.g. 'src_embed.weight' (shared source/target vocabulary)"),
+        Param("type_vocab_size", "int", None, "token types (BERT's segments): adds a second table "
+              "<name>.token_type.weight, read at token_type_ids (row 0 without them)", min=1),
     )
-    inputs = (Port("ids", "integer token ids"),)
+    inputs = (Port("ids", "integer token ids"),
+              Port("token_type_ids", "integer token types, the shape of ids (needs type_vocab_size)", optional=True))
     shape_rule = "[*] (int) -> [*, embedding_dim]"
     example = "{name: embed, kind: embedding, input: tokens, num_embeddings: 37000, embedding_dim: 512, scale: true}"
 
@@ -141,11 +151,36 @@ class Embedding(LayerKind):
             # sqrt(d) into the table would store a second table when the table is tied
             # (the paper's shared source/target/pre-softmax table, docs/benchmarks.md)
             y = b.op("Mul", [y, b.const(np.array(math.sqrt(d), dtype=np.float32), "sqrt_d")])
-        return {"y": y}
+        return {"y": self._token_types(b, call, ids, y, d)}
+
+    @staticmethod
+    def _token_types(b, call, ids: Value, y: Value, d: int) -> Value:
+        types, n_types = call.inputs.get("token_type_ids"), call["type_vocab_size"]
+        if n_types is None:
+            if types is not None:
+                raise call.error("token_type_ids needs type_vocab_size (the rows of the token type table)",
+                                 "token_type_ids", hint="e.g. type_vocab_size: 2 (BERT's type_vocab_size)")
+            return y
+        table = b.param("token_type.weight", (n_types, d), Init("normal", 1.0), doc="[type_vocab_size, embedding_dim]")
+        if types is None:                              # transformers' default: every token is of type 0
+            row = b.op("Gather", [table, b.const(np.array(0, np.int64), "type_0")], axis=0)   # [d]
+            return b.op("Add", [y, row])
+        if types.dtype not in ("int64", "int32"):
+            raise call.error(f"token_type_ids must be int64 or int32, got {types.dtype}", "token_type_ids")
+        if types.shape != ids.shape:
+            raise call.error(f"token_type_ids must have the shape of the ids {format_shape(ids.shape)}, got "
+                             f"{format_shape(types.shape)}", "token_type_ids")
+        if types.name in b.g.inputs:
+            run_limits.record(b.g.metadata, "ids", types.name, n_types, b.path)
+        return b.op("Add", [y, b.op("Gather", [table, types], axis=0)])        # [*, d] + [*, d]
 
     def reference(self, args, weights, inputs):
         y = weights["weight"][inputs["ids"]]
-        return {"y": y * np.float32(math.sqrt(args["embedding_dim"])) if args["scale"] else y}
+        y = y * np.float32(math.sqrt(args["embedding_dim"])) if args["scale"] else y
+        if args.get("type_vocab_size") is not None:
+            types = inputs.get("token_type_ids")
+            y = y + weights["token_type.weight"][0 if types is None else types]
+        return {"y": y}
 
 
 class LayerNorm(LayerKind):
