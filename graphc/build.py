@@ -29,7 +29,7 @@ from .shapes.dim import DimTooLarge
 from .spec import BlockDecl, InputRef, LayerDecl, Spec
 from .spec.args import Env, eval_arg, eval_int, eval_shape, resolve_args
 from .spec.refs import split_ref
-from .spec.declarations import check_declarations, unknown_kind_error
+from .spec.declarations import check_declarations, first_copy, unknown_kind_error
 
 MAX_REPEAT = 1024
 # Expansion costs ~60 us per primitive; these bound a spec's compile time to a
@@ -200,18 +200,20 @@ class _Expander:
                 self.count += 1
                 if self.count > MAX_EXPANDED_LAYERS:
                     raise GraphcError(f"the spec expands to more than {MAX_EXPANDED_LAYERS} layers", decl.span)
+                copy = first_copy(decl) if i == 0 else decl
                 if repeat > 1:
                     with self.b.scope(str(i)):
-                        outs, primary = self._one(decl, block, kind, inputs, env, where)
+                        outs, primary = self._one(copy, block, kind, inputs, env, where)
                     first_ref, first_val = inputs[0] if inputs else (None, None)
                     new = outs[primary]
+                    # copy 0 may change the type when 'first:' gives it other arguments (its own width)
                     if first_val is not None and i + 1 < repeat:
-                        if new.type != first_val.type:
+                        if new.type != first_val.type and not (i == 0 and decl.first):
                             raise GraphcError(f"'repeat' chains each copy's output into the next copy's first input, "
                                               f"but {new.type} differs from {first_val.type}", decl.repeat.span)
                         inputs = [(first_ref, new)] + inputs[1:]
                 else:
-                    outs, primary = self._one(decl, block, kind, inputs, env, where)
+                    outs, primary = self._one(copy, block, kind, inputs, env, where)
         scope.define(decl.name, outs, primary)
 
     def _one(self, decl, block, kind, inputs, env, where):

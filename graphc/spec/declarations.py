@@ -17,6 +17,8 @@ MAX_REPORTED. What is checked here (docs/spec.md, "Errors"):
 """
 from __future__ import annotations
 
+from dataclasses import replace
+
 from ..errors import GraphcError, GraphcErrors, did_you_mean, known_list
 from .aliases import arg_alias_hint, find_kind
 from .args import Env, eval_arg
@@ -71,15 +73,32 @@ def _layer_errors(decl, spec, env: Env | None) -> list[GraphcError]:
     return errors
 
 
+def first_copy(decl):
+    """The declaration of copy 0 of a repeated layer: its arguments with 'first:' applied."""
+    if not decl.first:
+        return decl
+    return replace(decl, args={**decl.args, **decl.first}, arg_key_spans={**decl.arg_key_spans, **decl.first_key_spans})
+
+
+def _first_errors(decl, spec, env: Env | None, seen: list[GraphcError]) -> list[GraphcError]:
+    """The errors of copy 0's arguments not already reported for the layer's own."""
+    if not decl.first:
+        return []
+    known = {(e.message, e.span) for e in seen}
+    return [e for e in _layer_errors(first_copy(decl), spec, env) if (e.message, e.span) not in known]
+
+
 def check_declarations(spec, env: Env) -> None:
     """Raise every independent declaration error of the spec at once (one
     error as itself, several as a GraphcErrors), or return if there are none."""
     errors: list[GraphcError] = []
     for decl in spec.layers:
         errors += _layer_errors(decl, spec, env)
+        errors += _first_errors(decl, spec, env, errors)
     for block in spec.blocks.values():
         for decl in block.layers:
             errors += _layer_errors(decl, spec, None)
+            errors += _first_errors(decl, spec, None, errors)
     if not errors:
         return
     errors.sort(key=lambda e: (e.span.path, e.span.line, e.span.col) if e.span else ("", 0, 0))

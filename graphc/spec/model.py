@@ -31,6 +31,9 @@ class LayerDecl:
     arg_key_spans: dict[str, Span]
     repeat: Node | None = None
     doc: str = ""
+    # 'first:' of a repeated layer: arguments that replace those of copy 0 only
+    first: dict[str, Node] = field(default_factory=dict)
+    first_key_spans: dict[str, Span] = field(default_factory=dict)
 
 
 @dataclass

@@ -24,7 +24,7 @@ from .refs import LAYER_NAME_RE, LAYER_NAME_RULE, REF_RE, extends
 FORMAT_VERSION = 1
 TOP_KEYS = ("graphc", "name", "doc", "include", "dims", "params", "inputs", "blocks", "layers", "outputs", "quantize",
             "weights", "generation")
-LAYER_RESERVED = ("name", "kind", "input", "inputs", "repeat", "doc")
+LAYER_RESERVED = ("name", "kind", "input", "inputs", "repeat", "first", "doc")
 BLOCK_KEYS = ("params", "inputs", "layers", "outputs", "doc")
 INPUT_KEYS = ("dtype", "shape", "range", "doc")
 SPEC_DTYPES = ("float32", "float16", "int64", "int32", "bool")
@@ -139,8 +139,19 @@ def parse_layer(node: Node, where: str) -> LayerDecl:
             refs.append(parse_ref(ins, "'inputs'"))
     args = {k: v for k, v in m.items() if k not in LAYER_RESERVED}
     spans = {k: s for k, s in node.key_spans.items() if k not in LAYER_RESERVED}
+    first, first_spans = {}, {}
+    if "first" in m:
+        if "repeat" not in m:
+            raise GraphcError(f"layer '{name}' has 'first' but no 'repeat'", node.key_spans["first"],
+                              hint="first: {arg: value} replaces arguments of copy 0 of a repeated layer")
+        f = expect_map(m["first"], "'first' (arguments for copy 0)")
+        for key, span in f.key_spans.items():
+            if key in LAYER_RESERVED:
+                raise GraphcError(f"'first' sets the arguments of copy 0, not '{key}'", span,
+                                  hint="copy 0 reads the layer's own input")
+        first, first_spans = dict(f.value), dict(f.key_spans)
     return LayerDecl(name, kind, m["name"].span, m["kind"].span, refs, args, spans,
-                     m.get("repeat"), _doc(m.get("doc")))
+                     m.get("repeat"), _doc(m.get("doc")), first, first_spans)
 
 
 def parse_layers(node: Node, where: str) -> list[LayerDecl]:
