@@ -22,6 +22,7 @@ TYPE_NAMES = {
     "bool": "bool",
     "str": "str",
     "ints": "list of int",
+    "floats": "list of numbers",
     "shape": "list of dims",
 }
 

@@ -134,6 +134,8 @@ def _layer_def() -> dict:
                        "anyOf": [_ref("ref"), {"type": "array", "items": _ref("ref")}, port_map]},
             "repeat": {"description": "stack N copies with distinct weights, each feeding the next",
                        "anyOf": [{"type": "integer", "minimum": 1}, _ref("expr")]},
+            "first": {"type": "object", "description": "with repeat: arguments that replace the layer's own for "
+                                                       "copy 0 (e.g. first: {bias: false})"},
             "doc": {"type": "string"},
         },
         "not": {"required": ["input", "inputs"]},

@@ -1,4 +1,4 @@
-"""Element type conversion: y = x converted to ``to``.
+"""Element type conversion (cast): int 1/0 masks to bool, bool to float, int32 to int64.
 
 The conversions are ONNX ``Cast``'s (and numpy's ``astype``): to bool, zero is
 False and anything else True (HF's int64 1/0 attention_mask becomes a bool

@@ -1,4 +1,4 @@
-"""Tensors that no input computes: a learned ``parameter`` and a ``constant``.
+"""Tensors that no input computes: a learned parameter and a constant.
 
 Models carry free tensors besides their layers' weights: ViT's class token
 [1, 1, d] (concatenated before the patch vectors), BART's ``final_logits_bias``
