@@ -7,8 +7,9 @@ Each argument is a graphc bundle directory (its decoder.onnx), an onnxruntime-ge
 model directory (its model.onnx, read from genai_config.json) or a .onnx file. Each
 model gets one step of one new token per row after ``past`` cached tokens (random
 caches, all-real attention mask, positions past..past+seq-1); the models run in
-interleaved rounds (ABAB.., the order rotating) so machine load hits all alike, and
-the median per step is printed. ``--profile`` also runs ORT's profiler for each model
+interleaved rounds (ABAB.., the order rotating) so machine load hits all alike; the
+median per step is printed, and in parentheses the 10th percentile (on a shared
+machine the low percentiles move far less than the median). ``--profile`` also runs ORT's profiler for each model
 and prints the kernel time per op type (the share of the step each op type takes).
 
 Inputs are fed by name, so the ecosystem's layouts all work: ``input_ids``,
