@@ -152,6 +152,14 @@ def _rms_norm(ctx, op):
         ctx.node("RMSNormalization", [x, scale], op.outputs, axis=-1, epsilon=eps, stash_type=1)
         return
     dt = _dtype_of(ctx, x)
+    if dt == np.float32 and ctx.g.generation is not None:
+        # a decode step (--kv-cache): the Pow/Div form, which ONNX Runtime fuses into one
+        # SimplifiedLayerNormalization kernel (7 nodes -> 1 per norm; docs/generation.md,
+        # "The decode step, compile side"). Plain builds keep their bytes
+        ms = _reduce_mean_last(ctx, ctx.one("Pow", [x, ctx.const(np.array(2.0, np.float32))]))
+        rms = ctx.one("Sqrt", [ctx.one("Add", [ms, ctx.const(np.array(eps, np.float32))])])
+        ctx.node("Mul", [ctx.one("Div", [x, rms]), scale], op.outputs)
+        return
     xf = ctx.one("Cast", [x], to=TensorProto.FLOAT) if dt != np.float32 else x
     ms = _reduce_mean_last(ctx, ctx.one("Mul", [xf, xf]))
     inv = ctx.one("Reciprocal", [ctx.one("Sqrt", [ctx.one("Add", [ms, ctx.const(np.array(eps, np.float32))])])])
