@@ -28,6 +28,7 @@ import statistics
 import sys
 import tempfile
 import time
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -69,11 +70,11 @@ def head_dim(path: Path) -> int | None:
 
 def feeds(sess: ort.InferenceSession, batch: int, past: int, seq: int = 1, seed: int = 0,
           dim: int | None = None) -> dict:
-    rng = np.random.default_rng(seed)
     out = {}
     for i in sess.get_inputs():
         dt = NP[i.type]
         n = i.name
+        rng = np.random.default_rng([seed, zlib.crc32(n.encode())])     # by name: the same in every model
         if n == "input_ids":
             out[n] = rng.integers(3, 1000, (batch, seq)).astype(dt)
         elif n == "attention_mask":
@@ -114,6 +115,9 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--reps", type=int, default=30)
     ap.add_argument("--profile", action="store_true")
+    ap.add_argument("--error-vs", default=None, metavar="NAME",
+                    help="also print each model's logits error against this one (same inputs: the models "
+                         "must share weights; relative RMS and max abs, at each batch and past)")
     ap.add_argument("--json-out", default=None)
     a = ap.parse_args(argv)
     paths = [model_path(m) for m in a.models]
@@ -145,6 +149,21 @@ def main(argv=None) -> int:
                   flush=True)
             results.append({"batch": batch, "past": past, "ms": dict(zip(names, med)), "p10_ms": dict(zip(names, low)),
                             "min_ms": dict(zip(names, (min(t) for t in times)))})
+    if a.error_vs:
+        ref = names.index(a.error_vs)
+        print(f"\nlogits against {a.error_vs} (one new token; relative RMS, max abs):")
+        for batch in map(int, a.batch.split(",")):
+            for past in map(int, a.past.split(",")):
+                outs = [s.run(["logits"], feeds(s, batch, past, dim=head_dim(p)))[0].astype(np.float64)
+                        for s, p in zip(sessions, paths)]
+                cells = []
+                for name, o in zip(names, outs):
+                    d = o - outs[ref]
+                    rel = float(np.sqrt((d * d).sum() / (outs[ref] ** 2).sum()))
+                    cells.append(f"{name} {rel:.3%} {np.abs(d).max():.3g}")
+                    results.append({"error_vs": a.error_vs, "model": name, "batch": batch, "past": past,
+                                    "rel_rms": rel, "max_abs": float(np.abs(d).max())})
+                print(f"  batch {batch} past {past}: " + "; ".join(cells))
     if a.profile:
         for name, p in zip(names, paths):
             for batch in map(int, a.batch.split(",")):

@@ -62,14 +62,15 @@ def build_bundle(spec_path: str | os.PathLike, output: str | os.PathLike,
                  opset: int | None = None, include_dirs: Iterable[str] = (),
                  max_param_bytes: int | None = DEFAULT_MAX_PARAM_BYTES, progress=None,
                  dtype: str = "float32", verify: bool = False, quantize: str | None = None,
-                 target: str = "onnx", ignore_weights: Iterable[str] = ()) -> dict:
+                 target: str = "onnx", ignore_weights: Iterable[str] = (), max_error: float | None = None) -> dict:
     """Compile ``spec_path`` with a KV cache and write the bundle directory
     ``output``; returns the config written as graphc_generation.json.
     ``verify``: run the ONNX checker and strict shape inference on each file first.
     Weights load as in graphc.compiler.compile_spec (a file, a checkpoint directory or
     a sharded index; the spec's ``weights:`` section and ``ignore_weights`` map names).
-    Bundles are float32 with standard operators for now: int8 (``quantize`` or the
-    spec's ``quantize:`` section) and ``target: ort`` are refused, not ignored."""
+    ``quantize`` ("int8", or the spec's ``quantize:`` section) quantizes the cached
+    graph like a plain build (graphc.generation.bundle_quant; its measured error is
+    in the returned config's "notes", ``max_error`` refuses a larger one)."""
     from ..lower import DEFAULT_OPSET, lower_by_reference
     from ..progress import report
     out = Path(output)
@@ -82,10 +83,7 @@ def build_bundle(spec_path: str | os.PathLike, output: str | os.PathLike,
     report(progress, "check")
     spec = load_spec(spec_path, include_dirs)
     from .. import quantized
-    if quantized.resolve_mode(quantize, spec) != "none":
-        raise GraphcError("--kv-cache bundles are float32 for now: int8 quantization is not supported with them",
-                          spec.quantize.span if quantize is None and getattr(spec.quantize, "span", None) else None,
-                          hint="pass --quantize none to build a float bundle")
+    mode = quantized.resolve_mode(quantize, spec)
     graph = build_graph(spec, max_param_bytes, kv_cache=True)
     gen, cache = spec.generation, graph.generation
     for src in spec.sources + ([str(weights)] if isinstance(weights, (str, os.PathLike)) else []):
@@ -106,6 +104,11 @@ def build_bundle(spec_path: str | os.PathLike, output: str | os.PathLike,
     weights = None              # the options hand them to the materialize pass, which lets go
     notes += run_passes(graph, options).notes
     graph.metadata["graphc.kv_cache"] = "1"
+    quant = None
+    if mode != "none":
+        from . import bundle_quant
+        report(progress, "quantize")
+        quant, float_model = bundle_quant.quantize_graph(graph, spec, mode, opset or DEFAULT_OPSET, target)
     config = {
         "format": 1,
         "architecture": "encoder-decoder" if gen.encoder_decoder else "decoder-only",
@@ -146,7 +149,16 @@ def build_bundle(spec_path: str | os.PathLike, output: str | os.PathLike,
         config["encoder"] = {"file": ENCODER_FILE, "inputs": {n: roles[n] for n in enc.inputs},
                              "outputs": [b for _, b in boundary]}
     report(progress, "lower")
-    models = {f: lower_by_reference(g, opset or DEFAULT_OPSET) for f, g in parts.items()}
+    models = {f: lower_by_reference(g, opset or DEFAULT_OPSET, target) for f, g in parts.items()}
+    if quant is not None:
+        report(progress, "measure")
+        from ..lower.stream import write_model
+        import io
+        buf = io.BytesIO()
+        whole = lower_by_reference(graph, opset or DEFAULT_OPSET, target) if len(parts) > 1 else models[DECODER_FILE]
+        write_model(buf, *whole)
+        bundle_quant.measure(quant, float_model, buf.getvalue(), max_error)
+        notes += quant.summary()
     _write_directory(out, models, config, verify, progress)
     config["notes"] = notes
     return config
@@ -205,7 +217,7 @@ def build_bundle_cli(args) -> int:
     with Progress(enabled=False if args.quiet else None) as progress:
         config = build_bundle(args.spec, args.output, args.weights, args.seed, args.opset, args.include_dir,
                               args.max_param_bytes, progress, args.dtype, args.check, args.quantize, args.target,
-                              args.ignore_weights)
+                              args.ignore_weights, getattr(args, "max_error", None))
     if not args.quiet:
         for note in config["notes"]:
             print(f"graphc: note: {note}", file=sys.stderr)

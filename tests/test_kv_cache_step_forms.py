@@ -1,0 +1,99 @@
+"""The decode-step forms of a --kv-cache build (docs/generation.md, "The decode step,
+compile side"): what the bundle's graph looks like, and int8 bundles.
+
+The exactness of the float forms (one flat q/k/v GEMM, rope on the query and key
+heads at once, the fusable RMSNorm) is what tests/test_kv_cache.py checks: every
+cached step's logits equal the plain build's full forward within 1e-5. Here: that
+those forms are the ones emitted (no per-head batched projection, no empty-batch
+If, RMSNorm fused by ONNX Runtime), and int8 bundles against the plain int8
+build (the oracle: an int8 plain build, whose own error tests/test_quantize.py
+checks) and against the float bundle.
+"""
+from __future__ import annotations
+
+import collections
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+from graphc.compiler import compile_spec
+from helpers import cli
+from kv_helpers import Decoder, build_both, empty_cache, session
+from test_kv_cache import LLAMA, TOL, _incremental
+
+SPEC = LLAMA.format(rope="half")
+
+
+def _ops(path) -> collections.Counter:
+    m = onnx.load(str(path), load_external_data=False)
+    return collections.Counter(n.op_type for n in m.graph.node)
+
+
+def _ort_ops(path, tmp_path) -> collections.Counter:
+    opts = ort.SessionOptions()
+    opts.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    opts.log_severity_level = 3
+    ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    return _ops(tmp_path / "optimized.onnx")
+
+
+def test_decode_graph_has_flat_projections_and_fused_norms(tmp_path):
+    plain, bundle, config, _ = build_both(tmp_path, SPEC)
+    ops = _ops(bundle / "decoder.onnx")
+    assert ops["If"] == 0                                  # no empty-batch guard around the projections
+    # per layer: qkv, out_proj, 3 FFN products, 2 attention products; + lm_head
+    assert ops["MatMul"] == 2 * 7 + 1
+    fused = _ort_ops(bundle / "decoder.onnx", tmp_path)
+    assert fused["SimplifiedLayerNormalization"] == 2 * 2 + 1    # every RMSNorm fused by ORT
+    assert fused["ReduceMean"] == 0
+    # and the plain build keeps its own forms (golden bytes)
+    plain_ops = collections.Counter(n.op_type for n in onnx.load_from_string(plain).graph.node)
+    assert plain_ops["Reciprocal"] == 5 and plain_ops["Pow"] == 0
+
+
+def _int8_bundle(tmp_path, text, weights, head=False):
+    spec = tmp_path / "q.yaml"
+    spec.write_text(text + ("quantize: {mode: int8, head: true}\n" if head else "quantize: {mode: int8}\n"))
+    np.savez(tmp_path / "w.npz", **weights)
+    rc, _, err = cli("build", spec, "--kv-cache", "--weights", tmp_path / "w.npz", "-o", tmp_path / "q8")
+    assert rc == 0, err
+    return tmp_path / "q8", err
+
+
+def test_int8_bundle_prompt_equals_plain_int8_build(tmp_path):
+    """The prompt step of an int8 bundle quantizes the same activations with the same
+    weights as the plain int8 build run on the prompt: the same logits (float32
+    rounding apart); later steps stay near the float bundle."""
+    _, fbundle, config, weights = build_both(tmp_path, SPEC, scale=0.1)
+    qbundle, err = _int8_bundle(tmp_path, SPEC, weights)
+    assert "quantized 10 layers to int8" in err      # per layer: qkv, out_proj, linear1, linear2, linear3
+    assert "kept float (output head" in err and "error against float, output logits" in err
+    plain_q = compile_spec(tmp_path / "q.yaml", dict(weights)).to_bytes()      # the spec's quantize: int8
+    rng = np.random.default_rng(3)
+    ids = rng.integers(3, 80, (2, 9))
+    prompt = 5
+    full = session(plain_q)
+    ref = full.run(None, {"tokens": ids[:, :prompt]})[0]
+    q = Decoder(qbundle, config, 2)
+    f = Decoder(fbundle, config, 2)
+    got = q.step(ids[:, :prompt], np.tile(np.arange(prompt), (2, 1)))
+    assert np.abs(got - ref).max() < 1e-4
+    worst_rel = 0.0
+    f.step(ids[:, :prompt], np.tile(np.arange(prompt), (2, 1)))
+    for t in range(prompt, ids.shape[1]):
+        pos = np.full((2, 1), t)
+        a, b = q.step(ids[:, t:t + 1], pos), f.step(ids[:, t:t + 1], pos)
+        worst_rel = max(worst_rel, float(np.sqrt(((a - b) ** 2).sum() / (b ** 2).sum())))
+    assert 0 < worst_rel < 0.05
+
+
+def test_int8_bundle_max_error_refuses_and_writes_nothing(tmp_path):
+    _, _, _, weights = build_both(tmp_path, SPEC, scale=0.1)
+    spec = tmp_path / "q.yaml"
+    spec.write_text(SPEC + "quantize: {mode: int8}\n")
+    np.savez(tmp_path / "w.npz", **weights)
+    rc, _, err = cli("build", spec, "--kv-cache", "--weights", tmp_path / "w.npz", "-o", tmp_path / "q8",
+                     "--max-error", "1e-9")
+    assert rc == 2 and "above --max-error" in err and "Traceback" not in err
+    assert not (tmp_path / "q8").exists()
