@@ -8,8 +8,9 @@ model directory (its model.onnx, read from genai_config.json) or a .onnx file. E
 model gets one step of one new token per row after ``past`` cached tokens (random
 caches, all-real attention mask, positions past..past+seq-1); the models run in
 interleaved rounds (ABAB.., the order rotating) so machine load hits all alike; the
-median per step is printed, and in parentheses the 10th percentile (on a shared
-machine the low percentiles move far less than the median). ``--profile`` also runs ORT's profiler for each model
+median per step is printed, and in parentheses the 10th percentile and the median
+CPU time of the process per step (both threads; on a shared machine these move far
+less than the median wall time). ``--profile`` also runs ORT's profiler for each model
 and prints the kernel time per op type (the share of the step each op type takes).
 
 Inputs are fed by name, so the ecosystem's layouts all work: ``input_ids``,
@@ -124,7 +125,7 @@ def main(argv=None) -> int:
     names = a.names.split(",") if a.names else [str(m) for m in a.models]
     sessions = [session(p, a.threads) for p in paths]
     results = []
-    print(f"load average {os.getloadavg()[0]:.1f}; {a.threads} threads; median (10th percentile) ms per step "
+    print(f"load average {os.getloadavg()[0]:.1f}; {a.threads} threads; median (10th percentile; median CPU) ms per step "
           f"over {a.reps} interleaved rounds", file=sys.stderr)
     header = "| batch | past | " + " | ".join(names) + " |"
     print(header)
@@ -136,18 +137,22 @@ def main(argv=None) -> int:
                 for _ in range(3):
                     s.run(None, f)
             times = [[] for _ in sessions]
+            cpu = [[] for _ in sessions]
             for r in range(a.reps):
                 order = list(range(len(sessions)))
                 order = order[r % len(order):] + order[:r % len(order)]
                 for k in order:
-                    t0 = time.perf_counter()
+                    c0, t0 = time.process_time(), time.perf_counter()
                     sessions[k].run(None, fs[k])
                     times[k].append((time.perf_counter() - t0) * 1e3)
+                    cpu[k].append((time.process_time() - c0) * 1e3)
             med = [statistics.median(t) for t in times]
             low = [float(np.percentile(t, 10)) for t in times]
-            print(f"| {batch} | {past} | " + " | ".join(f"{m:.2f} ({lo:.2f})" for m, lo in zip(med, low)) + " |",
-                  flush=True)
+            cpu_med = [statistics.median(t) for t in cpu]
+            print(f"| {batch} | {past} | " + " | ".join(f"{m:.2f} ({lo:.2f}; cpu {c:.2f})"
+                                                      for m, lo, c in zip(med, low, cpu_med)) + " |", flush=True)
             results.append({"batch": batch, "past": past, "ms": dict(zip(names, med)), "p10_ms": dict(zip(names, low)),
+                            "cpu_ms": dict(zip(names, cpu_med)),
                             "min_ms": dict(zip(names, (min(t) for t in times)))})
     if a.error_vs:
         ref = names.index(a.error_vs)

@@ -235,7 +235,11 @@ def shape_vector(ctx, pieces: list) -> str:
         parts.append(p)
     if run:
         parts.append(ctx.const(np.array(run, np.int64)))
-    return parts[0] if len(parts) == 1 else ctx.one("Concat", parts, axis=0)
+    if len(parts) == 1:
+        return parts[0]
+    if ctx.g.generation is not None:        # a decode graph: one vector per distinct shape (see guards.dim_of)
+        return ctx.shared(("shape_vector",) + tuple(parts), lambda: ctx.one("Concat", parts, axis=0))
+    return ctx.one("Concat", parts, axis=0)
 
 
 def reshape_target(ctx, x: str, rank: int, out: list[int]) -> str:
