@@ -97,3 +97,17 @@ def test_int8_bundle_max_error_refuses_and_writes_nothing(tmp_path):
                      "--max-error", "1e-9")
     assert rc == 2 and "above --max-error" in err and "Traceback" not in err
     assert not (tmp_path / "q8").exists()
+
+
+def test_ort_target_bundle_steps_equal_full_forward(tmp_path):
+    """--kv-cache --target ort (contrib FastGelu in a GPT-like decoder): every cached
+    step equals the plain standard-ONNX build's full forward within 1e-5."""
+    from test_kv_cache import GPT
+    from graphc.generation.bundle_write import build_bundle
+    text = GPT.format(pos="learned_pe")
+    plain, _, _, weights = build_both(tmp_path, text)
+    bundle = tmp_path / "ort"
+    config = build_bundle(tmp_path / "model.yaml", bundle, dict(weights), target="ort", verify=True)
+    assert _ops(bundle / "decoder.onnx")["FastGelu"] == 2
+    ids = np.random.default_rng(5).integers(3, 64, (2, 10))
+    assert _incremental(plain, bundle, config, ids, prompt=4) < TOL

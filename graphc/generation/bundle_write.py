@@ -70,15 +70,16 @@ def build_bundle(spec_path: str | os.PathLike, output: str | os.PathLike,
     a sharded index; the spec's ``weights:`` section and ``ignore_weights`` map names).
     ``quantize`` ("int8", or the spec's ``quantize:`` section) quantizes the cached
     graph like a plain build (graphc.generation.bundle_quant; its measured error is
-    in the returned config's "notes", ``max_error`` refuses a larger one)."""
+    in the returned config's "notes", ``max_error`` refuses a larger one); ``target``
+    "ort" takes graphc.lower.target_ort's contrib forms (docs/generation.md, "The decode
+    step, compile side", says which contrib operators were measured for decode steps)."""
     from ..lower import DEFAULT_OPSET, lower_by_reference
     from ..progress import report
     out = Path(output)
     if dtype != "float32":
         raise GraphcError(f"--kv-cache bundles are float32 for now, not {dtype}", hint="leave out --dtype")
-    if target != "onnx":
-        raise GraphcError(f"--kv-cache bundles use standard ONNX operators; --target {target} is not supported "
-                          f"with them yet", hint="leave out --target")
+    from ..lower.targets import check_target
+    check_target(target)        # ort: graphc.lower.target_ort's measured choices apply to bundles too
     _check_target(out)
     report(progress, "check")
     spec = load_spec(spec_path, include_dirs)
