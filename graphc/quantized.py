@@ -76,8 +76,11 @@ def float_reference(graph: Graph, opset: int, target: str) -> bytes:
     return buf.getvalue()
 
 
-def apply(graph: Graph, spec: Spec, mode: str) -> Quantization:
-    report = quantize(graph, options_for(mode, spec))
+def apply(graph: Graph, spec: Spec, mode: str, block_size: int | None = None) -> Quantization:
+    """``block_size``: weight-only int8 in blocks along K (graphc.prims.quant QuantMatMulBlocks)."""
+    options = options_for(mode, spec)
+    options.block_size = block_size
+    report = quantize(graph, options)
     graph.metadata["graphc.quantize"] = mode
     return Quantization(mode, report)
 

@@ -113,6 +113,7 @@ def main(argv=None) -> int:
     ap.add_argument("--names", default=None, help="comma-separated labels, one per model")
     ap.add_argument("--batch", default="1,4")
     ap.add_argument("--past", default="32,150")
+    ap.add_argument("--seq", type=int, default=1, help="new tokens per row in the step (the prompt: --past 0 --seq 32)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--reps", type=int, default=30)
     ap.add_argument("--profile", action="store_true")
@@ -132,7 +133,7 @@ def main(argv=None) -> int:
     print("|---|---|" + "---:|" * len(names))
     for batch in map(int, a.batch.split(",")):
         for past in map(int, a.past.split(",")):
-            fs = [feeds(s, batch, past, dim=head_dim(p)) for s, p in zip(sessions, paths)]
+            fs = [feeds(s, batch, past, a.seq, dim=head_dim(p)) for s, p in zip(sessions, paths)]
             for s, f in zip(sessions, fs):
                 for _ in range(3):
                     s.run(None, f)
@@ -156,10 +157,10 @@ def main(argv=None) -> int:
                             "min_ms": dict(zip(names, (min(t) for t in times)))})
     if a.error_vs:
         ref = names.index(a.error_vs)
-        print(f"\nlogits against {a.error_vs} (one new token; relative RMS, max abs):")
+        print(f"\nlogits against {a.error_vs} ({a.seq} new tokens; relative RMS, max abs):")
         for batch in map(int, a.batch.split(",")):
             for past in map(int, a.past.split(",")):
-                outs = [s.run(["logits"], feeds(s, batch, past, dim=head_dim(p)))[0].astype(np.float64)
+                outs = [s.run(["logits"], feeds(s, batch, past, a.seq, dim=head_dim(p)))[0].astype(np.float64)
                         for s, p in zip(sessions, paths)]
                 cells = []
                 for name, o in zip(names, outs):

@@ -19,6 +19,7 @@ import numpy as np
 from ..ir import Graph
 from ..ir.kv_cache import PAST_DIM
 
+BLOCK = 32                       # --target ort: MatMulNBits blocks along K (as onnxruntime-genai's int8)
 STEP_DIMS = {PAST_DIM: 6}        # the measured step: this many cached tokens
 STEP_ROWS, STEP_NEW = 2, 4
 
@@ -29,7 +30,7 @@ def quantize_graph(graph: Graph, spec, mode: str, opset: int, target: str):
     from .. import quantized
     from ..ir.simplify import simplify
     float_model = quantized.float_reference(graph, opset, target)
-    quant = quantized.apply(graph, spec, mode)
+    quant = quantized.apply(graph, spec, mode, BLOCK if target == "ort" else None)
     simplify(graph)
     return quant, float_model
 

@@ -37,3 +37,15 @@ def _gelu(ctx: LowerContext, op: OpNode) -> None:
         return
     approximate = op.attrs.get("approximate", "none")
     ctx.node("FastGelu" if approximate == "tanh" else "Gelu", op.inputs, op.outputs, domain=MS_DOMAIN)
+
+
+@target_lowering("ort", "QuantMatMulBlocks")
+def _quant_matmul_blocks(ctx: LowerContext, op: OpNode) -> None:
+    """com.microsoft MatMulNBits, 8 bits, accuracy_level 4 (activations quantized to
+    int8 per row and block: rows never mix). Used by int8 generation bundles with
+    --target ort (graphc.generation.bundle_quant), where a row's tokens must not
+    depend on the rest of the batch."""
+    x, w, scales = op.inputs
+    n, nb, block = (d.value for d in ctx.g.value(w).type.shape)
+    ctx.node("MatMulNBits", [x, w, scales], op.outputs, domain=MS_DOMAIN, K=nb * block, N=n, bits=8,
+             block_size=block, accuracy_level=4)
