@@ -69,6 +69,7 @@ def test_int8_bundle_prompt_equals_plain_int8_build(tmp_path):
     qbundle, err = _int8_bundle(tmp_path, SPEC, weights)
     assert "quantized 10 layers to int8" in err      # per layer: qkv, out_proj, linear1, linear2, linear3
     assert "kept float (output head" in err and "error against float, output logits" in err
+    assert "depend on the other rows of the batch; --target ort" in err
     plain_q = compile_spec(tmp_path / "q.yaml", dict(weights)).to_bytes()      # the spec's quantize: int8
     rng = np.random.default_rng(3)
     ids = rng.integers(3, 80, (2, 9))

@@ -160,6 +160,9 @@ def build_bundle(spec_path: str | os.PathLike, output: str | os.PathLike,
         write_model(buf, *whole)
         bundle_quant.measure(quant, float_model, buf.getvalue(), max_error)
         notes += quant.summary()
+        if target != "ort":
+            notes.append("int8 with standard operators quantizes each step's activations per tensor, so a row's logits "
+                         "depend on the other rows of the batch; --target ort quantizes them per row (MatMulNBits)")
     _write_directory(out, models, config, verify, progress)
     config["notes"] = notes
     return config
