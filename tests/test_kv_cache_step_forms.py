@@ -146,3 +146,19 @@ def test_int8_ort_bundle_blocks_rows_independent_and_near_float(tmp_path):
     assert np.array_equal(a0, outs[0][:1, :1])                            # row 0 alone == row 0 in the batch
     rel = np.sqrt(((outs[0] - outs[1]) ** 2).sum() / (outs[1] ** 2).sum())
     assert 0 < rel < 0.05
+
+
+def test_decode_graph_runs_on_empty_batches_and_steps(tmp_path):
+    """The shared run-time dims and the flat projection keep empty tensors legal: a
+    batch of 0 rows, a step of 0 new tokens, an empty cache."""
+    _, bundle, config, _ = build_both(tmp_path, SPEC)
+    s = session(bundle / "decoder.onnx")
+    for batch, past, new in [(0, 3, 1), (2, 3, 0), (2, 0, 0), (0, 0, 0)]:
+        feeds = {"input_ids": np.ones((batch, new), np.int64),
+                 "attention_mask": np.ones((batch, past + new), np.int64),
+                 "position_ids": np.tile(np.arange(past, past + new), (batch, 1)).astype(np.int64)}
+        for e in config["cache"]:
+            for k in ("past_key", "past_value"):
+                feeds[e[k]] = np.zeros((batch, e["kv_heads"], past, e["head_dim"]), np.float32)
+        logits, present = s.run(["logits", config["cache"][0]["present_key"]], feeds)
+        assert logits.shape == (batch, new, 80) and present.shape == (batch, 2, past + new, 16)
