@@ -19,7 +19,7 @@ import onnxruntime as ort
 
 from graphc.compiler import compile_spec
 from helpers import cli
-from kv_helpers import Decoder, build_both, empty_cache, session
+from kv_helpers import Decoder, build_both, session
 from test_kv_cache import LLAMA, TOL, _incremental
 
 SPEC = LLAMA.format(rope="half")
