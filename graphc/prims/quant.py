@@ -72,7 +72,7 @@ def _quant_matmul_blocks(x, w_blocks, scales, **_):
     return np.matmul(x.astype(np.float32), dequantize_blocks(w_blocks, scales)).astype(np.float32)
 
 
-@prim("QuantMatMulBlocks", _quant_matmul_blocks)
+@prim("QuantMatMulBlocks", _quant_matmul_blocks, flops=matmul_flops)   # as the float product
 def quant_matmul_blocks_infer(attrs, ins):
     """float32 [..., K] x uint8 [N, K/block, block] (scales float32 [N*K/block]) -> float32 [..., N]."""
     x, w, s = ins
