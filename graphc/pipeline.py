@@ -62,6 +62,7 @@ class Options:
     spec: object = None
     opset: int = 17
     target: str = "onnx"
+    quantize_block: int | None = None   # int8 weights in blocks along K (generation bundles, --target ort)
     progress: Callable | None = None
 
 
@@ -142,6 +143,10 @@ def _quantized(g: Graph) -> str | None:
             w, scale = (g.value(n) for n in op.inputs[1:])
             if w.kind != "const" or w.type.dtype != "int8" or scale.kind != "const":
                 return f"QuantMatMul {op.id} does not read int8 weights and their scales"
+        if op.op == "QuantMatMulBlocks":
+            w, scale = (g.value(n) for n in op.inputs[1:])
+            if w.kind != "const" or w.type.dtype != "uint8" or scale.kind != "const":
+                return f"QuantMatMulBlocks {op.id} does not read uint8 weight blocks and their scales"
     return _no_dead_ops(g)
 
 
@@ -182,7 +187,7 @@ def _quantize(g: Graph, o: Options, s: State) -> None:
     from . import quantized      # lowers the float model (onnx): loaded only for int8 builds
     report(o.progress, "quantize")
     s.float_model = quantized.float_reference(g, o.opset, o.target)
-    s.quantization = quantized.apply(g, o.spec, o.quantize)
+    s.quantization = quantized.apply(g, o.spec, o.quantize, o.quantize_block)
     simplify(g)
 
 

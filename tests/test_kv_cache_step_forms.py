@@ -162,3 +162,30 @@ def test_decode_graph_runs_on_empty_batches_and_steps(tmp_path):
                 feeds[e[k]] = np.zeros((batch, e["kv_heads"], past, e["head_dim"]), np.float32)
         logits, present = s.run(["logits", config["cache"][0]["present_key"]], feeds)
         assert logits.shape == (batch, new, 80) and present.shape == (batch, 2, past + new, 16)
+
+
+def test_block_int8_standard_form_equals_the_numpy_reference():
+    """QuantMatMulBlocks lowered with standard operators (any target) computes the
+    float product with the dequantized weights, as its numpy reference does."""
+    from graphc.ir.quantize import quantize_weight_blocks
+    from graphc.prims.quant import dequantize_blocks
+    from graphc.ir.graph import Graph, OpNode, TensorType, ValueInfo
+    from graphc.lower import lower
+    from graphc.lower.model import serialize
+    from graphc.shapes import Dim
+    from helpers import ort_run
+    rng = np.random.default_rng(1)
+    w = rng.standard_normal((64, 24)).astype(np.float32)
+    x = rng.standard_normal((3, 5, 64)).astype(np.float32)
+    q, s = quantize_weight_blocks(w, 32)
+    g = Graph("blocks")
+    shape = lambda *ds: tuple(Dim.const(d) if isinstance(d, int) else Dim.sym(d) for d in ds)  # noqa: E731
+    g.add_value(ValueInfo("x", TensorType("float32", shape("b", 5, 64)), "input"))
+    g.inputs.append("x")
+    g.add_value(ValueInfo("w", TensorType("uint8", shape(24, 2, 32)), "const", data=q))
+    g.add_value(ValueInfo("s", TensorType("float32", shape(48)), "const", data=s))
+    g.add_value(ValueInfo("y", TensorType("float32", shape("b", 5, 24))))
+    g.add_op(OpNode("mm", "QuantMatMulBlocks", ["x", "w", "s"], ["y"]))
+    g.outputs["y"] = "y"
+    got = ort_run(serialize(lower(g, 17)), {"x": x})["y"]
+    assert np.abs(got - x @ dequantize_blocks(q, s)).max() < 1e-5

@@ -1,11 +1,14 @@
 """int8 generation bundles: ``graphc build SPEC --kv-cache --quantize int8``.
 
 The cached graph goes through the same int8 pass as a plain build
-(graphc.ir.quantize: per-channel symmetric int8 weights, activations quantized
-at run time, the output head float unless ``quantize: {head: true}``). A decode
+(graphc.pipeline's quantize pass, graphc.ir.quantize: per-channel symmetric
+int8 weights, activations quantized at run time, the output head float unless
+``quantize: {head: true}``). A decode
 step reads every weight once for one token per row, so it is bound by the
 weight bytes: int8 weights are a quarter of the float bytes (docs/generation.md,
-"The decode step, compile side", has the measured steps).
+"The decode step, compile side", has the measured steps). With ``--target ort`` the
+weights are quantized in blocks of ``BLOCK`` along K for MatMulNBits, whose
+activations are quantized per row: a row's logits do not depend on the batch.
 
 The error is measured like a plain build's (graphc.quantized), on a cached step
 instead of the spec's example inputs: 2 rows of 4 new tokens after 6 cached
@@ -16,23 +19,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..ir import Graph
 from ..ir.kv_cache import PAST_DIM
 
 BLOCK = 32                       # --target ort: MatMulNBits blocks along K (as onnxruntime-genai's int8)
 STEP_DIMS = {PAST_DIM: 6}        # the measured step: this many cached tokens
 STEP_ROWS, STEP_NEW = 2, 4
-
-
-def quantize_graph(graph: Graph, spec, mode: str, opset: int, target: str):
-    """Quantize the cached graph in place; returns (graphc.quantized.Quantization,
-    the float model's bytes, for ``measure``)."""
-    from .. import quantized
-    from ..ir.simplify import simplify
-    float_model = quantized.float_reference(graph, opset, target)
-    quant = quantized.apply(graph, spec, mode, BLOCK if target == "ort" else None)
-    simplify(graph)
-    return quant, float_model
 
 
 def step_feeds(session, seed: int) -> dict[str, np.ndarray]:

@@ -101,15 +101,14 @@ def build_bundle(spec_path: str | os.PathLike, output: str | os.PathLike,
         expected = {p.name: p.type.concrete_shape() for p in graph.params()}
         weights, more = apply_weights_section(spec.weights, weights, expected, source, ignore_weights)
         notes += more
-    options = Options(weights, seed, source, progress=progress)
+    from . import bundle_quant
+    options = Options(weights, seed, source, progress=progress, quantize=mode, spec=spec, opset=opset or DEFAULT_OPSET,
+                      target=target, quantize_block=bundle_quant.BLOCK if target == "ort" else None)
     weights = None              # the options hand them to the materialize pass, which lets go
-    notes += run_passes(graph, options).notes
+    state = run_passes(graph, options)
+    notes += state.notes
+    quant, float_model = state.quantization, state.float_model
     graph.metadata["graphc.kv_cache"] = "1"
-    quant = None
-    if mode != "none":
-        from . import bundle_quant
-        report(progress, "quantize")
-        quant, float_model = bundle_quant.quantize_graph(graph, spec, mode, opset or DEFAULT_OPSET, target)
     config = {
         "format": 1,
         "architecture": "encoder-decoder" if gen.encoder_decoder else "decoder-only",
