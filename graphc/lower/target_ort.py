@@ -19,8 +19,12 @@ numbers, including the choices not taken:
   builds slower on ORT.
 - MultiHeadAttention: not taken (the slowest attention form measured,
   /work/shared/ANCHORS.md: 4.30 ms against 3.19 decomposed).
-- MatMulNBits (weight-only int8/int4): not taken; dynamic int8 is as fast at
-  M=1 and 10-20x faster at M=128.
+- MatMulNBits (weight-only int8/int4): not taken for plain builds; dynamic int8
+  is as fast at M=1 and 10-20x faster at M=128. Taken (8 bits, blocks of 32) for
+  int8 generation bundles (QuantMatMulBlocks below), where rows must not share
+  an activation scale (docs/generation.md, "The decode step, compile side", which
+  also has the decode-step contrib forms not taken: GroupQueryAttention,
+  SkipSimplifiedLayerNormalization, RotaryEmbedding).
 """
 from __future__ import annotations
 
