@@ -48,3 +48,15 @@ def measure(quant, float_model: bytes, quant_model: bytes, max_error: float | No
     """Fill ``quant.errors`` from one cached step; refuse above ``max_error`` (graphc.quantized)."""
     from .. import quantized
     quantized.measure(quant, float_model, quant_model, max_error, feeds_for=step_feeds)
+
+
+def summary(quant) -> list[str]:
+    """The build's notes: graphc.quantized's lines, with the caches' errors (one line
+    per present in it) folded into the worst one."""
+    presents = [e for e in quant.errors if e.name.startswith("present.")]
+    lines = [line for line in quant.summary() if not any(f"output {e.name}:" in line for e in presents)]
+    if presents:
+        worst = max(presents, key=lambda e: e.rel_rms)
+        lines.append(f"error against float, the {len(presents)} present caches: worst {worst.name}, max abs "
+                     f"{worst.max_abs:.3g}, relative RMS {worst.rel_rms:.3%} (one cached step, random inputs)")
+    return lines

@@ -158,7 +158,7 @@ def build_bundle(spec_path: str | os.PathLike, output: str | os.PathLike,
         whole = lower_by_reference(graph, opset or DEFAULT_OPSET, target) if len(parts) > 1 else models[DECODER_FILE]
         write_model(buf, *whole)
         bundle_quant.measure(quant, float_model, buf.getvalue(), max_error)
-        notes += quant.summary()
+        notes += bundle_quant.summary(quant)
         if target != "ort":
             notes.append("int8 with standard operators quantizes each step's activations per tensor, so a row's logits "
                          "depend on the other rows of the batch; --target ort quantizes them per row (MatMulNBits)")
