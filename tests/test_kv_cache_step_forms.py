@@ -189,3 +189,41 @@ def test_block_int8_standard_form_equals_the_numpy_reference():
     g.outputs["y"] = "y"
     got = ort_run(serialize(lower(g, 17)), {"x": x})["y"]
     assert np.abs(got - x @ dequantize_blocks(q, s)).max() < 1e-5
+
+
+def test_last_logits_bundle_equals_the_last_position_of_the_default(tmp_path):
+    """--logits last (opt-in): logits [batch, 1, vocab] equal to the default bundle's last
+    position at every step (prompt, then one token), float and int8 (the head quantized
+    too), and the config says so; a plain build refuses the flag."""
+    from graphc.generation.bundle_write import build_bundle
+    _, fbundle, config, weights = build_both(tmp_path, SPEC)
+    lbundle = tmp_path / "last"
+    lconfig = build_bundle(tmp_path / "model.yaml", lbundle, dict(weights), logits="last", verify=True)
+    assert lconfig["logits_positions"] == "last" and "logits_positions" not in config
+    ids = np.random.default_rng(7).integers(3, 80, (2, 7))
+    full, last = Decoder(fbundle, config, 2), Decoder(lbundle, lconfig, 2)
+    for t0, t1 in [(0, 5), (5, 6), (6, 7)]:
+        pos = np.tile(np.arange(t0, t1), (2, 1))
+        a, b = full.step(ids[:, t0:t1], pos), last.step(ids[:, t0:t1], pos)
+        assert b.shape == (2, 1, 80) and np.abs(a[:, -1:] - b).max() < TOL
+    (tmp_path / "q.yaml").write_text(SPEC + "quantize: {mode: int8, head: true}\n")
+    qconfig = build_bundle(tmp_path / "q.yaml", tmp_path / "q8", dict(weights), logits="last")
+    assert any("error against float, output logits" in n for n in qconfig["notes"])
+    q = Decoder(tmp_path / "q8", qconfig, 2)
+    assert q.step(ids[:, :5], np.tile(np.arange(5), (2, 1))).shape == (2, 1, 80)
+    rc, _, err = cli("build", tmp_path / "model.yaml", "--logits", "last", "-o", tmp_path / "m.onnx")
+    assert rc == 2 and "--logits last needs --kv-cache" in err
+
+
+def test_last_logits_with_a_tied_head(tmp_path):
+    """A head tied to the embedding (its weight a run-time Transpose of the table)."""
+    from graphc.generation.bundle_write import build_bundle
+    from test_kv_cache import GPT
+    _, fbundle, config, weights = build_both(tmp_path, GPT.format(pos="learned_pe"))
+    lconfig = build_bundle(tmp_path / "model.yaml", tmp_path / "last", dict(weights), logits="last")
+    ids = np.random.default_rng(8).integers(3, 64, (2, 6))
+    full, last = Decoder(fbundle, config, 2), Decoder(tmp_path / "last", lconfig, 2)
+    for t0, t1 in [(0, 4), (4, 5)]:
+        pos = np.tile(np.arange(t0, t1), (2, 1))
+        a, b = full.step(ids[:, t0:t1], pos), last.step(ids[:, t0:t1], pos)
+        assert b.shape == (2, 1, 64) and np.abs(a[:, -1:] - b).max() < TOL

@@ -62,7 +62,8 @@ def build_bundle(spec_path: str | os.PathLike, output: str | os.PathLike,
                  opset: int | None = None, include_dirs: Iterable[str] = (),
                  max_param_bytes: int | None = DEFAULT_MAX_PARAM_BYTES, progress=None,
                  dtype: str = "float32", verify: bool = False, quantize: str | None = None,
-                 target: str = "onnx", ignore_weights: Iterable[str] = (), max_error: float | None = None) -> dict:
+                 target: str = "onnx", ignore_weights: Iterable[str] = (), max_error: float | None = None,
+                 logits: str = "all") -> dict:
     """Compile ``spec_path`` with a KV cache and write the bundle directory
     ``output``; returns the config written as graphc_generation.json.
     ``verify``: run the ONNX checker and strict shape inference on each file first.
@@ -72,7 +73,10 @@ def build_bundle(spec_path: str | os.PathLike, output: str | os.PathLike,
     graph like a plain build (graphc.generation.bundle_quant; its measured error is
     in the returned config's "notes", ``max_error`` refuses a larger one); ``target``
     "ort" takes graphc.lower.target_ort's contrib forms (docs/generation.md, "The decode
-    step, compile side", says which contrib operators were measured for decode steps)."""
+    step, compile side", says which contrib operators were measured for decode steps).
+    ``logits``: "all" (the contract's [batch, seq, vocab]) or "last" (opt-in: [batch, 1,
+    vocab], the head on the last position only; graphc.ir.kv_cache.last_position_logits;
+    the config then says "logits_positions": "last")."""
     from ..lower import DEFAULT_OPSET, lower_by_reference
     from ..progress import report
     out = Path(output)
@@ -80,6 +84,8 @@ def build_bundle(spec_path: str | os.PathLike, output: str | os.PathLike,
         raise GraphcError(f"--kv-cache bundles are float32 for now, not {dtype}", hint="leave out --dtype")
     from ..lower.targets import check_target
     check_target(target)        # ort: graphc.lower.target_ort's measured choices apply to bundles too
+    if logits not in ("all", "last"):
+        raise GraphcError(f"unknown --logits '{logits}'", hint="all (every new position, the default) or last")
     _check_target(out)
     report(progress, "check")
     spec = load_spec(spec_path, include_dirs)
@@ -103,7 +109,8 @@ def build_bundle(spec_path: str | os.PathLike, output: str | os.PathLike,
         notes += more
     from . import bundle_quant
     options = Options(weights, seed, source, progress=progress, quantize=mode, spec=spec, opset=opset or DEFAULT_OPSET,
-                      target=target, quantize_block=bundle_quant.BLOCK if target == "ort" else None)
+                      target=target, quantize_block=bundle_quant.BLOCK if target == "ort" else None,
+                      last_logits=logits == "last")
     weights = None              # the options hand them to the materialize pass, which lets go
     state = run_passes(graph, options)
     notes += state.notes
@@ -125,6 +132,7 @@ def build_bundle(spec_path: str | os.PathLike, output: str | os.PathLike,
         "cache": [{"past_key": e.past_key, "past_value": e.past_value, "present_key": e.present_key,
                    "present_value": e.present_value, "kv_heads": e.kv_heads, "head_dim": e.head_dim}
                   for e in cache.entries],
+        **({"logits_positions": "last"} if logits == "last" else {}),
         "spec": spec.name,
         "graphc_version": __version__,
     }
@@ -220,7 +228,7 @@ def build_bundle_cli(args) -> int:
     with Progress(enabled=False if args.quiet else None) as progress:
         config = build_bundle(args.spec, args.output, args.weights, args.seed, args.opset, args.include_dir,
                               args.max_param_bytes, progress, args.dtype, args.check, args.quantize, args.target,
-                              args.ignore_weights, getattr(args, "max_error", None))
+                              args.ignore_weights, getattr(args, "max_error", None), args.logits)
     if not args.quiet:
         for note in config["notes"]:
             print(f"graphc: note: {note}", file=sys.stderr)
