@@ -227,3 +227,17 @@ def test_last_logits_with_a_tied_head(tmp_path):
         pos = np.tile(np.arange(t0, t1), (2, 1))
         a, b = full.step(ids[:, t0:t1], pos), last.step(ids[:, t0:t1], pos)
         assert b.shape == (2, 1, 64) and np.abs(a[:, -1:] - b).max() < TOL
+
+
+def test_generate_runs_last_logits_bundles_unchanged(tmp_path):
+    """graphc.generate (greedy and beam search, left-padded rows) gives the same ids with
+    a --logits last bundle as with the default one."""
+    import graphc
+    from graphc.generation.bundle_write import build_bundle
+    _, fbundle, _, weights = build_both(tmp_path, SPEC, scale=0.3)
+    build_bundle(tmp_path / "model.yaml", tmp_path / "last", dict(weights), logits="last")
+    ids = np.array([[0, 0, 5, 17, 30], [9, 8, 7, 6, 5]])
+    for beams in (1, 3):
+        a = graphc.generate(fbundle, input_ids=ids, max_new_tokens=6, num_beams=beams)
+        b = graphc.generate(tmp_path / "last", input_ids=ids, max_new_tokens=6, num_beams=beams)
+        assert np.array_equal(a, b) and a.shape[0] == 2
