@@ -166,6 +166,8 @@ def cmd_build(args) -> int:
     if args.kv_cache:
         from .generation.bundle_write import build_bundle_cli
         return build_bundle_cli(args)
+    if args.logits != "all":
+        raise GraphcError("--logits last needs --kv-cache", hint="it chooses the logits of a generation bundle")
     out = Path(args.output)
     check_output_path(args.output, [args.spec, args.weights])   # before a long compile; the text keeps a trailing '/'
     t0 = time.perf_counter()
@@ -399,6 +401,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--kv-cache", action="store_true",
                    help="write a generation bundle directory (cached decoder, encoder, graphc_generation.json) "
                         "for 'graphc generate'; needs the spec's generation: section (docs/generation.md)")
+    b.add_argument("--logits", choices=("all", "last"), default="all",
+                   help="with --kv-cache: logits at every new position (default) or at the last one only "
+                        "(a shorter prompt step; docs/generation.md)")
     b.add_argument("-q", "--quiet", action="store_true", help="print nothing on success (no progress, no summary)")
     b.set_defaults(fn=cmd_build)
 

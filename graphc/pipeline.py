@@ -19,6 +19,7 @@ fold               every parameter has data        no Derive op; every weight is
 float16            (float16 builds) no Derive op   no float32 tensor is left
 simplify           no Derive op                    no op whose results nothing reads
 metadata           (none)                          the build's settings are recorded
+last-logits        (--logits last) no Derive op    logits are [batch, 1, vocab]
 quantize           (int8 builds) no Derive op      weight MatMuls are QuantMatMuls;
                                                    the float model is kept to measure
 =================  ==============================  ==================================
@@ -40,6 +41,7 @@ import numpy as np
 from .errors import InternalError
 from .ir import DTYPES, Graph, verify
 from .ir.fold import fold_derived
+from .ir.kv_cache import last_position_logits
 from .ir.precision import check_float16_range, convert_to_float16
 from .ir.simplify import simplify
 from .progress import report
@@ -62,6 +64,8 @@ class Options:
     spec: object = None
     opset: int = 17
     target: str = "onnx"
+    quantize_block: int | None = None   # int8 weights in blocks along K (generation bundles, --target ort)
+    last_logits: bool = False           # generation bundles, --logits last: the head on the last position only
     progress: Callable | None = None
 
 
@@ -142,6 +146,10 @@ def _quantized(g: Graph) -> str | None:
             w, scale = (g.value(n) for n in op.inputs[1:])
             if w.kind != "const" or w.type.dtype != "int8" or scale.kind != "const":
                 return f"QuantMatMul {op.id} does not read int8 weights and their scales"
+        if op.op == "QuantMatMulBlocks":
+            w, scale = (g.value(n) for n in op.inputs[1:])
+            if w.kind != "const" or w.type.dtype != "uint8" or scale.kind != "const":
+                return f"QuantMatMulBlocks {op.id} does not read uint8 weight blocks and their scales"
     return _no_dead_ops(g)
 
 
@@ -178,11 +186,20 @@ def _metadata(g: Graph, o: Options, s: State) -> None:
     g.metadata["graphc.seed"] = str(o.seed) if s.seeded else "weights"
 
 
+def _last_logits(g: Graph, o: Options, s: State) -> None:
+    last_position_logits(g)
+
+
+def _logits_last(g: Graph) -> str | None:
+    t = g.value(g.outputs["logits"]).type
+    return None if t.shape[1] == 1 else f"logits are {t}, not one position"
+
+
 def _quantize(g: Graph, o: Options, s: State) -> None:
     from . import quantized      # lowers the float model (onnx): loaded only for int8 builds
     report(o.progress, "quantize")
     s.float_model = quantized.float_reference(g, o.opset, o.target)
-    s.quantization = quantized.apply(g, o.spec, o.quantize)
+    s.quantization = quantized.apply(g, o.spec, o.quantize, o.quantize_block)
     simplify(g)
 
 
@@ -193,6 +210,7 @@ PASSES: tuple[Pass, ...] = (
     Pass("float16", _float16, _no_derive, _no_float32, when=lambda o: o.dtype == "float16"),
     Pass("simplify", _simplify, _no_derive, _no_dead_ops),
     Pass("metadata", _metadata, _nothing, _recorded),
+    Pass("last-logits", _last_logits, _no_derive, _logits_last, when=lambda o: o.last_logits),
     Pass("quantize", _quantize, _no_derive, _quantized, when=lambda o: o.quantize != "none"),
 )
 PASS_NAMES = tuple(p.name for p in PASSES)

@@ -76,20 +76,25 @@ def float_reference(graph: Graph, opset: int, target: str) -> bytes:
     return buf.getvalue()
 
 
-def apply(graph: Graph, spec: Spec, mode: str) -> Quantization:
-    report = quantize(graph, options_for(mode, spec))
+def apply(graph: Graph, spec: Spec, mode: str, block_size: int | None = None) -> Quantization:
+    """``block_size``: weight-only int8 in blocks along K (graphc.prims.quant QuantMatMulBlocks)."""
+    options = options_for(mode, spec)
+    options.block_size = block_size
+    report = quantize(graph, options)
     graph.metadata["graphc.quantize"] = mode
     return Quantization(mode, report)
 
 
-def measure(q: Quantization, float_model: bytes, quant_model: bytes, max_error: float | None = None) -> None:
-    """Fill ``q.errors``; refuse (GraphcError) when a relative RMS error exceeds ``max_error``."""
+def measure(q: Quantization, float_model: bytes, quant_model: bytes, max_error: float | None = None,
+            feeds_for=None) -> None:
+    """Fill ``q.errors``; refuse (GraphcError) when a relative RMS error exceeds ``max_error``.
+    ``feeds_for(session, seed)``: the inputs to compare on (default: random at the example dims)."""
     from .runtime import make_session, random_inputs
     # the deployed kernels (all optimizations), without re-packing the weights for
     # speed: two runs at the example dims do not repay it (40% of session creation)
     config = {"session.disable_prepacking": "1"}
     fs, qs = make_session(float_model, config=config), make_session(quant_model, config=config)
-    feeds = random_inputs(fs, {}, ERROR_SEED)
+    feeds = feeds_for(fs, ERROR_SEED) if feeds_for is not None else random_inputs(fs, {}, ERROR_SEED)
     names = [o.name for o in fs.get_outputs()]
     f_out, q_out = fs.run(names, feeds), qs.run(names, feeds)
     for name, f, qv in zip(names, f_out, q_out):

@@ -77,7 +77,8 @@ def test_postconditions_hold_after_each_pass():
     assert all(v.type.dtype != "float32" for v in g.values())
     assert all(p.data is not None for p in g.params())
     assert g.metadata["graphc.seed"] == "0" and g.metadata["graphc.dtype"] == "float16"
-    assert PASS_NAMES == ("materialize", "float16-range", "fold", "float16", "simplify", "metadata", "quantize")
+    assert PASS_NAMES == ("materialize", "float16-range", "fold", "float16", "simplify", "metadata", "last-logits",
+                          "quantize")
 
 
 def test_verify_runs_between_passes(monkeypatch):

@@ -63,30 +63,35 @@ def build_bundle(spec_path: str | os.PathLike, output: str | os.PathLike,
                  opset: int | None = None, include_dirs: Iterable[str] = (),
                  max_param_bytes: int | None = DEFAULT_MAX_PARAM_BYTES, progress=None,
                  dtype: str = "float32", verify: bool = False, quantize: str | None = None,
-                 target: str = "onnx", ignore_weights: Iterable[str] = ()) -> dict:
+                 target: str = "onnx", ignore_weights: Iterable[str] = (), max_error: float | None = None,
+                 logits: str = "all") -> dict:
     """Compile ``spec_path`` with a KV cache and write the bundle directory
     ``output``; returns the config written as graphc_generation.json.
     ``verify``: run the ONNX checker and strict shape inference on each file first.
     Weights load as in graphc.compiler.compile_spec (a file, a checkpoint directory or
     a sharded index; the spec's ``weights:`` section and ``ignore_weights`` map names).
-    Bundles are float32 with standard operators for now: int8 (``quantize`` or the
-    spec's ``quantize:`` section) and ``target: ort`` are refused, not ignored."""
+    ``quantize`` ("int8", or the spec's ``quantize:`` section) quantizes the cached
+    graph like a plain build (graphc.generation.bundle_quant; its measured error is
+    in the returned config's "notes", ``max_error`` refuses a larger one); ``target``
+    "ort" takes graphc.lower.target_ort's contrib forms (docs/generation.md, "The decode
+    step, compile side", says which contrib operators were measured for decode steps).
+    ``logits``: "all" (the contract's [batch, seq, vocab]) or "last" (opt-in: [batch, 1,
+    vocab], the head on the last position only; graphc.ir.kv_cache.last_position_logits;
+    the config then says "logits_positions": "last")."""
     from ..lower import DEFAULT_OPSET, lower_by_reference
     from ..progress import report
     out = Path(output)
     if dtype != "float32":
         raise GraphcError(f"--kv-cache bundles are float32 for now, not {dtype}", hint="leave out --dtype")
-    if target != "onnx":
-        raise GraphcError(f"--kv-cache bundles use standard ONNX operators; --target {target} is not supported "
-                          f"with them yet", hint="leave out --target")
+    from ..lower.targets import check_target
+    check_target(target)        # ort: graphc.lower.target_ort's measured choices apply to bundles too
+    if logits not in ("all", "last"):
+        raise GraphcError(f"unknown --logits '{logits}'", hint="all (every new position, the default) or last")
     _check_target(out)
     report(progress, "check")
     spec = load_spec(spec_path, include_dirs)
     from .. import quantized
-    if quantized.resolve_mode(quantize, spec) != "none":
-        raise GraphcError("--kv-cache bundles are float32 for now: int8 quantization is not supported with them",
-                          spec.quantize.span if quantize is None and getattr(spec.quantize, "span", None) else None,
-                          hint="pass --quantize none to build a float bundle")
+    mode = quantized.resolve_mode(quantize, spec)
     graph = build_graph(spec, max_param_bytes, kv_cache=True)
     gen, cache = spec.generation, graph.generation
     for src in spec.sources + ([str(weights)] if isinstance(weights, (str, os.PathLike)) else []):
@@ -103,9 +108,14 @@ def build_bundle(spec_path: str | os.PathLike, output: str | os.PathLike,
         expected = {p.name: p.type.concrete_shape() for p in graph.params()}
         weights, more = apply_weights_section(spec.weights, weights, expected, source, ignore_weights)
         notes += more
-    options = Options(weights, seed, source, progress=progress)
+    from . import bundle_quant
+    options = Options(weights, seed, source, progress=progress, quantize=mode, spec=spec, opset=opset or DEFAULT_OPSET,
+                      target=target, quantize_block=bundle_quant.BLOCK if target == "ort" else None,
+                      last_logits=logits == "last")
     weights = None              # the options hand them to the materialize pass, which lets go
-    notes += run_passes(graph, options).notes
+    state = run_passes(graph, options)
+    notes += state.notes
+    quant, float_model = state.quantization, state.float_model
     graph.metadata["graphc.kv_cache"] = "1"
     config = {
         "format": 1,
@@ -123,6 +133,7 @@ def build_bundle(spec_path: str | os.PathLike, output: str | os.PathLike,
         "cache": [{"past_key": e.past_key, "past_value": e.past_value, "present_key": e.present_key,
                    "present_value": e.present_value, "kv_heads": e.kv_heads, "head_dim": e.head_dim}
                   for e in cache.entries],
+        **({"logits_positions": "last"} if logits == "last" else {}),
         "spec": spec.name,
         "graphc_version": __version__,
     }
@@ -147,7 +158,19 @@ def build_bundle(spec_path: str | os.PathLike, output: str | os.PathLike,
         config["encoder"] = {"file": ENCODER_FILE, "inputs": {n: roles[n] for n in enc.inputs},
                              "outputs": [b for _, b in boundary]}
     report(progress, "lower")
-    models = {f: lower_by_reference(g, opset or DEFAULT_OPSET) for f, g in parts.items()}
+    models = {f: lower_by_reference(g, opset or DEFAULT_OPSET, target) for f, g in parts.items()}
+    if quant is not None:
+        report(progress, "measure")
+        from ..lower.stream import write_model
+        import io
+        buf = io.BytesIO()
+        whole = lower_by_reference(graph, opset or DEFAULT_OPSET, target) if len(parts) > 1 else models[DECODER_FILE]
+        write_model(buf, *whole)
+        bundle_quant.measure(quant, float_model, buf.getvalue(), max_error)
+        notes += bundle_quant.summary(quant)
+        if target != "ort":
+            notes.append("int8 with standard operators quantizes each step's activations per tensor, so a row's logits "
+                         "depend on the other rows of the batch; --target ort quantizes them per row (MatMulNBits)")
     _write_directory(out, models, config, verify, progress)
     config["notes"] = notes
     return config
@@ -206,7 +229,7 @@ def build_bundle_cli(args) -> int:
     with Progress(enabled=False if args.quiet else None) as progress:
         config = build_bundle(args.spec, args.output, args.weights, args.seed, args.opset, args.include_dir,
                               args.max_param_bytes, progress, args.dtype, args.check, args.quantize, args.target,
-                              args.ignore_weights)
+                              args.ignore_weights, getattr(args, "max_error", None), args.logits)
     if not args.quiet:
         for note in config["notes"]:
             print(f"graphc: note: {note}", file=sys.stderr)

@@ -46,6 +46,7 @@ class QuantizeOptions:
     include: list = None                 # graphc.spec.quantize.Pattern
     exclude: list = field(default_factory=list)
     head: bool = False
+    block_size: int | None = None        # weight-only int8 in blocks along K (QuantMatMulBlocks), e.g. 32
 
 
 @dataclass
@@ -78,6 +79,18 @@ def quantize_weight(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     scale[scale == 0] = 1
     q = np.clip(np.rint(w / scale), -127, 127).astype(np.int8)
     return q, scale
+
+
+def quantize_weight_blocks(w: np.ndarray, block: int) -> tuple[np.ndarray, np.ndarray]:
+    """[K, N] float -> (uint8 [N, K / block, block], float32 scales [N * K / block]):
+    symmetric per block of ``block`` rows of one column, stored + 128 (MatMulNBits'
+    8-bit layout with its default zero point). K must be a multiple of ``block``."""
+    k, n = w.shape
+    wt = np.asarray(w, np.float32).T.reshape(n, k // block, block)
+    scale = (np.abs(wt).max(axis=2) / np.float32(127)).astype(np.float32)
+    scale[scale == 0] = 1
+    q = np.clip(np.rint(wt / scale[..., None]), -127, 127).astype(np.int16) + 128
+    return q.astype(np.uint8), scale.reshape(-1)
 
 
 def _weight_value(g: Graph, name: str):
@@ -192,7 +205,7 @@ def quantize(g: Graph, options: QuantizeOptions) -> QuantizeReport:
     before = {s.weight: g.value(s.weight).data.nbytes for s in chosen}
     quantized_weights: dict[str, tuple[str, str]] = {}
     for s in chosen:
-        _rewrite(g, s, quantized_weights)
+        _rewrite(g, s, quantized_weights, options.block_size)
         _once(report.quantized, s.op.layer)
     report.weight_bytes_before = sum(before.values())
     report.weight_bytes_after = sum(g.value(q).data.nbytes + g.value(sc).data.nbytes
@@ -211,22 +224,27 @@ def _const(g: Graph, name: str, array: np.ndarray, like: ValueInfo) -> str:
     while g.has_value(name):
         k += 1
         name = f"{base}_{k}"
-    dtype = {np.dtype(np.int8): "int8", np.dtype(np.float32): "float32"}[array.dtype]
+    dtype = {np.dtype(np.int8): "int8", np.dtype(np.uint8): "uint8", np.dtype(np.float32): "float32"}[array.dtype]
     g.add_value(ValueInfo(name, TensorType(dtype, tuple(Dim.const(int(d)) for d in array.shape)), "const",
                           data=np.ascontiguousarray(array), span=like.span))
     return name
 
 
-def _rewrite(g: Graph, s: _Site, done: dict[str, tuple[str, str]]) -> None:
+def _rewrite(g: Graph, s: _Site, done: dict[str, tuple[str, str]], block: int | None = None) -> None:
     op = s.op
     wv = g.value(s.weight)
+    blocks = block is not None and wv.type.shape[-2 if not s.heads else 1].value % block == 0
     if s.weight not in done:
         w = wv.data
         if s.heads:
             n, width, d = w.shape
             w = np.ascontiguousarray(np.transpose(w, (1, 0, 2))).reshape(width, n * d)   # [n, W, D] -> [W, n*D]
-        q, scale = quantize_weight(w)
-        done[s.weight] = (_const(g, s.weight + ".int8", q, wv), _const(g, s.weight + ".scale", scale, wv))
+        if blocks:
+            q, scale = quantize_weight_blocks(w, block)
+            done[s.weight] = (_const(g, s.weight + ".int8_blocks", q, wv), _const(g, s.weight + ".scales", scale, wv))
+        else:
+            q, scale = quantize_weight(w)
+            done[s.weight] = (_const(g, s.weight + ".int8", q, wv), _const(g, s.weight + ".scale", scale, wv))
     wq, ws = done[s.weight]
     new_ops: list[str] = []
 
@@ -238,8 +256,11 @@ def _rewrite(g: Graph, s: _Site, done: dict[str, tuple[str, str]]) -> None:
         return oid
 
     xt = g.value(s.x).type
-    n_cols = g.value(wq).type.shape[1]
-    y = emit("QuantMatMul", [s.x, wq, ws], TensorType("float32", xt.shape[:-1] + (n_cols,)))
+    wt = g.value(wq).type
+    if wt.dtype == "uint8":                 # [N, K / block, block]
+        y = emit("QuantMatMulBlocks", [s.x, wq, ws], TensorType("float32", xt.shape[:-1] + (wt.shape[0],)))
+    else:
+        y = emit("QuantMatMul", [s.x, wq, ws], TensorType("float32", xt.shape[:-1] + (wt.shape[1],)))
     if s.bias is not None:
         bias = s.bias
         if s.heads:

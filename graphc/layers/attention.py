@@ -30,7 +30,7 @@ from ..shapes import Dim, format_shape
 from .base import Call, LayerKind, Param, Port
 from .basic import declare_linear, last_dim, linear_op
 from .positional import MAX_TABLE_LEN, Rope, apply_rope
-from .relayout import heads_from_rows
+from .relayout import heads_from_rows, transposed
 
 ROPE = (
     Param("rope", "str", None, "rotary position embedding of queries and keys, after the projection: "
@@ -234,6 +234,47 @@ def _cached_self_attention(b: Builder, call: Call, c: dict, sq: Dim) -> bool:
     return True
 
 
+def _decode_projection(b: Builder, call: Call, x: Value, w_in: Value, b_in: Value | None, heads: int,
+                       kvh: int, hd: int, scale: np.float32) -> tuple[Value, Value, Value, bool]:
+    """q, k, v heads [B, n, S, D] of a cached (decode-step) self-attention, rope applied.
+
+    One flat [B*S, W] @ [W, (H + 2 Hkv) D] GEMM, then a reshape and a transpose
+    into the head layout. The batched per-head form of plain builds
+    ([B, 1, S, W] @ [n, W, D]) is n GEMVs at one new token, needs a guard
+    against an empty batch (an If around every projection) and measured 3x
+    slower at batch 4 (docs/generation.md, "The decode step, compile side").
+    Rope rotates the query and key heads together (one set of rotation ops
+    on [B, H + Hkv, S, D], then a split): elementwise, so the same numbers."""
+    nq, nk = heads * hd, kvh * hd
+    n = heads + 2 * kvh
+    bsz, sq, width = x.shape[0], x.shape[1], x.shape[2].value
+    one = Dim.const
+
+    def flat_weight(w: np.ndarray) -> np.ndarray:             # [N, W] rows [W_q; W_k; W_v] -> [W, N]
+        out = transposed(w)
+        out[:, :nq] *= scale                                    # 1/sqrt(d) folded into the query columns
+        return out
+    w = b.derive(flat_weight, [w_in], (width, nq + 2 * nk), label="qkv_weight_t")
+    y = b.op("MatMul", [x, w])                                                  # [B, S, W] @ [W, N] -> [B, S, N]
+    if b_in is not None:
+        bias = b.derive(lambda bb: np.concatenate([bb[:nq] * scale, bb[nq:]]).astype(bb.dtype), [b_in],
+                        (nq + 2 * nk,), label="qkv_bias")
+        y = b.op("Add", [y, bias])
+    y = b.op("Reshape", [y], shape=(bsz, sq, one(n), one(hd)))                  # -> [B, S, n, D]
+    y = b.op("Transpose", [y], perm=[0, 2, 1, 3])                               # -> [B, n, S, D]
+    if call["rope"] is None:
+        qh, kh, vh = b.op("Split", [y], n_out=3, axis=1, sizes=[heads, kvh, kvh])
+        return qh, kh, vh, False
+    qk, vh = b.op("Split", [y], n_out=2, axis=1, sizes=[heads + kvh, kvh])      # [B, H + Hkv, S, D], [B, Hkv, S, D]
+
+    def too_long(message, hint):
+        return call.error("rope: " + message, "rope_max_len", hint=hint)
+    qk = apply_rope(b, qk, call["rope"], call["rope_base"], call["rope_max_len"], -2, too_long,
+                    b.gen.positions(call["rope_max_len"]))                      # rotated (linear: commutes with the scale)
+    qh, kh = b.op("Split", [qk], n_out=2, axis=1, sizes=[heads, kvh])
+    return qh, kh, vh, True
+
+
 class MultiheadAttention(LayerKind):
     """Multi-head attention like torch.nn.MultiheadAttention(batch_first=True),
     plus grouped-query heads and an optional output projection.
@@ -394,7 +435,12 @@ class MultiheadAttention(LayerKind):
             return list(b.op("Split", [y], n_out=len(parts), axis=1, sizes=sizes))
 
         q_part, k_part, v_part = (0, nq, True), (nq, nq + nk, False), (nq + nk, nq + 2 * nk, False)
-        if c["self_attn"] and c["packed"]:
+        cached = _cached_self_attention(b, call, c, sq)
+        rope_done = False
+        if cached and c["packed"]:
+            # a decode step: one flat GEMM, and rope on the query and key heads at once
+            qh, kh, vh, rope_done = _decode_projection(b, call, x, w_parts[0], b_in, heads, kvh, hd, scale)
+        elif c["self_attn"] and c["packed"]:
             qh, kh, vh = project_heads(x, sq, [q_part, k_part, v_part], "qkv")     # one MatMul for q, k and v
         else:
             (qh,) = project_heads(x, sq, [q_part], "q")
@@ -403,8 +449,7 @@ class MultiheadAttention(LayerKind):
             else:
                 (kh,) = project_heads(key, sk, [k_part], "k")
                 (vh,) = project_heads(value, sk, [v_part], "v")
-        cached = _cached_self_attention(b, call, c, sq)
-        if call["rope"] is not None:
+        if call["rope"] is not None and not rope_done:
             # the rotation is linear, so it commutes with the 1/sqrt(d) folded into the query heads
             def too_long(message, hint):
                 return call.error("rope: " + message, "rope_max_len", hint=hint)

@@ -33,7 +33,18 @@ def _collect(ctx: LowerContext, build: Callable[[], str]) -> tuple[list[onnx.Nod
 
 
 def dim_of(ctx: LowerContext, name: str, axis: int) -> str:
-    """One run-time dim of `name`, int64 [1]."""
+    """One run-time dim of `name`, int64 [1].
+
+    In a decode graph (a --kv-cache build) a symbolic dim is read once and shared:
+    equal symbolic dims are equal at run time, so the layers of a stack need not
+    each read the batch or the cache length again (8 fewer nodes per attention
+    layer; docs/generation.md, "The decode step, compile side"). Plain builds keep
+    one Shape per use (their bytes are unchanged)."""
+    t = ctx.g.value(name).type
+    d = t.shape[axis]
+    if ctx.g.generation is not None and not d.is_const:
+        axis %= t.rank
+        return ctx.shared(("dim", d), lambda: ctx.one("Shape", [name], start=axis, end=axis + 1))
     return ctx.one("Shape", [name], start=axis, end=axis + 1)
 
 

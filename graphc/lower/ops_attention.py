@@ -107,7 +107,7 @@ def _decomposed(ctx: LowerContext, op: OpNode) -> None:
         # Run-time targets with every dim explicit (allowzero=1): a static [0, Hkv, -1, 0]
         # cannot infer its -1 when the batch is 0
         b, sq = dim_of(ctx, op.inputs[0], 0), dim_of(ctx, op.inputs[0], 2)
-        gsq = ctx.one("Mul", [sq, ctx.const(np.array([group], np.int64))])
+        gsq = ctx.shared(("times", sq, group), lambda: ctx.one("Mul", [sq, ctx.const(np.array([group], np.int64))]))
         sk = dim_of(ctx, k, 2)
         d, dv = (t.shape[3].value if t.shape[3].is_const else dim_of(ctx, n, 3)
                  for t, n in ((qt, q), (ctx.g.value(v).type, v)))

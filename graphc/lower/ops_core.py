@@ -152,6 +152,14 @@ def _rms_norm(ctx, op):
         ctx.node("RMSNormalization", [x, scale], op.outputs, axis=-1, epsilon=eps, stash_type=1)
         return
     dt = _dtype_of(ctx, x)
+    if dt == np.float32 and ctx.g.generation is not None:
+        # a decode step (--kv-cache): the Pow/Div form, which ONNX Runtime fuses into one
+        # SimplifiedLayerNormalization kernel (7 nodes -> 1 per norm; docs/generation.md,
+        # "The decode step, compile side"). Plain builds keep their bytes
+        ms = _reduce_mean_last(ctx, ctx.one("Pow", [x, ctx.const(np.array(2.0, np.float32))]))
+        rms = ctx.one("Sqrt", [ctx.one("Add", [ms, ctx.const(np.array(eps, np.float32))])])
+        ctx.node("Mul", [ctx.one("Div", [x, rms]), scale], op.outputs)
+        return
     xf = ctx.one("Cast", [x], to=TensorProto.FLOAT) if dt != np.float32 else x
     ms = _reduce_mean_last(ctx, ctx.one("Mul", [xf, xf]))
     inv = ctx.one("Reciprocal", [ctx.one("Sqrt", [ctx.one("Add", [ms, ctx.const(np.array(eps, np.float32))])])])
@@ -227,7 +235,11 @@ def shape_vector(ctx, pieces: list) -> str:
         parts.append(p)
     if run:
         parts.append(ctx.const(np.array(run, np.int64)))
-    return parts[0] if len(parts) == 1 else ctx.one("Concat", parts, axis=0)
+    if len(parts) == 1:
+        return parts[0]
+    if ctx.g.generation is not None:        # a decode graph: one vector per distinct shape (see guards.dim_of)
+        return ctx.shared(("shape_vector",) + tuple(parts), lambda: ctx.one("Concat", parts, axis=0))
+    return ctx.one("Concat", parts, axis=0)
 
 
 def reshape_target(ctx, x: str, rank: int, out: list[int]) -> str:

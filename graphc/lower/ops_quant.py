@@ -28,3 +28,18 @@ def _quant_matmul(ctx: LowerContext, op: OpNode) -> None:
     acc = ctx.one("MatMulInteger", [xq, wq, xz])
     accf = ctx.one("Cast", [acc], to=TensorProto.FLOAT)
     ctx.node("Mul", [accf, ctx.one("Mul", [xs, ws])], op.outputs)
+
+
+@lowering("QuantMatMulBlocks")
+def _quant_matmul_blocks(ctx: LowerContext, op: OpNode) -> None:
+    """The standard form: the weight blocks dequantized at run time, then a float
+    MatMul (the reference's math). graphc emits this primitive for --target ort
+    generation bundles, whose lowering is com.microsoft MatMulNBits
+    (graphc.lower.target_ort); this form keeps the primitive valid for any target."""
+    import numpy as np
+    x, w, scales = op.inputs
+    n, nb, block = (d.value for d in ctx.g.value(w).type.shape)
+    wf = ctx.one("Sub", [ctx.one("Cast", [w], to=TensorProto.FLOAT), ctx.const(np.array(128, np.float32))])
+    wf = ctx.one("Mul", [wf, ctx.one("Reshape", [scales, ctx.const(np.array([n, nb, 1], np.int64))])])
+    wf = ctx.one("Reshape", [wf, ctx.const(np.array([n, nb * block], np.int64))])      # [N, nb, block] -> [N, K]
+    ctx.node("MatMul", [x, ctx.one("Transpose", [wf], perm=[1, 0])], op.outputs)     # x @ [K, N]

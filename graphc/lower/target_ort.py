@@ -19,8 +19,12 @@ numbers, including the choices not taken:
   builds slower on ORT.
 - MultiHeadAttention: not taken (the slowest attention form measured,
   /work/shared/ANCHORS.md: 4.30 ms against 3.19 decomposed).
-- MatMulNBits (weight-only int8/int4): not taken; dynamic int8 is as fast at
-  M=1 and 10-20x faster at M=128.
+- MatMulNBits (weight-only int8/int4): not taken for plain builds; dynamic int8
+  is as fast at M=1 and 10-20x faster at M=128. Taken (8 bits, blocks of 32) for
+  int8 generation bundles (QuantMatMulBlocks below), where rows must not share
+  an activation scale (docs/generation.md, "The decode step, compile side", which
+  also has the decode-step contrib forms not taken: GroupQueryAttention,
+  SkipSimplifiedLayerNormalization, RotaryEmbedding).
 """
 from __future__ import annotations
 
@@ -37,3 +41,15 @@ def _gelu(ctx: LowerContext, op: OpNode) -> None:
         return
     approximate = op.attrs.get("approximate", "none")
     ctx.node("FastGelu" if approximate == "tanh" else "Gelu", op.inputs, op.outputs, domain=MS_DOMAIN)
+
+
+@target_lowering("ort", "QuantMatMulBlocks")
+def _quant_matmul_blocks(ctx: LowerContext, op: OpNode) -> None:
+    """com.microsoft MatMulNBits, 8 bits, accuracy_level 4 (activations quantized to
+    int8 per row and block: rows never mix). Used by int8 generation bundles with
+    --target ort (graphc.generation.bundle_quant), where a row's tokens must not
+    depend on the rest of the batch."""
+    x, w, scales = op.inputs
+    n, nb, block = (d.value for d in ctx.g.value(w).type.shape)
+    ctx.node("MatMulNBits", [x, w, scales], op.outputs, domain=MS_DOMAIN, K=nb * block, N=n, bits=8,
+             block_size=block, accuracy_level=4)
