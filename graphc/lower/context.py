@@ -4,8 +4,7 @@ from __future__ import annotations
 from typing import Any, Callable
 
 import numpy as np
-import onnx
-from onnx import helper, numpy_helper
+from . import proto
 
 from ..errors import GraphcError
 from ..ir import Graph, OpNode
@@ -16,8 +15,8 @@ class LowerContext:
         self.g = graph
         self.opset = opset
         self.target = target                # graphc.lower.targets
-        self.nodes: list[onnx.NodeProto] = []
-        self.extra_initializers: list[onnx.TensorProto] = []
+        self.nodes: list[proto.NodeProto] = []
+        self.extra_initializers: list[proto.TensorProto] = []
         self._consts: dict[tuple, str] = {}
         self._count = 0
         self.current: OpNode | None = None
@@ -31,7 +30,7 @@ class LowerContext:
     def node(self, op_type: str, inputs: list[str], outputs: list[str] | None = None, n_out: int = 1,
              domain: str = "", **attrs: Any) -> list[str]:
         outputs = outputs or [self.fresh(op_type) for _ in range(n_out)]
-        self.nodes.append(helper.make_node(op_type, inputs, outputs, name=self.fresh(op_type + "_node"),
+        self.nodes.append(proto.make_node(op_type, inputs, outputs, name=self.fresh(op_type + "_node"),
                                            domain=domain or None, **attrs))
         return outputs
 
@@ -52,7 +51,7 @@ class LowerContext:
             self._count += 1
             name = f"graphc.const_{len(self._consts)}"
             self._consts[key] = name
-            self.extra_initializers.append(numpy_helper.from_array(arr, name))
+            self.extra_initializers.append(proto.from_array(arr, name))
         return self._consts[key]
 
     def error(self, message: str) -> GraphcError:

@@ -13,13 +13,12 @@ from __future__ import annotations
 from typing import Callable
 
 import numpy as np
-import onnx
-from onnx import helper
+from . import proto
 
 from .context import LowerContext
 
 
-def _collect(ctx: LowerContext, build: Callable[[], str]) -> tuple[list[onnx.NodeProto], str]:
+def _collect(ctx: LowerContext, build: Callable[[], str]) -> tuple[list[proto.NodeProto], str]:
     """The nodes `build` emits, diverted into a list (a subgraph body), and its result.
     Values memoised inside the branch are forgotten after it: they do not exist
     in the enclosing graph."""
@@ -68,10 +67,10 @@ def unless_empty(ctx: LowerContext, tensors: list[str], output: str, elem_type: 
     empty = any_empty(ctx, tensors)
     then_nodes, shape = _collect(ctx, zeros_shape)
     zeros = ctx.fresh("zeros")
-    then_nodes.append(helper.make_node("ConstantOfShape", [shape], [zeros], name=ctx.fresh("ConstantOfShape_node"),
-                                       value=helper.make_tensor("value", elem_type, [1], [0])))
+    then_nodes.append(proto.make_node("ConstantOfShape", [shape], [zeros], name=ctx.fresh("ConstantOfShape_node"),
+                                       value=proto.make_tensor("value", elem_type, [1], [0])))
     else_nodes, result = _collect(ctx, body)
-    info = lambda name: helper.make_tensor_value_info(name, elem_type, None)   # noqa: E731
+    info = lambda name: proto.make_tensor_value_info(name, elem_type, None)   # noqa: E731
     ctx.node("If", [empty], [output],
-             then_branch=helper.make_graph(then_nodes, ctx.fresh("empty"), [], [info(zeros)]),
-             else_branch=helper.make_graph(else_nodes, ctx.fresh("nonempty"), [], [info(result)]))
+             then_branch=proto.make_graph(then_nodes, ctx.fresh("empty"), [], [info(zeros)]),
+             else_branch=proto.make_graph(else_nodes, ctx.fresh("nonempty"), [], [info(result)]))

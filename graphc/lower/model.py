@@ -12,14 +12,13 @@ import shutil
 from typing import Callable, Sequence
 
 import numpy as np
-import onnx
-from onnx import helper
 
 from .. import __version__
 from ..errors import GraphcError, InternalError
 from ..interrupt import checkpoint, deferred, terminate_as_interrupt
 from ..ir import Graph, contract
 from ..shapes import Dim
+from . import proto
 from .context import LowerContext
 from .ops_core import ONNX_DTYPE
 from . import ops_attention, ops_recurrent, ops_quant, target_ort  # noqa: F401  (registration)
@@ -35,11 +34,11 @@ def dim_proto_value(d: Dim) -> int | str:
     return d.value if d.is_const else str(d).replace(" ", "")
 
 
-def _value_info(name: str, dtype: str, shape) -> onnx.ValueInfoProto:
-    return helper.make_tensor_value_info(name, ONNX_DTYPE[dtype], [dim_proto_value(d) for d in shape])
+def _value_info(name: str, dtype: str, shape) -> proto.ValueInfoProto:
+    return proto.make_tensor_value_info(name, ONNX_DTYPE[dtype], [dim_proto_value(d) for d in shape])
 
 
-def lower(g: Graph, opset: int = DEFAULT_OPSET, release_weights: bool = False, target: str = "onnx") -> onnx.ModelProto:
+def lower(g: Graph, opset: int = DEFAULT_OPSET, release_weights: bool = False, target: str = "onnx") -> proto.ModelProto:
     """The whole model as one proto, weights included (``release_weights``
     drops each weight from the graph once the proto holds a copy)."""
     model, weights = lower_by_reference(g, opset, target)
@@ -52,7 +51,7 @@ def lower(g: Graph, opset: int = DEFAULT_OPSET, release_weights: bool = False, t
 
 
 def lower_by_reference(g: Graph, opset: int = DEFAULT_OPSET,
-                       target: str = "onnx") -> tuple[onnx.ModelProto, list[tuple[str, np.ndarray]]]:
+                       target: str = "onnx") -> tuple[proto.ModelProto, list[tuple[str, np.ndarray]]]:
     """The model without its weights, and the (name, array) of each weight in
     initializer order (the graph's own arrays, not copies): ``save_model(model, path, weights)`` streams their
     arrays to the file without copying them into the proto (graphc.lower.stream)."""
@@ -82,12 +81,12 @@ def lower_by_reference(g: Graph, opset: int = DEFAULT_OPSET,
         v = g.value(name)
         outputs.append(_value_info(public, v.type.dtype, v.type.shape))
     _rename_outputs(ctx, g)
-    opsets = [helper.make_opsetid("", opset)]
+    opsets = [proto.make_opsetid("", opset)]
     if any(n.domain == MS_DOMAIN for n in ctx.nodes):
-        opsets.append(helper.make_opsetid(MS_DOMAIN, 1))
-    # Built in place rather than with helper.make_graph/make_model, which copy every
+        opsets.append(proto.make_opsetid(MS_DOMAIN, 1))
+    # Built in place rather than with onnx.helper.make_graph/make_model, which copy every
     # initializer twice more: on a 178 MB model that was a third of the compile time.
-    model = onnx.ModelProto()
+    model = proto.ModelProto()
     model.producer_name, model.producer_version = "graphc", __version__
     model.opset_import.extend(opsets)
     graph = model.graph
@@ -97,14 +96,14 @@ def lower_by_reference(g: Graph, opset: int = DEFAULT_OPSET,
     graph.output.extend(outputs)
     graph.initializer.extend(ctx.extra_initializers)
     # ORT 1.31 refuses IR > 13 and onnx 1.23 stamps 14: use the lowest the opset needs
-    model.ir_version = helper.find_min_ir_version_for(opsets, ignore_unknown=True)
+    model.ir_version = proto.find_min_ir_version_for(opsets, ignore_unknown=True)
     meta = dict(g.metadata)
     meta["graphc.version"] = __version__
     meta["graphc.opset"] = str(opset)
     if target != "onnx":
         meta["graphc.target"] = target
     meta.update(contract.encode(g.dim_examples, g.input_ranges))     # graphc.ir.contract reads them back
-    helper.set_model_props(model, dict(sorted(meta.items())))
+    proto.set_model_props(model, dict(sorted(meta.items())))
     return model, [(v.name, v.data) for v in weights]
 
 
@@ -115,19 +114,19 @@ def _names_read(nodes) -> set[str]:
     for n in nodes:
         used.update(n.input)
         for a in n.attribute:
-            if a.type == onnx.AttributeProto.GRAPH:
+            if a.type == proto.AttributeProto.GRAPH:
                 used |= _names_read(a.g.node)
-            elif a.type == onnx.AttributeProto.GRAPHS:
+            elif a.type == proto.AttributeProto.GRAPHS:
                 for sub in a.graphs:
                     used |= _names_read(sub.node)
     return used
 
 
-def _add_initializer(graph: onnx.GraphProto, name: str, data) -> None:
+def _add_initializer(graph: proto.GraphProto, name: str, data) -> None:
     t = graph.initializer.add()
     t.name = name
     t.dims.extend(data.shape)
-    t.data_type = helper.np_dtype_to_tensor_dtype(data.dtype)
+    t.data_type = proto.np_dtype_to_tensor_dtype(data.dtype)
     if data.dtype == bool:
         t.raw_data = data.astype("uint8").tobytes()
     else:
@@ -155,20 +154,21 @@ def _rename_in(nodes, mapping: dict) -> None:
             if inp in mapping:
                 node.input[i] = mapping[inp]
         for a in node.attribute:
-            if a.type == onnx.AttributeProto.GRAPH:
+            if a.type == proto.AttributeProto.GRAPH:
                 _rename_in(a.g.node, mapping)
-            elif a.type == onnx.AttributeProto.GRAPHS:
+            elif a.type == proto.AttributeProto.GRAPHS:
                 for sub in a.graphs:
                     _rename_in(sub.node, mapping)
 
 
-def serialize(model: onnx.ModelProto) -> bytes:
+def serialize(model: proto.ModelProto) -> bytes:
     return model.SerializeToString(deterministic=True)
 
 
-def check_model(model: onnx.ModelProto, expected_outputs: dict | None = None) -> None:
+def check_model(model: proto.ModelProto, expected_outputs: dict | None = None) -> None:
     """The ONNX checker (full) plus strict shape inference; graphc's own output
     shapes must agree with what ONNX infers."""
+    onnx = proto.import_onnx()     # here, not at the top: a build without --check never imports onnx
     try:
         onnx.checker.check_model(model, full_check=True)
         inferred = onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True, data_prop=True)
@@ -184,10 +184,11 @@ def check_model(model: onnx.ModelProto, expected_outputs: dict | None = None) ->
 
 def check_model_file(path: str | os.PathLike) -> None:
     """check_model on a written file, as a runtime would read it."""
+    onnx = proto.import_onnx()
     check_model(onnx.load(str(path)))
 
 
-def save_model(model: onnx.ModelProto, path: str | os.PathLike, weights: Sequence[tuple[str, np.ndarray]] = (),
+def save_model(model: proto.ModelProto, path: str | os.PathLike, weights: Sequence[tuple[str, np.ndarray]] = (),
                verify: Callable[[str], None] | None = None) -> int:
     """Write atomically: into a private temporary directory beside ``path``,
     then a rename. A failure, Ctrl-C or SIGTERM leaves an earlier file intact
@@ -222,7 +223,7 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike, weights: Sequenc
                         model = with_external_data(model, weights, f, data_path.name)
                 # onnx writes the data file beside the model it saves (its own
                 # tensors: all of them for a full proto, none after the line above)
-                onnx.save_model(model, tmp_model, save_as_external_data=True, all_tensors_to_one_file=True,
+                proto.import_onnx().save_model(model, tmp_model, save_as_external_data=True, all_tensors_to_one_file=True,
                                 location=data_path.name, size_threshold=1024)
             else:
                 with open(tmp_model, "wb") as f:

@@ -11,7 +11,8 @@ the decomposed form is used, because ORT rejects broadcast key-padding masks on
 from __future__ import annotations
 
 import numpy as np
-from onnx import TensorProto, helper
+from . import proto as helper
+from .proto import TensorProto
 
 from ..ir import OpNode
 from .context import LowerContext
@@ -214,7 +215,6 @@ def _causal_masked(ctx: LowerContext, q: str, k: str) -> str:
 
 
 def _int_tensor(v: int):
-    from onnx import helper
     return helper.make_tensor("value", TensorProto.INT64, [1], [v])
 
 

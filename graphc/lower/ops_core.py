@@ -4,7 +4,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from onnx import TensorProto
+from .proto import TensorProto
 
 from ..errors import InternalError
 from ..ir import DTYPES, OpNode

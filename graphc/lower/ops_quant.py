@@ -14,7 +14,7 @@ uint8 x uint8 (which takes no VNNI path).
 """
 from __future__ import annotations
 
-from onnx import TensorProto
+from .proto import TensorProto
 
 from ..ir import OpNode
 from .context import LowerContext

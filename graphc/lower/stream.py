@@ -28,8 +28,7 @@ from __future__ import annotations
 from typing import BinaryIO, Sequence
 
 import numpy as np
-import onnx
-from onnx import helper
+from . import proto as onnx      # onnx's message classes, without import onnx (graphc.lower.proto)
 
 MODEL_GRAPH = 7
 GRAPH_INITIALIZER = 5
@@ -67,7 +66,7 @@ def _describe(t: onnx.TensorProto, name: str, array: np.ndarray) -> onnx.TensorP
     """Fill a tensor's name, dims and type from the array (no data)."""
     t.name = name
     t.dims.extend(array.shape)
-    t.data_type = helper.np_dtype_to_tensor_dtype(array.dtype)
+    t.data_type = onnx.np_dtype_to_tensor_dtype(array.dtype)
     return t
 
 
