@@ -14,7 +14,8 @@ reading the weights and writing the file included); the candidates run in interl
 rounds, the order rotating each round, so a burst of load from other processes falls on
 all of them alike. Each graphc build writes a new file (the previous one is deleted
 outside the timing: replacing a 177 MB file costs the kernel ~0.1 s to free its pages,
-which ``--same-output`` measures). Minimum and median of the runs are reported; the
+which ``--same-output`` measures), and graphc's bytecode is compiled first, as pip does
+for an installed package. Minimum and median of the runs are reported; the
 targets (issue 19, item 5) are judged on the minima, the statistic least moved by other
 processes on a shared machine, and the medians are shown beside them.
 
@@ -28,6 +29,7 @@ export: that is part of what the user waits for).
 from __future__ import annotations
 
 import argparse
+import compileall
 import json
 import os
 import platform
@@ -242,6 +244,10 @@ def main(argv=None) -> int:
 
     with tempfile.TemporaryDirectory(prefix="graphc-bench-compile-") as d:
         tmp = Path(d)
+        # bytecode as an installed package has it (pip compiles what it installs; this machine sets
+        # PYTHONDONTWRITEBYTECODE, so without this every build would compile graphc from source)
+        for tree in [str(ROOT)] + ([args.compare_tree] if args.compare_tree else []):
+            compileall.compile_dir(str(Path(tree) / "graphc"), quiet=1)
         log("writing weights ...")
         files = make_weight_files(args.only, tmp)
         cands = candidates(args, files, tmp)
