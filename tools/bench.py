@@ -242,7 +242,7 @@ def worker_compile(job: dict) -> dict:
     growth of RSS over the post-import baseline."""
     import tracemalloc
     from graphc.compiler import compile_spec
-    import onnx  # noqa: F401  (imported before the baseline, as the CLI does)
+    import onnx  # noqa: F401  (imported before the baseline: its modules are not the compile's memory)
     results = []
     for item in job["items"]:
         base = _rss_kb("VmRSS")

@@ -14,9 +14,11 @@ imports only protobuf) is executed under its own module name,
 later ``import onnx`` (``graphc build --check``, ``graphc run``, a test) finds
 that module in ``sys.modules`` and reuses it, so ``onnx.ModelProto is
 proto.ModelProto`` and every onnx function accepts what graphc built. (The
-one difference: the attribute ``onnx.onnx_ml_pb2`` is not set on the package
-in that case; ``from onnx import onnx_ml_pb2`` still works, as Python falls
-back to ``sys.modules``.) If onnx has already been imported, its module is
+one difference: when onnx is imported by other code, the attribute
+``onnx.onnx_ml_pb2`` is not set on the package, since Python binds a submodule
+only when it loads it; ``from onnx import onnx_ml_pb2`` still works, as Python
+falls back to ``sys.modules``, and ``import_onnx`` below binds it.) If onnx has
+already been imported, its module is
 used as is; if the file is not where a normal onnx install puts it, graphc
 imports onnx the ordinary way.
 
@@ -100,6 +102,8 @@ def import_onnx():
     from ..interrupt import deferred
     with deferred():
         import onnx
+    if not hasattr(onnx, "onnx_ml_pb2"):       # loaded by _load_pb2 before onnx: bind it as an import would
+        onnx.onnx_ml_pb2 = _pb2
     return onnx
 
 
