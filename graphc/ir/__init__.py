@@ -1,4 +1,4 @@
-"""The intermediate representation: a directed graph (networkx's DiGraph model, graphc.ir.digraph) of primitive ops and typed values."""
+"""The intermediate representation: a networkx graph of primitive ops and typed values."""
 from .graph import Graph, OpNode, ValueInfo, TensorType, DTYPES, verify
 from .builder import Builder, Value, Init
 
