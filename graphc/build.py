@@ -14,6 +14,8 @@ import contextlib
 import os
 from typing import Mapping
 
+import networkx as nx
+
 try:
     import resource
 except ImportError:  # pragma: no cover  (not on Windows)
@@ -21,7 +23,6 @@ except ImportError:  # pragma: no cover  (not on Windows)
 
 from .errors import GraphcError, Span, did_you_mean, known_list
 from .ir import DTYPES, Builder, Graph, Value, run_limits, verify
-from .ir.digraph import DiGraph, Unfeasible, lexicographical_topological_sort
 from .layers import LAYERS, Call
 from .shapes import Dim, format_shape
 from .shapes.dim import DimTooLarge
@@ -336,7 +337,7 @@ def _dependency_order(layers: list[LayerDecl], scope: _Scope) -> list[LayerDecl]
         if layer.name in scope.values:
             raise GraphcError(f"layer '{layer.name}' has the name of an input", layer.span,
                               hint="give the layer another name")
-    g = DiGraph()
+    g = nx.DiGraph()
     index = {layer.name: i for i, layer in enumerate(layers)}
     g.add_nodes_from(by_name)
     for layer in layers:
@@ -351,13 +352,9 @@ def _dependency_order(layers: list[LayerDecl], scope: _Scope) -> list[LayerDecl]
                 raise GraphcError(f"unknown name '{head}' in {scope.where}", ref.span,
                                   hint=did_you_mean(head, known) or f"known here: {known_list(known)}")
     try:
-        return [by_name[n] for n in lexicographical_topological_sort(g, key=lambda n: index[n])]
-    except Unfeasible:
-        import networkx as nx       # only to name the cycle, as before: not on the path of a good spec
-        same = nx.DiGraph()         # same nodes and successors, in the same order: the same cycle is found
-        same.add_nodes_from(g)
-        same.add_edges_from((u, v) for u in g for v in g.successors(u))
-        cycle = nx.find_cycle(same)
+        return [by_name[n] for n in nx.lexicographical_topological_sort(g, key=lambda n: index[n])]
+    except nx.NetworkXUnfeasible:
+        cycle = nx.find_cycle(g)
         path = " -> ".join([a for a, _ in cycle] + [cycle[0][0]])
         first = min((by_name[a] for a, _ in cycle), key=lambda l: index[l.name])
         raise GraphcError(f"layers form a cycle: {path}", first.span,

@@ -1,5 +1,4 @@
-"""The IR graph: op nodes and value nodes in one DiGraph (graphc.ir.digraph:
-networkx's DiGraph semantics, without importing networkx).
+"""The IR graph: op nodes and value nodes in one networkx DiGraph.
 
 Values and ops are separate node kinds (as in onnx-ir): a value knows its
 producer and its users through the edges, an op keeps its *ordered* inputs and
@@ -12,11 +11,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
+import networkx as nx
 import numpy as np
 
 from ..errors import InternalError, Span
 from ..tensors import DTYPES, FLOAT_DTYPES, TensorType  # noqa: F401  (re-exported: the IR's types)
-from .digraph import DiGraph, is_directed_acyclic_graph
 
 
 @dataclass
@@ -45,11 +44,11 @@ class OpNode:
 
 
 class Graph:
-    """A thin facade over a DiGraph (networkx's API, graphc.ir.digraph); node ids are 'v:<value>' and 'op:<id>'."""
+    """A thin facade over ``networkx.DiGraph``; node ids are 'v:<value>' and 'op:<id>'."""
 
     def __init__(self, name: str = "graph"):
         self.name = name
-        self.nx = DiGraph()
+        self.nx = nx.DiGraph()
         self.inputs: list[str] = []
         self.outputs: dict[str, str] = {}          # public output name -> value name
         self.metadata: dict[str, str] = {}
@@ -201,5 +200,5 @@ def verify(g: Graph) -> None:
     for public, name in g.outputs.items():
         if name not in seen:
             raise InternalError(f"output '{public}' refers to undefined value '{name}'")
-    if not is_directed_acyclic_graph(g.nx):
+    if not nx.is_directed_acyclic_graph(g.nx):
         raise InternalError("the IR graph has a cycle")
