@@ -80,7 +80,7 @@ def stage(name, fn):
     t = time.perf_counter(); r = fn(); out[name] = time.perf_counter() - t; return r
 spec, g = stage("parse+expand", lambda: check_spec({spec!r}))
 w = stage("read weights", lambda: load_weights({weights!r})) if {weights!r} else None
-stage("weights", lambda: materialize(g, w, 0, fold=False))
+stage("weights", lambda: materialize(g, w, 0))      # the pipeline folds in the next stage
 stage("fold (transposes)", lambda: fold_derived(g))
 stage("simplify", lambda: simplify(g))
 model, arrays = stage("lower", lambda: lower_by_reference(g, 17))
