@@ -1,4 +1,4 @@
-"""Positional encodings and feed-forward blocks (graphc/layers/positional.py).
+"""Positional encodings and feed-forward blocks (graphc/layers/positional.py, feed_forward.py).
 
 - the sinusoidal table against the paper's formula in float64 (1e-6, positions up
   to 10000) and against the PyTorch tutorial's pe[:, 0::2] = sin, pe[:, 1::2] = cos;
@@ -21,7 +21,8 @@ from graphc.build import build_graph
 from graphc.errors import GraphcError, Span
 from graphc.ir import Builder, Graph
 from graphc.layers import LAYERS
-from graphc.layers.positional import alibi_bias, alibi_slopes, apply_rope, feed_forward_op, sinusoid_table
+from graphc.layers.feed_forward import feed_forward_op
+from graphc.layers.positional import alibi_bias, alibi_slopes, apply_rope, sinusoid_table
 from graphc.lower import check_model, lower, serialize
 from graphc.shapes import Dim
 from graphc.spec import parse_spec_text

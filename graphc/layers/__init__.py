@@ -15,13 +15,13 @@ def register(kind: type[LayerKind]) -> None:
 
 
 from . import basic, activations, shape_ops  # noqa: E402
-from . import attention, positional, transformer, recurrent  # noqa: E402
+from . import attention, positional, feed_forward, transformer, recurrent  # noqa: E402
 from . import relative_bias, token_masks  # noqa: E402
 from . import masking, pooling  # noqa: E402
 from . import free_tensors, cast  # noqa: E402
 
-for _module in (basic, activations, shape_ops, attention, positional, transformer, recurrent, relative_bias, token_masks,
-                masking, pooling, free_tensors, cast):
+for _module in (basic, activations, shape_ops, attention, positional, feed_forward, transformer, recurrent, relative_bias,
+                token_masks, masking, pooling, free_tensors, cast):
     for _kind in _module.KINDS:
         register(_kind)
 

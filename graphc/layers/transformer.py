@@ -22,7 +22,7 @@ from ..ir import Builder, Value
 from .attention import IMPL, ROPE, MultiheadAttention
 from .base import Call, LayerKind, Param, Port
 from .basic import last_dim, layer_norm_op, rms_norm_op
-from .positional import FFN_ACTIVATIONS, feed_forward_op
+from .feed_forward import FFN_ACTIVATIONS, feed_forward_op
 
 _MHA = MultiheadAttention()
 
