@@ -64,7 +64,7 @@ def _byte_size(text: str) -> int:
 
 
 def _add_budget_arg(p: argparse.ArgumentParser) -> None:
-    from .build import DEFAULT_MAX_PARAM_BYTES
+    from .expand import DEFAULT_MAX_PARAM_BYTES
     p.add_argument("--max-param-bytes", type=_byte_size, default=DEFAULT_MAX_PARAM_BYTES, metavar="SIZE",
                    help="refuse models whose parameters exceed this (e.g. 16G; default 2G); check, params, info "
                         "and graph allocate no parameters, so for them only computed tables count")
@@ -182,7 +182,7 @@ def cmd_build(args) -> int:
         progress("write", detail=str(out))
         size = compiled.save(out, verify if args.check else None)
     if not args.quiet:
-        from .outputs import output_target
+        from .atomic_write import output_target
         # -o /dev/stdout: the model is on stdout, so the summary goes to stderr
         consts = compiled.count_weights() - compiled.param_count   # position tables, shape constants
         print(f"wrote {out} ({size / 1e6:.1f} MB, {len(compiled.model.graph.node)} nodes, "
@@ -331,7 +331,7 @@ def cmd_graph(args) -> int:
     text = render_graph(g, args.format, ops=args.ops, dims=dims, spec=spec)
     if args.output:
         from .compiler import check_output_path
-        from .outputs import write_atomic
+        from .atomic_write import write_atomic
         check_output_path(args.output, spec.sources)     # never over the spec or its includes
         write_atomic(args.output, text)
     else:
@@ -341,7 +341,7 @@ def cmd_graph(args) -> int:
 
 def cmd_layers(args) -> int:
     from .layers import LAYERS
-    from .reference import layer_detail_text, layers_list_text
+    from .layer_docs import layer_detail_text, layers_list_text
     if args.kind is None:
         sys.stdout.write(layers_list_text())
         return 0
@@ -360,7 +360,7 @@ def cmd_schema(args) -> int:
     text = schema_json()
     if args.output:
         from .compiler import check_output_path
-        from .outputs import write_atomic
+        from .atomic_write import write_atomic
         check_output_path(args.output, [])
         write_atomic(args.output, text)
     else:

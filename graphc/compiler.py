@@ -8,7 +8,7 @@ from typing import Iterable, Mapping
 
 import numpy as np
 
-from .build import DEFAULT_MAX_PARAM_BYTES, build_graph
+from .expand import DEFAULT_MAX_PARAM_BYTES, build_graph
 from .errors import GraphcError
 from .ir import Graph
 from .ir.precision import PRECISIONS
@@ -53,7 +53,7 @@ def check_output_path(output: str | os.PathLike, inputs: Iterable[str | os.PathL
     compile's own inputs (the spec, a file it includes, the weights): writing
     there would destroy the source the output was made from. Checked before
     the (possibly long) compile, and again once the includes are known."""
-    from .outputs import output_target
+    from .atomic_write import output_target
     out = Path(output)
     target = output_target(output)       # the text, not the Path: 'newdir/' keeps its slash
     if target.stream:
@@ -96,7 +96,7 @@ def compile_spec(path: str | os.PathLike, weights: str | os.PathLike | Mapping[s
                  max_param_bytes: int | None = DEFAULT_MAX_PARAM_BYTES, dtype: str = "float32",
                  quantize: str | None = None, target: str = "onnx", max_error: float | None = None,
                  ignore_weights: Iterable[str] = ()) -> Compiled:
-    """The whole build: check (graphc.build), the passes of graphc.pipeline,
+    """The whole build: check (graphc.expand), the passes of graphc.pipeline,
     then the lowering. ``dtype="float16"`` converts the whole model to half precision after the
     weights are in (graphc.ir.precision says which parts stay float32).
     ``progress``: an optional callback told of each stage (graphc.progress.Progress draws it).

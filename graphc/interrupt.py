@@ -106,7 +106,7 @@ def terminate_as_interrupt():
     """SIGTERM's and SIGHUP's default action kills the process on the spot,
     leaving a temporary file behind; meanwhile, turn them into
     KeyboardInterrupt so the caller's cleanup runs. (SIGKILL cannot be caught:
-    graphc.outputs removes what such a process left on the next write.)"""
+    graphc.atomic_write removes what such a process left on the next write.)"""
     if not _in_main_thread():
         yield
         return

@@ -1,6 +1,6 @@
 """The pass pipeline: what happens to the IR between expansion and lowering.
 
-``graphc.build.build_graph`` expands a spec into primitives (every shape rule
+``graphc.expand.build_graph`` expands a spec into primitives (every shape rule
 already ran); ``graphc.lower`` turns the final IR into ONNX. In between, the
 passes below run in this order, each with a stated precondition and
 postcondition that ``run_passes`` checks, and ``graphc.ir.verify`` (the IR's

@@ -20,7 +20,7 @@ from typing import Any
 
 from .errors import InternalError
 from .layers import LAYERS, LayerKind, Param
-from .reference import param_allowed, param_default, param_type, yaml_literal
+from .layer_docs import param_allowed, param_default, param_type, yaml_literal
 from .spec.quantize import quantize_schema
 from .spec.refs import LAYER_NAME_RE
 from .spec.parse import (BLOCK_KEYS, FORMAT_VERSION, INPUT_KEYS, LAYER_RESERVED, NAME_RE, REF_RE, SPEC_DTYPES,

@@ -35,7 +35,7 @@ MAX_HEADER = 100 << 20
 
 def _over_budget(shown: str, total: int, max_bytes: int | None) -> None:
     if max_bytes is not None and total > max_bytes:
-        from .build import format_bytes
+        from .expand import format_bytes
         raise GraphcError(f"{shown}: the tensors in this file take more than {format_bytes(max_bytes)}",
                           hint="if the model really is this large, pass --max-param-bytes (e.g. 64G)")
 

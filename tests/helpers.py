@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from graphc.build import build_graph
+from graphc.expand import build_graph
 from graphc.lower import check_model, lower, serialize
 from graphc.pipeline import Options, run_passes
 from graphc.spec import parse_spec_text

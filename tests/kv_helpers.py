@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from graphc.build import build_graph
+from graphc.expand import build_graph
 from graphc.generation.bundle_write import build_bundle
 from graphc.spec import load_spec
 

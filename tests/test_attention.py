@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from graphc.build import build_graph
+from graphc.expand import build_graph
 from graphc.layers import LAYERS
 from graphc.spec import parse_spec_text
 from helpers import ROOT, compile_text, graphc_cli, ort_run, ref_run, single_layer_spec, user_error

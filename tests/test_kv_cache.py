@@ -184,7 +184,7 @@ GENERATING_SPECS = ["gpt_decoder_only", "llama_decoder", "translation_base"]
 @pytest.mark.parametrize("name", GENERATING_SPECS)
 def test_example_specs_expand_in_cache_mode(name):
     """Shape-checked cached graphs of the example specs (no weights allocated)."""
-    from graphc.build import build_graph
+    from graphc.expand import build_graph
     from graphc.spec import load_spec
     from helpers import SPECS
     g = build_graph(load_spec(SPECS / f"{name}.yaml"), kv_cache=True)

@@ -159,7 +159,7 @@ def test_int8_bundle_builds_and_reports_its_error(tmp_path):
 def test_weights_file_with_ignored_names(tmp_path):
     """A weights file loads as in a plain build: --ignore-weights drops extra tensors."""
     import numpy as np
-    from graphc.build import build_graph
+    from graphc.expand import build_graph
     from graphc.spec import load_spec
     spec = tmp_path / "ok.yaml"
     spec.write_text(BASE + GEN)

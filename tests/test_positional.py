@@ -17,7 +17,7 @@ import tracemalloc
 import numpy as np
 import pytest
 
-from graphc.build import build_graph
+from graphc.expand import build_graph
 from graphc.errors import GraphcError, Span
 from graphc.ir import Builder, Graph
 from graphc.layers import LAYERS

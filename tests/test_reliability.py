@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from graphc.build import MAX_REPEAT
+from graphc.expand import MAX_REPEAT
 from graphc.errors import GraphcError
 from graphc.source import MAX_SPEC_BYTES, load_yaml_text
 from graphc.spec import parse_spec_text

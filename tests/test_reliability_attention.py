@@ -146,7 +146,7 @@ def test_float16_mha_with_fully_padded_row_stays_finite():
     text = single_layer_spec("multihead_attention", {"heads": heads},
                              {"x": ("float32", ["batch", "seq", e]), "p": ("bool", ["batch", "seq"])},
                              ports={"query": "x", "key_padding_mask": "p"})
-    from graphc.build import build_graph
+    from graphc.expand import build_graph
     from graphc.lower import lower
     from graphc.pipeline import Options, run_passes
     from graphc.spec import parse_spec_text

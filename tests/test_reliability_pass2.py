@@ -323,7 +323,7 @@ def test_sigterm_while_writing_an_output_leaves_no_temporary(tmp_path):
 def test_stale_temporaries_of_killed_runs_are_removed_on_the_next_write(tiny, tmp_path):
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    from graphc.outputs import _host_tag
+    from graphc.atomic_write import _host_tag
     host = _host_tag()
     (stale := tmp_path / f".graphc-{dead.pid}-{host}-abc123").mkdir()
     (stale / "tiny.onnx").write_bytes(b"half a model")

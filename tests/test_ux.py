@@ -20,7 +20,7 @@ from graphc import cli
 from graphc.compiler import check_spec, compile_spec
 from graphc.layers import LAYERS
 from graphc.progress import Progress
-from graphc.reference import layer_detail_text, layers_list_text, layers_markdown
+from graphc.layer_docs import layer_detail_text, layers_list_text, layers_markdown
 from graphc.schema import schema_json, spec_schema
 from graphc.spec.parse import TOP_KEYS
 from helpers import ROOT, SPECS, graphc_cli

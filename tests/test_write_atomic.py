@@ -1,4 +1,4 @@
-"""`graphc graph -o` and `graphc schema -o` write through outputs.write_atomic:
+"""`graphc graph -o` and `graphc schema -o` write through atomic_write.write_atomic:
 whole or not at all. A directory that is missing or not writable, a path that
 is a directory, or a full disk is a clear error (exit 2, no traceback) that
 leaves an earlier file as it was and no temporary behind."""
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from graphc import outputs
+from graphc import atomic_write
 from graphc.cli import main
 from helpers import SPECS
 
@@ -94,7 +94,7 @@ class _FullDisk:
 
 def test_full_disk_leaves_the_earlier_file_and_no_temporary(tmp_path, earlier, monkeypatch):
     real_open = open
-    monkeypatch.setattr(outputs, "open", lambda f, mode="r", *a, **k: _FullDisk(real_open(f, mode, *a, **k)),
+    monkeypatch.setattr(atomic_write, "open", lambda f, mode="r", *a, **k: _FullDisk(real_open(f, mode, *a, **k)),
                         raising=False)
     rc, err = cli("graph", SPEC, "-o", earlier)
     assert_clean_failure(rc, err, os.strerror(errno.ENOSPC), tmp_path)
@@ -106,9 +106,9 @@ def test_permission_denied_at_any_step(tmp_path, earlier, monkeypatch, step):
     def denied(*args, **kwargs):
         raise PermissionError(errno.EACCES, os.strerror(errno.EACCES))
     if step == "mkdtemp":
-        monkeypatch.setattr(outputs.tempfile, "mkdtemp", denied)
+        monkeypatch.setattr(atomic_write.tempfile, "mkdtemp", denied)
     else:
-        monkeypatch.setattr(outputs.os, "replace", denied)
+        monkeypatch.setattr(atomic_write.os, "replace", denied)
     rc, err = cli("graph", SPEC, "-o", earlier)
     assert_clean_failure(rc, err, "Permission denied", tmp_path)
     assert earlier.read_text() == "earlier\n"

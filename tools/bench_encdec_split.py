@@ -27,7 +27,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from graphc.build import build_graph  # noqa: E402
+from graphc.expand import build_graph  # noqa: E402
 from graphc.ir.partition import split_by_inputs  # noqa: E402
 from graphc.lower import lower, serialize  # noqa: E402
 from graphc.spec import load_spec  # noqa: E402

@@ -26,7 +26,7 @@ if str(ROOT) not in sys.path:
 
 def generators() -> dict[str, Callable[[], str]]:
     """Repository-relative path -> function returning that file's text."""
-    from graphc.reference import layers_markdown
+    from graphc.layer_docs import layers_markdown
     from graphc.schema import schema_json
     return {"docs/layers.md": layers_markdown, "docs/graphc.schema.json": schema_json}
 

@@ -23,7 +23,7 @@ from typing import Iterable, Mapping
 import numpy as np
 
 from .. import __version__
-from ..build import DEFAULT_MAX_PARAM_BYTES, build_graph
+from ..expand import DEFAULT_MAX_PARAM_BYTES, build_graph
 from ..errors import GraphcError
 from ..interrupt import checkpoint, deferred, terminate_as_interrupt
 from ..ir.kv_cache import vocab_size
@@ -178,14 +178,14 @@ def build_bundle(spec_path: str | os.PathLike, output: str | os.PathLike,
 
 def _write_directory(out: Path, models: dict, config: dict, verify: bool, progress) -> None:
     from ..lower import check_model_file, save_model
-    from ..outputs import OutputTarget, private_temp_dir
+    from ..atomic_write import OutputTarget, private_temp_dir
     from ..progress import report
     parent = out.parent if str(out.parent) else Path(".")
     tmp_root = None
     try:
         with terminate_as_interrupt():
             with deferred():
-                # graphc.outputs' naming: a SIGKILLed write's leftovers are removed by the next one
+                # graphc.atomic_write' naming: a SIGKILLed write's leftovers are removed by the next one
                 tmp_root = private_temp_dir(OutputTarget(parent / out.name))
             tmp = Path(tmp_root) / "bundle"
             tmp.mkdir()

@@ -115,7 +115,7 @@ def cmd_generate(args) -> int:
                        temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
                        length_penalty=args.length_penalty, early_stopping=args.early_stopping)
     if out is not None:
-        from ..outputs import write_atomic
+        from ..atomic_write import write_atomic
         if out.lower().endswith(".json"):
             write_atomic(out, json.dumps(ids.tolist()) + "\n")
         else:

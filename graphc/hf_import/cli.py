@@ -17,7 +17,7 @@ def cmd_import(args) -> int:
     text = import_checkpoint(args.directory)
     if args.output:
         from ..compiler import check_output_path
-        from ..outputs import write_atomic
+        from ..atomic_write import write_atomic
         from pathlib import Path
         d = Path(args.directory)
         check_output_path(args.output, [d / "config.json", d / "model.safetensors", d / "generation_config.json"])

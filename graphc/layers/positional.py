@@ -128,7 +128,7 @@ def _is_shared(b: Builder, key: tuple) -> bool:
 def check_table_budget(b: Builder, shape: tuple[int, ...], dtype: str, count: int,
                        fail: Callable[[str, str], Exception]) -> None:
     """Refuse `count` tables of `shape` before computing them if they would
-    cross the model's parameter budget (the Builder of graphc.build counts
+    cross the model's parameter budget (the Builder of graphc.expand counts
     parameters and tables together); `fail(message, hint)` makes the located error."""
     over = getattr(b, "over_budget", None)
     nbytes = count * int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize

@@ -200,7 +200,7 @@ def save_model(model: proto.ModelProto, path: str | os.PathLike, weights: Sequen
     ``verify(temporary_path)`` runs on the written file before it is put in
     place (``graphc build --check``): a model that fails it never lands."""
     from .stream import with_external_data, write_model
-    from ..outputs import output_target, private_temp_dir, put_in_place, replace_keeping_mode
+    from ..atomic_write import output_target, private_temp_dir, put_in_place, replace_keeping_mode
     shown = path
     target = output_target(path)
     path = target.path

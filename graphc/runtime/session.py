@@ -276,9 +276,9 @@ def _load_array(path: str, what: str) -> np.ndarray:
 
 
 def save_outputs(outs: Mapping[str, np.ndarray], path: str | os.PathLike) -> None:
-    """Write outputs to an .npz atomically (graphc.outputs.write_atomic), by
+    """Write outputs to an .npz atomically (graphc.atomic_write.write_atomic), by
     their own names (not numpy.savez's keyword arguments: graphc.runtime.arrays_io)."""
-    from ..outputs import write_atomic
+    from ..atomic_write import write_atomic
     from .arrays_io import write_npz
     write_atomic(path, lambda f: write_npz(f, outs))
 
