@@ -8,7 +8,7 @@ from .ir import Graph, OpNode
 from .prims import PRIMS
 from .prims._flops import numel
 from .shapes import Dim, format_shape
-from .spec.refs import split_ref
+from .specfile.refs import split_ref
 
 
 def op_flops(g: Graph, op: OpNode, env: Mapping[str, int]) -> int | None:

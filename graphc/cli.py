@@ -345,7 +345,7 @@ def cmd_layers(args) -> int:
     if args.kind is None:
         sys.stdout.write(layers_list_text())
         return 0
-    from .spec.aliases import find_kind
+    from .specfile.aliases import find_kind
     kind = args.kind if args.kind in LAYERS else find_kind(args.kind, LAYERS)   # LSTM, nn.LayerNorm
     if kind is None:
         from .errors import did_you_mean

@@ -12,7 +12,7 @@ from .expand import DEFAULT_MAX_PARAM_BYTES, build_graph
 from .errors import GraphcError
 from .ir import Graph
 from .ir.precision import PRECISIONS
-from .spec import Spec, load_spec
+from .specfile import Spec, load_spec
 from .pipeline import Options, run_passes
 
 

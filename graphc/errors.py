@@ -85,7 +85,7 @@ class GraphcWarning(GraphcError):
 
 
 class GraphcErrors(GraphcError):
-    """Several independent errors of one spec, reported together (graphc.spec
+    """Several independent errors of one spec, reported together (graphc.specfile
     collects them up to a limit): each rendered in turn, then a count."""
 
     def __init__(self, errors: list[GraphcError], more: int = 0):

@@ -26,10 +26,10 @@ from .ir import DTYPES, Builder, Graph, Value, run_limits, verify
 from .layers import LAYERS, Call
 from .shapes import Dim, format_shape
 from .shapes.dim import DimTooLarge
-from .spec import BlockDecl, InputRef, LayerDecl, Spec
-from .spec.args import Env, eval_arg, eval_int, eval_shape, resolve_args
-from .spec.refs import split_ref
-from .spec.declarations import check_declarations, first_copy, unknown_kind_error
+from .specfile import BlockDecl, InputRef, LayerDecl, Spec
+from .specfile.args import Env, eval_arg, eval_int, eval_shape, resolve_args
+from .specfile.refs import split_ref
+from .specfile.declarations import check_declarations, first_copy, unknown_kind_error
 
 MAX_REPEAT = 1024
 # Expansion costs ~60 us per primitive; these bound a spec's compile time to a
@@ -320,7 +320,7 @@ def _eval_block_param(node, env: Env, key: str):
     if isinstance(v, str):
         if v in env.params:
             return env.params[v]
-        from .spec.args import eval_number
+        from .specfile.args import eval_number
         try:
             return eval_number(node, env, f"parameter '{key}'")
         except GraphcError:

@@ -17,8 +17,8 @@ import numpy as np
 from .errors import GraphcError
 from .ir import Graph
 from .ir.quantize import QuantizeOptions, QuantizeReport, quantize
-from .spec import Spec
-from .spec.quantize import check_mode
+from .specfile import Spec
+from .specfile.quantize import check_mode
 
 ERROR_SEED = 0
 

@@ -22,7 +22,7 @@ from .analysis import _subst
 from .errors import GraphcError
 from .ir import Graph
 from .shapes import format_shape
-from .spec.refs import split_ref
+from .specfile.refs import split_ref
 
 GRAPHVIZ_HINT = "install Graphviz (Debian/Ubuntu: apt-get install graphviz; macOS: brew install graphviz)"
 IMAGE_FORMATS = ("svg", "png")

@@ -21,9 +21,9 @@ from typing import Any
 from .errors import InternalError
 from .layers import LAYERS, LayerKind, Param
 from .layer_docs import param_allowed, param_default, param_type, yaml_literal
-from .spec.quantize import quantize_schema
-from .spec.refs import LAYER_NAME_RE
-from .spec.parse import (BLOCK_KEYS, FORMAT_VERSION, INPUT_KEYS, LAYER_RESERVED, NAME_RE, REF_RE, SPEC_DTYPES,
+from .specfile.quantize import quantize_schema
+from .specfile.refs import LAYER_NAME_RE
+from .specfile.parse import (BLOCK_KEYS, FORMAT_VERSION, INPUT_KEYS, LAYER_RESERVED, NAME_RE, REF_RE, SPEC_DTYPES,
                          TOP_KEYS)
 
 MAX_EXAMPLE_DIM = 1 << 20
@@ -47,7 +47,7 @@ def _numeric(json_type: str, p: Param | None = None) -> dict:
 
 
 def param_schema(p: Param) -> dict:
-    """One layer argument. Mirrors graphc.spec.args.eval_arg's acceptance."""
+    """One layer argument. Mirrors graphc.specfile.args.eval_arg's acceptance."""
     t = p.type
     if t == "int":
         s = _numeric("integer", p)
@@ -165,7 +165,7 @@ def _top_properties() -> dict:
             "doc": {"type": "string"},
         }}
     if set(input_decl["properties"]) != set(INPUT_KEYS):   # pragma: no cover - caught by the tests
-        raise InternalError("schema input keys differ from graphc.spec.parse.INPUT_KEYS")
+        raise InternalError("schema input keys differ from graphc.specfile.parse.INPUT_KEYS")
     return {
         "graphc": {"const": FORMAT_VERSION, "description": f"spec format version (this graphc reads {FORMAT_VERSION})"},
         "name": {**_ref("name"), "description": "the model's name (default: the file name)"},
@@ -215,7 +215,7 @@ def _weights_def() -> dict:
 
 
 def _generation_def() -> dict:
-    from .spec.generation import GENERATION_KEYS, LOGITS_KINDS, SOURCE_MASK_ROLES
+    from .specfile.generation import GENERATION_KEYS, LOGITS_KINDS, SOURCE_MASK_ROLES
     token_id = {"type": "integer", "minimum": 0}
     props = {
         "tokens": {**_ref("name"), "description": "the int [batch, seq] input carrying the generated tokens"},
@@ -236,7 +236,7 @@ def _generation_def() -> dict:
         "doc": {"type": "string"},
     }
     if set(props) != set(GENERATION_KEYS):   # pragma: no cover - caught by the tests
-        raise InternalError("schema generation keys differ from graphc.spec.generation.GENERATION_KEYS")
+        raise InternalError("schema generation keys differ from graphc.specfile.generation.GENERATION_KEYS")
     return {"type": "object", "additionalProperties": False, "required": ["tokens", "logits", "pad"],
             "description": "how the model generates (graphc build --kv-cache; docs/generation.md)",
             "properties": props}
@@ -259,7 +259,7 @@ def _block_def() -> dict:
         "doc": {"type": "string"},
     }
     if set(props) != set(BLOCK_KEYS):   # pragma: no cover - caught by the tests
-        raise InternalError("schema block keys differ from graphc.spec.parse.BLOCK_KEYS")
+        raise InternalError("schema block keys differ from graphc.specfile.parse.BLOCK_KEYS")
     return {"type": "object", "additionalProperties": False, "required": ["inputs", "layers", "outputs"],
             "properties": props}
 
@@ -268,7 +268,7 @@ def spec_schema() -> dict:
     """The whole schema as a dict. Deterministic for a given registry."""
     props = _top_properties()
     if set(props) != set(TOP_KEYS):   # pragma: no cover - caught by the tests
-        raise InternalError("schema top-level keys differ from graphc.spec.parse.TOP_KEYS")
+        raise InternalError("schema top-level keys differ from graphc.specfile.parse.TOP_KEYS")
     definitions: dict[str, Any] = {
         "name": {"type": "string", "pattern": NAME_RE.pattern},
         "ref": {"type": "string", "pattern": REF_RE.pattern,

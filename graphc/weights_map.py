@@ -121,7 +121,7 @@ def _ints(node: Node, what: str, n: int | None = None, lo: int | None = None) ->
 def parse_weights_section(node: Node) -> WeightsSection:
     """The ``weights:`` node of a spec, checked for structure (patterns, group
     numbers, step arguments); matching happens when a checkpoint is loaded."""
-    from .spec.parse import check_keys, expect_list, expect_map
+    from .specfile.parse import check_keys, expect_list, expect_map
     expect_map(node, "'weights'")
     check_keys(node, SECTION_KEYS, "'weights'")
     m = node.value
@@ -135,7 +135,7 @@ def parse_weights_section(node: Node) -> WeightsSection:
 
 
 def _parse_rule(node: Node) -> Rule:
-    from .spec.parse import check_keys, expect_map
+    from .specfile.parse import check_keys, expect_map
     expect_map(node, "a weight-map rule")
     check_keys(node, RULE_KEYS, "a weight-map rule")
     m = node.value

@@ -13,7 +13,7 @@ import yaml
 from graphc.expand import build_graph
 from graphc.lower import check_model, lower, serialize
 from graphc.pipeline import Options, run_passes
-from graphc.spec import parse_spec_text
+from graphc.specfile import parse_spec_text
 
 ROOT = Path(__file__).resolve().parent.parent
 SPECS = ROOT / "specs"

@@ -11,7 +11,7 @@ import onnxruntime as ort
 
 from graphc.expand import build_graph
 from graphc.generation.bundle_write import build_bundle
-from graphc.spec import load_spec
+from graphc.specfile import load_spec
 
 from helpers import compile_text, random_weights
 

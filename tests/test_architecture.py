@@ -28,7 +28,7 @@ from graphc.prims._flops import no_flops
 from graphc.shapes import Dim
 from graphc.tensors import TensorType
 from graphc.expand import build_graph
-from graphc.spec import parse_spec_text
+from graphc.specfile import parse_spec_text
 from helpers import ROOT, SPECS, compile_text, layer_parity, single_layer_spec, user_error
 
 F = "float32"

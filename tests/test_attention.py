@@ -9,7 +9,7 @@ import pytest
 
 from graphc.expand import build_graph
 from graphc.layers import LAYERS
-from graphc.spec import parse_spec_text
+from graphc.specfile import parse_spec_text
 from helpers import ROOT, compile_text, graphc_cli, ort_run, ref_run, single_layer_spec, user_error
 
 torch = pytest.importorskip("torch", reason="PyTorch is the parity oracle: pip install torch==2.13.0")

@@ -66,7 +66,7 @@ def test_bare_parameter_names_load_from_a_checkpoint(tmp_path):
 def test_parameter_under_repeat_is_one_per_copy():
     text = VIT_HEAD.replace("shape: [1, vocab]}", "shape: [1, vocab], repeat: 2}")
     from graphc.expand import build_graph
-    from graphc.spec import parse_spec_text
+    from graphc.specfile import parse_spec_text
     g = build_graph(parse_spec_text(text, "<test>"))
     assert {"final_logits_bias.0", "final_logits_bias.1"} <= {p.name for p in g.params()}
 

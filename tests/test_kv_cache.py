@@ -185,7 +185,7 @@ GENERATING_SPECS = ["gpt_decoder_only", "llama_decoder", "translation_base"]
 def test_example_specs_expand_in_cache_mode(name):
     """Shape-checked cached graphs of the example specs (no weights allocated)."""
     from graphc.expand import build_graph
-    from graphc.spec import load_spec
+    from graphc.specfile import load_spec
     from helpers import SPECS
     g = build_graph(load_spec(SPECS / f"{name}.yaml"), kv_cache=True)
     layers = {"gpt_decoder_only": 4, "llama_decoder": 8, "translation_base": 6}[name]

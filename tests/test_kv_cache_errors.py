@@ -160,7 +160,7 @@ def test_weights_file_with_ignored_names(tmp_path):
     """A weights file loads as in a plain build: --ignore-weights drops extra tensors."""
     import numpy as np
     from graphc.expand import build_graph
-    from graphc.spec import load_spec
+    from graphc.specfile import load_spec
     spec = tmp_path / "ok.yaml"
     spec.write_text(BASE + GEN)
     g = build_graph(load_spec(spec))

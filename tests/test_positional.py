@@ -25,7 +25,7 @@ from graphc.layers.feed_forward import feed_forward_op
 from graphc.layers.positional import alibi_bias, alibi_slopes, apply_rope, sinusoid_table
 from graphc.lower import check_model, lower, serialize
 from graphc.shapes import Dim
-from graphc.spec import parse_spec_text
+from graphc.specfile import parse_spec_text
 from graphc.pipeline import Options, run_passes
 from helpers import compile_text, layer_parity, ort_run, ref_run, single_layer_spec, user_error
 

@@ -24,7 +24,7 @@ import pytest
 from graphc.expand import MAX_REPEAT
 from graphc.errors import GraphcError
 from graphc.source import MAX_SPEC_BYTES, load_yaml_text
-from graphc.spec import parse_spec_text
+from graphc.specfile import parse_spec_text
 from helpers import ROOT, SPECS, TINY, cli, graphc_cli
 
 TINY_WEIGHTS = {"fc.weight": np.ones((3, 4), np.float32), "fc.bias": np.zeros(3, np.float32)}

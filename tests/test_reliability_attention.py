@@ -149,7 +149,7 @@ def test_float16_mha_with_fully_padded_row_stays_finite():
     from graphc.expand import build_graph
     from graphc.lower import lower
     from graphc.pipeline import Options, run_passes
-    from graphc.spec import parse_spec_text
+    from graphc.specfile import parse_spec_text
     spec = parse_spec_text(text, "<t>")
     g = build_graph(spec)
     # identity-like projections so that the attention sees the inputs' magnitude (~6e4)

@@ -11,7 +11,7 @@ import pytest
 from helpers import cli
 from graphc.errors import GraphcError
 from graphc.source import MAX_SPEC_BYTES
-from graphc.spec import parse_spec_text
+from graphc.specfile import parse_spec_text
 
 SPEC = """graphc: 1
 dims: {batch: 2, seq: 4}

@@ -22,7 +22,7 @@ from graphc.layers import LAYERS
 from graphc.progress import Progress
 from graphc.layer_docs import layer_detail_text, layers_list_text, layers_markdown
 from graphc.schema import schema_json, spec_schema
-from graphc.spec.parse import TOP_KEYS
+from graphc.specfile.parse import TOP_KEYS
 from helpers import ROOT, SPECS, graphc_cli
 
 ALL_SPECS = sorted(SPECS.rglob("*.yaml"))

@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from graphc.expand import build_graph  # noqa: E402
 from graphc.ir.partition import split_by_inputs  # noqa: E402
 from graphc.lower import lower, serialize  # noqa: E402
-from graphc.spec import load_spec  # noqa: E402
+from graphc.specfile import load_spec  # noqa: E402
 from graphc.pipeline import Options, run_passes  # noqa: E402
 
 

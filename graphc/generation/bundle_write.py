@@ -27,8 +27,8 @@ from ..expand import DEFAULT_MAX_PARAM_BYTES, build_graph
 from ..errors import GraphcError
 from ..interrupt import checkpoint, deferred, terminate_as_interrupt
 from ..ir.kv_cache import vocab_size
-from ..spec import load_spec
-from ..spec.refs import split_ref
+from ..specfile import load_spec
+from ..specfile.refs import split_ref
 from ..pipeline import Options, run_passes
 
 CONFIG_NAME = "graphc_generation.json"

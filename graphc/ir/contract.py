@@ -23,7 +23,7 @@ SEQUENCE_LENGTHS = "graphc.sequence_lengths"
 LIMIT_KINDS = ("dim_max", "ids", "steps")
 
 MAX_ENTRY_CHARS = 1 << 20      # a metadata value graphc wrote is kilobytes at most
-MAX_SIZE = 1 << 31             # graphc.spec.args.MAX_DIM: no axis or example is larger
+MAX_SIZE = 1 << 31             # graphc.specfile.args.MAX_DIM: no axis or example is larger
 MAX_INT = 1 << 63              # ranges of int64 inputs
 MAX_EXPR_CHARS = 256           # graphc.shapes.expr's own limit
 

@@ -43,7 +43,7 @@ from .graph import Graph, OpNode, TensorType, ValueInfo, verify
 class QuantizeOptions:
     """What to quantize. ``include`` None = every eligible layer."""
     mode: str = "int8"
-    include: list = None                 # graphc.spec.quantize.Pattern
+    include: list = None                 # graphc.specfile.quantize.Pattern
     exclude: list = field(default_factory=list)
     head: bool = False
     block_size: int | None = None        # weight-only int8 in blocks along K (QuantMatMulBlocks), e.g. 32

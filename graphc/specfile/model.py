@@ -82,6 +82,6 @@ class Spec:
     doc: str = ""
     sources: list[str] = field(default_factory=list)   # every file read, root first
     digest: str = ""                                    # sha256 over the texts of all sources
-    quantize: Any = None                                # graphc.spec.quantize.QuantizeDecl, when given
+    quantize: Any = None                                # graphc.specfile.quantize.QuantizeDecl, when given
     weights: Any = None        # graphc.weights_map.WeightsSection: ignore list and weight map, or None
     generation: Any = None                              # spec.generation.GenerationDecl, or None

@@ -7,7 +7,7 @@ reference ``a.b.c`` then reads the layer with the longest name that is a
 prefix of it, and the one segment left over (if any) names that layer's
 output. That is unambiguous because a layer's name may not extend another
 layer's name in the same list (``enc`` and ``enc.h_n`` could each be meant
-by ``enc.h_n``), which graphc.spec.parse refuses.
+by ``enc.h_n``), which graphc.specfile.parse refuses.
 """
 from __future__ import annotations
 

@@ -1,4 +1,8 @@
-"""Spec format v1: located YAML tree -> validated Spec objects."""
+"""Spec format v1: located YAML tree -> validated Spec objects.
+
+(Named specfile, not spec: specs/ holds the example specs, and tools that follow
+the RSpec convention take a spec/ directory for tests.)
+"""
 from .model import Spec, LayerDecl, BlockDecl, InputDecl, DimDecl, InputRef
 from .parse import load_spec, parse_spec_text, FORMAT_VERSION
 
