@@ -1,7 +1,7 @@
 """Checkpoints as ``--weights``: one file, a directory as Hugging Face's
 ``save_pretrained`` writes it, or a sharded checkpoint's index.
 
-Why a module of its own: graphc.weights reads single files strictly; a
+Why a module of its own: graphc.weight_files reads single files strictly; a
 checkpoint adds the directory conventions (``model.safetensors``, or
 ``model.safetensors.index.json`` naming shard files) and the notes a user must
 see when tensors change type on the way in (bfloat16, float16 and float64
@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import GraphcError
-from .weights import load_weights, read_safetensors
+from .weight_files import load_weights, read_safetensors
 
 SINGLE = "model.safetensors"
 INDEX = "model.safetensors.index.json"

@@ -73,7 +73,7 @@ def test_parameter_under_repeat_is_one_per_copy():
 
 def test_parameter_init_without_weights():
     _, g, _ = compile_text(VIT_HEAD.replace("init: normal", "init: ones"))
-    from graphc.weights import initial_value
+    from graphc.weight_init import initial_value
     assert np.array_equal(initial_value(g.value("cls_token"), 0), np.ones((1, 1, 4), np.float32))
     assert np.array_equal(initial_value(g.value("final_logits_bias"), 0), np.zeros((1, 5), np.float32))
 

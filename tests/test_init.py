@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import graphc.weights as W
+import graphc.weight_init as W
 from graphc.compiler import compile_spec
 from graphc.ir import Init, TensorType, ValueInfo
 from graphc.shapes import Dim

@@ -14,7 +14,7 @@ from graphc.compiler import check_spec, compile_spec
 from graphc.lower import model as lower_model
 from graphc.lower import serialize
 from graphc.lower.stream import varint, write_model
-from graphc.weights import load_weights
+from graphc.weight_files import load_weights
 from helpers import SPECS, graphc_cli, ort_run
 
 

@@ -19,7 +19,7 @@ import pytest
 
 from helpers import cli
 from graphc.errors import GraphcError
-from graphc.weights import read_npz, read_safetensors
+from graphc.weight_files import read_npz, read_safetensors
 
 SPEC = """graphc: 1
 dims: {batch: 2}

@@ -70,7 +70,11 @@ t0 = time.perf_counter()
 from graphc.compiler import check_spec
 from graphc.ir.simplify import simplify
 from graphc.lower import lower_by_reference, save_model
-from graphc.weights import load_weights, materialize
+from graphc.weights import materialize
+try:
+    from graphc.weight_files import load_weights
+except ImportError:                     # before the weights split it lived in graphc.weights
+    from graphc.weights import load_weights
 try:
     from graphc.ir.fold import fold_derived
 except ImportError:                     # before the pass pipeline it lived in graphc.weights

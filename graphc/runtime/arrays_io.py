@@ -2,7 +2,7 @@
 without numpy.savez.
 
 Inputs are files other people wrote, so they are read the way the weight
-readers read theirs (graphc.weights): every array's header (dtype, shape) is
+readers read theirs (graphc.weight_files): every array's header (dtype, shape) is
 read and checked -- against the file's own size and against the model's
 declared inputs (``check`` below) -- before any data is read. A 2 MB
 compressed .npz can declare a member of gigabytes, and an .npy header can
