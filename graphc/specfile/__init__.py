@@ -4,7 +4,8 @@
 the RSpec convention take a spec/ directory for tests.)
 """
 from .model import Spec, LayerDecl, BlockDecl, InputDecl, DimDecl, InputRef
-from .parse import load_spec, parse_spec_text, FORMAT_VERSION
+from .includes import load_spec
+from .parse import parse_spec_text, FORMAT_VERSION
 
 __all__ = ["Spec", "LayerDecl", "BlockDecl", "InputDecl", "DimDecl", "InputRef",
            "load_spec", "parse_spec_text", "FORMAT_VERSION"]
