@@ -19,7 +19,7 @@ for an installed package. Minimum and median of the runs are reported; the
 targets (issue 19, item 5) are judged on the minima, the statistic least moved by other
 processes on a shared machine, and the medians are shown beside them.
 
-Weights: tools/bench.py's ``make_weights`` (torch.manual_seed, every tensor redrawn),
+Weights: tools/bench_baselines.py's ``make_weights`` (torch.manual_seed, every tensor redrawn),
 saved once as .safetensors (and .npz), given to both sides. The dynamo process loads the
 .safetensors with safetensors.torch onto a module built on the meta device (no random
 init), traces at batch 2 / length 17 with dynamic batch and sequence dims, as
@@ -51,7 +51,8 @@ warnings.filterwarnings("ignore")
 import torch
 from torch.export import Dim
 from safetensors.torch import load_file
-from bench import WORKLOADS, Case, load_module, make_inputs, torch_module
+from bench_baselines import load_module, torch_module
+from bench_workloads import WORKLOADS, Case, make_inputs
 w = WORKLOADS[{name!r}]
 m = torch_module(w.name, device="meta")
 m.load_state_dict(load_file({weights!r}), assign=True)
@@ -106,9 +107,9 @@ def wall(argv: list[str], env: dict, cwd: str, timeout: float) -> float:
 def make_weight_files(names: list[str], tmp: Path) -> dict[str, dict[str, str]]:
     """Once per run, in a child process (this process stays free of torch)."""
     code = (f"import sys; sys.path.insert(0, {str(TOOLS)!r})\n"
-            "import numpy as np, bench\nfrom safetensors.numpy import save_file\n"
+            "import numpy as np, bench_baselines\nfrom safetensors.numpy import save_file\n"
             f"for n in {names!r}:\n"
-            "    w = bench.make_weights(n, 0)\n"
+            "    w = bench_baselines.make_weights(n, 0)\n"
             f"    save_file(w, {str(tmp)!r} + f'/{{n}}.safetensors')\n"
             f"    np.savez({str(tmp)!r} + f'/{{n}}.npz', **w)\n")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)

@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """int8 benchmark: graphc --quantize int8 against torch export + ONNX Runtime's quantize_dynamic, in one run.
 
-For the MHA, the 6-layer encoder and the 6+6 Transformer (tools/bench.py's
-workloads and torch modules, the same seeded weights), at b1 s128 and b8 s256
+For the MHA, the 6-layer encoder and the 6+6 Transformer (tools/bench_workloads.py's
+workloads, tools/bench_baselines.py's torch modules, the same seeded weights), at b1 s128 and b8 s256
 (--quick: b1 s16 and b2 s32):
 
 - latency (ORT, interleaved rounds, medians) of graphc float32, graphc int8,
@@ -37,7 +37,9 @@ import numpy as np
 
 TOOLS = Path(__file__).resolve().parent
 sys.path.insert(0, str(TOOLS))
-import bench  # noqa: E402  (tools/bench.py: workloads, torch modules, weights, harness)
+import bench  # noqa: E402  (tools/bench.py: the harness)
+import bench_baselines  # noqa: E402  (the torch modules and their weights)
+import bench_workloads  # noqa: E402  (the workloads, their cases and inputs)
 
 ROOT = bench.ROOT
 WORKLOADS = ("mha", "encoder", "transformer")
@@ -47,14 +49,14 @@ _EXPORT_QUANTIZE = r"""
 import sys, json, time, warnings
 warnings.filterwarnings("ignore")
 sys.path.insert(0, sys.argv[1])
-import bench, torch
+import bench_baselines, bench_workloads, torch
 from onnxruntime.quantization import QuantType, quantize_dynamic
 job = json.loads(sys.argv[2])
 torch.set_num_threads(job["threads"])
 torch.backends.mha.set_fastpath_enabled(False)
-w = bench.WORKLOADS[job["workload"]]
-m = bench.load_module(w.name, job["weights"])
-feeds = bench.make_inputs(w, bench.Case("export", job["dims"]))
+w = bench_workloads.WORKLOADS[job["workload"]]
+m = bench_baselines.load_module(w.name, job["weights"])
+feeds = bench_workloads.make_inputs(w, bench_workloads.Case("export", job["dims"]))
 args = tuple(torch.from_numpy(feeds[a]) for a in w.torch_args)
 kw = {"input_names": list(w.torch_args), "output_names": list(w.outputs)}
 dynamo = job["exporter"] == "dynamo"
@@ -67,11 +69,11 @@ quantize_dynamic(job["float_path"], job["path"], per_channel=True, weight_type=Q
 """
 
 
-def cases(name: str, quick: bool) -> list[bench.Case]:
+def cases(name: str, quick: bool) -> list[bench_workloads.Case]:
     shapes = [(1, 16), (2, 32)] if quick else [(1, 128), (8, 256)]
     if name == "transformer":
-        return [bench.Case(f"b{b} s{s}/{s}", {"batch": b, "src_seq": s, "tgt_seq": s}) for b, s in shapes]
-    return [bench.Case(f"b{b} s{s}", {"batch": b, "seq": s}) for b, s in shapes]
+        return [bench_workloads.Case(f"b{b} s{s}/{s}", {"batch": b, "src_seq": s, "tgt_seq": s}) for b, s in shapes]
+    return [bench_workloads.Case(f"b{b} s{s}", {"batch": b, "seq": s}) for b, s in shapes]
 
 
 def rel_rms(y, ref) -> float:
@@ -85,7 +87,7 @@ def eager(w, npz: str, feeds: dict, threads: int) -> np.ndarray:
     import torch
     torch.set_num_threads(threads)
     torch.backends.mha.set_fastpath_enabled(False)
-    m = bench.load_module(w.name, npz)
+    m = bench_baselines.load_module(w.name, npz)
     with torch.no_grad():
         out = m(*(torch.from_numpy(feeds[a]) for a in w.torch_args))
     return (out[0] if isinstance(out, tuple) else out).numpy()
@@ -113,9 +115,9 @@ def export_quantize(w, npz: str, exporter: str, dims: dict, tmp: Path, threads: 
 
 
 def bench_workload(name: str, args, tmp: Path, log) -> dict:
-    w = bench.WORKLOADS[name]
+    w = bench_workloads.WORKLOADS[name]
     npz = str(tmp / f"{name}.npz")
-    np.savez(npz, **bench.make_weights(name, args.seed))
+    np.savez(npz, **bench_baselines.make_weights(name, args.seed))
     res: dict = {"compile": {}, "cases": {}}
     paths = {}
     for label, extra in (("graphc f32", []), ("graphc int8", ["--quantize", "int8"]),
@@ -142,7 +144,7 @@ def bench_workload(name: str, args, tmp: Path, log) -> dict:
         d = res["compile"].get("dynamo + quantize_dynamic")
         if d and d["rc"] == 0:
             cands["dynamo + qd"] = d["path"]
-        feeds = bench.make_inputs(w, case, args.seed)
+        feeds = bench_workloads.make_inputs(w, case, args.seed)
         ref = eager(w, npz, feeds, args.threads)
         sessions = {k: bench.session(p, args.threads, False) for k, p in cands.items()}
         runs = {}
