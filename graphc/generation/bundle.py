@@ -108,7 +108,8 @@ def read_config(directory: str | os.PathLike) -> dict:
         raise GraphcError(f"{d} is a plain .onnx model, not a generation bundle",
                           hint="build a bundle directory with: graphc build SPEC --kv-cache -o DIR")
     if not d.is_dir():
-        raise GraphcError(f"{d}: no such directory", hint=_HINT_BUILD)
+        what = "is a file, not a bundle directory" if d.exists() else "no such directory"
+        raise GraphcError(f"{d}: {what}", hint=_HINT_BUILD)
     path = d / CONFIG_NAME
     if not path.is_file():
         raise GraphcError(f"{d} is not a generation bundle (no {CONFIG_NAME}); build with --kv-cache",
