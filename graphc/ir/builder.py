@@ -13,8 +13,8 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
-from ..errors import GraphcError, Span, did_you_mean
-from ..prims import ShapeError, infer_op
+from ..errors import GraphcError, InternalError, Span, did_you_mean
+from ..prims import PRIMS, ShapeError, infer_op
 from ..shapes import Dim, DimLike, as_dim
 from .graph import DTYPES, Graph, OpNode, TensorType, ValueInfo
 
@@ -145,8 +145,16 @@ class Builder:
 
     # ops ----------------------------------------------------------------------
     def op(self, prim: str, inputs: Sequence[Value | None], n_out: int = 1, name_hint: str | None = None,
-           **attrs: Any) -> Any:
-        """Emit one primitive; returns a Value (or a tuple when n_out > 1)."""
+           lowering: dict[str, Any] | None = None, **attrs: Any) -> Any:
+        """Emit one primitive; returns a Value (or a tuple when n_out > 1).
+
+        ``attrs`` are the primitive's semantics. ``lowering`` holds the layer's
+        choices of ONNX form (only names the primitive declares in
+        ``lowering_options``); they go to ``Graph.lowering_options``, not the op."""
+        if lowering:
+            unknown = sorted(set(lowering) - set(PRIMS[prim].lowering_options))
+            if unknown:
+                raise InternalError(f"{prim} declares no lowering option {', '.join(unknown)}")
         in_types = [v.type for v in inputs if v is not None]
         try:
             out_types = infer_op(prim, attrs, in_types)
@@ -160,6 +168,8 @@ class Builder:
             outs.append(Value(vname, t))
         self.g.add_op(OpNode(node_id, prim, [v.name if v is not None else "" for v in inputs],
                              [o.name for o in outs], dict(attrs), self._span, self.path))
+        if lowering:
+            self.g.lowering_options[node_id] = dict(lowering)
         return outs[0] if len(outs) == 1 else tuple(outs)
 
     def derive(self, fn: Callable[..., np.ndarray], inputs: Sequence[Value], shape: Sequence[int],

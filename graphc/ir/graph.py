@@ -5,6 +5,11 @@ producer and its users through the edges, an op keeps its *ordered* inputs and
 outputs as a list because a DiGraph cannot hold ``Mul(x, x)`` twice. Every op
 carries the spec location and the layer path that produced it, as real
 fields, so every later error can still point at a YAML line.
+
+An op's attributes say only what it computes. How it is to be lowered (a
+layer's ``impl:`` request for its attention core) is a lowering option, kept
+apart in ``Graph.lowering_options`` keyed by op id: the lowering reads it
+(``LowerContext.option``), the shape rules and numpy evaluations never see it.
 """
 from __future__ import annotations
 
@@ -57,6 +62,9 @@ class Graph:
         self.warnings: list = []                   # graphc.errors.GraphcWarning, printed by the CLI
         self._op_order: dict[str, None] = {}   # insertion-ordered set: O(1) removal (CSE, folding)
         self.generation = None                  # a --kv-cache build's graphc.ir.kv_cache.CacheContext
+        # op id -> {option: value}: per-op choices between ONNX forms of the same function
+        # (the names a primitive declares in Prim.lowering_options); absent = the lowering's default
+        self.lowering_options: dict[str, dict[str, Any]] = {}
 
     # values ---------------------------------------------------------------
     def add_value(self, info: ValueInfo) -> ValueInfo:
@@ -109,11 +117,13 @@ class Graph:
         return [self.nx.nodes["op:" + i]["op"] for i in self._op_order]
 
     def remove_op(self, op_id: str) -> None:
+        """Remove an op (its lowering options go with it)."""
         node = self.op(op_id)
         for name in node.outputs:
             self.value(name).producer = None
         self.nx.remove_node("op:" + op_id)
         del self._op_order[op_id]
+        self.lowering_options.pop(op_id, None)
 
     def drop_op(self, op_id: str) -> None:
         """Remove an op and the values it produces (their readers must be gone or rewired)."""
@@ -159,7 +169,9 @@ class Graph:
         for op in self.ops():
             attrs = ", ".join(f"{k}={_attr_text(v)}" for k, v in sorted(op.attrs.items()))
             outs = ", ".join(f"{o}: {self.value(o).type}" for o in op.outputs)
-            lines.append(f"  {outs} = {op.op}({', '.join(op.inputs)}){' {' + attrs + '}' if attrs else ''}")
+            options = ", ".join(f"{k}={_attr_text(v)}" for k, v in sorted(self.lowering_options.get(op.id, {}).items()))
+            lines.append(f"  {outs} = {op.op}({', '.join(op.inputs)}){' {' + attrs + '}' if attrs else ''}"
+                         f"{' lowering {' + options + '}' if options else ''}")
         for k, v in self.outputs.items():
             lines.append(f"  output {k} = {v}")
         return "\n".join(lines)
@@ -197,6 +209,9 @@ def verify(g: Graph) -> None:
             if g.value(name).producer != op.id:
                 raise InternalError(f"value '{name}' does not name {op.id} as its producer")
             seen.add(name)
+    for op_id in g.lowering_options:
+        if "op:" + op_id not in g.nx:
+            raise InternalError(f"lowering options recorded for op {op_id}, which is not in the graph")
     for public, name in g.outputs.items():
         if name not in seen:
             raise InternalError(f"output '{public}' refers to undefined value '{name}'")

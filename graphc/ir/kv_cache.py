@@ -281,11 +281,14 @@ def last_position_logits(g) -> None:
     g.add_value(last)
     order = [o.id for o in g.ops()]
     anchor = order[order.index(op.id) - 1]
+    options = g.lowering_options.get(op.id)
     g.remove_op(op.id)
     slice_op = OpNode(f"{op.id}/last_position", "Slice", [x.name], [last.name],
                       {"axis": 1, "start": -1, "end": None}, op.span, op.layer)     # [B, S, W] -> [B, 1, W]
     g.add_op(slice_op)
     g.add_op(OpNode(op.id, op.op, [last.name] + op.inputs[1:], op.outputs, op.attrs, op.span, op.layer))
+    if options:
+        g.lowering_options[op.id] = options
     g.place_after(anchor, [slice_op.id, op.id])
     for o in [op] + chain:
         for out in o.outputs:

@@ -56,6 +56,8 @@ def _subgraph(g: Graph, name: str, ops: list[OpNode], inputs: list[str], outputs
     for op in ops:
         sub.add_op(dataclasses.replace(op, inputs=[rename.get(i, i) for i in op.inputs],
                                        outputs=list(op.outputs), attrs=dict(op.attrs)))
+        if op.id in g.lowering_options:
+            sub.lowering_options[op.id] = dict(g.lowering_options[op.id])
     sub.outputs = dict(outputs)
     sub.dim_examples = dict(g.dim_examples)
     sub.input_ranges = {k: v for k, v in g.input_ranges.items() if k in inputs}

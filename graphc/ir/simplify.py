@@ -14,7 +14,9 @@ lowering, also lets the lowering share what it builds per distinct mask.
 
 Two ops are the same computation when they have the same primitive, the same
 (already merged) inputs and equal attributes: primitives are pure functions of
-their inputs and attributes. Derive ops (compile-time numpy closures) are
+their inputs and attributes. Their lowering options (Graph.lowering_options)
+must be equal too: merging two attentions a spec asked to lower differently
+would silently drop one request. Derive ops (compile-time numpy closures) are
 left alone, and so are ops that produce a graph output (each output keeps its
 own name).
 
@@ -67,7 +69,7 @@ def merge_common_subexpressions(g: Graph) -> int:
         if op.op == "Derive" or any(o in graph_outputs for o in op.outputs):
             continue
         try:
-            key = (op.op, tuple(op.inputs), _canonical(op.attrs))
+            key = (op.op, tuple(op.inputs), _canonical(op.attrs), _canonical(g.lowering_options.get(op.id, {})))
         except _NoKey:
             continue
         kept = first.setdefault(key, op)

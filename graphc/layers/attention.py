@@ -187,8 +187,8 @@ class ScaledDotProductAttention(LayerKind):
         masked, bias = build_masks(b, call, q.shape[0], q.shape[2], k.shape[2], heads, q.dtype,
                                    call["key_padding_polarity"], call["attn_mask_polarity"])
         ins = [q, k, v] + [m for m in (masked, bias) if m is not None]
-        y = b.op("Attention", ins, scale=float(scale), causal=call["causal"], impl=call["impl"],
-                 has_masked=masked is not None, has_bias=bias is not None)
+        y = b.op("Attention", ins, scale=float(scale), causal=call["causal"],
+                 has_masked=masked is not None, has_bias=bias is not None, lowering={"impl": call["impl"]})
         return {"y": y}
 
     def reference(self, args, weights, inputs):
@@ -469,8 +469,9 @@ class MultiheadAttention(LayerKind):
             masked, bias = build_masks(b, call, bsz, sq, sk, heads, x.dtype,
                                        call["key_padding_polarity"], call["attn_mask_polarity"])
         ins = [qh, kh, vh] + [m for m in (masked, bias) if m is not None]
-        att = b.op("Attention", ins, scale=1.0, causal=call["causal"] and not cached, impl=call["impl"],
-                   has_masked=masked is not None, has_bias=bias is not None)   # [B, H, Sq, D]
+        att = b.op("Attention", ins, scale=1.0, causal=call["causal"] and not cached,
+                   has_masked=masked is not None, has_bias=bias is not None,
+                   lowering={"impl": call["impl"]})                             # [B, H, Sq, D]
         att = b.op("Transpose", [att], perm=[0, 2, 1, 3])                       # -> [B, Sq, H, D]
         y = b.op("Reshape", [att], shape=(bsz, sq, one(nq)))                    # -> [B, Sq, H*D]
         if call["out_proj"]:

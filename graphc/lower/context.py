@@ -54,6 +54,11 @@ class LowerContext:
             self.extra_initializers.append(proto.from_array(arr, name))
         return self._consts[key]
 
+    def option(self, op: OpNode, name: str, default: Any) -> Any:
+        """A lowering option the layer recorded for ``op`` (Graph.lowering_options;
+        the names its primitive declares in Prim.lowering_options), else ``default``."""
+        return self.g.lowering_options.get(op.id, {}).get(name, default)
+
     def error(self, message: str) -> GraphcError:
         span = self.current.span if self.current else None
         where = f"layer '{self.current.layer}': " if self.current and self.current.layer else ""

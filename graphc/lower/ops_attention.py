@@ -26,7 +26,9 @@ def _dtype(ctx: LowerContext, name: str) -> np.dtype:
 
 
 def use_fused(ctx: LowerContext, op: OpNode) -> bool:
-    impl = op.attrs.get("impl", "auto")
+    """The layer's ``impl:`` request (a lowering option, not an attribute of the
+    op: both forms compute the same function), resolved against the opset."""
+    impl = ctx.option(op, "impl", "auto")
     if ctx.opset < 23:
         if impl == "fused":
             raise ctx.error("impl: fused needs --opset 23 or newer (the ONNX Attention operator)")

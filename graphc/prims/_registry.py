@@ -30,9 +30,11 @@ class Prim:
     op is built. ``evaluate(*arrays, **attrs)``: numpy, for folding and tests.
     ``flops(attrs, input types, output types, dims) -> int | None``: what
     ``graphc info`` counts (multiply-adds as 2; None when a dim it needs is
-    not given). ``lowering_options``: attributes that only choose between ONNX
-    forms of the same function (Attention's ``impl``); they never change a
-    value, so passes may ignore them when comparing what ops compute.
+    not given). ``lowering_options``: the names of the choices between ONNX
+    forms of the same function (Attention's ``impl``). They are not attributes:
+    a layer passes them as ``Builder.op(..., lowering={...})``, they live in
+    ``Graph.lowering_options`` keyed by op id, and only the lowering reads
+    them (``LowerContext.option``); the shape rule and ``evaluate`` never see them.
     """
     name: str
     infer: Callable[[dict, list[TensorType]], list[TensorType]]

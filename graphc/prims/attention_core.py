@@ -65,7 +65,7 @@ def attention_flops(attrs, ins, outs, dims) -> int | None:
     return scores * (2 * (widths[0] + widths[1]) + 1)
 
 
-# ``impl`` (auto, decomposed, fused) picks the ONNX form in
+# lowering option ``impl`` (auto, decomposed, fused; Graph.lowering_options) picks the ONNX form in
 # graphc.lower.ops_attention; every form computes the same function.
 @prim("Attention", _eval, flops=attention_flops, lowering_options=("impl",))
 def attention_infer(attrs, ins):
