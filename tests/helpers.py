@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -103,16 +104,37 @@ def graphc_cli(*args: str, cwd=None, env=None) -> subprocess.CompletedProcess:
                           cwd=cwd or ROOT, env=env, timeout=120)
 
 
-def cli(*args) -> tuple[int, str, str]:
+class _Hang(Exception):
+    pass
+
+
+def _on_alarm(signum, frame):
+    raise _Hang()
+
+
+def cli(*args, hang_s: float | None = None) -> tuple[int, str, str]:
     """graphc's entry point in-process (a subprocess costs a second of imports):
-    (exit code, stdout, stderr); argparse's SystemExit becomes its code."""
+    (exit code, stdout, stderr); argparse's SystemExit becomes its code.
+    ``hang_s``: a hard time bound (SIGALRM), so a hang fails the test instead
+    of stalling CI (the fuzz tests feed it hostile specs)."""
+    import pytest
     from graphc.cli import main
     out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            rc = main([str(a) for a in args])
-        except SystemExit as exc:
-            rc = exc.code
+    if hang_s is not None:
+        old = signal.signal(signal.SIGALRM, _on_alarm)
+        signal.setitimer(signal.ITIMER_REAL, hang_s)
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                rc = main([str(a) for a in args])
+            except SystemExit as exc:
+                rc = exc.code
+    except _Hang:
+        pytest.fail(f"graphc {' '.join(map(str, args))} ran for more than {hang_s} s")
+    finally:
+        if hang_s is not None:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, old)
     return rc, out.getvalue(), err.getvalue()
 
 
@@ -184,7 +206,8 @@ def user_error(source, message: str, *, at: str | None = None, hint: str | None 
     callable (called), or the ``(rc, stdout, stderr)`` of ``cli(...)``. In
     process: a GraphcError (not any other exception) whose message holds
     ``message``; with ``at``, its span is on the first line of the spec text
-    that contains ``at``. Through the CLI: exit code 2, no traceback, the
+    that contains ``at``. Through the CLI: exit code 2, no traceback and no
+    "internal error", the
     first stderr line ``located:LINE:COL: error: ...`` (``located`` given: the
     file) or ``graphc: error: ...`` (not located), ``message`` in stderr.
     ``hint``: text the hint must hold. Returns the GraphcError, or stderr."""
@@ -192,7 +215,7 @@ def user_error(source, message: str, *, at: str | None = None, hint: str | None 
     if isinstance(source, tuple):
         rc, _, err = source
         assert rc == 2, err
-        assert "Traceback" not in err, err
+        assert "Traceback" not in err and "internal error" not in err, err
         first = err.splitlines()[0]
         if located is not None:
             assert first.startswith(f"{located}:") and ": error: " in first, first

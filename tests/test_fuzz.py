@@ -20,11 +20,8 @@ docs/reliability.md.
 """
 from __future__ import annotations
 
-import contextlib
-import io
 import os
 import re
-import signal
 import time
 from pathlib import Path
 
@@ -33,9 +30,8 @@ import yaml
 from hypothesis import HealthCheck, given, seed, settings
 from hypothesis import strategies as st
 
-from graphc.cli import main
 from graphc.layers import LAYERS
-from helpers import SPECS
+from helpers import SPECS, cli
 
 FUZZ_SEED = int(os.environ.get("GRAPHC_FUZZ_SEED", "0"))
 ALL = sorted(SPECS.rglob("*.yaml"))
@@ -234,33 +230,6 @@ def mutate(data, text: str) -> str:
 
 # ------------------------------------------------------------------ running
 
-class _Hang(Exception):
-    pass
-
-
-def _on_alarm(signum, frame):
-    raise _Hang()
-
-
-def run_cli(args: list[str]) -> tuple[int, str, str]:
-    """graphc.cli.main in-process, with output captured and a hard time bound."""
-    out, err = io.StringIO(), io.StringIO()
-    old = signal.signal(signal.SIGALRM, _on_alarm)
-    signal.setitimer(signal.ITIMER_REAL, HANG_S)
-    try:
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            try:
-                rc = main(args)
-            except SystemExit as exc:          # argparse
-                rc = exc.code if isinstance(exc.code, int) else 2
-    except _Hang:
-        pytest.fail(f"graphc {' '.join(args)} ran for more than {HANG_S} s")
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, old)
-    return rc, out.getvalue(), err.getvalue()
-
-
 def assert_clean_outcome(args: list[str], rc: int, err: str, text: str, spec_path: Path) -> None:
     shown = f"graphc {' '.join(args)}\n--- stderr ---\n{err}\n--- spec ---\n{text}"
     assert rc in (0, 2), f"exit {rc} (1 = internal error):\n{shown}"
@@ -302,12 +271,12 @@ def test_mutated_specs_fail_cleanly(example, workdir):
         spec_path.write_text(text, encoding="utf-8", errors="surrogatepass")
         t0 = time.perf_counter()
         args = ["check", str(spec_path), "--max-param-bytes", BUDGET]
-        rc, stdout, err = run_cli(args)
+        rc, stdout, err = cli(*args, hang_s=HANG_S)
         assert_clean_outcome(args, rc, err, text, spec_path)
         if rc == 0 and _n_params(stdout) <= BUILD_PARAMS:
             out.write_bytes(b"earlier output")
             args = ["build", str(spec_path), "-o", str(out), "--max-param-bytes", BUDGET, "-q"]
-            rc, _, err = run_cli(args)
+            rc, _, err = cli(*args, hang_s=HANG_S)
             assert_clean_outcome(args, rc, err, text, spec_path)
             if rc != 0:
                 assert out.read_bytes() == b"earlier output", "a failed build touched the earlier output"
@@ -367,7 +336,7 @@ def _meta_value(data) -> str:
 @pytest.fixture(scope="module")
 def contract_model(workdir):
     (workdir / "contract.yaml").write_text(CONTRACT_MODEL)
-    rc, _, err = run_cli(["build", str(workdir / "contract.yaml"), "-o", str(workdir / "contract.onnx")])
+    rc, _, err = cli("build", workdir / "contract.yaml", "-o", workdir / "contract.onnx", hang_s=HANG_S)
     assert rc == 0, err
     return workdir / "contract.onnx"
 
@@ -399,7 +368,7 @@ def test_fuzzed_model_metadata_and_dims_fail_cleanly(contract_model, workdir):
                                                        "seq - seq", "(", "seq * 99999999999999999999"]), label="dim")
         onnx.save(m, str(target))
         for args in (["run", str(target), "--random"], ["run", str(target), "--random", "--dim", "seq=4"]):
-            rc, _, err = run_cli(args)
+            rc, _, err = cli(*args, hang_s=HANG_S)
             assert_clean_outcome(args, rc, err, str(props), target)
 
     run()
@@ -442,7 +411,7 @@ def test_growing_params_and_sizes_are_bounded(workdir):
         spec_path.write_text(text)
         t0 = time.perf_counter()
         args = ["check", str(spec_path), "--max-param-bytes", BUDGET]
-        rc, _, err = run_cli(args)
+        rc, _, err = cli(*args, hang_s=HANG_S)
         assert_clean_outcome(args, rc, err, text, spec_path)
         elapsed = time.perf_counter() - t0
         assert elapsed < DEADLINE_S, f"took {elapsed:.1f} s (bound {DEADLINE_S} s):\n{text}"

@@ -19,23 +19,10 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from helpers import ROOT, TINY, cli
+from helpers import ROOT, TINY, cli, user_error
 
 W = np.arange(12, dtype=np.float32).reshape(3, 4) / 10 - 0.5
 B = np.array([0.1, -0.2, 0.3], np.float32)
-
-
-def assert_user_error(result, message: str, located: str | None = None) -> str:
-    rc, _, err = result
-    assert rc == 2, err
-    assert "Traceback" not in err and "internal error" not in err, err
-    first = err.splitlines()[0]
-    if located is not None:
-        assert first.startswith(f"{located}:") and ": error: " in first, first
-    else:
-        assert first.startswith("graphc: error: "), first
-    assert message in err, err
-    return err
 
 
 @pytest.fixture
@@ -134,14 +121,14 @@ def with_metadata(model: Path, out: Path, key: str, value: str | None) -> Path:
 @pytest.mark.parametrize("key, value", BAD_METADATA, ids=[f"{k[7:]}-{i}" for i, (k, _) in enumerate(BAD_METADATA)])
 def test_malformed_graphc_metadata_is_a_clear_error(embed_model, tmp_path, key, value):
     bad = with_metadata(embed_model, tmp_path / "bad.onnx", key, value)
-    err = assert_user_error(cli("run", bad, "--random"), f"its metadata entry '{key}' is malformed")
+    err = user_error(cli("run", bad, "--random"), f"its metadata entry '{key}' is malformed")
     assert "rebuild it with graphc build" in err
 
 
 def test_intact_metadata_still_checks_and_missing_metadata_runs(embed_model, tmp_path):
     assert cli("run", embed_model, "--random")[0] == 0
     np.save(ids := tmp_path / "ids.npy", np.array([[1, 2, 10]] * 2, np.int64))
-    assert_user_error(cli("run", embed_model, "--input", f"ids={ids}", "--random"), "outside")
+    user_error(cli("run", embed_model, "--input", f"ids={ids}", "--random"), "outside")
     bare = embed_model
     for key in ("graphc.run_limits", "graphc.dim_examples", "graphc.input_ranges", "graphc.sequence_lengths"):
         bare = with_metadata(bare, tmp_path / "bare.onnx", key, None)
@@ -170,14 +157,14 @@ def _spec_with_params(params: list[str], width: str = "3", shape: str = "[batch,
 def test_params_that_square_themselves_are_refused_at_the_param(tmp_path):
     p = tmp_path / "sq.yaml"
     p.write_text(_spec_with_params(["p0: 10"] + [f"p{i}: p{i - 1} * p{i - 1}" for i in range(1, 40)]))
-    err = assert_user_error(cli("check", p), "larger than 2**63", located=str(p))
+    err = user_error(cli("check", p), "larger than 2**63", located=str(p))
     assert err.splitlines()[0].startswith(f"{p}:8:")     # p5 = 10**32 (line 8): the first past 2**63
 
 
 def test_a_huge_literal_in_an_expression_is_refused(tmp_path):
     p = tmp_path / "lit.yaml"
     p.write_text(_spec_with_params([f"p: '{'9' * 200} + 1'"]))
-    assert_user_error(cli("check", p), "larger than 2**63", located=str(p))
+    user_error(cli("check", p), "larger than 2**63", located=str(p))
 
 
 def test_chained_params_check_in_linear_time(tmp_path):
@@ -196,7 +183,7 @@ def test_polynomial_dims_are_bounded_where_they_are_made(tmp_path):
     shape = '[batch, "(a + b) * (c + d) * (e + f) * (g + h) * (i + j) * (k + l)"]'
     p = tmp_path / "poly.yaml"
     p.write_text(_spec_with_params(["unused: 1"], shape=shape))
-    assert_user_error(cli("check", p), "terms, more than 32", located=str(p))
+    user_error(cli("check", p), "terms, more than 32", located=str(p))
 
 
 def test_sizes_doubled_layer_after_layer_are_refused_at_the_layer(tmp_path):
@@ -205,7 +192,7 @@ def test_sizes_doubled_layer_after_layer_are_refused_at_the_layer(tmp_path):
     p = tmp_path / "dbl.yaml"
     p.write_text("graphc: 1\ndims: {batch: 2, seq: 3}\ninputs:\n  x: {dtype: float32, shape: [batch, seq]}\n"
                  "layers:\n" + "\n".join(layers) + "\noutputs: {y: l79}\n")
-    err = assert_user_error(cli("check", p), "grows past 2**62", located=str(p))
+    err = user_error(cli("check", p), "grows past 2**62", located=str(p))
     assert "concat 'l62'" in err                            # l62 is seq * 2**63: the first past 2**62
 
 
@@ -216,7 +203,7 @@ def test_an_input_axis_of_2_to_the_67_is_refused_at_check_and_build(tmp_path, ax
     p.write_text(f"graphc: 1\ndims: {{batch: 2, seq: 3}}\ninputs:\n  x: {{dtype: float32, shape: [batch, {axis}]}}\n"
                  "layers:\n  - {name: act, kind: relu, input: x}\noutputs: {y: act}\n")
     for command in (["check", p], ["build", p, "-o", tmp_path / "axis.onnx"]):
-        assert_user_error(cli(*command), "2", located=str(p))
+        user_error(cli(*command), "2", located=str(p))
     assert not (tmp_path / "axis.onnx").exists()
 
 
@@ -241,7 +228,7 @@ def test_a_compressed_input_of_the_wrong_shape_is_refused_before_it_is_inflated(
     assert z.stat().st_size < 2_000_000
     tracemalloc.start()
     try:
-        err = assert_user_error(cli("run", tiny_model, "--input", z), "axis 1 has size 25000000, the model expects 4")
+        err = user_error(cli("run", tiny_model, "--input", z), "axis 1 has size 25000000, the model expects 4")
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
@@ -256,7 +243,7 @@ def test_compressed_inputs_that_fit_the_model_are_bounded_when_inflated(tiny, tm
     assert cli("build", spec, "-o", model)[0] == 0
     monkeypatch.setattr(arrays_io, "MAX_INFLATED_INPUT_BYTES", 1 << 20)
     z = _compressed_npz(tmp_path / "fits.npz", "x", (100_000, 4))      # 1.6 MB inflated
-    assert_user_error(cli("run", model, "--input", z), "would inflate to 1,600,000 bytes")
+    user_error(cli("run", model, "--input", z), "would inflate to 1,600,000 bytes")
     np.savez(plain := tmp_path / "plain.npz", x=np.ones((100_000, 4), np.float32))   # stored: mapped, no cap
     rc, out, err = cli("run", model, "--input", plain)
     assert rc == 0, err
@@ -267,7 +254,7 @@ def test_an_npy_header_claiming_4e12_elements_is_an_input_error(tiny_model, tmp_
     with open(p, "wb") as f:
         np.lib.format.write_array_header_1_0(f, {"descr": "<f4", "fortran_order": False, "shape": (2, 2_000_000_000_000)})
         f.write(bytes(64))
-    err = assert_user_error(cli("run", tiny_model, "--input", f"x={p}"), "declares shape [2, 2000000000000]")
+    err = user_error(cli("run", tiny_model, "--input", f"x={p}"), "declares shape [2, 2000000000000]")
     assert "too large" not in err and "out of memory" not in err
 
 
@@ -280,14 +267,14 @@ def test_input_headers_are_checked_against_the_model_and_each_other(tmp_path):
     assert cli("build", spec, "-o", model)[0] == 0
     np.save(x := tmp_path / "x.npy", np.ones((2, 4), np.float32))
     z = _compressed_npz(tmp_path / "z.npz", "z", (3, 4))
-    assert_user_error(cli("run", model, "--input", f"x={x}", "--input", z), "dim 'batch' is 2 in input 'x' but 3")
+    user_error(cli("run", model, "--input", f"x={x}", "--input", z), "dim 'batch' is 2 in input 'x' but 3")
 
 
 def test_input_files_that_are_directories_or_fifos_say_so(tiny_model, tmp_path):
     (d := tmp_path / "dir.npy").mkdir()
-    assert_user_error(cli("run", tiny_model, "--input", f"x={d}"), "is a directory")
+    user_error(cli("run", tiny_model, "--input", f"x={d}"), "is a directory")
     os.mkfifo(fifo := tmp_path / "fifo.npy")
-    assert_user_error(cli("run", tiny_model, "--input", f"x={fifo}"), "not a regular file")
+    user_error(cli("run", tiny_model, "--input", f"x={fifo}"), "not a regular file")
 
 
 # ------------------------------------------------------------------ 6. leftovers and misreports
@@ -378,7 +365,7 @@ def test_an_output_path_ending_in_a_slash_is_a_clear_error(tiny, tmp_path, comma
     out = f"{tmp_path / 'newdir'}/"
     args = {"build": ["build", tiny, "-o", out], "graph": ["graph", tiny, "-o", out],
             "run": ["run", tiny, "--random", "--output", out]}[command]
-    assert_user_error(cli(*args), "a path ending in '/' names a directory")
+    user_error(cli(*args), "a path ending in '/' names a directory")
     assert not (tmp_path / "newdir").exists()
 
 
@@ -388,13 +375,13 @@ def test_fifo_and_directory_includes_are_not_reported_missing(tmp_path):
     for inc, message in (("blocks.yaml", "is not a regular file"), ("dir.yaml", "is a directory")):
         spec = tmp_path / "main.yaml"
         spec.write_text(f"graphc: 1\ninclude: [{inc}]\n" + TINY.split("\n", 1)[1])
-        err = assert_user_error(cli("check", spec), message, located=str(spec))
+        err = user_error(cli("check", spec), message, located=str(spec))
         assert "not found" not in err
 
 
 def test_a_directory_given_as_the_model_is_not_reported_missing(tmp_path):
     (d := tmp_path / "model.onnx").mkdir()
-    err = assert_user_error(cli("run", d, "--random"), "is a directory")
+    err = user_error(cli("run", d, "--random"), "is a directory")
     assert "not found" not in err
 
 
@@ -410,7 +397,7 @@ def _onnx_model(path: Path, elem_type: int, shape) -> Path:
 
 def test_an_unnamed_dynamic_dim_never_asks_for_dim_none(tmp_path):
     model = _onnx_model(tmp_path / "m.onnx", TensorProto.FLOAT, [None, 4])
-    err = assert_user_error(cli("run", model, "--random"), "axis 0 is dynamic and unnamed")
+    err = user_error(cli("run", model, "--random"), "axis 0 is dynamic and unnamed")
     assert "None" not in err
     np.save(x := tmp_path / "x.npy", np.ones((3, 4), np.float32))
     assert cli("run", model, "--input", f"x={x}")[0] == 0
