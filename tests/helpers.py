@@ -199,7 +199,7 @@ def _max_abs(a, b) -> float:
 # ---------------------------------------------------------------- user errors (one checker)
 
 def user_error(source, message: str, *, at: str | None = None, hint: str | None = None,
-               located: str | None = None):
+               located: str | None = None, where: str | None = None):
     """Check that graphc refuses something as a *user* error, and return the error.
 
     ``source`` is one of: spec text (compiled with ``compile_text``), a
@@ -209,7 +209,8 @@ def user_error(source, message: str, *, at: str | None = None, hint: str | None 
     that contains ``at``. Through the CLI: exit code 2, no traceback and no
     "internal error", the
     first stderr line ``located:LINE:COL: error: ...`` (``located`` given: the
-    file) or ``graphc: error: ...`` (not located), ``message`` in stderr.
+    file) or ``graphc: error: ...`` (not located), ``message`` in stderr;
+    ``where`` ('LINE:COL', with ``located``): the exact place.
     ``hint``: text the hint must hold. Returns the GraphcError, or stderr."""
     from graphc.errors import GraphcError
     if isinstance(source, tuple):
@@ -221,7 +222,9 @@ def user_error(source, message: str, *, at: str | None = None, hint: str | None 
             assert first.startswith(f"{located}:") and ": error: " in first, first
             _, line, col = first.split(": error: ")[0].rsplit(":", 2)
             assert int(line) >= 1 and int(col) >= 1, first
+            assert where is None or first.startswith(f"{located}:{where}: error: "), first
         else:
+            assert where is None, "where needs located"
             assert first.startswith("graphc: error: "), first
         assert message in err, err
         assert hint is None or hint in err, err

@@ -7,9 +7,8 @@ Tolerance: max abs difference <= 1e-5 in float32."""
 import numpy as np
 import pytest
 
-from graphc.errors import GraphcError
 from graphc.layers import LAYERS
-from helpers import compile_text, ort_run, ref_run, single_layer_spec
+from helpers import compile_text, ort_run, ref_run, single_layer_spec, user_error
 
 F32 = "float32"
 TOL = 1e-5
@@ -110,16 +109,13 @@ def test_transformer_stack_with_rope_matches_numpy_reference():
 ])
 def test_rope_mistakes_are_located_at_the_argument(args, width, needle, key):
     text = _spec(args, width)
-    with pytest.raises(GraphcError) as e:
-        compile_text(text)
-    assert needle in e.value.message
-    line = text.splitlines()[e.value.span.line - 1]
+    error = user_error(text, needle)
+    line = text.splitlines()[error.span.line - 1]
     assert line.lstrip().startswith(key + ":"), line
 
 
 def test_a_fixed_length_over_rope_max_len_is_located():
     text = single_layer_spec("multihead_attention", {"heads": 2, "rope": "half", "rope_max_len": 8},
                              {"x": (F32, ["batch", 9, 8])}, ports={"query": "x"})
-    with pytest.raises(GraphcError) as e:
-        compile_text(text)
-    assert "rope" in e.value.message and "rope_max_len" in text.splitlines()[e.value.span.line - 1]
+    error = user_error(text, "rope")
+    assert "rope_max_len" in text.splitlines()[error.span.line - 1]

@@ -8,7 +8,7 @@ import threading
 
 import pytest
 
-from helpers import cli
+from helpers import cli, user_error
 from graphc.errors import GraphcError
 from graphc.source import MAX_SPEC_BYTES
 from graphc.specfile import parse_spec_text
@@ -26,16 +26,11 @@ outputs: {y: fc}
 
 
 
-def user_error(path, message: str, where: str | None = None, *args) -> str:
-    """Runs `graphc check PATH`; exit code 2, MESSAGE in the first line, located
-    at WHERE ('LINE:COL') when given, no traceback. Returns stderr."""
-    rc, _, err = cli("check", path, *args)
-    assert rc == 2, err
-    assert "Traceback" not in err and "internal error" not in err, err
-    first = err.splitlines()[0]
-    assert message in first, err
-    if where is not None:
-        assert first.startswith(f"{path}:{where}: error: "), err
+def check_refused(path, message: str, where: str | None = None, *args) -> str:
+    """Runs `graphc check PATH`: a user error (helpers.user_error) located at
+    WHERE ('LINE:COL') when given, with MESSAGE in its first line. Returns stderr."""
+    err = user_error(cli("check", path, *args), message, located=str(path) if where else None, where=where)
+    assert message in err.splitlines()[0], err
     return err
 
 
@@ -47,9 +42,7 @@ def write(tmp_path, text: str, name: str = "m.yaml"):
 
 
 def spec_error(text: str) -> GraphcError:
-    with pytest.raises(GraphcError) as e:
-        parse_spec_text(text, "<t>")
-    return e.value
+    return user_error(lambda: parse_spec_text(text, "<t>"), "")
 
 
 # ------------------------------------------------------------------ 1. params that do not parse
@@ -63,7 +56,7 @@ def spec_error(text: str) -> GraphcError:
 ], ids=["power", "ends-early", "two-operators", "too-long", "too-deep"])
 def test_a_param_that_looks_like_arithmetic_but_does_not_parse_is_an_error_at_the_param(tmp_path, value, reason):
     p = write(tmp_path, SPEC.replace("{PARAMS}", f"{{hidden: 4, d: {value}}}"))
-    err = user_error(p, "parameter 'd': ", "3:24")
+    err = check_refused(p, "parameter 'd': ", "3:24")
     assert reason in err.splitlines()[0]
     assert "not a number" not in err
 
@@ -76,17 +69,17 @@ def test_text_params_are_still_text(tmp_path):
 
 def test_a_param_using_one_defined_below_it_says_so(tmp_path):
     p = write(tmp_path, SPEC.replace("{PARAMS}", "{d: e, e: 8}"))
-    err = user_error(p, "parameter 'd' uses 'e', which is defined below it", "3:13")
+    err = check_refused(p, "parameter 'd' uses 'e', which is defined below it", "3:13")
     assert "move 'e' above 'd'" in err
     p = write(tmp_path, SPEC.replace("{PARAMS}", "{d: 2 * e, e: 8}"))
-    user_error(p, "parameter 'd' uses 'e', which is defined below it", "3:13")
+    check_refused(p, "parameter 'd' uses 'e', which is defined below it", "3:13")
 
 
 # ------------------------------------------------------------------ 2. never "did you mean" the name itself
 
 def test_a_null_param_has_no_value_not_an_unknown_name(tmp_path):
     p = write(tmp_path, SPEC.replace("{PARAMS}", "{d: null}"))
-    err = user_error(p, "'d' has no value", "7:54")
+    err = check_refused(p, "'d' has no value", "7:54")
     assert "did you mean" not in err and "unknown name" not in err
 
 
@@ -94,7 +87,7 @@ def test_a_symbolic_dim_where_a_fixed_integer_is_needed(tmp_path):
     text = SPEC.replace("{PARAMS}", "{d: 8}").replace(
         "- {name: fc, kind: linear, input: x, out_features: d}",
         "- {name: s, kind: split, input: x, axis: 1, sizes: [seq, seq]}").replace("{y: fc}", "{y: s.y0}")
-    err = user_error(write(tmp_path, text), "'seq' is a symbolic dim", "7:55")
+    err = check_refused(write(tmp_path, text), "'seq' is a symbolic dim", "7:55")
     assert "did you mean" not in err and "unknown name" not in err
 
 
@@ -117,7 +110,7 @@ def test_a_text_param_in_an_input_range_is_not_an_unknown_name():
 
 def test_dividing_a_symbolic_dim_says_it_is_symbolic(tmp_path):
     p = write(tmp_path, SPEC.replace("{PARAMS}", "{d: 8}").replace("[batch, seq, 8]", "[batch, seq / 2, 8]"))
-    err = user_error(p, "seq is a symbolic dim, which cannot be divided by 2", "5:38")
+    err = check_refused(p, "seq is a symbolic dim, which cannot be divided by 2", "5:38")
     assert "does not divide exactly" not in err
     assert "declare a dim of its own" in err
     # a factor the dim is known to have divides fine
@@ -130,7 +123,7 @@ def test_dividing_a_symbolic_dim_says_it_is_symbolic(tmp_path):
 def test_a_control_character_is_reported_where_it_is(tmp_path):
     text = SPEC.replace("{PARAMS}", "{d: 8}").replace("layers:\n", 'doc: "a\x07b"\nlayers:\n')
     assert text.splitlines()[5] == 'doc: "a\x07b"'
-    err = user_error(write(tmp_path, text), "the control character U+0007 is not allowed", "6:8")
+    err = check_refused(write(tmp_path, text), "the control character U+0007 is not allowed", "6:8")
     assert "unicode string" not in err and "position" not in err
     assert '  doc: "a?b"' in err.splitlines()        # quoted visibly, caret under it
     assert err.splitlines()[2] == "  " + " " * 7 + "^"
@@ -140,13 +133,13 @@ def test_a_control_character_is_reported_where_it_is(tmp_path):
 def test_unicode_line_separators_in_a_string_do_not_shift_line_numbers(tmp_path, char):
     text = SPEC.replace("{PARAMS}", "{d: 8}").replace("layers:\n", f'doc: "a{char}b{char}c"\nlayers:\n')
     text = text.replace("out_features: d}", "out_features: dd}")
-    err = user_error(write(tmp_path, text), "unknown name 'dd'", "8:54")
+    err = check_refused(write(tmp_path, text), "unknown name 'dd'", "8:54")
     assert err.splitlines()[1] == "    - {name: fc, kind: linear, input: x, out_features: dd}"
 
 
 def test_carriage_returns_count_as_editors_count_them(tmp_path):
     text = SPEC.replace("{PARAMS}", "{d: 8}").replace("out_features: d}", "out_features: dd}").replace("\n", "\r\n")
-    user_error(write(tmp_path, text), "unknown name 'dd'", "7:54")
+    check_refused(write(tmp_path, text), "unknown name 'dd'", "7:54")
 
 
 # ------------------------------------------------------------------ 6. a layer repeated through an alias
@@ -162,7 +155,7 @@ layers:
   - *L
 outputs: {y: r}
 """
-    err = user_error(write(tmp_path, text), "duplicate layer name 'r'", "8:5")
+    err = check_refused(write(tmp_path, text), "duplicate layer name 'r'", "8:5")
     assert "first defined at" in err and ":7:15" in err
 
 
@@ -177,7 +170,7 @@ def test_deeply_nested_blocks_are_refused_at_the_use_that_crosses_the_limit(tmp_
     lines += ["layers:", "  - {name: top, kind: b0, input: x}", "outputs: {y: top}"]
     p = write(tmp_path, "\n".join(lines) + "\n")
     # b63's layer uses b64: the 65th level (line 6 + 63)
-    err = user_error(p, "blocks are nested more than 64 deep", "69:47")
+    err = check_refused(p, "blocks are nested more than 64 deep", "69:47")
     assert "top" in err
 
 
@@ -210,7 +203,7 @@ def test_a_spec_from_an_endless_pipe_is_read_only_up_to_the_limit(tmp_path):
 
     t = threading.Thread(target=writer, daemon=True)
     t.start()
-    user_error(fifo, f"spec file is larger than {MAX_SPEC_BYTES // 1024} KiB")
+    check_refused(fifo, f"spec file is larger than {MAX_SPEC_BYTES // 1024} KiB", "1:1")
     t.join(10)
     assert not t.is_alive()
     # graphc stopped reading just past the limit (plus what the pipe buffers)
@@ -229,14 +222,14 @@ def test_a_spec_that_is_a_symlink_loop(tmp_path):
 def test_an_include_that_is_a_symlink_loop_is_located(tmp_path):
     (tmp_path / "l.yaml").symlink_to("l.yaml")
     p = write(tmp_path, SPEC.replace("{PARAMS}", "{d: 8}").replace("graphc: 1\n", "graphc: 1\ninclude: [l.yaml]\n"))
-    err = user_error(p, "cannot read included file l.yaml", "2:11")
+    err = check_refused(p, "cannot read included file l.yaml", "2:11")
     assert "symbolic links" in err
 
 
 def test_an_include_whose_name_is_too_long_is_located(tmp_path):
     name = "a" * 300 + ".yaml"
     p = write(tmp_path, SPEC.replace("{PARAMS}", "{d: 8}").replace("graphc: 1\n", f"graphc: 1\ninclude: [{name}]\n"))
-    err = user_error(p, "cannot read included file", "2:11")
+    err = check_refused(p, "cannot read included file", "2:11")
     assert "too long" in err
 
 
