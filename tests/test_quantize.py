@@ -20,7 +20,7 @@ import pytest
 from graphc.compiler import compile_spec
 from graphc.schema import spec_schema
 
-from helpers import cli, ort_run
+from helpers import cli, ort_run, user_error
 
 RNG = np.random.default_rng(0)
 
@@ -196,29 +196,26 @@ def test_schema_has_the_section():
 def test_unknown_mode_is_an_error(tmp_path):
     p = write(tmp_path, MLP)
     out = tmp_path / "m.onnx"
-    rc, _, err = cli("build", p, "-o", out, "--quantize", "int3")
-    assert rc == 2 and "unknown --quantize mode 'int3'" in err and "Traceback" not in err
+    user_error(cli("build", p, "-o", out, "--quantize", "int3"), "unknown --quantize mode 'int3'")
     assert not out.exists()
 
 
 def test_unknown_mode_in_the_section_is_located(tmp_path):
     p = write(tmp_path, MLP + "quantize:\n  mode: int4x\n")
-    rc, _, err = cli("build", p, "-o", tmp_path / "m.onnx")
-    assert rc == 2 and f"{p}:11:9: error: unknown quantize mode 'int4x'" in err
+    user_error(cli("build", p, "-o", tmp_path / "m.onnx"), "unknown quantize mode 'int4x'", located=str(p), where="11:9")
 
 
 def test_pattern_matching_no_layer_is_located(tmp_path):
     p = write(tmp_path, MLP + "quantize:\n  exclude: [fc1, fc9]\n")
     out = tmp_path / "m.onnx"
-    rc, _, err = cli("build", p, "-o", out)
-    assert rc == 2 and f"{p}:11:18: error: quantize pattern 'fc9' matches no quantizable layer" in err
+    err = user_error(cli("build", p, "-o", out), "quantize pattern 'fc9' matches no quantizable layer",
+                     located=str(p), where="11:18")
     assert "fc1, fc2" in err and not out.exists()
 
 
 def test_pattern_on_a_norm_matches_no_quantizable_layer(tmp_path):
     p = write(tmp_path, ENCODER + "quantize: {include: [enc.layers.0.norm1]}\n")
-    rc, _, err = cli("build", p, "-o", tmp_path / "m.onnx")
-    assert rc == 2 and "matches no quantizable layer" in err
+    user_error(cli("build", p, "-o", tmp_path / "m.onnx"), "matches no quantizable layer", located=str(p))
 
 
 @pytest.mark.parametrize("section, message", [
@@ -230,29 +227,30 @@ def test_pattern_on_a_norm_matches_no_quantizable_layer(tmp_path):
 ])
 def test_bad_sections(tmp_path, section, message):
     p = write(tmp_path, MLP + section + "\n")
-    rc, _, err = cli("build", p, "-o", tmp_path / "m.onnx")
-    assert rc == 2 and message in err and f"{p}:10:" in err
+    err = user_error(cli("build", p, "-o", tmp_path / "m.onnx"), message, located=str(p))
+    assert err.startswith(f"{p}:10:"), err
 
 
 def test_max_error_refuses_and_writes_nothing(tmp_path):
     p = write(tmp_path, MLP)
     out = tmp_path / "m.onnx"
-    rc, _, err = cli("build", p, "-o", out, "--quantize", "int8", "--max-error", "1e-6")
-    assert rc == 2 and "error is above --max-error 1e-06" in err and "output 'y'" in err
+    err = user_error(cli("build", p, "-o", out, "--quantize", "int8", "--max-error", "1e-6"),
+                     "error is above --max-error 1e-06")
+    assert "output 'y'" in err
     assert not out.exists()
     rc, _, err = cli("build", p, "-o", out, "--quantize", "int8", "--max-error", "0.05")
     assert rc == 0 and out.exists() and "relative RMS" in err
 
 
 def test_float16_with_int8_is_an_error(tmp_path):
-    rc, _, err = cli("build", write(tmp_path, MLP), "-o", tmp_path / "m.onnx", "--quantize", "int8",
-                     "--dtype", "float16")
-    assert rc == 2 and "needs a float32 model" in err
+    user_error(cli("build", write(tmp_path, MLP), "-o", tmp_path / "m.onnx", "--quantize", "int8",
+                   "--dtype", "float16"), "--quantize int8 needs a float32 model", located=str(tmp_path / "m.yaml"),
+               where="4:3")
 
 
 def test_unknown_target(tmp_path):
-    rc, _, err = cli("build", write(tmp_path, MLP), "-o", tmp_path / "m.onnx", "--target", "ortt")
-    assert rc == 2 and "unknown target 'ortt'" in err and "did you mean 'ort'" in err
+    user_error(cli("build", write(tmp_path, MLP), "-o", tmp_path / "m.onnx", "--target", "ortt"),
+               "unknown target 'ortt'", hint="did you mean 'ort'")
 
 
 # ------------------------------------------------------------------ --target ort
