@@ -157,34 +157,45 @@ def random_feeds(inputs: dict, dims: dict, rng: np.random.Generator | None = Non
 
 def layer_parity(kind: str, args: dict, inputs: dict, *, opset: int = 17, outputs: dict | None = None,
                  dims: dict | None = None, feeds: dict | None = None, tol: float = 1e-5,
-                 rng: np.random.Generator | None = None) -> dict[str, float]:
+                 rng: np.random.Generator | None = None, ports: dict | None = None,
+                 spec_dims=("batch", "seq"), rtol: float | None = None,
+                 shape: tuple | None = None) -> dict[str, float]:
     """The per-layer parity check: a one-layer spec (``single_layer_spec``)
     with random weights, run on ONNX Runtime, must match (1) the kind's numpy
     ``reference`` written from the math and (2) the ONNX reference evaluator, a
     second runtime, within ``tol`` (absolute and relative, as
     ``np.testing.assert_allclose``). ``outputs`` maps model outputs to
     ``l`` (the first port) or ``l.PORT``; the reference gets the feeds by the
-    kind's input ports (all of them, by name, for a variadic kind).
+    kind's input ports (all of them, by name, for a variadic kind; with
+    ``ports``, port -> input name, as ``single_layer_spec``'s). ``spec_dims``:
+    the spec's symbolic dims. ``rtol``: the relative part of the tolerance
+    (default ``tol``; 0 makes it a pure max-abs bound). ``shape``: the shape
+    every checked output must have.
     Returns the max abs differences {"reference": .., "onnx.reference": ..}."""
     from graphc.layers import LAYERS
     outputs = outputs or {"y": "l"}
-    model, _, weights = compile_text(single_layer_spec(kind, args, inputs, outputs=outputs),
-                                     weights="random", opset=opset)
+    model, _, weights = compile_text(single_layer_spec(kind, args, inputs, dims=spec_dims, ports=ports,
+                                                       outputs=outputs), weights="random", opset=opset)
     if feeds is None:
         feeds = random_feeds(inputs, dims or {"batch": 3, "seq": 4}, rng)
     got = ort_run(model, feeds)
     layer = LAYERS[kind]
     full_args = {p.name: args.get(p.name, p.default) for p in layer.params}
     local = {k[len("l."):]: v for k, v in weights.items()}
-    ref_inputs = dict(feeds) if getattr(layer, "variadic", False) else \
-        {p.name: feeds[n] for p, n in zip(layer.inputs, inputs)}
+    if ports is not None:
+        ref_inputs = {port: feeds[n] for port, n in ports.items()}
+    else:
+        ref_inputs = dict(feeds) if getattr(layer, "variadic", False) else \
+            {p.name: feeds[n] for p, n in zip(layer.inputs, inputs)}
+    rtol = tol if rtol is None else rtol
     want = layer.reference(full_args, local, ref_inputs)
     second = ref_run(model, feeds)
     diffs = {"reference": 0.0, "onnx.reference": 0.0}
     for out_name, key in outputs.items():
         port = key.split(".", 1)[1] if "." in key else layer.outputs[0].name
-        np.testing.assert_allclose(got[out_name], want[port], rtol=tol, atol=tol, err_msg=f"{kind} {out_name} vs reference")
-        np.testing.assert_allclose(got[out_name], second[out_name], rtol=tol, atol=tol,
+        assert shape is None or got[out_name].shape == tuple(shape), (out_name, got[out_name].shape, shape)
+        np.testing.assert_allclose(got[out_name], want[port], rtol=rtol, atol=tol, err_msg=f"{kind} {out_name} vs reference")
+        np.testing.assert_allclose(got[out_name], second[out_name], rtol=rtol, atol=tol,
                                    err_msg=f"{kind} {out_name} vs onnx.reference")
         diffs["reference"] = max(diffs["reference"], _max_abs(got[out_name], want[port]))
         diffs["onnx.reference"] = max(diffs["onnx.reference"], _max_abs(got[out_name], second[out_name]))

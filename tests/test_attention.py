@@ -10,7 +10,7 @@ import pytest
 from graphc.expand import build_graph
 from graphc.layers import LAYERS
 from graphc.specfile import parse_spec_text
-from helpers import ROOT, compile_text, graphc_cli, ort_run, ref_run, single_layer_spec, user_error
+from helpers import ROOT, compile_text, graphc_cli, layer_parity, ort_run, ref_run, single_layer_spec, user_error
 
 torch = pytest.importorskip("torch", reason="PyTorch is the parity oracle: pip install torch==2.13.0")
 F32 = "float32"
@@ -270,14 +270,7 @@ def test_mask_that_does_not_fit_is_a_located_error():
 
 
 def test_numpy_reference_matches_ort_for_gqa_without_out_proj():
-    text = _mha_spec({"heads": 4, "kv_heads": 2, "head_dim": 3, "out_proj": False},
-                     {"x": (F32, ["batch", "sq", 5])}, {"query": "x"})
-    model, g, w = compile_text(text, weights="random")
     x = RNG.standard_normal((2, 4, 5)).astype(np.float32)
-    got = ort_run(model, {"x": x})["y"]
-    assert got.shape == (2, 4, 12)
-    kind = LAYERS["multihead_attention"]
-    args = {p.name: p.default for p in kind.params}
-    args.update(heads=4, kv_heads=2, head_dim=3, out_proj=False)
-    want = kind.reference(args, {k[2:]: v for k, v in w.items()}, {"query": x})["y"]
-    _compare(got, want)
+    layer_parity("multihead_attention", {"heads": 4, "kv_heads": 2, "head_dim": 3, "out_proj": False},
+                 {"x": (F32, ["batch", "sq", 5])}, ports={"query": "x"}, spec_dims=("batch", "sq", "sk"),
+                 feeds={"x": x}, tol=TOL, rtol=0, shape=(2, 4, 12))

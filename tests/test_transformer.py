@@ -5,8 +5,7 @@ lacks (RMSNorm, SwiGLU, GQA) against the numpy reference."""
 import numpy as np
 import pytest
 
-from graphc.layers import LAYERS
-from helpers import compile_text, graphc_cli, ort_run, ref_run, single_layer_spec
+from helpers import compile_text, graphc_cli, layer_parity, ort_run, ref_run, single_layer_spec
 
 torch = pytest.importorskip("torch", reason="PyTorch is the parity oracle: pip install torch==2.13.0")
 TOL = 1e-4
@@ -116,20 +115,12 @@ def test_rmsnorm_swiglu_gqa_variants_match_numpy_reference(kind):
         inputs["mem"] = ("float32", ["batch", "mseq", d])
         inputs["ml"] = ("int64", ["batch"])
         ports.update(memory="mem", memory_lengths="ml")
-    text = single_layer_spec(kind, args, inputs, dims=("batch", "seq", "mseq"), ports=ports)
-    model, _, w = compile_text(text, weights="random")
     feeds = {"x": RNG.standard_normal((2, 5, d)).astype(np.float32)}
     if kind == "transformer_decoder_layer":
         feeds["mem"] = RNG.standard_normal((2, 4, d)).astype(np.float32)
         feeds["ml"] = np.array([4, 2], np.int64)
-    got = ort_run(model, feeds)["y"]
-    k = LAYERS[kind]
-    full = {p.name: args.get(p.name, p.default) for p in k.params}
-    ref_in = {"x": feeds["x"]}
-    if "mem" in feeds:
-        ref_in.update(memory=feeds["mem"], memory_lengths=feeds["ml"])
-    want = k.reference(full, {n[2:]: v for n, v in w.items()}, ref_in)["y"]
-    assert np.max(np.abs(got - want)) <= TOL
+    layer_parity(kind, args, inputs, ports=ports, spec_dims=("batch", "seq", "mseq"), feeds=feeds,
+                 tol=TOL, rtol=0)
 
 
 @pytest.mark.slow
