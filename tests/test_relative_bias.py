@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from graphc.layers.relative_bias import relative_buckets
-from tests.helpers import cli, compile_text, ort_run
+from tests.helpers import cli, compile_text, ort_run, user_error
 
 SPEC = """graphc: 1
 dims: {batch: 2, q: 5, k: 7}
@@ -72,8 +72,7 @@ def test_layer_matches_the_math(bidirectional, q, k):
 
 def test_longer_than_max_len_is_refused(tmp_path):
     (spec := tmp_path / "s.yaml").write_text((SPEC % ("true", 8, 20)).replace("[batch, q, 8]", "[batch, 65, 8]"))
-    rc, _, err = cli("check", spec)
-    assert rc == 2 and "query has 65 positions, more than max_len 64" in err
+    user_error(cli("check", spec), "query has 65 positions, more than max_len 64", located=str(spec))
 
 
 def test_scale():
