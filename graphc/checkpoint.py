@@ -9,7 +9,6 @@ become the parameters' float32: said, never silent).
 """
 from __future__ import annotations
 
-import json
 import os
 import stat
 from pathlib import Path
@@ -17,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import GraphcError
+from .json_files import read_json
 from .weight_files import load_weights, read_safetensors
 
 SINGLE = "model.safetensors"
@@ -97,17 +97,7 @@ def read_index(path: Path, max_bytes: int | None = None, converted: dict[str, st
     shards. Every shard named must exist (beside the index, no other directory),
     hold the tensors the index assigns to it, and nothing else."""
     shown = str(path)
-    try:
-        with open(path, "rb") as f:
-            raw = f.read(MAX_INDEX_BYTES + 1)
-    except OSError as exc:
-        raise GraphcError(f"cannot read checkpoint index {shown}: {exc.strerror or exc}") from None
-    if len(raw) > MAX_INDEX_BYTES:
-        raise GraphcError(f"{shown}: a checkpoint index larger than {MAX_INDEX_BYTES >> 20} MiB; not an index")
-    try:
-        index = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
-        raise GraphcError(f"{shown}: not a JSON checkpoint index ({str(exc)[:200]})") from None
+    index = read_json(path, MAX_INDEX_BYTES, "checkpoint index")
     wmap = index.get("weight_map") if isinstance(index, dict) else None
     if not isinstance(wmap, dict) or not all(isinstance(v, str) for v in wmap.values()):
         raise GraphcError(f"{shown}: no 'weight_map' mapping tensor names to shard files",

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import GraphcError
+from ..json_files import read_json
 
 MAX_CONFIG_BYTES = 4 << 20
 _UNSET = object()
@@ -82,27 +83,13 @@ def read_config(directory: str | Path) -> Config:
     path = d / "config.json"
     if not path.is_file():
         raise GraphcError(f"{d} has no config.json", hint="pass the directory save_pretrained wrote")
-    data = _read_json(path)
+    data = read_json(path, MAX_CONFIG_BYTES, "model config")
     if not isinstance(data, dict):
         raise GraphcError(f"{path}: not a JSON object")
     if not isinstance(data.get("model_type"), str):
         raise GraphcError(f"{path}: no 'model_type'", hint="config.json as transformers' save_pretrained writes it "
                           "names the model family in 'model_type'")
     return Config(data, path, d)
-
-
-def _read_json(path: Path) -> Any:
-    try:
-        with open(path, "rb") as f:
-            raw = f.read(MAX_CONFIG_BYTES + 1)
-    except OSError as exc:
-        raise GraphcError(f"cannot read {path}: {exc.strerror or exc}") from None
-    if len(raw) > MAX_CONFIG_BYTES:
-        raise GraphcError(f"{path}: larger than {MAX_CONFIG_BYTES >> 20} MiB; not a model config")
-    try:
-        return json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
-        raise GraphcError(f"{path}: not valid JSON ({str(exc)[:200]})") from None
 
 
 def tensor_names(cfg: Config) -> dict[str, tuple[int, ...]] | None:

@@ -16,7 +16,8 @@ refuse the whole spec.
 """
 from __future__ import annotations
 
-from .common import Config, _read_json
+from ..json_files import read_json
+from .common import MAX_CONFIG_BYTES, Config
 
 # decoding settings a checkpoint may carry that the section cannot say (graphc
 # generate takes sampling and beam settings as options; the others it lacks)
@@ -31,7 +32,7 @@ def _settings(cfg: Config) -> tuple[dict, dict]:
     """(generation_config.json, config.json) as dicts ({} when absent)."""
     gen = {}
     if (cfg.dir / "generation_config.json").is_file():
-        g = _read_json(cfg.dir / "generation_config.json")
+        g = read_json(cfg.dir / "generation_config.json", MAX_CONFIG_BYTES, "generation config")
         gen = g if isinstance(g, dict) else {}
     return gen, cfg.data
 
