@@ -168,6 +168,8 @@ def cmd_build(args) -> int:
         return build_bundle_cli(args)
     if args.logits != "all":
         raise GraphcError("--logits last needs --kv-cache", hint="it chooses the logits of a generation bundle")
+    if args.cache_layout != "concat":
+        raise GraphcError("--cache-layout needs --kv-cache", hint="it chooses how a generation bundle keeps its cache")
     out = Path(args.output)
     check_output_path(args.output, [args.spec, args.weights])   # before a long compile; the text keeps a trailing '/'
     t0 = time.perf_counter()
@@ -404,6 +406,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--logits", choices=("all", "last"), default="all",
                    help="with --kv-cache: logits at every new position (default) or at the last one only "
                         "(a shorter prompt step; docs/generation.md)")
+    b.add_argument("--cache-layout", choices=("concat", "shared"), default="concat",
+                   help="with --kv-cache: present = past + new tokens (default, standard ONNX) or one buffer per "
+                        "layer updated in place (needs --target ort: GroupQueryAttention; docs/generation.md)")
     b.add_argument("-q", "--quiet", action="store_true", help="print nothing on success (no progress, no summary)")
     b.set_defaults(fn=cmd_build)
 

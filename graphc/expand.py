@@ -362,7 +362,7 @@ def _dependency_order(layers: list[LayerDecl], scope: _Scope) -> list[LayerDecl]
 
 
 def build_graph(spec: Spec, max_param_bytes: int | None = DEFAULT_MAX_PARAM_BYTES, kv_cache: bool = False,
-                params_allocated: bool = True) -> Graph:
+                params_allocated: bool = True, cache_layout: str = "concat") -> Graph:
     """Expand a spec into a shape-checked IR graph (parameters declared, not
     allocated). ``max_param_bytes`` bounds the parameters' total size (None: no
     bound); a spec over it is refused at the layer that crosses it. With
@@ -371,7 +371,9 @@ def build_graph(spec: Spec, max_param_bytes: int | None = DEFAULT_MAX_PARAM_BYTE
     expanding count against it.
     ``kv_cache``: the cached decoder of a generation bundle (graphc.ir.kv_cache):
     the generation tokens input becomes ``input_ids``, the logits output
-    ``logits``, and attention_mask, position_ids and the per-layer caches are added."""
+    ``logits``, and attention_mask, position_ids and the per-layer caches are added;
+    ``cache_layout`` "concat" (present = past ++ new) or "shared" (one buffer updated in
+    place; graphc.prims.shared_cache)."""
     g = Graph(spec.name)
     dims = {name: Dim.sym(name) for name in spec.dims}
     env = Env(spec.params, dims)
@@ -397,7 +399,7 @@ def build_graph(spec: Spec, max_param_bytes: int | None = DEFAULT_MAX_PARAM_BYTE
             g.input_ranges[onnx_name] = decl.range
         if gen is not None and decl.name == gen.tokens:
             from .ir.kv_cache import CacheContext
-            ex.b.gen = CacheContext(ex.b, v, gen.spans["tokens"])
+            ex.b.gen = CacheContext(ex.b, v, gen.spans["tokens"], shared=cache_layout == "shared")
             ex.b.gen.input_names = onnx_names
     if gen is not None and gen.tokens_mask is not None:
         top.define(gen.tokens_mask, {"": ex.b.gen.attention_mask}, "")

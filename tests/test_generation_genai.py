@@ -39,7 +39,10 @@ def test_no_genai_config_where_genai_cannot_run_it():
     assert genai_config(renamed) is None
 
 
-def test_bundle_runs_in_onnxruntime_genai_like_transformers(tmp_path):
+@pytest.mark.parametrize("layout", ["concat", "shared"])
+def test_bundle_runs_in_onnxruntime_genai_like_transformers(tmp_path, layout):
+    """shared: --target ort --cache-layout shared, run by genai with its shared buffer
+    (past_present_share_buffer: true), as it runs its own models."""
     og = pytest.importorskip("onnxruntime_genai")
     torch = pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")
@@ -50,10 +53,12 @@ def test_bundle_runs_in_onnxruntime_genai_like_transformers(tmp_path):
     spec = tmp_path / "llama.yaml"
     spec.write_text(gm.LLAMA_SPEC)
     np.savez(tmp_path / "w.npz", **gm.llama_weights(model))
-    rc, _, err = cli("build", spec, "--weights", tmp_path / "w.npz", "--kv-cache", "-o", tmp_path / "b")
+    layout_args = ["--target", "ort", "--cache-layout", "shared"] if layout == "shared" else []
+    rc, _, err = cli("build", spec, "--weights", tmp_path / "w.npz", "--kv-cache", *layout_args, "-o", tmp_path / "b")
     assert rc == 0, err
     cfg = json.loads((tmp_path / "b" / "genai_config.json").read_text())
     assert cfg == genai_config(json.loads((tmp_path / "b" / "graphc_generation.json").read_text()))
+    assert cfg["search"]["past_present_share_buffer"] is (layout == "shared")
     prompt = [5, 9, 13, 7, 21]
     with torch.no_grad():
         want = model.generate(input_ids=torch.tensor([prompt]), attention_mask=torch.ones(1, 5, dtype=torch.long),

@@ -105,7 +105,17 @@ def imported(tmp_path_factory):
     """family -> (the transformers model, the bundle directory, its graphc_generation.json), built once."""
     cache = {}
 
-    def get(family):
+    def get(family, layout="concat"):
+        if layout != "concat":
+            # the shared cache layout (--target ort --cache-layout shared) of the same checkpoint
+            if (family, layout) not in cache:
+                model, bundle, _ = get(family)
+                out = bundle.parent / f"bundle_{layout}"
+                rc, _, err = cli("build", bundle.parent / "spec.yaml", "--weights", bundle.parent / "ckpt",
+                                 "--kv-cache", "--target", "ort", "--cache-layout", layout, "-o", out)
+                assert rc == 0, err
+                cache[family, layout] = model, out, json.loads((out / "graphc_generation.json").read_text())
+            return cache[family, layout]
         if family not in cache:
             tmp = tmp_path_factory.mktemp(family)
             torch.manual_seed(0)
@@ -167,9 +177,10 @@ def test_step_logits_equal_transformers_left_padded(family, imported):
     assert worst <= TOL, f"{family}: max abs diff {worst:.2e}"
 
 
-@pytest.mark.parametrize("family", ["gpt2", "llama"])
-def test_greedy_ids_equal_transformers_generate_left_padded(family, imported):
-    model, bundle, config = imported(family)
+@pytest.mark.parametrize("family, layout", [("gpt2", "concat"), ("llama", "concat"), ("gpt2", "shared"),
+                                            ("llama", "shared")])
+def test_greedy_ids_equal_transformers_generate_left_padded(family, layout, imported):
+    model, bundle, config = imported(family, layout)
     if family == "gpt2":
         assert config["pad"] == config["eos"] == 2          # no pad_token_id: eos, as transformers pads
     steps = 12
@@ -238,9 +249,11 @@ def test_encoder_decoder_greedy_ids_equal_transformers_generate(family, imported
     assert worst <= TOL, f"{family}: max abs diff {worst:.2e}"
 
 
-@pytest.mark.parametrize("family, beams, length_penalty", [("bart", 4, 0.6), ("marian", 3, 1.5), ("t5", 4, 2.0)])
-def test_encoder_decoder_beam_search_equals_transformers(family, beams, length_penalty, imported):
-    model, bundle, config = imported(family)
+@pytest.mark.parametrize("family, beams, length_penalty, layout",
+                         [("bart", 4, 0.6, "concat"), ("marian", 3, 1.5, "concat"), ("t5", 4, 2.0, "concat"),
+                          ("bart", 4, 0.6, "shared"), ("marian", 3, 1.5, "shared")])
+def test_encoder_decoder_beam_search_equals_transformers(family, beams, length_penalty, layout, imported):
+    model, bundle, config = imported(family, layout)
     src, _ = _sources(config["pad"])
     mask = (src != config["pad"]).astype(np.int64)
     want = _hf_generate(model, src, mask, 10, num_beams=beams, length_penalty=length_penalty, early_stopping=True)

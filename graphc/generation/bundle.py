@@ -61,6 +61,7 @@ class Bundle:
     cache: tuple                      # of CacheEntry
     spec: str
     raw: dict
+    cache_layout: str = "concat"      # "concat" | "shared" (graphc.prims.shared_cache)
 
     @property
     def encoder_decoder(self) -> bool:
@@ -200,5 +201,8 @@ def load_bundle(directory: str | os.PathLike) -> Bundle:
         cache.append(CacheEntry(*names, _int(c, "kv_heads", path, low=1, high=1 << 16),
                                 _int(c, "head_dim", path, low=1, high=1 << 16)))
     spec = cfg.get("spec", "")
+    layout = cfg.get("cache_layout", "concat")
+    if layout not in ("concat", "shared"):
+        _fail(path, f"'cache_layout' must be \"concat\" or \"shared\", got {layout!r}")
     return Bundle(d, arch, dtype, bos, eos, pad, start, vocab, max_pos, kind, decoder, encoder, tuple(cache),
-                  spec if isinstance(spec, str) else "", cfg)
+                  spec if isinstance(spec, str) else "", cfg, layout)

@@ -64,7 +64,7 @@ def build_bundle(spec_path: str | os.PathLike, output: str | os.PathLike,
                  max_param_bytes: int | None = DEFAULT_MAX_PARAM_BYTES, progress=None,
                  dtype: str = "float32", verify: bool = False, quantize: str | None = None,
                  target: str = "onnx", ignore_weights: Iterable[str] = (), max_error: float | None = None,
-                 logits: str = "all") -> dict:
+                 logits: str = "all", cache_layout: str = "concat") -> dict:
     """Compile ``spec_path`` with a KV cache and write the bundle directory
     ``output``; returns the config written as graphc_generation.json.
     ``verify``: run the ONNX checker and strict shape inference on each file first.
@@ -77,7 +77,10 @@ def build_bundle(spec_path: str | os.PathLike, output: str | os.PathLike,
     step, compile side", says which contrib operators were measured for decode steps).
     ``logits``: "all" (the contract's [batch, seq, vocab]) or "last" (opt-in: [batch, 1,
     vocab], the head on the last position only; graphc.ir.kv_cache.last_position_logits;
-    the config then says "logits_positions": "last")."""
+    the config then says "logits_positions": "last"). ``cache_layout``: "concat" (the
+    contract's present = past ++ new) or "shared" (one buffer per layer that the step
+    updates in place, graphc.prims.shared_cache; needs target "ort"; the config then says
+    "cache_layout": "shared")."""
     from ..lower import DEFAULT_OPSET, lower_by_reference
     from ..progress import report
     out = Path(output)
@@ -87,12 +90,19 @@ def build_bundle(spec_path: str | os.PathLike, output: str | os.PathLike,
     check_target(target)        # ort: graphc.lower.target_ort's measured choices apply to bundles too
     if logits not in ("all", "last"):
         raise GraphcError(f"unknown --logits '{logits}'", hint="all (every new position, the default) or last")
+    from ..ir.kv_cache import CACHE_LAYOUTS
+    if cache_layout not in CACHE_LAYOUTS:
+        raise GraphcError(f"unknown --cache-layout '{cache_layout}'", hint="concat (the default) or shared")
+    if cache_layout == "shared" and target != "ort":
+        raise GraphcError("--cache-layout shared needs --target ort",
+                          hint="ONNX has no in-place update; ONNX Runtime's GroupQueryAttention writes the "
+                               "new keys into the buffer (add --target ort)")
     _check_target(out)
     report(progress, "check")
     spec = load_spec(spec_path, include_dirs)
     from .. import quantized
     mode = quantized.resolve_mode(quantize, spec)
-    graph = build_graph(spec, max_param_bytes, kv_cache=True)
+    graph = build_graph(spec, max_param_bytes, kv_cache=True, cache_layout=cache_layout)
     gen, cache = spec.generation, graph.generation
     for src in spec.sources + ([str(weights)] if isinstance(weights, (str, os.PathLike)) else []):
         if out.exists() and Path(src).exists() and Path(src).resolve().is_relative_to(out.resolve()):
@@ -134,6 +144,7 @@ def build_bundle(spec_path: str | os.PathLike, output: str | os.PathLike,
                    "present_value": e.present_value, "kv_heads": e.kv_heads, "head_dim": e.head_dim}
                   for e in cache.entries],
         **({"logits_positions": "last"} if logits == "last" else {}),
+        **({"cache_layout": "shared"} if cache_layout == "shared" else {}),
         "spec": spec.name,
         "graphc_version": __version__,
     }
@@ -229,7 +240,8 @@ def build_bundle_cli(args) -> int:
     with Progress(enabled=False if args.quiet else None) as progress:
         config = build_bundle(args.spec, args.output, args.weights, args.seed, args.opset, args.include_dir,
                               args.max_param_bytes, progress, args.dtype, args.check, args.quantize, args.target,
-                              args.ignore_weights, getattr(args, "max_error", None), args.logits)
+                              args.ignore_weights, getattr(args, "max_error", None), args.logits,
+                              getattr(args, "cache_layout", "concat"))
     if not args.quiet:
         for note in config["notes"]:
             print(f"graphc: note: {note}", file=sys.stderr)

@@ -8,9 +8,10 @@ names genai expects (``input_ids``, ``attention_mask``, ``position_ids``,
 out), so the config only maps the bundle's facts onto genai's fields:
 
 - ``type: "decoder"``, genai's generic decoder-only LLM;
-- ``past_present_share_buffer: false``: graphc's decoder concatenates past and
-  new keys (a present is past_len + seq long), it does not write into a
-  preallocated max-length buffer as genai's GroupQueryAttention models do;
+- ``past_present_share_buffer``: false for the default cache layout (graphc's
+  decoder concatenates past and new keys: a present is past_len + seq long), true
+  for ``--cache-layout shared`` bundles, whose GroupQueryAttention writes into a
+  preallocated max-length buffer as genai's own models do;
 - ``num_key_value_heads`` / ``head_size`` from the cache entries, which genai
   needs to be the same in every layer (otherwise no config is written);
 - ``num_attention_heads`` / ``hidden_size``: genai uses them only for inputs_embeds
@@ -78,7 +79,8 @@ def genai_config(gen_config: dict) -> dict | None:
         "search": {
             "diversity_penalty": 0.0, "do_sample": False, "early_stopping": True, "length_penalty": 1.0,
             "max_length": context, "min_length": 0, "no_repeat_ngram_size": 0, "num_beams": 1,
-            "num_return_sequences": 1, "past_present_share_buffer": False, "repetition_penalty": 1.0,
+            "num_return_sequences": 1,
+            "past_present_share_buffer": gen_config.get("cache_layout") == "shared", "repetition_penalty": 1.0,
             "temperature": 1.0, "top_k": 1, "top_p": 1.0,
         },
     }

@@ -11,6 +11,12 @@ Why it is shaped this way (measured, docs/generation.md "Performance"):
 - only the last position's logits are copied out (``[B, V]``);
 - the attention mask lives in one preallocated ``[B, T + max_new]`` buffer;
 - beam search's reorder is the only step that copies the cache (a gather).
+
+A ``cache_layout: shared`` bundle (graphc.prims.shared_cache) takes one buffer per
+layer of the whole generation's length instead: the runner allocates them once
+(numpy arrays wrapped as OrtValues, no copy), binds each as both the layer's past and
+its present, and GroupQueryAttention writes each step's keys into them in place, so no
+step allocates or copies the cache (docs/generation.md, "The shared cache buffer").
 """
 from __future__ import annotations
 
@@ -88,6 +94,7 @@ class DecoderRunner:
             raise GraphcError(f"{bundle.decoder} scores {vocab} tokens but {bundle.directory}/graphc_generation.json "
                               f"says vocab_size {bundle.vocab_size}", hint="rebuild the bundle with graphc build --kv-cache")
         self.has_positions = "position_ids" in ins
+        self.shared = bundle.cache_layout == "shared"
         self.past = past
         self.float = _NP.get(ins[past[0]].type, np.float32)
         self.out_names = ["logits"] + self.present
@@ -107,9 +114,13 @@ class DecoderRunner:
         pos = np.cumsum(attention_mask, axis=1) - 1                     # [B, T] each row's real positions
         self.next_pos = pos[:, -1:].copy() + 1                          # [B, 1]
         np.maximum(pos, 0, out=pos)
-        empty = {n: np.zeros((b, c.kv_heads, 0, c.head_dim), dtype=self.float)
-                 for c in self.bundle.cache for n in (c.past_key, c.past_value)}
         self.cache = None
+        if self.shared:
+            self._allocate(b, t + max(capacity, 1))
+            empty = {}
+        else:
+            empty = {n: np.zeros((b, c.kv_heads, 0, c.head_dim), dtype=self.float)
+                     for c in self.bundle.cache for n in (c.past_key, c.past_value)}
         feeds = {"input_ids": np.ascontiguousarray(input_ids, dtype=np.int64),
                  "attention_mask": np.ascontiguousarray(self.mask[:, :t]), **empty}
         if self.has_positions:
@@ -120,6 +131,8 @@ class DecoderRunner:
         b = tokens.shape[0]
         if self.length >= self.mask.shape[1]:                           # grow (start without capacity)
             self.mask = np.concatenate([self.mask, np.zeros((b, self.mask.shape[1]), np.int64)], axis=1)
+        if self.shared and self.length >= self.cache[0].shape[2]:
+            self._allocate(b, self.mask.shape[1], self.cache)
         self.mask[:, self.length] = 1
         self.length += 1
         feeds = {"input_ids": tokens.reshape(b, 1).astype(np.int64, copy=False),
@@ -141,9 +154,45 @@ class DecoderRunner:
             if not np.array_equal(rows, self.fixed_rows):
                 self.fixed = {k: np.ascontiguousarray(v[index]) for k, v in self.fixed.items()}
             self.fixed_rows = rows
+        if self.shared:
+            if len(index) == self.cache[0].shape[0]:
+                for buf in self.cache:
+                    buf[...] = buf[index]                               # in place: the bound memory stays
+            else:                                                       # prompts -> beams: new buffers
+                self._allocate(len(index), self.cache[0].shape[2], [buf[index] for buf in self.cache])
+            return
         self.cache = [v[index] for v in self.cache]                    # a gather: [B', kv, L, d]
 
+    def _allocate(self, batch: int, length: int, old: list | None = None) -> None:
+        """The shared layout's buffers [batch, kv, length, d], each bound as a layer's past
+        and present (keeping the first columns of ``old`` buffers when given)."""
+        import onnxruntime as ort
+        self.cache = []
+        self.binding = self.session.io_binding()
+        self.binding.bind_output("logits")                                 # first: get_outputs()[0]
+        for i, c in enumerate(self.bundle.cache):
+            for j, (past, present) in enumerate(((c.past_key, c.present_key), (c.past_value, c.present_value))):
+                buf = np.zeros((batch, c.kv_heads, length, c.head_dim), dtype=self.float)
+                if old is not None:
+                    kept = old[2 * i + j]
+                    buf[:, :, :kept.shape[2]] = kept[:, :, :length]
+                value = ort.OrtValue.ortvalue_from_numpy(buf)               # wraps buf: no copy
+                self.binding.bind_ortvalue_input(past, value)
+                self.binding.bind_ortvalue_output(present, value)
+                self.cache.append(buf)
+
+    def _run_shared(self, feeds: dict) -> np.ndarray:
+        feeds.update(self.fixed)
+        for name, value in feeds.items():
+            self.binding.bind_cpu_input(name, np.ascontiguousarray(value))
+        self.binding.bind_output("logits")                                 # its shape changes between steps
+        self.session.run_with_iobinding(self.binding)
+        logits = self.binding.get_outputs()[0].numpy()
+        return np.ascontiguousarray(logits[:, -1, :], dtype=np.float32)       # [B, V]
+
     def _run(self, feeds: dict) -> np.ndarray:
+        if self.shared:
+            return self._run_shared(feeds)
         feeds.update(self.fixed)
         if self.cache is not None:
             feeds.update(zip(self.past, self.cache))

@@ -41,6 +41,8 @@ from ..shapes import Dim
 from .builder import Builder, Value
 
 PAST_DIM = "past_seq"
+TOTAL_DIM = "total_seq"         # the shared layout's attention_mask length (past + new; the buffer is longer)
+CACHE_LAYOUTS = ("concat", "shared")
 # layer kinds that mix positions along a sequence in a way a cache cannot carry
 UNCACHEABLE_KINDS = ("lstm", "gru", "rnn", "scaled_dot_product_attention", "rope")
 
@@ -58,7 +60,7 @@ class CacheEntry:
 
 
 class CacheContext:
-    def __init__(self, b: Builder, input_ids: Value, span):
+    def __init__(self, b: Builder, input_ids: Value, span, shared: bool = False):
         if input_ids.rank != 2:
             raise GraphcError(f"the tokens input must be [batch, seq], got rank {input_ids.rank}", span)
         self.batch, self.seq = input_ids.shape
@@ -66,11 +68,16 @@ class CacheContext:
             raise GraphcError(f"the tokens input's sequence length must be a symbolic dim (like 'seq'), "
                               f"not '{self.seq}'", span,
                               hint="a cached decoder runs with a different number of new tokens at each step")
-        if str(self.seq) == PAST_DIM or str(self.batch) == PAST_DIM:
-            raise GraphcError(f"'{PAST_DIM}' is the name graphc gives the cache length; rename that dim", span)
+        for reserved in (PAST_DIM, TOTAL_DIM):
+            if reserved in (str(self.seq), str(self.batch)):
+                raise GraphcError(f"'{reserved}' is a name graphc gives a cache length; rename that dim", span)
         self.input_ids = input_ids
+        self.shared = shared
+        # concat: the cache inputs are exactly the earlier tokens (past_seq) and the mask covers
+        # past + new; shared: the cache inputs are buffers of a capacity (past_seq) and the mask's
+        # length (total_seq, at most the capacity) says how much of them is filled
         self.past = Dim.sym(PAST_DIM)
-        self.total = self.past + self.seq
+        self.total = Dim.sym(TOTAL_DIM) if shared else self.past + self.seq
         self.span = span
         self.attention_mask = b.input("attention_mask", "int64", (self.batch, self.total), span)
         self.position_ids = b.input("position_ids", "int64", (self.batch, self.seq), span)
@@ -120,6 +127,30 @@ class CacheContext:
         self.entries.append(CacheEntry(past_k.name, past_v.name, f"present.{i}.key", f"present.{i}.value",
                                        kvh.value, hd.value, b.path, (k.name, v.name)))
         return k, v
+
+    def shared_attention(self, b: Builder, q: Value, k: Value, v: Value, heads: int, kv_heads: int,
+                         head_dim: int) -> Value:
+        """The shared layout's attention (graphc.prims.shared_cache): q [B, S, H*D], k and
+        v [B, S, Hkv*D] -> [B, S, H*D]; the layer's buffers become its past/present."""
+        i = len(self.entries)
+        shape = (self.batch, Dim.const(kv_heads), self.past, Dim.const(head_dim))
+        past_k = b.input(f"past_key_values.{i}.key", q.dtype, shape, b.span)
+        past_v = b.input(f"past_key_values.{i}.value", q.dtype, shape, b.span)
+        y, pk, pv = b.op("SharedCacheAttention", [q, k, v, past_k, past_v, self.additive_mask(b, q.dtype)], n_out=3,
+                         heads=heads, kv_heads=kv_heads)
+        self.entries.append(CacheEntry(past_k.name, past_v.name, f"present.{i}.key", f"present.{i}.value",
+                                       kv_heads, head_dim, b.path, (pk.name, pv.name)))
+        return y
+
+    def additive_mask(self, b: Builder, dtype: str) -> Value:
+        """``mask`` as an additive [B, 1, S, T] bias: 0 where visible, the dtype's lowest
+        finite value where masked (finite: -inf would give 0/0 in rows with no visible key)."""
+        key = "_additive_" + dtype
+        if getattr(self, key, None) is None:
+            low = b.const(np.array(np.finfo(dtype).min, dtype), "masked_score")
+            zero = b.const(np.array(0, dtype), "visible_score")
+            setattr(self, key, b.op("Where", [self.mask(b), low, zero]))             # [B, 1, S, T]
+        return getattr(self, key)
 
     def mask(self, b: Builder) -> Value:
         """bool [B, 1, S, T], True = masked out: padding (attention_mask == 0) or a

@@ -261,18 +261,26 @@ def _decode_projection(b: Builder, call: Call, x: Value, w_in: Value, b_in: Valu
                         (nq + 2 * nk,), label="qkv_bias")
         y = b.op("Add", [y, bias])
     y = b.op("Reshape", [y], shape=(bsz, sq, one(n), one(hd)))                  # -> [B, S, n, D]
-    y = b.op("Transpose", [y], perm=[0, 2, 1, 3])                               # -> [B, n, S, D]
+    # the concat layout attends in the head layout [B, n, S, D]; the shared buffer's kernel
+    # (graphc.prims.shared_cache) takes [B, S, n*D], so there the heads stay on axis 2
+    flat = b.gen.shared
+    axis = 2 if flat else 1
+    if not flat:
+        y = b.op("Transpose", [y], perm=[0, 2, 1, 3])                           # -> [B, n, S, D]
     if call["rope"] is None:
-        qh, kh, vh = b.op("Split", [y], n_out=3, axis=1, sizes=[heads, kvh, kvh])
-        return qh, kh, vh, False
-    qk, vh = b.op("Split", [y], n_out=2, axis=1, sizes=[heads + kvh, kvh])      # [B, H + Hkv, S, D], [B, Hkv, S, D]
+        qh, kh, vh = b.op("Split", [y], n_out=3, axis=axis, sizes=[heads, kvh, kvh])
+    else:
+        qk, vh = b.op("Split", [y], n_out=2, axis=axis, sizes=[heads + kvh, kvh])   # H + Hkv heads, Hkv heads
 
-    def too_long(message, hint):
-        return call.error("rope: " + message, "rope_max_len", hint=hint)
-    qk = apply_rope(b, qk, call["rope"], call["rope_base"], call["rope_max_len"], -2, too_long,
-                    b.gen.positions(call["rope_max_len"]))                      # rotated (linear: commutes with the scale)
-    qh, kh = b.op("Split", [qk], n_out=2, axis=1, sizes=[heads, kvh])
-    return qh, kh, vh, True
+        def too_long(message, hint):
+            return call.error("rope: " + message, "rope_max_len", hint=hint)
+        qk = apply_rope(b, qk, call["rope"], call["rope_base"], call["rope_max_len"], 1 if flat else -2, too_long,
+                        b.gen.positions(call["rope_max_len"]))                  # rotated (linear: commutes with the scale)
+        qh, kh = b.op("Split", [qk], n_out=2, axis=axis, sizes=[heads, kvh])
+    if flat:
+        qh, kh, vh = (b.op("Reshape", [t], shape=(bsz, sq, one(t.shape[2].value * hd)))   # [B, S, n, D] -> [B, S, n*D]
+                      for t in (qh, kh, vh))
+    return qh, kh, vh, call["rope"] is not None
 
 
 class MultiheadAttention(LayerKind):
@@ -456,7 +464,15 @@ class MultiheadAttention(LayerKind):
             positions = b.gen.positions(call["rope_max_len"]) if cached else None
             qh, kh = (apply_rope(b, t, call["rope"], call["rope_base"], call["rope_max_len"], -2, too_long,
                                  positions) for t in (qh, kh))            # [B, n, S, D], rotated
-        if cached:
+        if cached and b.gen.shared:
+            # one buffer per layer updated in place (graphc.prims.shared_cache): [B, S, H*D] out
+            if call.inputs.get("attn_mask") is not None or not c["packed"]:
+                raise call.error("the shared cache layout takes self-attention with one packed q/k/v "
+                                 "projection and no attn_mask (relative-position biases need the concat layout)",
+                                 "attn_mask" if call.inputs.get("attn_mask") is not None else None,
+                                 hint="build without --cache-layout shared")
+            y = b.gen.shared_attention(b, qh, kh, vh, heads, kvh, hd)
+        elif cached:
             # [B, Hkv, S, D] -> [B, Hkv, past + S, D]; the mask is bottom-right causal + attention_mask
             kh, vh = b.gen.self_attention(b, kh, vh)
             masked, bias = b.gen.mask(b), None
@@ -468,12 +484,13 @@ class MultiheadAttention(LayerKind):
         else:
             masked, bias = build_masks(b, call, bsz, sq, sk, heads, x.dtype,
                                        call["key_padding_polarity"], call["attn_mask_polarity"])
-        ins = [qh, kh, vh] + [m for m in (masked, bias) if m is not None]
-        att = b.op("Attention", ins, scale=1.0, causal=call["causal"] and not cached,
-                   has_masked=masked is not None, has_bias=bias is not None,
-                   lowering={"impl": call["impl"]})                             # [B, H, Sq, D]
-        att = b.op("Transpose", [att], perm=[0, 2, 1, 3])                       # -> [B, Sq, H, D]
-        y = b.op("Reshape", [att], shape=(bsz, sq, one(nq)))                    # -> [B, Sq, H*D]
+        if not (cached and b.gen.shared):
+            ins = [qh, kh, vh] + [m for m in (masked, bias) if m is not None]
+            att = b.op("Attention", ins, scale=1.0, causal=call["causal"] and not cached,
+                       has_masked=masked is not None, has_bias=bias is not None,
+                       lowering={"impl": call["impl"]})                         # [B, H, Sq, D]
+            att = b.op("Transpose", [att], perm=[0, 2, 1, 3])                   # -> [B, Sq, H, D]
+            y = b.op("Reshape", [att], shape=(bsz, sq, one(nq)))                # -> [B, Sq, H*D]
         if call["out_proj"]:
             with b.scope("out_proj"):
                 w, bb = declare_linear(b, nq, e, bias_on)

@@ -379,7 +379,7 @@ def apply_rope(b: Builder, x: Value, style: str, base: float, max_len: int, seq_
     length. Errors are GraphcErrors located at the current layer (`fail(message,
     hint)`, if given, makes the one for tables over the parameter budget). ``positions``
     (int64 [batch, seq], a KV-cache build's position_ids; x must be
-    [batch, heads, seq, head_dim]): each row's positions instead of 0..seq-1.
+    [batch, heads, seq, head_dim], or [batch, seq, heads, head_dim] with seq_axis 1): each row's positions instead of 0..seq-1.
     """
     if style not in ("half", "interleaved"):
         raise b.error(f"unknown rope style {style!r}", hint="'half' (GPT-NeoX) or 'interleaved' (GPT-J)")
@@ -412,9 +412,15 @@ def apply_rope(b: Builder, x: Value, style: str, base: float, max_len: int, seq_
 
     cos_table = _shared_const(b, key + ("cos",), tables(0), "rope_cos")
     sin_table = _shared_const(b, key + ("sin",), tables(1), "rope_sin")
-    if positions is not None:
+    if positions is not None and layout == (4, 1):
+        # [batch, seq, heads, head_dim] (the shared cache layout): the table is [L, 1, d], so
+        # gathering [B, S] positions gives [B, S, 1, d] with no reshape
+        cos = b.op("Gather", [cos_table, positions], axis=0)                  # [B, S, 1, d]
+        sin = b.op("Gather", [sin_table, positions], axis=0)                  # [B, S, 1, d]
+    elif positions is not None:
         if layout != (4, 2):
-            raise b.error("rope: cached positions need [batch, heads, seq, head_dim] tensors")
+            raise b.error("rope: cached positions need [batch, heads, seq, head_dim] or [batch, seq, heads, "
+                          "head_dim] tensors")
         bsz, seq = positions.shape
         four = (bsz, Dim.const(1), seq, Dim.const(d))
         cos = b.op("Reshape", [b.op("Gather", [cos_table, positions], axis=0)], shape=four)   # [B, S, d] -> [B, 1, S, d]

@@ -230,3 +230,11 @@ def _arange(ctx: LowerContext, op: OpNode) -> None:
         ctx.node("Range", [last, ctx.const(np.array(-1, np.int64)), ctx.const(np.array(-1, np.int64))], op.outputs)
         return
     ctx.node("Range", [ctx.const(np.array(0, np.int64)), n, ctx.const(np.array(1, np.int64))], op.outputs)
+
+
+@lowering("SharedCacheAttention")
+def _shared_cache_attention(ctx: LowerContext, op: OpNode) -> None:
+    """Standard ONNX cannot update a buffer in place, which is the point of this
+    primitive (graphc.prims.shared_cache): only the ort target lowers it."""
+    raise ctx.error("the shared cache layout (--cache-layout shared) is lowered with ONNX Runtime's "
+                    "GroupQueryAttention: build with --target ort")

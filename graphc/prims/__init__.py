@@ -5,6 +5,6 @@ Each primitive has a named shape rule (``infer``) and a numpy implementation
 forms live in ``graphc.lower``; primitives never import onnx.
 """
 from ._registry import PRIMS, Prim, ShapeError, prim, infer_op
-from . import core, attention_core, recurrent, quant  # noqa: F401  (registration)
+from . import core, attention_core, recurrent, quant, shared_cache  # noqa: F401  (registration)
 
 __all__ = ["PRIMS", "Prim", "ShapeError", "prim", "infer_op"]
