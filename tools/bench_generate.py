@@ -166,6 +166,11 @@ def bench_workload(name, dims, args, tmp: Path) -> dict:
     n_params = sum(int(np.prod(v.shape)) for v in weights.values())
     result = {"params": n_params, "build_s": build_s, "batches": {}}
     tools = {"graphc": lambda ids, new: run_graphc(gen, ids, new, enc_dec)}
+    if "graphc-shared" in args.tools:
+        # --target ort --cache-layout shared: one buffer per layer updated in place (GroupQueryAttention)
+        build_bundle(spec, tmp / f"{name}_shared", weights, target="ort", cache_layout="shared")
+        gen_shared = Generator(tmp / f"{name}_shared", threads=args.threads)
+        tools["graphc-shared"] = lambda ids, new: run_graphc(gen_shared, ids, new, enc_dec)
     if "transformers" in args.tools:
         tools["transformers"] = lambda ids, new: run_hf(model, ids, new, enc_dec, pad)
     if "genai" in args.tools:
@@ -199,6 +204,12 @@ def bench_workload(name, dims, args, tmp: Path) -> dict:
         g = med["graphc"]
         med["ratios"] = {f"decode_tok_s_vs_{t}": g["decode_tok_s"] / med[t]["decode_tok_s"] for t in tools if t != "graphc"}
         med["ratios"].update({f"ttft_vs_{t}": g["ttft_ms"] / med[t]["ttft_ms"] for t in tools if t != "graphc"})
+        if "graphc-shared" in tools:
+            s = med["graphc-shared"]
+            med["ratios_shared"] = {f"decode_tok_s_vs_{t}": s["decode_tok_s"] / med[t]["decode_tok_s"]
+                                    for t in tools if not t.startswith("graphc")}
+            med["ratios_shared"].update({f"ttft_vs_{t}": s["ttft_ms"] / med[t]["ttft_ms"]
+                                         for t in tools if not t.startswith("graphc")})
         med["ratios"]["graphc_step120_over_step8"] = (g["step120_ms"] / g["step8_ms"]
                                                       if g["step8_ms"] and g["step120_ms"] else None)
         med["ids_equal"] = None if ref is None else all(g["ids_equal_rows"])
@@ -317,21 +328,25 @@ def run_genai(og_model, ids, new, pad, threads):
 
 
 def markdown(report) -> str:
-    """One row per workload, batch and tool; the ratio column is graphc's decode tokens/s over
-    that tool's (graphc's own row: blank); ids: rows equal to transformers' ids."""
-    lines = ["| workload | batch | tool | TTFT ms | step@8 ms | step@120 ms | tok/s | graphc tok/s ratio | ids = transformers |",
-             "|---|---:|---|---:|---:|---:|---:|---:|---|"]
+    """One row per workload, batch and tool; the ratio columns are graphc's decode tokens/s over
+    that tool's (graphc's own rows: blank), for the default bundle and, with the graphc-shared
+    tool, the --target ort --cache-layout shared one; ids: rows equal to transformers' ids."""
+    lines = ["| workload | batch | tool | TTFT ms | step@8 ms | step@120 ms | tok/s | graphc tok/s ratio | "
+             "graphc-shared tok/s ratio | ids = transformers |",
+             "|---|---:|---|---:|---:|---:|---:|---:|---:|---|"]
     f = lambda v, p=2: "-" if v is None else f"{v:.{p}f}"
     for name, w in report["workloads"].items():
         for batch, m in w["batches"].items():
-            for tool in [t for t in ("graphc", "transformers", "optimum", "genai") if t in m]:
+            for tool in [t for t in ("graphc", "graphc-shared", "transformers", "optimum", "genai") if t in m]:
                 r = m[tool]
                 ratio = m["ratios"].get(f"decode_tok_s_vs_{tool}")
+                shared = m.get("ratios_shared", {}).get(f"decode_tok_s_vs_{tool}")
                 rows = r.get("ids_equal_rows")
                 ids = "" if tool == "transformers" else "-" if rows is None else f"{sum(rows)}/{len(rows)} rows"
                 lines.append(f"| {name} | {batch} | {tool} | {f(r['ttft_ms'], 1)} | {f(r['step8_ms'])} | "
                              f"{f(r['step120_ms'])} | {f(r['decode_tok_s'], 0)} | "
-                             f"{'' if ratio is None else f(ratio) + 'x'} | {ids} |")
+                             f"{'' if ratio is None else f(ratio) + 'x'} | "
+                             f"{'' if shared is None else f(shared) + 'x'} | {ids} |")
     return "\n".join(lines)
 
 
@@ -345,7 +360,8 @@ def main(argv=None) -> int:
     p.add_argument("--reps", type=int, default=5)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--tools", default="graphc,transformers",
-                   help="comma list of graphc, transformers, optimum (Optimum's export on ORT), genai "
+                   help="comma list of graphc, graphc-shared (--target ort --cache-layout shared), transformers, "
+                        "optimum (Optimum's export on ORT), genai "
                         "(onnxruntime-genai's builder output, fp32; "
                         "graphc alone skips transformers, whose OpenMP threads suffer most on a busy machine)")
     p.add_argument("--optimum-python", default=sys.executable,

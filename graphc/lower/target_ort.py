@@ -23,8 +23,11 @@ numbers, including the choices not taken:
   is as fast at M=1 and 10-20x faster at M=128. Taken (8 bits, blocks of 32) for
   int8 generation bundles (QuantMatMulBlocks below), where rows must not share
   an activation scale (docs/generation.md, "The decode step, compile side", which
-  also has the decode-step contrib forms not taken: GroupQueryAttention,
-  SkipSimplifiedLayerNormalization, RotaryEmbedding).
+  also has the decode-step contrib forms not taken: SkipSimplifiedLayerNormalization,
+  RotaryEmbedding).
+- GroupQueryAttention: not taken for the concat cache layout (no faster than the
+  decomposed attention there); taken for ``--cache-layout shared``
+  (SharedCacheAttention below), whose point is its in-place buffer update.
 """
 from __future__ import annotations
 
