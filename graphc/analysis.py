@@ -14,7 +14,7 @@ from .specfile.refs import split_ref
 def op_flops(g: Graph, op: OpNode, env: Mapping[str, int]) -> int | None:
     """The op's FLOPs at dims ``env``, by its primitive's registered rule
     (graphc.prims._flops states the conventions); None if a dim is not given."""
-    ins = [g.value(n).type for n in op.inputs if n]
+    ins = g.input_types(op)             # None for an omitted optional input
     outs = [g.value(n).type for n in op.outputs]
     return PRIMS[op.op].flops(op.attrs, ins, outs, env)
 

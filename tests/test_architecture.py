@@ -7,6 +7,9 @@
 - the registries refuse what would silently go wrong: a primitive without a
   FLOP rule, a duplicate primitive, a duplicate lowering (standard or target);
 - FLOP rules against counts written independently here;
+- optional inputs are positional slots ("" omitted, None for the rules), with
+  no flag attributes: Attention and LSTM with a middle slot omitted against
+  the math written here and ONNX Runtime;
 - the shared test helpers can fail (a parity check against a wrong reference,
   an error check when nothing is refused).
 """
@@ -23,13 +26,14 @@ from graphc.layers import LAYERS
 from graphc.lower.ops_core import LOWERINGS, lowering
 from graphc.lower.targets import TARGET_LOWERINGS, target_lowering
 from graphc.pipeline import PASS_NAMES, Options, run_passes
-from graphc.prims import PRIMS, prim
+from graphc.prims import PRIMS, ShapeError, prim
 from graphc.prims._flops import no_flops
 from graphc.shapes import Dim
 from graphc.tensors import TensorType
 from graphc.expand import build_graph
 from graphc.specfile import parse_spec_text
-from helpers import ROOT, SPECS, compile_text, layer_parity, single_layer_spec, user_error
+from graphc.ir.graph import verify
+from helpers import ROOT, SPECS, compile_text, layer_parity, ort_run, single_layer_spec, user_error
 
 F = "float32"
 
@@ -192,6 +196,85 @@ def test_lstm_flops_at_given_dims():
     # per step, direction and row: W x and R h (4 gates of width h), then the gate arithmetic
     assert got == 3 * 2 * 2 * (2 * 4 * h * 5 + 2 * 4 * h * h + 7 * h)
     assert PRIMS["LSTM"].flops(attrs, [x], [], {"seq": 3}) is None
+
+
+# ------------------------------------------------------------------ optional inputs: positional slots
+
+def _softmax(s):
+    e = np.exp(s - s.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+
+def _sigmoid(x):
+    return 1 / (1 + np.exp(-x))
+
+
+def _args(g, op, feeds):
+    """An op's inputs as its numpy evaluation takes them: None for an omitted slot."""
+    return [None if not n else feeds[n] if n in feeds else g.value(n).data for n in op.inputs]
+
+
+@pytest.mark.parametrize("opset, impl", [(17, "decomposed"), (23, "fused")])
+def test_attention_bias_without_mask_is_slot_4(opset, impl):
+    """An additive mask with no boolean mask leaves slot 3 empty ("" in the op; no
+    has_* flag): the numpy evaluation (None there) and ONNX Runtime both give
+    softmax(q k^T / sqrt(d) + bias) v, computed here from the math."""
+    shapes = {n: (F, ["batch", 2, "seq", 4]) for n in "qkv"}
+    text = single_layer_spec("scaled_dot_product_attention", {"impl": impl}, {**shapes, "m": (F, ["batch", 2, "seq", "seq"])},
+                             ports={"q": "q", "k": "k", "v": "v", "attn_mask": "m"})
+    model, g, _ = compile_text(text, opset=opset)
+    (op,) = [o for o in g.ops() if o.op == "Attention"]
+    assert op.inputs[3] == "" and op.inputs[4] == "m" and not {"has_masked", "has_bias"} & set(op.attrs)
+    rng = np.random.default_rng(0)
+    feeds = {n: rng.standard_normal((2, 2, 5, 4)).astype(np.float32) for n in "qkv"}
+    feeds["m"] = rng.standard_normal((2, 2, 5, 5)).astype(np.float32)
+    feeds["m"][..., 1] = -np.inf                                   # key 1 masked out additively
+    q, k, v, m = (feeds[n].astype(np.float64) for n in "qkvm")
+    want = _softmax(q @ k.swapaxes(-1, -2) / 2 + m) @ v            # 1/sqrt(head_dim 4)
+    got = PRIMS["Attention"].evaluate(*_args(g, op, feeds), **op.attrs)
+    assert np.abs(got - want).max() < 1e-5
+    assert np.abs(ort_run(model, feeds)["y"] - want).max() < 1e-5
+    # the position says what an input is: a float in the boolean mask's slot is refused
+    qt, mt = g.value("q").type, g.value("m").type
+    with pytest.raises(ShapeError, match="boolean"):
+        PRIMS["Attention"].infer({}, [qt, qt, qt, mt])
+
+
+def test_lstm_initial_h_without_bias_is_slot_5():
+    """An LSTM with initial_h but no B or sequence_lens: slots 3 and 4 are "" and no
+    'given' attribute names the present ones; the numpy evaluation (None there) and
+    ONNX Runtime both match the LSTM recurrence written here in torch's gate order."""
+    h_size, seq, batch, width = 3, 4, 2, 2
+    text = single_layer_spec("lstm", {"hidden_size": h_size, "bias": False},
+                             {"x": (F, ["seq", "batch", width]), "h0": (F, [1, "batch", h_size])},
+                             ports={"x": "x", "h0": "h0"}, outputs={"y": "l", "h": "l.h_n"})
+    model, g, w = compile_text(text, weights="random")
+    (op,) = [o for o in g.ops() if o.op == "LSTM"]
+    assert op.inputs[3:] == ["", "", "h0"] and "given" not in op.attrs
+    rng = np.random.default_rng(1)
+    feeds = {"x": rng.standard_normal((seq, batch, width)).astype(np.float32),
+             "h0": rng.standard_normal((1, batch, h_size)).astype(np.float32)}
+    w_ih, w_hh = (w[f"l.weight_{n}_l0"].astype(np.float64) for n in ("ih", "hh"))
+    h, c, ys = feeds["h0"][0].astype(np.float64), np.zeros((batch, h_size)), []
+    for t in range(seq):
+        i, f, gg, o = np.split(feeds["x"][t] @ w_ih.T + h @ w_hh.T, 4, axis=-1)   # torch order i, f, g, o
+        c = _sigmoid(f) * c + _sigmoid(i) * np.tanh(gg)
+        h = _sigmoid(o) * np.tanh(c)
+        ys.append(h)
+    want_y, want_h = np.stack(ys), h[None]                         # [seq, batch, H], [1, batch, H]
+    y, y_h, _ = PRIMS["LSTM"].evaluate(*_args(g, op, feeds), **op.attrs)
+    assert np.abs(y[:, 0] - want_y).max() < 1e-5 and np.abs(y_h - want_h).max() < 1e-5
+    got = ort_run(model, feeds)
+    assert np.abs(got["y"] - want_y).max() < 1e-5 and np.abs(got["h"] - want_h).max() < 1e-5
+
+
+def test_an_op_ending_in_an_omitted_slot_is_refused():
+    """Trailing omitted slots are dropped (as ONNX allows), so each op has one form."""
+    _, g = _graph(LINEAR)
+    op = g.ops()[-1]
+    op.inputs.append("")
+    with pytest.raises(InternalError, match="trailing omitted"):
+        verify(g)
 
 
 # ------------------------------------------------------------------ the shared helpers can fail

@@ -164,7 +164,7 @@ def test_primitive_numpy_evaluation_matches_ort_with_sequence_lens():
         feeds = _feeds(kind, 1, True, False, True, True, len_dtype="int32")
         got = ort_run(model, feeds)
         (op,) = [o for o in g.ops() if o.op == kind.upper()]
-        args = [feeds[n] if n in feeds else g.value(n).data for n in op.inputs]
+        args = [None if not n else feeds[n] if n in feeds else g.value(n).data for n in op.inputs]
         outs = PRIMS[op.op].evaluate(*args, **op.attrs)
         y = outs[0].transpose(0, 2, 1, 3).reshape(SEQ, BATCH, 2 * H)  # [seq, 2, B, H] -> [seq, B, 2H]
         assert _max_diff(y, got["y"]) <= TOL

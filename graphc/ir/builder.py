@@ -150,12 +150,18 @@ class Builder:
 
         ``attrs`` are the primitive's semantics. ``lowering`` holds the layer's
         choices of ONNX form (only names the primitive declares in
-        ``lowering_options``); they go to ``Graph.lowering_options``, not the op."""
+        ``lowering_options``); they go to ``Graph.lowering_options``, not the op.
+        ``None`` in ``inputs`` omits an optional slot (graphc.prims._registry
+        states the convention): it becomes ``""`` in the op, the shape rule sees
+        None there, and trailing omitted slots are dropped."""
         if lowering:
             unknown = sorted(set(lowering) - set(PRIMS[prim].lowering_options))
             if unknown:
                 raise InternalError(f"{prim} declares no lowering option {', '.join(unknown)}")
-        in_types = [v.type for v in inputs if v is not None]
+        inputs = list(inputs)
+        while inputs and inputs[-1] is None:
+            inputs.pop()
+        in_types = [v.type if v is not None else None for v in inputs]
         try:
             out_types = infer_op(prim, attrs, in_types)
         except ShapeError as exc:

@@ -145,6 +145,11 @@ class Graph:
                 order.update(dict.fromkeys(op_ids))
         self._op_order = order
 
+    def input_types(self, op: OpNode) -> list[TensorType | None]:
+        """The types of an op's inputs as its primitive's rules take them: None
+        for an omitted optional slot (``""``)."""
+        return [self.value(n).type if n else None for n in op.inputs]
+
     def users(self, value_name: str) -> list[OpNode]:
         return [self.nx.nodes[k]["op"] for k in self.nx.successors("v:" + value_name)]
 
@@ -198,6 +203,8 @@ def verify(g: Graph) -> None:
     for op in g.ops():
         if op.span is None:
             raise InternalError(f"op {op.id} ({op.op}) has no spec location")
+        if op.inputs and op.inputs[-1] == "":
+            raise InternalError(f"op {op.id} ({op.op}) ends in an omitted input: trailing omitted slots are dropped")
         for name in op.inputs:
             if name == "":
                 continue

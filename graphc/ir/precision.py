@@ -46,7 +46,7 @@ def convert_to_float16(g: Graph) -> None:
             raise InternalError("convert_to_float16 runs after Derive ops are folded")
         if op.op == "Cast" and op.attrs.get("to") == "float32":
             op.attrs["to"] = "float16"
-        in_types = [g.value(n).type for n in op.inputs if n]
+        in_types = g.input_types(op)
         try:
             out_types = infer_op(op.op, op.attrs, in_types)
         except ShapeError as exc:

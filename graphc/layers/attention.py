@@ -186,9 +186,9 @@ class ScaledDotProductAttention(LayerKind):
         heads = q.shape[1].value if q.shape[1].is_const else 1
         masked, bias = build_masks(b, call, q.shape[0], q.shape[2], k.shape[2], heads, q.dtype,
                                    call["key_padding_polarity"], call["attn_mask_polarity"])
-        ins = [q, k, v] + [m for m in (masked, bias) if m is not None]
-        y = b.op("Attention", ins, scale=float(scale), causal=call["causal"],
-                 has_masked=masked is not None, has_bias=bias is not None, lowering={"impl": call["impl"]})
+        # optional slots by position: None omits one (a bias with no mask leaves slot 3 empty)
+        y = b.op("Attention", [q, k, v, masked, bias], scale=float(scale), causal=call["causal"],
+                 lowering={"impl": call["impl"]})
         return {"y": y}
 
     def reference(self, args, weights, inputs):
@@ -485,9 +485,7 @@ class MultiheadAttention(LayerKind):
             masked, bias = build_masks(b, call, bsz, sq, sk, heads, x.dtype,
                                        call["key_padding_polarity"], call["attn_mask_polarity"])
         if not (cached and b.gen.shared):
-            ins = [qh, kh, vh] + [m for m in (masked, bias) if m is not None]
-            att = b.op("Attention", ins, scale=1.0, causal=call["causal"] and not cached,
-                       has_masked=masked is not None, has_bias=bias is not None,
+            att = b.op("Attention", [qh, kh, vh, masked, bias], scale=1.0, causal=call["causal"] and not cached,
                        lowering={"impl": call["impl"]})                         # [B, H, Sq, D]
             att = b.op("Transpose", [att], perm=[0, 2, 1, 3])                   # -> [B, Sq, H, D]
             y = b.op("Reshape", [att], shape=(bsz, sq, one(nq)))                # -> [B, Sq, H*D]

@@ -216,7 +216,7 @@ class LayerNorm(LayerKind):
 def layer_norm_op(b: Builder, x: Value, d: int, eps: float, bias: bool = True) -> Value:
     w = b.param("weight", (d,), Init("ones"))
     bb = b.param("bias", (d,), Init("zeros")) if bias else None
-    return b.op("LayerNorm", [x, w] + ([bb] if bb is not None else []), eps=float(eps), axis=-1)
+    return b.op("LayerNorm", [x, w, bb], eps=float(eps), axis=-1)         # bb None: the bias slot omitted
 
 
 def rms_norm_op(b: Builder, x: Value, d: int, eps: float) -> Value:

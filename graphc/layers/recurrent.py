@@ -15,6 +15,7 @@ import math
 
 import numpy as np
 
+from ..errors import InternalError
 from ..ir import Builder, Init, Value, contract, run_limits
 from ..ir.graph import FLOAT_DTYPES
 from ..shapes import Dim, format_shape
@@ -75,13 +76,13 @@ def _onnx_weights(b: Builder, per_dir: list, order, gates: int, in_f: int, hidde
 
 def rnn_op(b: Builder, prim: str, x: Value, w: Value, r: Value, bias: Value | None, lens: Value | None,
            h0: Value | None, c0: Value | None, hidden: int, direction: str) -> tuple[Value, ...]:
-    """One native LSTM/GRU primitive; absent optional inputs are named in 'given'
-    (see prims.recurrent) instead of being passed as empty slots."""
-    optional = {"B": bias, "sequence_lens": lens, "initial_h": h0, "initial_c": c0}
-    given = tuple(k for k, v in optional.items() if v is not None)
-    ins = [x, w, r] + [v for v in optional.values() if v is not None]
+    """One native LSTM/GRU primitive: the ONNX input slots in order, None for an
+    omitted optional one (see prims.recurrent; GRU has no initial_c slot)."""
+    if prim == "GRU" and c0 is not None:
+        raise InternalError("GRU has no initial_c input")
+    ins = [x, w, r, bias, lens, h0] + ([c0] if prim == "LSTM" else [])
     n_out = 3 if prim == "LSTM" else 2
-    return b.op(prim, ins, n_out=n_out, hidden_size=hidden, direction=direction, given=given)
+    return b.op(prim, ins, n_out=n_out, hidden_size=hidden, direction=direction)
 
 
 def _sigmoid(x):

@@ -15,6 +15,7 @@ from . import proto as helper
 from .proto import TensorProto
 
 from ..ir import OpNode
+from ..prims import slot
 from .context import LowerContext
 from .guards import dim_of, unless_empty
 from .ops_core import ONNX_DTYPE, lowering, shape_vector
@@ -37,7 +38,7 @@ def use_fused(ctx: LowerContext, op: OpNode) -> bool:
         return True
     if impl == "decomposed":
         return False
-    return not op.attrs.get("has_masked") and not op.attrs.get("has_bias")
+    return _mask_inputs(op) == (None, None)
 
 
 @lowering("Attention")
@@ -48,11 +49,9 @@ def _attention(ctx: LowerContext, op: OpNode) -> None:
         _decomposed(ctx, op)
 
 
-def _mask_inputs(op: OpNode):
-    rest = list(op.inputs[3:])
-    masked = rest.pop(0) if op.attrs.get("has_masked") else None
-    bias = rest.pop(0) if op.attrs.get("has_bias") else None
-    return masked, bias
+def _mask_inputs(op: OpNode) -> tuple[str | None, str | None]:
+    """(boolean mask, additive mask): the optional slots 3 and 4, None when omitted."""
+    return slot(op.inputs, 3), slot(op.inputs, 4)
 
 
 def _fused(ctx: LowerContext, op: OpNode) -> None:
@@ -140,8 +139,8 @@ def _decomposed(ctx: LowerContext, op: OpNode) -> None:
         masked = causal if masked is None else ctx.shared(("or", masked, causal),
                                                        lambda m=masked: ctx.one("Or", [m, causal]))
     # rows where every key is masked give zeros: their output is multiplied by 0 below
-    zero_rows = masked is not None and bool(op.attrs.get("has_masked") or op.attrs.get("has_bias"))
-    rank = max([ctx.g.value(n).type.rank for n in op.inputs[3:]] + [2])
+    zero_rows = masked is not None and _mask_inputs(op) != (None, None)
+    rank = max([ctx.g.value(n).type.rank for n in op.inputs[3:] if n] + [2])
     if masked is not None:
         # Masked scores become exactly -inf, so no finite score, however large, can
         # give a masked key weight (a finite fill added to 3e38 outweighed an attended

@@ -8,22 +8,15 @@ different function with no error to warn about it.
 from __future__ import annotations
 
 from ..ir import OpNode
-from ..prims.recurrent import REQUIRED, SLOTS
 from .context import LowerContext
 from .ops_core import lowering
 
 
 @lowering("LSTM", "GRU")
 def _rnn(ctx: LowerContext, op: OpNode) -> None:
-    # the IR keeps only the inputs that exist (named in 'given'); ONNX wants
-    # positional slots with "" for the missing optional ones, trailing ones dropped
-    given = set(op.attrs.get("given", ()))
-    present = iter(op.inputs)
-    inputs = [next(present) if s in REQUIRED or s in given else "" for s in SLOTS[op.op]]
-    while inputs[-1] == "":
-        inputs.pop()
+    # the IR's input slots are ONNX's: "" for an omitted optional input, trailing ones dropped
     attrs = {"hidden_size": int(op.attrs["hidden_size"]), "direction": op.attrs.get("direction", "forward"),
              "layout": 0}
     if op.op == "GRU":
         attrs["linear_before_reset"] = 1
-    ctx.node(op.op, inputs, op.outputs, **attrs)
+    ctx.node(op.op, list(op.inputs), op.outputs, **attrs)

@@ -4,7 +4,7 @@ Each primitive has a named shape rule (``infer``) and a numpy implementation
 (``evaluate``, used for constant folding and the IR interpreter). Their ONNX
 forms live in ``graphc.lower``; primitives never import onnx.
 """
-from ._registry import PRIMS, Prim, ShapeError, prim, infer_op
+from ._registry import PRIMS, Prim, ShapeError, prim, infer_op, present, slot
 from . import core, attention_core, recurrent, quant, shared_cache  # noqa: F401  (registration)
 
-__all__ = ["PRIMS", "Prim", "ShapeError", "prim", "infer_op"]
+__all__ = ["PRIMS", "Prim", "ShapeError", "prim", "infer_op", "present", "slot"]

@@ -35,6 +35,14 @@ class Prim:
     a layer passes them as ``Builder.op(..., lowering={...})``, they live in
     ``Graph.lowering_options`` keyed by op id, and only the lowering reads
     them (``LowerContext.option``); the shape rule and ``evaluate`` never see them.
+
+    Optional inputs are positional slots, as in ONNX: an omitted one is ``""``
+    in ``OpNode.inputs`` and reaches ``infer``, ``evaluate``, ``flops`` and the
+    lowering as ``None`` (an ``""`` name there), so a rule tells which optional
+    input is which by its position, with no flag attribute. Trailing omitted
+    slots are dropped (the builder does it, ``verify()`` checks it), so the
+    lists may be shorter than the primitive's full signature: read an optional
+    slot with ``slot(ins, i)`` (a lowering too, on ``op.inputs``).
     """
     name: str
     infer: Callable[[dict, list[TensorType]], list[TensorType]]
@@ -69,6 +77,21 @@ def infer_op(op: str, attrs: dict, inputs: list[TensorType]) -> list[TensorType]
     except KeyError:
         raise InternalError(f"unknown primitive {op}") from None
     return p.infer(attrs, inputs)
+
+
+def slot(items: Sequence[Any], i: int) -> Any:
+    """Optional input ``i`` of a primitive, or None when it is omitted: ``None``
+    or ``""`` in its place (types and arrays in the rules, value names in
+    ``OpNode.inputs`` for the lowering), or past the end of the list (trailing
+    omitted slots are dropped)."""
+    x = items[i] if i < len(items) else None
+    return None if isinstance(x, str) and x == "" else x
+
+
+def present(items: Sequence[Any]) -> list[Any]:
+    """The inputs that are there (omitted optional slots left out), for rules
+    that treat them alike (one dtype for all)."""
+    return [x for x in items if x is not None]
 
 
 def broadcast(shapes: Sequence[Sequence[Dim]]) -> tuple[Dim, ...]:

@@ -1,10 +1,12 @@
 """The scaled dot-product attention core and the mask helpers it needs.
 
-``Attention(q, k, v[, masked][, bias])`` with q [B, Hq, Sq, D], k [B, Hkv, Sk, D],
+``Attention(q, k, v, masked?, bias?)`` with q [B, Hq, Sq, D], k [B, Hkv, Sk, D],
 v [B, Hkv, Sk, Dv] -> [B, Hq, Sq, Dv]. ``masked`` is boolean with **True =
 masked out**, broadcastable to [B, Hq, Sq, Sk]; ``bias`` is an additive float
-mask. Every mask convention of the spec is converted to this one form in one
-place (``graphc.layers.attention.build_masks``), so the lowering has exactly one
+mask; both are optional positional slots (a bias without a mask leaves slot 3
+omitted: ``""`` in the op, None for the rules; graphc.prims._registry). Every
+mask convention of the spec is converted to this one form in one place
+(``graphc.layers.attention.build_masks``), so the lowering has exactly one
 polarity to get right. Query head h reads KV head floor(h * Hkv / Hq).
 
 Rows in which every key is masked give zeros (never NaN): PyTorch's SDPA
@@ -14,10 +16,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..errors import InternalError
 from ..tensors import FLOAT_DTYPES, TensorType
 from ..shapes import format_shape
 from ._flops import numel, per_output_element
-from ._registry import ShapeError, broadcast, prim
+from ._registry import ShapeError, broadcast, prim, slot
 
 
 def attention_reference(q, k, v, masked=None, bias=None, scale=1.0, causal=False):
@@ -47,10 +50,7 @@ def attention_reference(q, k, v, masked=None, bias=None, scale=1.0, causal=False
     return (p @ v64).astype(q.dtype)
 
 
-def _eval(q, k, v, *rest, scale=1.0, causal=False, has_masked=False, has_bias=False, **_):
-    rest = list(rest)
-    masked = rest.pop(0) if has_masked else None
-    bias = rest.pop(0) if has_bias else None
+def _eval(q, k, v, masked=None, bias=None, *, scale=1.0, causal=False, **_):
     return attention_reference(q, k, v, masked, bias, scale, causal)
 
 
@@ -90,14 +90,14 @@ def attention_infer(attrs, ins):
     if hq.is_const and hkv.is_const and hq.value % hkv.value:
         raise ShapeError(f"{hkv.value} key/value heads do not divide {hq.value} query heads")
     full = (b, hq, sq, k.shape[2])
-    extra = list(ins[3:])
-    if attrs.get("has_masked"):
-        m = extra.pop(0)
+    if len(ins) > 5:
+        raise InternalError(f"Attention takes at most 5 inputs (query, key, value, mask, additive mask), got {len(ins)}")
+    m, bias = slot(ins, 3), slot(ins, 4)
+    if m is not None:
         if m.dtype != "bool":
             raise ShapeError(f"the attention mask must be boolean here, got {m.dtype}")
         _fits(m, full, "mask")
-    if attrs.get("has_bias"):
-        bias = extra.pop(0)
+    if bias is not None:
         if bias.dtype != q.dtype:
             raise ShapeError(f"the additive mask has dtype {bias.dtype}, the attention runs in {q.dtype}")
         _fits(bias, full, "additive mask")

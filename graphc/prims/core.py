@@ -14,7 +14,7 @@ from ..tensors import FLOAT_DTYPES, TensorType
 from ..shapes import Dim, format_shape
 from ..tensors import np_dtype
 from ._flops import matmul_flops, no_flops, per_output_element
-from ._registry import ShapeError, broadcast, norm_axis, prim, same_dtype
+from ._registry import ShapeError, broadcast, norm_axis, present, prim, same_dtype
 
 # ---------------------------------------------------------------- elementwise
 
@@ -168,8 +168,8 @@ def _norm_infer(name):
         x, scale = ins[0], ins[1]
         if x.dtype not in FLOAT_DTYPES:
             raise ShapeError(f"{name} needs a floating-point input, got {x.dtype}")
-        same_dtype(name, ins)
-        for p in ins[1:]:
+        same_dtype(name, present(ins))
+        for p in present(ins[1:]):              # LayerNorm's bias (slot 2) is optional
             if p.shape != x.shape[-1:]:
                 raise ShapeError(f"{name} over the last axis of {format_shape(x.shape)} needs "
                                  f"weights of shape {format_shape(x.shape[-1:])}, got {format_shape(p.shape)}")

@@ -14,11 +14,11 @@ Inputs, in ONNX order (G = 4 gates for LSTM, 3 for GRU; dirs = 1 or 2)::
 Outputs: ``Y`` [seq, dirs, batch, H], ``Y_h`` [dirs, batch, H] and, for LSTM,
 ``Y_c`` [dirs, batch, H].
 
-Optional inputs are *left out* of the op's input list and named in the
-``given`` attribute (e.g. ``given=("B", "initial_h")``) rather than passed as
-empty slots: the shape rule receives only the types of the inputs that exist,
-so it needs the names to tell ``initial_h`` from ``initial_c``; the lowering
-puts ONNX's ``""`` placeholders back.
+Optional inputs are positional slots, as in ONNX and every graphc primitive
+(graphc.prims._registry): an omitted one is ``""`` in the op and None for the
+shape rule and the numpy evaluation, so ``initial_h`` and ``initial_c`` are told
+apart by their place; trailing omitted slots are dropped. The lowering passes
+the slots through unchanged.
 
 GRU here is always the ``linear_before_reset=1`` form (PyTorch's
 ``n = tanh(W_in x + b_in + r * (W_hn h + b_hn))``); the ONNX default (0) is a
@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..errors import InternalError
 from ..tensors import FLOAT_DTYPES, TensorType
 from ..shapes import Dim, format_shape
 from ._registry import ShapeError, prim, same_dtype
@@ -42,17 +43,16 @@ DIRECTIONS = {"forward": 1, "reverse": 1, "bidirectional": 2}
 N_OUTPUTS = {"LSTM": 3, "GRU": 2}
 
 
-def bind_slots(op: str, given, items: list) -> dict:
-    """Pair the present inputs (types or arrays) with their ONNX slot names."""
-    given = tuple(given or ())
-    unknown = [g for g in given if g not in SLOTS[op] or g in REQUIRED]
-    if unknown:
-        raise ShapeError(f"{op}: unknown optional inputs {unknown}; optional ones are "
-                         f"{[s for s in SLOTS[op] if s not in REQUIRED]}")
-    names = [s for s in SLOTS[op] if s in REQUIRED or s in given]
-    if len(names) != len(items):
-        raise ShapeError(f"{op} got {len(items)} inputs but given={list(given)} names {len(names)}: {names}")
-    return dict(zip(names, items))
+def bind_slots(op: str, items: list) -> dict:
+    """The present inputs (types or arrays) by ONNX slot name; an omitted slot
+    (None, or past the end) is left out of the dict."""
+    if len(items) > len(SLOTS[op]):
+        raise InternalError(f"{op} takes at most {len(SLOTS[op])} inputs {list(SLOTS[op])}, got {len(items)}")
+    named = {s: x for s, x in zip(SLOTS[op], items) if x is not None}
+    missing = [s for s in REQUIRED if s not in named]
+    if missing:
+        raise InternalError(f"{op} needs inputs {missing}")
+    return named
 
 
 def _expect(op: str, what: str, t: TensorType, shape: tuple) -> None:
@@ -62,7 +62,7 @@ def _expect(op: str, what: str, t: TensorType, shape: tuple) -> None:
 
 def _rnn_infer(op: str):
     def infer(attrs, ins):
-        t = bind_slots(op, attrs.get("given"), list(ins))
+        t = bind_slots(op, list(ins))
         direction = attrs.get("direction", "forward")
         if direction not in DIRECTIONS:
             raise ShapeError(f"{op}: direction must be one of {list(DIRECTIONS)}, got {direction!r}")
@@ -94,7 +94,7 @@ def _rnn_infer(op: str):
         state = TensorType(dtype, (dirs, batch, hd))
         return [TensorType(dtype, (seq, dirs, batch, hd))] + [state] * (N_OUTPUTS[op] - 1)
     infer.__doc__ = (f"ONNX {op} (layout=0): X [seq, batch, in] -> Y [seq, dirs, batch, H], "
-                     f"Y_h{', Y_c' if op == 'LSTM' else ''} [dirs, batch, H]; optional inputs named in 'given'.")
+                     f"Y_h{', Y_c' if op == 'LSTM' else ''} [dirs, batch, H]; optional inputs by position (None: omitted).")
     return infer
 
 
@@ -121,11 +121,11 @@ def _gru_step(gx, gh, h, c):
 
 
 def _rnn_eval(op: str):
-    def evaluate(*arrays, hidden_size, direction="forward", given=(), **_):
+    def evaluate(*arrays, hidden_size, direction="forward", **_):
         """The ONNX operator in numpy, including sequence_lens: steps past a
         sequence's length give zeros and leave the state alone, and the reverse
         direction starts at each sequence's last valid step."""
-        a = bind_slots(op, given, list(arrays))
+        a = bind_slots(op, list(arrays))
         x = a["X"].astype(np.float64)
         seq, batch, _ = x.shape
         dirs, g, h_size = DIRECTIONS[direction], GATES[op], int(hidden_size)
