@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..ir.kv_cache import PAST_DIM
+from ..ir.kv_cache import PAST_DIM, TOTAL_DIM
 
 BLOCK = 32                       # --target ort: MatMulNBits blocks along K (as onnxruntime-genai's int8)
 STEP_DIMS = {PAST_DIM: 6}        # the measured step: this many cached tokens
@@ -31,11 +31,17 @@ def step_feeds(session, seed: int) -> dict[str, np.ndarray]:
     the positions that follow the cache."""
     from ..runtime.session import random_inputs
     dims = {**STEP_DIMS}
+    past = STEP_DIMS[PAST_DIM]
+    shared = any(TOTAL_DIM in info.shape for info in session.get_inputs())
     for info in session.get_inputs():
         if info.name == "input_ids":
-            dims.update({str(info.shape[0]): STEP_ROWS, str(info.shape[1]): STEP_NEW})
+            # the shared cache layout (graphc.prims.shared_cache): a buffer longer than what is
+            # filled, and one new token per row (GroupQueryAttention's rule for a batch after a cache)
+            new = 1 if shared else STEP_NEW
+            dims.update({str(info.shape[0]): STEP_ROWS, str(info.shape[1]): new})
+            if shared:
+                dims.update({PAST_DIM: past + new + 2, TOTAL_DIM: past + new})
     feeds = random_inputs(session, dims, seed)
-    past = STEP_DIMS[PAST_DIM]
     if "attention_mask" in feeds:
         feeds["attention_mask"] = np.ones_like(feeds["attention_mask"])
     if "position_ids" in feeds:
