@@ -99,8 +99,10 @@ def single_layer_spec(kind: str, args: dict, inputs: dict, dims=("batch", "seq")
     return yaml.safe_dump(spec, sort_keys=False)
 
 
-def graphc_cli(*args: str, cwd=None, env=None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "graphc", *args], capture_output=True, text=True,
+def graphc_cli(*args: str, cwd=None, env=None, text: bool = True) -> subprocess.CompletedProcess:
+    """graphc as a real subprocess (``python -m graphc``), output captured;
+    ``text=False``: stdout and stderr as bytes (a model written to /dev/stdout)."""
+    return subprocess.run([sys.executable, "-m", "graphc", *map(str, args)], capture_output=True, text=text,
                           cwd=cwd or ROOT, env=env, timeout=120)
 
 
