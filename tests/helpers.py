@@ -212,7 +212,7 @@ def _max_abs(a, b) -> float:
 # ---------------------------------------------------------------- user errors (one checker)
 
 def user_error(source, message, *, at: str | None = None, hint: str | None = None,
-               located=None, where: str | None = None):
+               located=None, where: str | None = None, usage: bool = False):
     """Check that graphc refuses something as a *user* error, and return the error.
 
     ``source`` is one of: spec text (compiled with ``compile_text``), a
@@ -226,6 +226,8 @@ def user_error(source, message, *, at: str | None = None, hint: str | None = Non
     first stderr line ``located:LINE:COL: error: ...`` (``located`` given: the
     file, a str or Path) or ``graphc: error: ...`` (not located), ``message``
     in stderr; ``where`` ('LINE:COL', with ``located``): the exact place.
+    ``usage``: a command-line error refused by argparse instead: ``usage:
+    graphc ...`` first, then one ``graphc COMMAND: error: ...`` line, last.
     ``hint``: text the hint must hold. Returns the GraphcError, or stderr."""
     from graphc.errors import GraphcError
     messages = (message,) if isinstance(message, str) else tuple(message)
@@ -239,7 +241,12 @@ def user_error(source, message, *, at: str | None = None, hint: str | None = Non
         assert rc == 2, err
         assert "Traceback" not in err and "internal error" not in err, err
         first = (err.splitlines() or [""])[0]
-        if located is not None:
+        if usage:
+            assert located is None and where is None, "an argparse error has no location"
+            last = err.splitlines()[-1]
+            assert first.startswith("usage: graphc"), first
+            assert last.startswith("graphc") and ": error: " in last, last
+        elif located is not None:
             assert first.startswith(f"{located}:") and ": error: " in first, first
             _, line, col = first.split(": error: ")[0].rsplit(":", 2)
             assert int(line) >= 1 and int(col) >= 1, first
