@@ -99,8 +99,10 @@ def single_layer_spec(kind: str, args: dict, inputs: dict, dims=("batch", "seq")
     return yaml.safe_dump(spec, sort_keys=False)
 
 
-def graphc_cli(*args: str, cwd=None, env=None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "graphc", *args], capture_output=True, text=True,
+def graphc_cli(*args: str, cwd=None, env=None, text: bool = True) -> subprocess.CompletedProcess:
+    """graphc as a real subprocess (``python -m graphc``), output captured;
+    ``text=False``: stdout and stderr as bytes (a model written to /dev/stdout)."""
+    return subprocess.run([sys.executable, "-m", "graphc", *map(str, args)], capture_output=True, text=text,
                           cwd=cwd or ROOT, env=env, timeout=120)
 
 
@@ -209,27 +211,42 @@ def _max_abs(a, b) -> float:
 
 # ---------------------------------------------------------------- user errors (one checker)
 
-def user_error(source, message: str, *, at: str | None = None, hint: str | None = None,
-               located: str | None = None, where: str | None = None):
+def user_error(source, message, *, at: str | None = None, hint: str | None = None,
+               located=None, where: str | None = None, usage: bool = False):
     """Check that graphc refuses something as a *user* error, and return the error.
 
     ``source`` is one of: spec text (compiled with ``compile_text``), a
-    callable (called), or the ``(rc, stdout, stderr)`` of ``cli(...)``. In
+    callable (called), the ``(rc, stdout, stderr)`` of ``cli(...)`` or the
+    CompletedProcess of ``graphc_cli(...)``. ``message``: a text, or a tuple
+    of texts that must all appear. In
     process: a GraphcError (not any other exception) whose message holds
     ``message``; with ``at``, its span is on the first line of the spec text
     that contains ``at``. Through the CLI: exit code 2, no traceback and no
     "internal error", the
     first stderr line ``located:LINE:COL: error: ...`` (``located`` given: the
-    file) or ``graphc: error: ...`` (not located), ``message`` in stderr;
-    ``where`` ('LINE:COL', with ``located``): the exact place.
+    file, a str or Path) or ``graphc: error: ...`` (not located), ``message``
+    in stderr; ``where`` ('LINE:COL', with ``located``): the exact place.
+    ``usage``: a command-line error refused by argparse instead: ``usage:
+    graphc ...`` first, then one ``graphc COMMAND: error: ...`` line, last.
     ``hint``: text the hint must hold. Returns the GraphcError, or stderr."""
     from graphc.errors import GraphcError
+    messages = (message,) if isinstance(message, str) else tuple(message)
+    assert messages, "user_error needs a message to look for"
+    if located is not None:
+        located = str(located)
+    if isinstance(source, subprocess.CompletedProcess):
+        source = (source.returncode, source.stdout, source.stderr)
     if isinstance(source, tuple):
         rc, _, err = source
         assert rc == 2, err
         assert "Traceback" not in err and "internal error" not in err, err
-        first = err.splitlines()[0]
-        if located is not None:
+        first = (err.splitlines() or [""])[0]
+        if usage:
+            assert located is None and where is None, "an argparse error has no location"
+            last = err.splitlines()[-1]
+            assert first.startswith("usage: graphc"), first
+            assert last.startswith("graphc") and ": error: " in last, last
+        elif located is not None:
             assert first.startswith(f"{located}:") and ": error: " in first, first
             _, line, col = first.split(": error: ")[0].rsplit(":", 2)
             assert int(line) >= 1 and int(col) >= 1, first
@@ -237,7 +254,8 @@ def user_error(source, message: str, *, at: str | None = None, hint: str | None 
         else:
             assert where is None, "where needs located"
             assert first.startswith("graphc: error: "), first
-        assert message in err, err
+        for m in messages:
+            assert m in err, (m, err)
         assert hint is None or hint in err, err
         return err
     run = source if callable(source) else (lambda: compile_text(source))
@@ -246,8 +264,9 @@ def user_error(source, message: str, *, at: str | None = None, hint: str | None 
     except GraphcError as exc:
         error = exc
     else:
-        raise AssertionError(f"expected a user error containing {message!r}; nothing was refused")
-    assert message in error.message, error.message
+        raise AssertionError(f"expected a user error containing {messages!r}; nothing was refused")
+    for m in messages:
+        assert m in error.message, (m, error.message)
     assert hint is None or (error.hint and hint in error.hint), error.hint
     if at is not None:
         assert isinstance(source, str) and error.span is not None, "no spec location"

@@ -1,18 +1,16 @@
 """Error goldens: each file in tests/errors/ starts with the exact diagnostic it
 must produce ('# expect: LINE:COL: error: MESSAGE', optionally '# hint: ...').
-Each runs through the CLI's entry point (``graphc.cli.main``, in-process: the
+Each runs through the CLI's entry point (``helpers.cli``, in-process: the
 goldens are many and a subprocess costs a second of imports each) for both
-check and build: exit code 2, the located message, the offending line quoted
-with a caret under the column, no traceback, no output file. A few also run
-as real subprocesses, so the installed entry point is covered too."""
-import contextlib
-import io
+check and build: ``helpers.user_error`` (exit code 2, no traceback or internal
+error, the located first line), that line exactly, the offending line quoted
+with a caret under the column, no output file. A few also run as real
+subprocesses (``helpers.graphc_cli``), so the installed entry point is covered too."""
 from pathlib import Path
 
 import pytest
 
-from graphc.cli import main
-from helpers import ROOT, graphc_cli
+from helpers import ROOT, cli, graphc_cli, user_error
 
 CASES = sorted((ROOT / "tests" / "errors").glob("*.yaml"))
 SUBPROCESS_CASES = ["malformed", "unknown_kind", "param_budget", "alias_bomb"]
@@ -40,20 +38,14 @@ def _expectations(path: Path):
     return expect, hint
 
 
-def _run_in_process(args):
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        rc = main(args)
-    return rc, err.getvalue()
-
-
-def _check_diagnostic(path: Path, rc: int, stderr: str, out: Path):
+def _check_diagnostic(path: Path, result, out: Path):
+    """``result``: the (exit code, stdout, stderr) of ``cli`` or ``graphc_cli``'s process."""
     expect, hint = _expectations(path)
     rel = path.relative_to(ROOT)
-    assert rc == 2, stderr
+    where, message = expect.split(": error: ", 1)
+    stderr = user_error(result, message, located=rel, where=where, hint=hint)
     lines = stderr.splitlines()
     assert lines[0] == f"{rel}:{expect}"
-    assert "Traceback" not in stderr
     # the offending line is quoted with a caret under the reported column
     col = int(expect.split(":")[1])
     assert lines[2].startswith("  " + " " * (col - 1) + "^")
@@ -68,13 +60,11 @@ def test_error_golden(path, command, tmp_path, monkeypatch):
     rel = path.relative_to(ROOT)
     out = tmp_path / "out.onnx"
     args = [command, str(rel)] + (["-o", str(out)] if command == "build" else [])
-    rc, stderr = _run_in_process(args)
-    _check_diagnostic(path, rc, stderr, out)
+    _check_diagnostic(path, cli(*args), out)
 
 
 @pytest.mark.parametrize("name", SUBPROCESS_CASES)
 def test_error_golden_through_the_real_cli(name, tmp_path):
     path = ROOT / "tests" / "errors" / f"{name}.yaml"
     out = tmp_path / "out.onnx"
-    r = graphc_cli("build", str(path.relative_to(ROOT)), "-o", str(out))
-    _check_diagnostic(path, r.returncode, r.stderr, out)
+    _check_diagnostic(path, graphc_cli("build", str(path.relative_to(ROOT)), "-o", str(out)), out)

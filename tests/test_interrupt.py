@@ -2,8 +2,6 @@
 print "Exception ignored" and carry on) still stops a build: graphc.interrupt."""
 from __future__ import annotations
 
-import contextlib
-import io
 import signal
 import sys
 import weakref
@@ -12,9 +10,8 @@ import pytest
 
 import graphc.compiler
 import graphc.pipeline
-from graphc.cli import main
 from graphc.interrupt import checkpoint, honoured
-from helpers import TINY
+from helpers import TINY, cli
 
 
 
@@ -74,10 +71,8 @@ def test_a_build_interrupted_that_way_stops_and_writes_nothing(tmp_path, monkeyp
         real(graph)
         ctrl_c_inside_a_weakref_callback()
     monkeypatch.setattr(graphc.pipeline, "simplify", simplify_then_ctrl_c)
-    err = io.StringIO()
-    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
-        rc = main(["build", str(spec), "-o", str(out)])
+    rc, _, err = cli("build", spec, "-o", out)
     assert rc == 130
-    assert err.getvalue() == "graphc: interrupted; no output was written\n"
+    assert err == "graphc: interrupted; no output was written\n"
     assert out.read_bytes() == b"precious"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx", "tiny.yaml"]   # no temporary left

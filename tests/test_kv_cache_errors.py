@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from helpers import cli
+from helpers import cli, user_error
 
 BASE = """graphc: 1
 dims: {batch: 2, seq: 8}
@@ -99,12 +99,10 @@ def test_kv_cache_bad_input_is_located(tmp_path, name):
     spec = tmp_path / "bad.yaml"
     spec.write_text(text)
     out = tmp_path / "bundle"
-    rc, stdout, stderr = cli("build", spec, "--kv-cache", "-o", out)
-    assert rc == 2, stderr
-    assert stderr.startswith(f"{spec}:{expect}"), stderr
-    if hint:
-        assert "hint:" in stderr and hint in stderr, stderr
-    assert "Traceback" not in stderr
+    where, message = expect.split(": error: ", 1)
+    stderr = user_error(cli("build", spec, "--kv-cache", "-o", out), message, located=spec, where=where, hint=hint)
+    assert stderr.startswith(f"{spec}:{expect}"), stderr      # the message leads the first line
+    assert hint is None or "hint:" in stderr, stderr
     assert not out.exists()
     assert [p.name for p in tmp_path.iterdir()] == ["bad.yaml"]          # no temporary left behind
 
@@ -112,8 +110,7 @@ def test_kv_cache_bad_input_is_located(tmp_path, name):
 def test_plain_check_reports_generation_problems_too(tmp_path):
     spec = tmp_path / "bad.yaml"
     spec.write_text(BASE + GEN.replace("pad: 0", "pad: 99"))
-    rc, _, stderr = cli("check", spec)
-    assert rc == 2 and "generation 'pad' is 99, outside the vocabulary of 40 tokens" in stderr
+    user_error(cli("check", spec), "generation 'pad' is 99, outside the vocabulary of 40 tokens", located=spec)
 
 
 def test_a_directory_that_is_not_a_bundle_is_not_replaced(tmp_path):
@@ -122,8 +119,7 @@ def test_a_directory_that_is_not_a_bundle_is_not_replaced(tmp_path):
     out = tmp_path / "stuff"
     out.mkdir()
     (out / "keep.txt").write_text("mine")
-    rc, _, stderr = cli("build", spec, "--kv-cache", "-o", out)
-    assert rc == 2 and "not a bundle" in stderr
+    user_error(cli("build", spec, "--kv-cache", "-o", out), "not a bundle")
     assert [p.name for p in out.iterdir()] == ["keep.txt"]
     # an earlier bundle is replaced whole
     rc, _, stderr = cli("build", spec, "--kv-cache", "-o", tmp_path / "b")
@@ -140,8 +136,8 @@ def test_bad_weights_leave_nothing(tmp_path):
     spec = tmp_path / "ok.yaml"
     spec.write_text(BASE + GEN)
     np.savez(tmp_path / "w.npz", nothing=np.zeros(3, np.float32))
-    rc, _, stderr = cli("build", spec, "--kv-cache", "-o", tmp_path / "b", "--weights", tmp_path / "w.npz")
-    assert rc == 2 and "Traceback" not in stderr
+    user_error(cli("build", spec, "--kv-cache", "-o", tmp_path / "b", "--weights", tmp_path / "w.npz"),
+               ("do not match the spec's parameters", "unexpected: nothing [3]", "missing: emb.weight"))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ok.yaml", "w.npz"]
 
 

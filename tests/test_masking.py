@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from graphc.layers import LAYERS
-from helpers import SPECS, cli, compile_text, ort_run, ref_run, single_layer_spec
+from helpers import SPECS, cli, compile_text, user_error, ort_run, ref_run, single_layer_spec
 
 torch = pytest.importorskip("torch", reason="PyTorch is not installed (the torch extra)")
 RNG = np.random.default_rng(0)
@@ -97,8 +97,7 @@ def test_a_mask_without_its_polarity_is_a_located_error(tmp_path):
                              ports={"x": "x", "mask": "m"})
     p = tmp_path / "s.yaml"
     p.write_text(text, encoding="utf-8")
-    rc, _, err = cli("check", p)
-    assert rc == 2 and "needs its polarity named" in err and "polarity: keep" in err and "s.yaml:" in err
+    user_error(cli("check", p), ("needs its polarity named", "polarity: keep"), located=p)
 
 
 def test_additive_attention_spec_matches_a_torch_module():

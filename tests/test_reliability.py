@@ -202,7 +202,7 @@ def test_only_the_safe_loader_runs(tmp_path):
                     f"!!python/object/new:os.system ['touch {marker}']",
                     "!!python/name:os.system"):
         p.write_text(f"graphc: 1\nname: {payload}\n")
-        assert cli("check", p)[0] == 2
+        user_error(cli("check", p), "python/", located=p, where="2:7")       # at the tagged value
     assert not marker.exists()
 
 
@@ -255,8 +255,8 @@ def test_max_param_bytes_flag_on_build_and_run(tiny, tmp_path):
                       located=str(tiny))
     assert cli("build", tiny, "-o", out, "--max-param-bytes", "1K")[0] == 0
     user_error(cli("run", tiny, "--random", "--max-param-bytes", "50"), "over the budget", located=str(tiny))
-    rc, _, err = cli("build", tiny, "-o", out, "--max-param-bytes", "lots")
-    assert rc == 2 and "expected a size like 4G" in err
+    user_error(cli("build", tiny, "-o", out, "--max-param-bytes", "lots"), "expected a size like 4G",
+               usage=True)
 
 
 def test_repeat_is_bounded(tmp_path):
@@ -398,9 +398,8 @@ def test_good_weights_load(tiny, tmp_path):
 
 def test_bad_weights_through_the_real_cli(tiny, tmp_path):
     w = _weights_case(tmp_path, "truncated.safetensors")
-    r = graphc_cli("build", str(tiny), "-o", str(tmp_path / "o.onnx"), "--weights", str(w))
-    assert r.returncode == 2 and "Traceback" not in r.stderr
-    assert r.stderr.startswith("graphc: error: ") and "truncated or corrupt" in r.stderr
+    user_error(graphc_cli("build", str(tiny), "-o", str(tmp_path / "o.onnx"), "--weights", str(w)),
+               "truncated or corrupt")
 
 
 # ------------------------------------------------------------------ run-time inputs
@@ -455,8 +454,8 @@ def test_empty_inputs_to_recurrent_models_are_refused_not_crashed(tmp_path):
                     "outputs: {y: rnn}\n")
     for dim in ("batch=0", "seq=0"):
         r = graphc_cli("run", str(spec), "--random", "--dim", dim)      # a crash here would be rc -6/-11
-        assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
-        assert r.stderr.startswith("graphc: error: input 'x' is empty") and "GRU" in r.stderr
+        user_error(r, "GRU")
+        assert r.stderr.startswith("graphc: error: input 'x' is empty"), r.stderr
     assert cli("run", spec, "--random", "--dim", "seq=1")[0] == 0
 
 
@@ -472,7 +471,7 @@ def test_run_time_failures_are_one_clean_message(tmp_path):
     np.save(x := tmp_path / "x.npy", np.zeros((2, 4), np.float32))
     np.save(ids := tmp_path / "ids.npy", np.array([1, 99], np.int64))      # 99 is out of the table
     r = graphc_cli("run", str(spec), "--input", f"x={x}", "--input", f"ids={ids}")
-    assert r.returncode == 2, r.stderr      # graphc's own check (graphc.ir.run_limits) says it first
+    user_error(r, "input 'ids' has 99")     # graphc's own check (graphc.ir.run_limits) says it first
     assert r.stderr.startswith("graphc: error: input 'ids' has 99 at [1], outside [0, 5)"), r.stderr
     # without the recorded limits (a model from elsewhere), ONNX Runtime's refusal is the message
     import onnx
@@ -483,7 +482,7 @@ def test_run_time_failures_are_one_clean_message(tmp_path):
     m.metadata_props.extend(kept)
     onnx.save(m, str(model))
     r = graphc_cli("run", str(model), "--input", f"x={x}", "--input", f"ids={ids}")
-    assert r.returncode == 2, r.stderr
+    user_error(r, "ONNX Runtime failed")
     assert r.stderr.startswith("graphc: error: ONNX Runtime failed") and "\x1b" not in r.stderr
 
 
@@ -535,16 +534,16 @@ def test_run_output_is_checked_and_atomic(tiny_model, tmp_path):
     assert no_temp_files(tmp_path)
 
 
-@pytest.mark.parametrize("spec_text", [
-    TINY.replace("kind: relu", "kind: rleu"),                 # spec error
-    TINY.replace("[batch, 4]", "[batch, 4"),                  # malformed YAML
-    TINY.replace("out_features: 3", "out_features: 3000000000"),  # absurd width
+@pytest.mark.parametrize("spec_text, message", [
+    (TINY.replace("kind: relu", "kind: rleu"), "unknown layer kind 'rleu'"),                  # spec error
+    (TINY.replace("[batch, 4]", "[batch, 4"), "malformed YAML"),
+    (TINY.replace("out_features: 3", "out_features: 3000000000"), "'out_features' of layer 'fc'"),  # absurd width
 ])
-def test_failed_build_keeps_the_earlier_output(tmp_path, spec_text):
+def test_failed_build_keeps_the_earlier_output(tmp_path, spec_text, message):
     spec, out = tmp_path / "s.yaml", tmp_path / "model.onnx"
     spec.write_text(spec_text)
     out.write_bytes(b"precious")
-    assert cli("build", spec, "-o", out)[0] == 2
+    user_error(cli("build", spec, "-o", out), message, located=spec)
     assert out.read_bytes() == b"precious"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx", "s.yaml"]
 

@@ -8,7 +8,7 @@ import pytest
 
 from graphc.compiler import check_spec, compile_spec
 from graphc.lower import check_model, serialize
-from helpers import SPECS, graphc_cli, ort_run, ref_run
+from helpers import SPECS, graphc_cli, ort_run, ref_run, user_error
 
 ALL = sorted(SPECS.glob("*.yaml"))
 # weights above this are only shape-checked here (their parity lives in the model's own tests)
@@ -83,8 +83,8 @@ def test_cli_run_random_and_metadata(tmp_path):
 def test_failed_build_leaves_existing_output_untouched(tmp_path):
     out = tmp_path / "keep.onnx"
     out.write_bytes(b"precious")
-    r = graphc_cli("build", "tests/errors/unknown_kind.yaml", "-o", str(out))
-    assert r.returncode == 2
+    user_error(graphc_cli("build", "tests/errors/unknown_kind.yaml", "-o", str(out)), "unknown layer kind 'linaer'",
+               located="tests/errors/unknown_kind.yaml")
     assert out.read_bytes() == b"precious"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["keep.onnx"]
 
@@ -93,8 +93,8 @@ def test_run_rejects_inputs_that_disagree_on_a_dim(tmp_path):
     out = tmp_path / "mlp.onnx"
     graphc_cli("build", "specs/mlp.yaml", "-o", str(out))
     np.save(tmp_path / "x.npy", np.zeros((2, 783), np.float32))
-    r = graphc_cli("run", str(out), "--input", f"x={tmp_path / 'x.npy'}")
-    assert r.returncode == 2 and "axis 1 has size 783, the model expects 784" in r.stderr
+    user_error(graphc_cli("run", str(out), "--input", f"x={tmp_path / 'x.npy'}"),
+               "axis 1 has size 783, the model expects 784")
     np.save(tmp_path / "x.npy", np.zeros((2, 784), np.float64))
-    r = graphc_cli("run", str(out), "--input", f"x={tmp_path / 'x.npy'}")
-    assert r.returncode == 2 and "dtype float64, the model expects float32" in r.stderr
+    user_error(graphc_cli("run", str(out), "--input", f"x={tmp_path / 'x.npy'}"),
+               "dtype float64, the model expects float32")

@@ -2,8 +2,8 @@
 from the registry (and the committed copies kept current), pictures of the
 graph, the info table, and build progress on a terminal.
 
-Most CLI checks call graphc.cli.main in-process: a subprocess per check would
-cost a second of imports each."""
+Most CLI checks call graphc's entry point in-process (helpers.cli): a
+subprocess per check would cost a second of imports each."""
 from __future__ import annotations
 
 import copy
@@ -16,14 +16,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from graphc import cli
 from graphc.compiler import check_spec, compile_spec
 from graphc.layers import LAYERS
 from graphc.progress import Progress
 from graphc.layer_docs import layer_detail_text, layers_list_text, layers_markdown
 from graphc.schema import schema_json, spec_schema
 from graphc.specfile.parse import TOP_KEYS
-from helpers import ROOT, SPECS, graphc_cli
+from helpers import ROOT, SPECS, cli, graphc_cli, user_error
 
 ALL_SPECS = sorted(SPECS.rglob("*.yaml"))
 
@@ -33,12 +32,6 @@ def _gen_docs():
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
-
-
-def _main(capsys, *argv):
-    rc = cli.main(list(argv))
-    out, err = capsys.readouterr()
-    return rc, out, err
 
 
 def _validator():
@@ -199,40 +192,40 @@ def test_block_kinds_take_their_own_arguments():
 
 # ------------------------------------------------------------------ graphc layers / schema
 
-def test_cli_layers_lists_every_kind(capsys):
-    rc, out, _ = _main(capsys, "layers")
+def test_cli_layers_lists_every_kind():
+    rc, out, _ = cli("layers")
     assert rc == 0
     for name in LAYERS:
         assert f"  {name} " in out
 
 
-def test_cli_layers_detail(capsys):
-    rc, out, _ = _main(capsys, "layers", "linear")
+def test_cli_layers_detail():
+    rc, out, _ = cli("layers", "linear")
     assert rc == 0
     assert out == layer_detail_text(LAYERS["linear"])
     for piece in ("out_features", "required", "in_features", "bias", "true", ">= 1",
                   "[*, in_features] -> [*, out_features]", "kind: linear", "torch.nn.Linear"):
         assert piece in out
-    rc, out, _ = _main(capsys, "layers", "gelu")
+    rc, out, _ = cli("layers", "gelu")
     assert "none | tanh" in out
 
 
-def test_cli_layers_unknown_kind(capsys):
-    rc, out, err = _main(capsys, "layers", "linaer")
-    assert rc == 2 and out == ""
-    assert "unknown layer kind 'linaer'" in err and "did you mean 'linear'?" in err
+def test_cli_layers_unknown_kind():
+    result = cli("layers", "linaer")
+    user_error(result, ("unknown layer kind 'linaer'", "did you mean 'linear'?"))
+    assert result[1] == ""
 
 
-def test_cli_schema_prints_stable_json(capsys):
-    rc, out, _ = _main(capsys, "schema")
+def test_cli_schema_prints_stable_json():
+    rc, out, _ = cli("schema")
     assert rc == 0 and out == schema_json()
     assert json.loads(out)["properties"]["graphc"]["const"] == 1
 
 
 # ------------------------------------------------------------------ pictures
 
-def test_graph_mermaid_has_layers_kinds_and_shapes(capsys):
-    rc, out, _ = _main(capsys, "graph", "specs/mlp.yaml", "--format", "mermaid")
+def test_graph_mermaid_has_layers_kinds_and_shapes():
+    rc, out, _ = cli("graph", "specs/mlp.yaml", "--format", "mermaid")
     assert rc == 0 and out.startswith("flowchart TD")
     for piece in ("fc1: linear", "drop: dropout", "log_probs: log_softmax", "[batch, 784]", "[batch, 256]",
                   "[batch, 10]", "<br/>"):
@@ -241,51 +234,52 @@ def test_graph_mermaid_has_layers_kinds_and_shapes(capsys):
     assert out.count("-->") == 7
 
 
-def test_graph_dot_with_dims_and_ops(capsys):
-    rc, out, _ = _main(capsys, "graph", "specs/mlp.yaml", "--format", "dot", "--dim", "batch=3")
+def test_graph_dot_with_dims_and_ops():
+    rc, out, _ = cli("graph", "specs/mlp.yaml", "--format", "dot", "--dim", "batch=3")
     assert rc == 0 and out.startswith('digraph "mlp"')
     assert "fc2: linear\\n[3, 10]" in out and "x\\n[3, 784]" in out
-    rc, out, _ = _main(capsys, "graph", "specs/mlp.yaml", "--ops")
+    rc, out, _ = cli("graph", "specs/mlp.yaml", "--ops")
     assert 'label="fc1"' in out and "MatMul\\n[batch, 256]" in out and "Derive" not in out
 
 
-def test_graph_edge_labels_name_ports(tmp_path, capsys):
+def test_graph_edge_labels_name_ports(tmp_path):
     spec = tmp_path / "s.yaml"
     spec.write_text("graphc: 1\ndims: [batch]\ninputs: {x: {dtype: float32, shape: [batch, 8]}}\n"
                     "layers:\n  - {name: parts, kind: split, input: x, sizes: [3, 5]}\n"
                     "  - {name: act, kind: relu, input: parts.y1}\n"
                     "outputs: {y: act, first: parts}\n", encoding="utf-8")
-    rc, out, _ = _main(capsys, "graph", str(spec), "--format", "mermaid")
+    rc, out, _ = cli("graph", str(spec), "--format", "mermaid")
     assert rc == 0
     assert '-->|"y1"|' in out and "act: relu<br/>[batch, 5]" in out
 
 
 @pytest.mark.skipif(shutil.which("dot") is None, reason="Graphviz 'dot' is not installed (apt-get install graphviz)")
-def test_graph_svg_and_png_through_graphviz(tmp_path, capsys):
-    rc, out, _ = _main(capsys, "graph", "specs/mlp.yaml", "--format", "svg")
+def test_graph_svg_and_png_through_graphviz(tmp_path):
+    rc, out, _ = cli("graph", "specs/mlp.yaml", "--format", "svg")
     assert rc == 0 and "<svg" in out and "fc1: linear" in out
     png = tmp_path / "mlp.png"
-    rc, _, _ = _main(capsys, "graph", "specs/mlp.yaml", "--format", "png", "-o", str(png))
+    rc, _, _ = cli("graph", "specs/mlp.yaml", "--format", "png", "-o", str(png))
     assert rc == 0 and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_graph_png_needs_output(capsys):
-    rc, out, err = _main(capsys, "graph", "specs/mlp.yaml", "--format", "png")
-    assert rc == 2 and out == "" and "-o" in err
+def test_graph_png_needs_output():
+    result = cli("graph", "specs/mlp.yaml", "--format", "png")
+    user_error(result, "-o")
+    assert result[1] == ""
 
 
-def test_graph_svg_without_graphviz_names_the_package(monkeypatch, capsys):
+def test_graph_svg_without_graphviz_names_the_package(monkeypatch):
     import graphc.render
     monkeypatch.setattr(graphc.render.shutil, "which", lambda name: None)
-    rc, out, err = _main(capsys, "graph", "specs/mlp.yaml", "--format", "svg")
-    assert rc == 2 and out == ""
-    assert "Graphviz 'dot' not found" in err and "apt-get install graphviz" in err and "brew install graphviz" in err
+    result = cli("graph", "specs/mlp.yaml", "--format", "svg")
+    user_error(result, ("Graphviz 'dot' not found", "apt-get install graphviz", "brew install graphviz"))
+    assert result[1] == ""
 
 
 # ------------------------------------------------------------------ info
 
-def test_info_json_parses_and_adds_up(capsys):
-    rc, out, _ = _main(capsys, "info", "specs/mlp.yaml", "--dim", "batch=2", "--json")
+def test_info_json_parses_and_adds_up():
+    rc, out, _ = cli("info", "specs/mlp.yaml", "--dim", "batch=2", "--json")
     assert rc == 0
     data = json.loads(out)
     assert data["dims"]["batch"] == 2
@@ -297,13 +291,13 @@ def test_info_json_parses_and_adds_up(capsys):
     assert {r["layer"]: r["flops"] for r in data["layers"]}["fc1"] == 2 * 2 * 784 * 256 + 2 * 256
 
 
-def test_info_names_kinds_through_blocks_and_repeat(capsys):
-    rc, out, _ = _main(capsys, "info", "specs/tutorial/encoder_by_hand.yaml", "--json")
+def test_info_names_kinds_through_blocks_and_repeat():
+    rc, out, _ = cli("info", "specs/tutorial/encoder_by_hand.yaml", "--json")
     kinds = {r["layer"]: r["kind"] for r in json.loads(out)["layers"]}
     assert kinds["encoder.layers.1.self_attn"] == "multihead_attention"
     assert kinds["encoder.layers.1.norm2"] == "layer_norm"
     assert kinds["encoder.layers.1.self_attn.out_proj"] == "linear"   # a built-in kind's member (analysis.BUILT_IN_MEMBERS)
-    rc, out, _ = _main(capsys, "info", "specs/tutorial/encoder_by_hand.yaml", "--depth", "2")
+    rc, out, _ = cli("info", "specs/tutorial/encoder_by_hand.yaml", "--depth", "2")
     assert rc == 0 and "encoder.layers.5  encoder_layer" in out
 
 
@@ -341,13 +335,16 @@ def test_progress_silent_off_a_terminal_or_when_quiet(stream, enabled):
 
 
 def test_build_shows_progress_only_on_a_terminal_and_not_quiet(tmp_path, monkeypatch, capsys):
+    """Calls graphc.cli.main itself: helpers.cli would put a StringIO (not a
+    terminal) in place of the fake terminal this test needs on stderr."""
+    from graphc.cli import main
     tty = FakeTTY()
     monkeypatch.setattr("sys.stderr", tty)
-    assert cli.main(["build", "specs/mlp.yaml", "-o", str(tmp_path / "a.onnx")]) == 0
+    assert main(["build", "specs/mlp.yaml", "-o", str(tmp_path / "a.onnx")]) == 0
     assert "weights" in tty.getvalue() and "writing" in tty.getvalue()
     tty2 = FakeTTY()
     monkeypatch.setattr("sys.stderr", tty2)
-    assert cli.main(["build", "specs/mlp.yaml", "-o", str(tmp_path / "b.onnx"), "--quiet"]) == 0
+    assert main(["build", "specs/mlp.yaml", "-o", str(tmp_path / "b.onnx"), "--quiet"]) == 0
     assert tty2.getvalue() == ""
     capsys.readouterr()
 
@@ -366,7 +363,9 @@ def test_editor_doc_modeline_points_at_the_schema():
 
 
 def test_closed_pipe_is_not_a_crash():
-    """`graphc schema | head -1`: the reader leaving early is not a graphc bug."""
+    """`graphc schema | head -1`: the reader leaving early is not a graphc bug.
+    A subprocess of its own: its stdout must be a pipe whose reader has gone,
+    which helpers.graphc_cli (captured output) cannot give."""
     import os
     import subprocess
     import sys

@@ -44,12 +44,7 @@ def spec(tmp_path):
 
 def build_fails(spec: Path, weights: Path, *messages: str) -> str:
     out = spec.parent / "out.onnx"
-    rc, _, err = cli("build", spec, "-o", out, "--weights", weights)
-    assert rc == 2, err
-    assert "Traceback" not in err and "internal error" not in err, err
-    assert err.startswith("graphc: error: "), err
-    for m in messages:
-        assert m in err, err
+    err = user_error(cli("build", spec, "-o", out, "--weights", weights), messages)
     assert not out.exists()
     assert not [p for p in spec.parent.iterdir() if p.name.startswith(".graphc-")]
     return err

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from graphc.weights import prefix_rewrite
-from helpers import cli, ort_run
+from helpers import cli, ort_run, user_error
 
 ENCODER = """graphc: 1
 name: enc
@@ -98,17 +98,17 @@ def test_a_file_that_only_partly_renames_is_still_an_error(encoder_spec, tmp_pat
     bare = {n[len("encoder."):]: a for n, a in weights.items()}
     bare.pop("layers.1.norm2.bias")
     np.savez(w := tmp_path / "w.npz", **bare)
-    rc, _, err = cli("build", encoder_spec, "--weights", w, "-o", tmp_path / "o.onnx")
-    assert rc == 2
-    assert "missing: encoder.layers.1.norm2.bias [16]" in err and "unexpected: layers.0.linear1.weight" in err
+    err = user_error(cli("build", encoder_spec, "--weights", w, "-o", tmp_path / "o.onnx"),
+                     ("missing: encoder.layers.1.norm2.bias [16]", "unexpected: layers.0.linear1.weight"))
     assert "hint: 23 of the spec's 24 parameters are in the file under names that lack the prefix 'encoder.'" in err
     assert not (tmp_path / "o.onnx").exists()
 
 
 def test_unrelated_names_get_no_renaming_hint(encoder_spec, tmp_path):
     np.savez(w := tmp_path / "w.npz", **{f"fc{i}.weight": np.zeros(2, np.float32) for i in range(24)})
-    rc, _, err = cli("build", encoder_spec, "--weights", w, "-o", tmp_path / "o.onnx")
-    assert rc == 2 and "hint: names follow torch state_dict conventions" in err and "renam" not in err
+    err = user_error(cli("build", encoder_spec, "--weights", w, "-o", tmp_path / "o.onnx"), "do not match the spec's parameters",
+                     hint="names follow torch state_dict conventions")
+    assert "hint: names follow torch state_dict conventions" in err and "renam" not in err
 
 
 @pytest.mark.parametrize("drop", ["layers.0.norm1.bias", "layers.1.linear2.weight"])
@@ -119,8 +119,7 @@ def test_one_missing_tensor_gets_no_renaming_hint(encoder_spec, tmp_path, drop):
     weights = _spec_weights(encoder_spec, tmp_path)
     weights.pop("encoder." + drop)
     np.savez(w := tmp_path / "w.npz", **weights)
-    rc, _, err = cli("build", encoder_spec, "--weights", w, "-o", tmp_path / "o.onnx")
-    assert rc == 2 and f"missing: encoder.{drop}" in err
+    err = user_error(cli("build", encoder_spec, "--weights", w, "-o", tmp_path / "o.onnx"), f"missing: encoder.{drop}")
     assert "hint: names follow torch state_dict conventions" in err and "renam" not in err
 
 
@@ -128,8 +127,7 @@ def test_a_part_under_a_wrapper_prefix_is_hinted(encoder_spec, tmp_path):
     weights = _spec_weights(encoder_spec, tmp_path)
     moved = {("model." + n if ".layers.1." in n else n): a for n, a in weights.items()}
     np.savez(w := tmp_path / "w.npz", **moved)
-    rc, _, err = cli("build", encoder_spec, "--weights", w, "-o", tmp_path / "o.onnx")
-    assert rc == 2
+    err = user_error(cli("build", encoder_spec, "--weights", w, "-o", tmp_path / "o.onnx"), "do not match the spec's parameters")
     assert "hint: 12 of the spec's 24 parameters are in the file under names that carry the prefix 'model.'" in err
 
 

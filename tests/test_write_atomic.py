@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import io
 import os
 import stat
 from pathlib import Path
@@ -14,23 +13,15 @@ from pathlib import Path
 import pytest
 
 from graphc import atomic_write
-from graphc.cli import main
-from helpers import SPECS
+from helpers import SPECS, cli, graphc_cli, user_error
 
 SPEC = str(SPECS / "mlp.yaml")
 
 
-def cli(*args) -> tuple[int, str]:
-    err = io.StringIO()
-    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
-        rc = main([str(a) for a in args])
-    return rc, err.getvalue()
-
-
-def assert_clean_failure(rc: int, err: str, message: str, directory: Path) -> None:
-    assert rc == 2, err
-    assert err.startswith("graphc: error: cannot write") and message in err, err
-    assert "Traceback" not in err
+def assert_clean_failure(result, message: str, directory: Path) -> None:
+    """``result``: cli's (exit code, stdout, stderr)."""
+    err = user_error(result, message)
+    assert err.startswith("graphc: error: cannot write"), err
     assert not [p for p in directory.iterdir() if p.name.startswith(".graphc-")], list(directory.iterdir())
 
 
@@ -43,7 +34,7 @@ def earlier(tmp_path) -> Path:
 
 def test_writes_the_file_with_ordinary_permissions(tmp_path):
     out = tmp_path / "g.dot"
-    rc, err = cli("graph", SPEC, "--format", "dot", "-o", out)
+    rc, _, err = cli("graph", SPEC, "--format", "dot", "-o", out)
     assert rc == 0, err
     assert out.read_text().startswith("digraph")
     umask = os.umask(0)
@@ -53,12 +44,12 @@ def test_writes_the_file_with_ordinary_permissions(tmp_path):
 
 
 def test_missing_directory_and_directory_targets(tmp_path):
-    rc, err = cli("graph", SPEC, "-o", tmp_path / "nope" / "g.dot")
-    assert_clean_failure(rc, err, "does not exist", tmp_path)
-    rc, err = cli("graph", SPEC, "-o", tmp_path)
-    assert_clean_failure(rc, err, "it is a directory", tmp_path)
-    rc, err = cli("schema", "-o", tmp_path / "nope" / "s.json")
-    assert_clean_failure(rc, err, "does not exist", tmp_path)
+    result = cli("graph", SPEC, "-o", tmp_path / "nope" / "g.dot")
+    assert_clean_failure(result, "does not exist", tmp_path)
+    result = cli("graph", SPEC, "-o", tmp_path)
+    assert_clean_failure(result, "it is a directory", tmp_path)
+    result = cli("schema", "-o", tmp_path / "nope" / "s.json")
+    assert_clean_failure(result, "does not exist", tmp_path)
 
 
 def test_read_only_directory(tmp_path, earlier):
@@ -66,8 +57,8 @@ def test_read_only_directory(tmp_path, earlier):
     try:
         with contextlib.suppress(PermissionError), open(tmp_path / "probe", "w"):
             pytest.skip("this user can write into a read-only directory (root)")
-        rc, err = cli("graph", SPEC, "-o", earlier)
-        assert_clean_failure(rc, err, "Permission denied", tmp_path)
+        result = cli("graph", SPEC, "-o", earlier)
+        assert_clean_failure(result, "Permission denied", tmp_path)
         assert earlier.read_text() == "earlier\n"
     finally:
         tmp_path.chmod(0o755)
@@ -96,8 +87,8 @@ def test_full_disk_leaves_the_earlier_file_and_no_temporary(tmp_path, earlier, m
     real_open = open
     monkeypatch.setattr(atomic_write, "open", lambda f, mode="r", *a, **k: _FullDisk(real_open(f, mode, *a, **k)),
                         raising=False)
-    rc, err = cli("graph", SPEC, "-o", earlier)
-    assert_clean_failure(rc, err, os.strerror(errno.ENOSPC), tmp_path)
+    result = cli("graph", SPEC, "-o", earlier)
+    assert_clean_failure(result, os.strerror(errno.ENOSPC), tmp_path)
     assert earlier.read_text() == "earlier\n"
 
 
@@ -109,8 +100,8 @@ def test_permission_denied_at_any_step(tmp_path, earlier, monkeypatch, step):
         monkeypatch.setattr(atomic_write.tempfile, "mkdtemp", denied)
     else:
         monkeypatch.setattr(atomic_write.os, "replace", denied)
-    rc, err = cli("graph", SPEC, "-o", earlier)
-    assert_clean_failure(rc, err, "Permission denied", tmp_path)
+    result = cli("graph", SPEC, "-o", earlier)
+    assert_clean_failure(result, "Permission denied", tmp_path)
     assert earlier.read_text() == "earlier\n"
 
 
@@ -135,7 +126,7 @@ def test_a_fifo_is_written_into_not_replaced(tmp_path, command):
     fifo = tmp_path / "pipe"
     os.mkfifo(fifo)
     got, reader = _read_fifo_in_background(fifo)
-    rc, err = cli(*command, fifo)
+    rc, _, err = cli(*command, fifo)
     reader.join(timeout=30)
     assert rc == 0, err
     assert stat.S_ISFIFO(os.stat(fifo).st_mode), "the FIFO was replaced by a regular file"
@@ -153,11 +144,8 @@ def test_a_symlink_is_written_through(tmp_path):
 
 
 def test_build_to_stdout_keeps_the_summary_off_the_model_bytes(tmp_path):
-    import subprocess
-    import sys
     assert cli("build", SPEC, "-q", "-o", tmp_path / "plain.onnx")[0] == 0
-    done = subprocess.run([sys.executable, "-m", "graphc", "build", SPEC, "-o", "/dev/stdout"],
-                          capture_output=True, timeout=120)
+    done = graphc_cli("build", SPEC, "-o", "/dev/stdout", text=False)
     assert done.returncode == 0, done.stderr
     assert done.stdout == (tmp_path / "plain.onnx").read_bytes()
     assert b"wrote /dev/stdout" in done.stderr
@@ -165,5 +153,4 @@ def test_build_to_stdout_keeps_the_summary_off_the_model_bytes(tmp_path):
 
 def test_an_output_under_a_file_is_a_clear_error(tmp_path):
     (tmp_path / "spec.yaml").write_text("x")
-    rc, err = cli("build", SPEC, "-o", tmp_path / "spec.yaml" / "x.onnx")
-    assert rc == 2 and "Not a directory" in err and "Traceback" not in err
+    user_error(cli("build", SPEC, "-o", tmp_path / "spec.yaml" / "x.onnx"), "Not a directory")
