@@ -128,10 +128,11 @@ class CacheContext:
                                        kvh.value, hd.value, b.path, (k.name, v.name)))
         return k, v
 
-    def shared_attention(self, b: Builder, q: Value, k: Value, v: Value, heads: int, kv_heads: int,
+    def shared_attention(self, b: Builder, q: Value, k: Value | None, v: Value | None, heads: int, kv_heads: int,
                          head_dim: int) -> Value:
         """The shared layout's attention (graphc.prims.shared_cache): q [B, S, H*D], k and
-        v [B, S, Hkv*D] -> [B, S, H*D]; the layer's buffers become its past/present."""
+        v [B, S, Hkv*D] (or q packed [B, S, (H + 2 Hkv) D], k and v None) -> [B, S, H*D];
+        the layer's buffers become its past/present."""
         i = len(self.entries)
         shape = (self.batch, Dim.const(kv_heads), self.past, Dim.const(head_dim))
         past_k = b.input(f"past_key_values.{i}.key", q.dtype, shape, b.span)

@@ -29,7 +29,7 @@ from ..prims.attention_core import attention_reference
 from ..shapes import Dim, format_shape
 from .base import Call, LayerKind, Param, Port
 from .basic import declare_linear, last_dim, linear_op
-from .positional import MAX_TABLE_LEN, Rope, apply_rope
+from .positional import MAX_TABLE_LEN, Rope, apply_rope, apply_rope_packed
 from .relayout import heads_from_rows, transposed
 
 ROPE = (
@@ -236,7 +236,8 @@ def _cached_self_attention(b: Builder, call: Call, c: dict, sq: Dim) -> bool:
 
 def _decode_projection(b: Builder, call: Call, x: Value, w_in: Value, b_in: Value | None, heads: int,
                        kvh: int, hd: int, scale: np.float32) -> tuple[Value, Value, Value, bool]:
-    """q, k, v heads [B, n, S, D] of a cached (decode-step) self-attention, rope applied.
+    """q, k, v heads [B, n, S, D] of a cached (decode-step) self-attention, rope applied
+    (the shared cache layout: the packed [B, S, (H + 2 Hkv) D] projection, and None, None).
 
     One flat [B*S, W] @ [W, (H + 2 Hkv) D] GEMM, then a reshape and a transpose
     into the head layout. The batched per-head form of plain builds
@@ -260,27 +261,25 @@ def _decode_projection(b: Builder, call: Call, x: Value, w_in: Value, b_in: Valu
         bias = b.derive(lambda bb: np.concatenate([bb[:nq] * scale, bb[nq:]]).astype(bb.dtype), [b_in],
                         (nq + 2 * nk,), label="qkv_bias")
         y = b.op("Add", [y, bias])
+    def too_long(message, hint):
+        return call.error("rope: " + message, "rope_max_len", hint=hint)
+    if b.gen.shared:
+        # the shared buffer's kernel (graphc.prims.shared_cache) takes the packed [B, S, N]
+        # projection as it is: rope turns its query and key columns in place, no reshapes
+        if call["rope"] is not None:
+            y = apply_rope_packed(b, y, call["rope"], call["rope_base"], call["rope_max_len"], heads + kvh, kvh, hd,
+                                  b.gen.positions(call["rope_max_len"]), too_long)
+        return y, None, None, call["rope"] is not None
     y = b.op("Reshape", [y], shape=(bsz, sq, one(n), one(hd)))                  # -> [B, S, n, D]
-    # the concat layout attends in the head layout [B, n, S, D]; the shared buffer's kernel
-    # (graphc.prims.shared_cache) takes [B, S, n*D], so there the heads stay on axis 2
-    flat = b.gen.shared
-    axis = 2 if flat else 1
-    if not flat:
-        y = b.op("Transpose", [y], perm=[0, 2, 1, 3])                           # -> [B, n, S, D]
+    y = b.op("Transpose", [y], perm=[0, 2, 1, 3])                               # -> [B, n, S, D]
     if call["rope"] is None:
-        qh, kh, vh = b.op("Split", [y], n_out=3, axis=axis, sizes=[heads, kvh, kvh])
-    else:
-        qk, vh = b.op("Split", [y], n_out=2, axis=axis, sizes=[heads + kvh, kvh])   # H + Hkv heads, Hkv heads
-
-        def too_long(message, hint):
-            return call.error("rope: " + message, "rope_max_len", hint=hint)
-        qk = apply_rope(b, qk, call["rope"], call["rope_base"], call["rope_max_len"], 1 if flat else -2, too_long,
-                        b.gen.positions(call["rope_max_len"]))                  # rotated (linear: commutes with the scale)
-        qh, kh = b.op("Split", [qk], n_out=2, axis=axis, sizes=[heads, kvh])
-    if flat:
-        qh, kh, vh = (b.op("Reshape", [t], shape=(bsz, sq, one(t.shape[2].value * hd)))   # [B, S, n, D] -> [B, S, n*D]
-                      for t in (qh, kh, vh))
-    return qh, kh, vh, call["rope"] is not None
+        qh, kh, vh = b.op("Split", [y], n_out=3, axis=1, sizes=[heads, kvh, kvh])
+        return qh, kh, vh, False
+    qk, vh = b.op("Split", [y], n_out=2, axis=1, sizes=[heads + kvh, kvh])      # [B, H + Hkv, S, D], [B, Hkv, S, D]
+    qk = apply_rope(b, qk, call["rope"], call["rope_base"], call["rope_max_len"], -2, too_long,
+                    b.gen.positions(call["rope_max_len"]))                      # rotated (linear: commutes with the scale)
+    qh, kh = b.op("Split", [qk], n_out=2, axis=1, sizes=[heads, kvh])
+    return qh, kh, vh, True
 
 
 class MultiheadAttention(LayerKind):

@@ -440,6 +440,63 @@ def apply_rope(b: Builder, x: Value, style: str, base: float, max_len: int, seq_
     return b.op("Add", [b.op("Mul", [x, cos]), b.op("Mul", [swapped, sin])])
 
 
+def apply_rope_packed(b: Builder, y: Value, style: str, base: float, max_len: int, rotated: int, kept: int,
+                      head_dim: int, positions: Value, fail: Callable[[str, str], Exception]) -> Value:
+    """Rope on a packed projection y [batch, seq, (rotated + kept) * head_dim] whose first
+    ``rotated`` heads (queries, keys) turn and whose last ``kept`` heads (values) do not,
+    at each row's ``positions`` [batch, seq] (a KV-cache build's position_ids).
+
+    The same arithmetic as ``apply_rope`` (y * cos + swap(y) * sin_signed, element by
+    element), in a form with four nodes per layer and no reshapes: the swap is one Gather
+    of the columns (each head's halves, or pairs, exchanged), and the per-column tables
+    [batch, seq, n * head_dim] (cos 1 and sin 0 on the kept heads) are built once per
+    graph from the [max_len, head_dim] tables and shared by every layer. Why: a decode
+    step's small ops cost per node, not per element (docs/generation.md, "The shared
+    cache buffer")."""
+    d, h = head_dim, head_dim // 2
+    n = rotated + kept
+    if d % 2:
+        raise b.error(f"rope needs an even head_dim (rotation pairs), got {d}")
+    if not base > 1.0:
+        raise b.error(f"rope base must be greater than 1, got {base}")
+    key = ("rope", max_len, d, float(base), style, y.dtype, (4, 1))
+    if not _is_shared(b, key + ("cos",)):
+        check_table_budget(b, (max_len, d), y.dtype, 2, fail)
+    computed: list = []
+
+    def tables(which: int) -> Callable[[], np.ndarray]:
+        def make() -> np.ndarray:
+            if not computed:
+                computed.extend(_table_layout(t, 4, 1) for t in rope_tables(max_len, d, base, style, np.dtype(y.dtype)))
+            return computed[which]
+        return make
+    bsz, seq = positions.shape
+    per_column = []
+    for which, kept_value in ((0, 1.0), (1, 0.0)):
+        table = _shared_const(b, key + (("cos", "sin")[which],), tables(which), ("rope_cos", "rope_sin")[which])
+
+        def expand() -> np.ndarray:
+            return np.arange(n).reshape(1, 1, n, 1) >= rotated                    # True on the kept heads
+        keep = _shared_const(b, ("rope_kept_heads", rotated, kept), expand, "rope_kept_heads")
+        full_key = key + ("packed", which, rotated, kept)
+        if not _is_shared(b, full_key):
+            rows = b.op("Gather", [table, positions], axis=0)                          # [B, S, 1, d]
+            fill = b.const(np.array(kept_value, y.dtype), "rope_kept_" + ("cos", "sin")[which])
+            full = b.op("Where", [keep, fill, rows])                                   # -> [B, S, n, d]
+            full = b.op("Reshape", [full], shape=(bsz, seq, Dim.const(n * d)))          # -> [B, S, n*d]
+            _SHARED.setdefault(b.g, {})[full_key] = full
+        per_column.append(_SHARED[b.g][full_key])
+    cos, sin = per_column
+
+    def permutation() -> np.ndarray:
+        within = (np.r_[np.arange(h, d), np.arange(h)] if style == "half"
+                  else np.arange(d).reshape(h, 2)[:, ::-1].ravel())                    # halves, or pairs, exchanged
+        return (np.arange(n)[:, None] * d + within[None, :]).ravel().astype(np.int64)
+    swap = _shared_const(b, ("rope_swap", style, n, d), permutation, "rope_swap")
+    swapped = b.op("Gather", [y, swap], axis=2)                                        # [B, S, n*d]
+    return b.op("Add", [b.op("Mul", [y, cos]), b.op("Mul", [swapped, sin])])
+
+
 class Rope(LayerKind):
     """Rotary position embedding (RoFormer, Su et al. 2021) applied to one tensor.
 

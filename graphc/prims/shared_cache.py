@@ -3,8 +3,10 @@
 ``SharedCacheAttention(q, k, v, past_k, past_v, bias) -> (y, present_k, present_v)``
 
 - q [B, S, H*D], k and v [B, S, Hkv*D]: this step's projected (and rotated) heads,
-  flat, as onnxruntime's GroupQueryAttention takes them; the 1/sqrt(D) scale is
-  already folded into q (graphc.layers.attention).
+  flat, as onnxruntime's GroupQueryAttention takes them; or, with k and v omitted
+  (empty slots), q packed [B, S, (H + 2 Hkv) D] holding queries, keys and values in
+  that order (what graphc's one q/k/v GEMM gives). The 1/sqrt(D) scale is already
+  folded into the queries (graphc.layers.attention).
 - past_k, past_v [B, Hkv, C, D]: the cache *buffer*; C is its capacity, fixed for a
   whole generation. Its first P columns hold the earlier tokens, P = T - S.
 - bias [B, 1, S, T] additive float (0 = visible, the dtype's lowest value = masked;
@@ -43,6 +45,8 @@ def shared_cache_reference(q, k, v, past_k, past_v, bias, heads: int, kv_heads: 
     adds it), so fully masked rows come out uniform like the kernel's."""
     b, s, _ = q.shape
     d = past_k.shape[3]
+    if k is None:                                                  # packed [B, S, (H + 2 Hkv) D]
+        q, k, v = np.split(q, [heads * d, (heads + kv_heads) * d], axis=2)
     total = bias.shape[3]
     start = total - s
     if start < 0 or total > past_k.shape[2]:
@@ -80,7 +84,8 @@ def _flops(attrs, ins, outs, dims) -> int | None:
 
 @prim("SharedCacheAttention", _eval, flops=_flops)
 def shared_cache_infer(attrs, ins):
-    """[B, S, H*D], [B, S, Hkv*D] x2, [B, Hkv, C, D] x2, [B, 1, S, T] -> [B, S, H*D], [B, Hkv, C, D] x2."""
+    """[B, S, H*D], [B, S, Hkv*D] x2 (or [B, S, (H + 2 Hkv) D], -, -), [B, Hkv, C, D] x2, [B, 1, S, T]
+    -> [B, S, H*D], [B, Hkv, C, D] x2."""
     if len(ins) != 6:
         raise ShapeError(f"SharedCacheAttention takes 6 inputs, got {len(ins)}")
     q, k, v, pk, pv, bias = ins
@@ -88,16 +93,20 @@ def shared_cache_infer(attrs, ins):
     if heads % kvh:
         raise ShapeError(f"{kvh} key/value heads do not divide {heads} query heads")
     for name, t in (("query", q), ("key", k), ("value", v), ("past key", pk), ("past value", pv), ("bias", bias)):
-        if t.dtype not in FLOAT_DTYPES or t.dtype != q.dtype:
+        if t is not None and (t.dtype not in FLOAT_DTYPES or t.dtype != q.dtype):
             raise ShapeError(f"the {name} must be floating point like the query ({q.dtype}), got {t.dtype}")
     if pk.rank != 4 or pk.shape != pv.shape or pk.shape[1].value != kvh:
         raise ShapeError(f"the cache buffers must be [batch, {kvh}, capacity, head_dim], got "
                          f"{format_shape(pk.shape)} and {format_shape(pv.shape)}")
     d = pk.shape[3]
     b, s = q.shape[0], q.shape[1]
-    for name, t, n in (("query", q, heads), ("key", k, kvh), ("value", v, kvh)):
+    if (k is None) != (v is None):
+        raise ShapeError("give both key and value, or neither (a packed query)")
+    checks = ((("packed query", q, heads + 2 * kvh),) if k is None else
+              (("query", q, heads), ("key", k, kvh), ("value", v, kvh)))
+    for name, t, n in checks:
         if t.rank != 3 or t.shape[0] != b or t.shape[1] != s or t.shape[2] != d * n:
             raise ShapeError(f"the {name} must be [batch, seq, {n}*head_dim], got {format_shape(t.shape)}")
     if bias.rank != 4 or bias.shape[0] != b or bias.shape[1].value != 1 or bias.shape[2] != s:
         raise ShapeError(f"the bias must be [batch, 1, seq, total], got {format_shape(bias.shape)}")
-    return [TensorType(q.dtype, q.shape), TensorType(pk.dtype, pk.shape), TensorType(pv.dtype, pv.shape)]
+    return [TensorType(q.dtype, (b, s, d * heads)), TensorType(pk.dtype, pk.shape), TensorType(pv.dtype, pv.shape)]
