@@ -19,7 +19,12 @@ wrapper around the step model; transformers: a logits processor, called once per
 time to first token = the first one; the step latency at token k = time(k) - time(k-1);
 decode tokens/s = batch * (new - 1) / (time(last) - time(first)). Tools are interleaved
 rep by rep and medians reported; ratios are the only numbers comparable across runs of a
-busy machine. Greedy ids are compared (graphc against transformers) in every run.
+busy machine. Greedy ids are compared (graphc against transformers) in every run. Each timed
+run starts after ``--settle`` seconds of idle (0.2): an ONNX Runtime session's worker threads keep
+spinning for a while after a run (tens of milliseconds), and without the pause the next tool's prompt
+step shared the two cores with them (graphc's time to first token measured 26-35 ms right after
+another session against 15-17 ms alone or after a 0.1 s pause; each tool would run alone in a user's
+process).
 
 With --tools ...,optimum,genai also Optimum's ONNX export on ORT and onnxruntime-genai's model
 builder output (fp32), each from its own environment (--optimum-python, --genai-python; see
@@ -190,6 +195,7 @@ def bench_workload(name, dims, args, tmp: Path) -> dict:
             fn(ids, min(args.new, 4))
         for _ in range(args.reps):                                       # interleaved
             for tool, fn in tools.items():
+                time.sleep(args.settle)     # the previous tool's spinning threads go idle first
                 out, t0, times = fn(ids, args.new)
                 runs[tool].append(_metrics(t0, times, batch, args.new))
                 outs[tool] = out
@@ -359,6 +365,9 @@ def main(argv=None) -> int:
     p.add_argument("--new", type=int, default=128)
     p.add_argument("--reps", type=int, default=5)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--settle", type=float, default=0.2,
+                   help="seconds of idle before each timed run (default 0.2): ONNX Runtime's worker threads "
+                        "spin after a run; without a pause the next tool's first steps share the cores with them")
     p.add_argument("--tools", default="graphc,transformers",
                    help="comma list of graphc, graphc-shared (--target ort --cache-layout shared), transformers, "
                         "optimum (Optimum's export on ORT), genai "
@@ -378,6 +387,7 @@ def main(argv=None) -> int:
     args.tools = args.tools.split(",")
     if args.quick:
         args.new, args.reps, args.prompt = min(args.new, 16), 1, min(args.prompt, 8)
+        args.settle = 0.0
     import torch
     torch.set_num_threads(args.threads)
     import onnxruntime

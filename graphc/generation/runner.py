@@ -165,11 +165,20 @@ class DecoderRunner:
 
     def _allocate(self, batch: int, length: int, old: list | None = None) -> None:
         """The shared layout's buffers [batch, kv, length, d], each bound as a layer's past
-        and present (keeping the first columns of ``old`` buffers when given)."""
+        and present (keeping the first columns of ``old`` buffers when given), and the
+        one-token step's ids, positions and logits, bound once and rewritten in place
+        (wrapping the ~17 outputs of a run as Python objects each step cost more than
+        the rest of the loop)."""
         import onnxruntime as ort
         self.cache = []
         self.binding = self.session.io_binding()
         self.binding.bind_output("logits")                                 # first: get_outputs()[0]
+        self.step_ids = np.zeros((batch, 1), np.int64)
+        self.step_positions = np.zeros((batch, 1), np.int64)
+        self.step_logits = np.zeros((batch, 1, self.bundle.vocab_size), self.float)
+        self.step_values = [ort.OrtValue.ortvalue_from_numpy(a)          # wrap the arrays: no copy
+                            for a in (self.step_ids, self.step_positions, self.step_logits)]
+        self.step_bound = False
         for i, c in enumerate(self.bundle.cache):
             for j, (past, present) in enumerate(((c.past_key, c.present_key), (c.past_value, c.present_value))):
                 buf = np.zeros((batch, c.kv_heads, length, c.head_dim), dtype=self.float)
@@ -182,13 +191,28 @@ class DecoderRunner:
                 self.cache.append(buf)
 
     def _run_shared(self, feeds: dict) -> np.ndarray:
+        bind = self.binding
+        one_token = feeds["input_ids"].shape[1] == 1
+        if one_token:
+            self.step_ids[...] = feeds.pop("input_ids")
+            if self.has_positions:
+                self.step_positions[...] = feeds.pop("position_ids")
+            if not self.step_bound:
+                ids, positions, logits = self.step_values
+                bind.bind_ortvalue_input("input_ids", ids)
+                if self.has_positions:
+                    bind.bind_ortvalue_input("position_ids", positions)
+                bind.bind_ortvalue_output("logits", logits)
+                self.step_bound = True
+        else:
+            bind.bind_output("logits")                                  # [B, S, V]: ORT allocates it
+            self.step_bound = False
         feeds.update(self.fixed)
         for name, value in feeds.items():
-            self.binding.bind_cpu_input(name, np.ascontiguousarray(value))
-        self.binding.bind_output("logits")                                 # its shape changes between steps
-        self.session.run_with_iobinding(self.binding)
-        logits = self.binding.get_outputs()[0].numpy()
-        return np.ascontiguousarray(logits[:, -1, :], dtype=np.float32)       # [B, V]
+            bind.bind_cpu_input(name, np.ascontiguousarray(value))
+        self.session.run_with_iobinding(bind)
+        logits = self.step_logits if one_token else bind.get_outputs()[0].numpy()
+        return np.array(logits[:, -1, :], dtype=np.float32)             # [B, V], a copy: the buffer is reused
 
     def _run(self, feeds: dict) -> np.ndarray:
         if self.shared:

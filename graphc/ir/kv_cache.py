@@ -20,6 +20,13 @@ while a spec is expanded in cache mode; the layer kinds consult it:
   past_seq + seq], from ``column_distances``: cache columns, as transformers'
   T5 counts them), and a cached attention adds an ``attn_mask`` of that shape.
 
+With ``--cache-layout shared`` (``CacheContext(shared=True)``) the cache inputs are
+instead buffers of a capacity (``past_seq``), the attention_mask is ``[batch,
+total_seq]`` (how much of them is filled, this step included), and each cached
+self-attention is one ``SharedCacheAttention`` (graphc.prims.shared_cache) that
+returns the buffer with this step's columns written: bound as both past and
+present, nothing is copied per step.
+
 "The generated sequence" is recognised by its length: a value whose sequence
 axis is the tokens input's symbolic length. Source sequences (another
 symbol) are untouched, so an encoder-decoder's encoder compiles as before.
