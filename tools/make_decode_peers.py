@@ -7,7 +7,8 @@ benchmark size, weights N(0, 0.05^2), norms 1 + N(0, 0.05^2), saved with
 ``save_pretrained``, plus a word-level tokenizer the genai builder wants), ``llama.yaml``
 (``graphc import`` of it), the graphc bundles
 ``graphc/`` (float32), ``graphc_int8/`` (``--quantize int8``, head included),
-``graphc_ort_int8/`` (``--quantize int8 --target ort``, head included), and with
+``graphc_ort_int8/`` (``--quantize int8 --target ort``, head included), ``graphc_shared/`` and
+``graphc_shared_int8/`` (the same two with ``--target ort --cache-layout shared``), and with
 ``--genai-python`` onnxruntime-genai's builder outputs ``genai_fp32/``, ``genai_int8/``,
 ``genai_int4/`` for the same checkpoint. Then, for example:
 
@@ -70,6 +71,9 @@ def main(argv=None) -> int:
     quant.write_text(text.replace("\ngeneration:", "\nquantize: {mode: int8, head: true}\ngeneration:"))
     graphc("build", str(quant), "--weights", str(hf), "--kv-cache", "-o", str(out / "graphc_int8"))
     graphc("build", str(quant), "--weights", str(hf), "--kv-cache", "--target", "ort", "-o", str(out / "graphc_ort_int8"))
+    shared = ["--kv-cache", "--target", "ort", "--cache-layout", "shared"]
+    graphc("build", str(spec), "--weights", str(hf), *shared, "-o", str(out / "graphc_shared"))
+    graphc("build", str(quant), "--weights", str(hf), *shared, "-o", str(out / "graphc_shared_int8"))
     if a.genai_python:
         for precision in ("fp32", "int8", "int4"):
             subprocess.run([a.genai_python, "-m", "onnxruntime_genai.models.builder", "-i", str(hf),

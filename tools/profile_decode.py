@@ -72,6 +72,7 @@ def head_dim(path: Path) -> int | None:
 def feeds(sess: ort.InferenceSession, batch: int, past: int, seq: int = 1, seed: int = 0,
           dim: int | None = None) -> dict:
     out = {}
+    shared = any(i.name == "attention_mask" and i.shape[1] == "total_seq" for i in sess.get_inputs())
     for i in sess.get_inputs():
         dt = NP[i.type]
         n = i.name
@@ -84,7 +85,9 @@ def feeds(sess: ort.InferenceSession, batch: int, past: int, seq: int = 1, seed:
             out[n] = np.broadcast_to(np.arange(past, past + seq, dtype=dt), (batch, seq)).copy()
         elif n.startswith("past_key_values") or n.startswith("past."):
             heads, d = i.shape[1], i.shape[3] if isinstance(i.shape[3], int) else dim
-            out[n] = (rng.standard_normal((batch, heads, past, d)) * 0.5).astype(dt)
+            # a graphc --cache-layout shared bundle's caches are buffers longer than what is filled
+            length = past + seq + 16 if shared else past
+            out[n] = (rng.standard_normal((batch, heads, length, d)) * 0.5).astype(dt)
         else:
             raise SystemExit(f"{n}: no feed rule for this input ({i.type} {i.shape})")
     return out
