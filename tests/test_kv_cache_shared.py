@@ -137,3 +137,17 @@ def test_layout_errors(tmp_path):
                "no attn_mask", located=str(t5),
                where=f"{row + 1}:{lines[row].index('attn_mask: bias') + len('attn_mask: ') + 1}")   # at the port's value
     assert not any(p.name in ("b", "c", "m.onnx") for p in tmp_path.iterdir())
+
+
+def test_run_refuses_more_filled_columns_than_the_buffer_holds(tmp_path):
+    """The contract records total_seq <= past_seq (the buffer's capacity) and seq <= total_seq,
+    so `graphc run` refuses in graphc's words what GroupQueryAttention would refuse in its own."""
+    _, _, shared = _bundles(tmp_path, GPT.format(pos="learned_pe"))
+    model = shared / "decoder.onnx"
+    user_error(cli("run", model, "--random", "--dim", "past_seq=4", "--dim", "total_seq=9", "--dim", "seq=1"),
+               "dim 'total_seq' is 9, but layer", hint="use total_seq <= past_seq")
+    user_error(cli("run", model, "--random", "--dim", "past_seq=12", "--dim", "total_seq=3", "--dim", "seq=5"),
+               "dim 'seq' is 5", hint="use seq <= total_seq")
+    rc, out, err = cli("run", model, "--random", "--dim", "past_seq=12", "--dim", "total_seq=9", "--dim", "seq=1")
+    assert rc == 0, err
+    assert "present.1.key: float32[2, 4, 12, 8]" in out

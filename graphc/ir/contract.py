@@ -120,7 +120,12 @@ def _run_limits(meta) -> dict[str, dict[str, tuple[int | str, str]]]:
             if not isinstance(entry, list) or len(entry) != 2 or not isinstance(entry[1], str):
                 raise _Bad(f"'{kind}' of '{subject}' must be [limit, layer name], not {_kind(entry)}")
             what = f"the '{kind}' limit of '{subject}'"
-            limit = _int_or_expr(entry[0], what) if kind == "steps" else _int(entry[0], 0, MAX_INT, what)
+            if kind == "steps":
+                limit = _int_or_expr(entry[0], what)
+            elif kind == "dim_max" and isinstance(entry[0], str) and entry[0].isidentifier():
+                limit = entry[0]        # another dim (a shared KV buffer's capacity, graphc.ir.kv_cache)
+            else:
+                limit = _int(entry[0], 0, MAX_INT, what)
             got[subject] = (limit, entry[1][:MAX_EXPR_CHARS])
         out[kind] = got
     return out

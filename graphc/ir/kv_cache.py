@@ -141,6 +141,10 @@ class CacheContext:
         v [B, S, Hkv*D] (or q packed [B, S, (H + 2 Hkv) D], k and v None) -> [B, S, H*D];
         the layer's buffers become its past/present."""
         i = len(self.entries)
+        if not self.entries:            # what a run must respect: new <= filled <= the buffer's capacity
+            from . import run_limits
+            run_limits.record(b.g.metadata, "dim_max", TOTAL_DIM, PAST_DIM, b.path)
+            run_limits.record(b.g.metadata, "dim_max", str(self.seq), TOTAL_DIM, b.path)
         shape = (self.batch, Dim.const(kv_heads), self.past, Dim.const(head_dim))
         past_k = b.input(f"past_key_values.{i}.key", q.dtype, shape, b.span)
         past_v = b.input(f"past_key_values.{i}.value", q.dtype, shape, b.span)

@@ -8,7 +8,8 @@ int64 -> int32 cast of LSTM lengths wraps 2**32 + 3 to 3.
 
 Three kinds, each keeping the tightest limit and the layer that sets it:
 
-- ``dim_max``: a symbolic dim's largest size (a position table's max_len);
+- ``dim_max``: a symbolic dim's largest size (a position table's max_len), or
+  another dim it may not exceed (a shared KV buffer's capacity);
 - ``ids``: an integer input's values must lie in [0, n) (an embedding's rows);
 - ``steps``: an integer input of sequence lengths, each at most the size of
   a dim (a recurrent layer's time axis).

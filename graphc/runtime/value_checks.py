@@ -81,6 +81,12 @@ def refuse_dims_past_limits(meta: Mapping[str, str], dims: Mapping[str, int]) ->
     limits = run_limits.load(meta)
     for dim, (most, layer) in sorted(limits.get("dim_max", {}).items()):
         size = dims.get(dim) if dim in dims else _evaluate(dim, dims)    # a length may be 'num_patches + 1'
+        if isinstance(most, str):       # another dim (a cache buffer's capacity): its size in this run
+            bound = _evaluate(most, dims)
+            if isinstance(bound, int) and isinstance(size, int) and size > bound:
+                raise GraphcError(f"dim '{dim}' is {size}, but layer '{layer}' needs it at most {most} "
+                                  f"(= {bound} here)", hint=f"use {dim} <= {most}")
+            continue
         if isinstance(most, int) and isinstance(size, int) and size > most:
             dims = {**dims, dim: size}
             if not layer:         # the spec's own `dims: {seq: {max: N}}`
