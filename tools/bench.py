@@ -212,7 +212,7 @@ def case_reps(run_graphc, args, cap: int = 400) -> int:
 
 
 def time_candidates(cands: dict, warmup: int, reps: int, solo=("eager",), lead=("matmul",),
-                    block: int = 5) -> tuple[dict, dict]:
+                    block: int = 5, pause: float = 0.0) -> tuple[dict, dict]:
     """cands: name -> zero-argument callable; returns the times (ms) and first outputs. ORT
     candidates run in interleaved rounds, the order rotating; eager runs in blocks alternating
     with them, each block opened by an untimed call and closed by a pause (docs/benchmarks.md).
@@ -220,7 +220,9 @@ def time_candidates(cands: dict, warmup: int, reps: int, solo=("eager",), lead=(
     The reference MatMul (`lead`) opens every round instead of rotating with the models: it
     sweeps 24 MB through the caches, and in a plain rotation of four the same model followed
     it in three rounds of four (graphc, by the order of `cands`), which cost that model its
-    cached weights (b1 s128 MHA, graphc / legacy export: 1.12 with the old order, 1.04 with this one)."""
+    cached weights (b1 s128 MHA, graphc / legacy export: 1.12 with the old order, 1.04 with this one).
+    ``pause``: seconds of idle before each timed call (sessions whose workers spin after a run
+    would otherwise share the cores with the next candidate)."""
     outs = {name: fn() for name, fn in cands.items()}
     for _ in range(warmup - 1):
         for fn in cands.values():
@@ -230,6 +232,8 @@ def time_candidates(cands: dict, warmup: int, reps: int, solo=("eager",), lead=(
     first = [n for n in lead if n in cands]
 
     def timed(name):
+        if pause:
+            time.sleep(pause)
         t0 = time.perf_counter()
         cands[name]()
         times[name].append((time.perf_counter() - t0) * 1e3)
@@ -397,7 +401,7 @@ def latency(w: Workload, res: dict, npz: str, gpath: str, exported: dict, args, 
             return [r] if isinstance(r, torch.Tensor) else list(r)
         cands.update(eager=eager, matmul=args.matmul_ref[0])    # matmul: the practical limit, same load
         reps = case_reps(cands["graphc"], args)
-        times, outs = time_candidates(cands, args.warmup, reps)
+        times, outs = time_candidates(cands, args.warmup, reps, pause=0.05 if args.spin else 0.0)
         mm_ms = statistics.median(times.pop("matmul"))
         med = {n: statistics.median(t) for n, t in times.items()}
         ref = [o.numpy() for o in outs["eager"]]
@@ -449,7 +453,8 @@ def main(argv=None) -> int:
     p.add_argument("--exporters", help="comma-separated: dynamo,legacy (default both; quick: legacy)")
     p.add_argument("--spin", action="store_true",
                    help="let ORT's worker threads busy-wait between runs (its default); off by default, for every "
-                        "ORT model alike, because spinning threads steal the cores of the next interleaved candidate")
+                        "ORT model alike, because spinning threads steal the cores of the next interleaved candidate; "
+                        "with --spin each timed run follows a 0.05 s pause instead)")
     p.add_argument("--opset", type=int, help="graphc's target opset (default: graphc's own; 23 emits ONNX Attention)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json-out", help="write every number to this JSON file")
