@@ -46,7 +46,9 @@ def test_reference_is_attention_over_the_concatenated_cache():
         real = np.concatenate([real, new_real], 1)
         total = real.shape[1]
         masked = (np.arange(total)[None, :] > (total - s + np.arange(s))[:, None])[None, None] | ~real[:, None, None, :]
-        bias = np.where(masked, np.finfo(np.float32).min, 0).astype(np.float32)
+        # the bias carries the padding only: the causal rule is the primitive's own
+        bias = np.broadcast_to(np.where(~real[:, None, None, :], np.finfo(np.float32).min, 0),
+                               (b, 1, s, total)).astype(np.float32)
         y, pk, pv = shared_cache_reference(q, k, v, pk, pv, bias, h, hkv)
         heads = lambda t, n: t.reshape(b, s, n, d).transpose(0, 2, 1, 3)     # [B, S, n*D] -> [B, n, S, D]
         keys, values = np.concatenate([keys, heads(k, hkv)], 2), np.concatenate([values, heads(v, hkv)], 2)

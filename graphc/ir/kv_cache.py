@@ -155,13 +155,20 @@ class CacheContext:
         return y
 
     def additive_mask(self, b: Builder, dtype: str) -> Value:
-        """``mask`` as an additive [B, 1, S, T] bias: 0 where visible, the dtype's lowest
-        finite value where masked (finite: -inf would give 0/0 in rows with no visible key)."""
+        """The shared layout's padding bias [B, 1, S, T]: 0 for a real key, the dtype's lowest
+        finite value for padding (finite: -inf would give 0/0 in rows with no visible key).
+        Causality is part of SharedCacheAttention itself, so this is padding only, built
+        from attention_mask in six nodes (the broadcast over S comes from input_ids' shape)."""
         key = "_additive_" + dtype
         if getattr(self, key, None) is None:
+            one = Dim.const
             low = b.const(np.array(np.finfo(dtype).min, dtype), "masked_score")
-            zero = b.const(np.array(0, dtype), "visible_score")
-            setattr(self, key, b.op("Where", [self.mask(b), low, zero]))             # [B, 1, S, T]
+            pad = b.op("Equal", [self.attention_mask, b.const(np.array(0, np.int64), "zero")])    # [B, T]
+            pad = b.op("Reshape", [pad], shape=(self.batch, one(1), one(1), self.total))         # -> [B, 1, 1, T]
+            zero = b.op("Mul", [b.op("Cast", [self.input_ids], to=dtype),
+                                b.const(np.array(0, dtype), "visible_score")])                    # [B, S] zeros
+            zero = b.op("Reshape", [zero], shape=(self.batch, one(1), self.seq, one(1)))         # -> [B, 1, S, 1]
+            setattr(self, key, b.op("Where", [pad, low, zero]))                                  # [B, 1, S, T]
         return getattr(self, key)
 
     def mask(self, b: Builder) -> Value:

@@ -10,8 +10,9 @@
 - past_k, past_v [B, Hkv, C, D]: the cache *buffer*; C is its capacity, fixed for a
   whole generation. Its first P columns hold the earlier tokens, P = T - S.
 - bias [B, 1, S, T] additive float (0 = visible, the dtype's lowest value = masked;
-  graphc.ir.kv_cache builds it once from attention_mask and the causal rule). T, the
-  total length so far, is read from its last axis at run time.
+  graphc.ir.kv_cache builds it once from attention_mask: padding). T, the total length
+  so far, is read from its last axis at run time. The causal rule is part of the op
+  (as in GroupQueryAttention): query j (column P + j) sees key columns 0..P + j.
 - present_k, present_v [B, Hkv, C, D]: the buffer with columns P..T-1 replaced by
   this step's keys/values. A runtime that binds present to the same memory as past
   gets the update in place (no copy of the cache per step: onnxruntime-genai's
@@ -61,6 +62,8 @@ def shared_cache_reference(q, k, v, past_k, past_v, bias, heads: int, kv_heads: 
     vh = np.repeat(present_v[:, :, :total].astype(np.float64), rep, axis=1)
     scores = (qh @ kh.transpose(0, 1, 3, 2)).astype(q.dtype) + bias.astype(q.dtype)    # [B, H, S, T]
     scores = scores.astype(np.float64)
+    later = np.arange(total)[None, :] > (start + np.arange(s))[:, None]               # [S, T]: key after query
+    scores[..., later] = -np.inf
     e = np.exp(scores - scores.max(-1, keepdims=True))
     y = (e / e.sum(-1, keepdims=True)) @ vh                                           # [B, H, S, D]
     y = y.transpose(0, 2, 1, 3).reshape(b, s, heads * d).astype(q.dtype)              # -> [B, S, H*D]
