@@ -296,3 +296,29 @@ def test_user_error_fails_when_nothing_is_refused_or_the_place_is_wrong():
         user_error(bad, "out_features", at="kind: linear")
     with pytest.raises(ZeroDivisionError):       # not a user error: not swallowed
         user_error(lambda: 1 / 0, "x")
+
+
+def test_bench_gflop_counts_come_from_the_primitive_rules_and_match_the_closed_form():
+    """tools/bench_workloads.flops counts with graphc's per-primitive FLOP rules (no second
+    model); for the attention workloads that equals the products' multiply-adds written
+    from the architecture (projections 2·T·D·D each, scores and mixing 2·B·Sq·Sk·D each,
+    FFN 2·T·D·FF twice)."""
+    import sys
+    sys.path.insert(0, str(ROOT / "tools"))
+    import bench_workloads as bw
+    D, FF = bw.D, bw.FF
+
+    def attn(b, sq, sk, cross=False):
+        t = b * sq
+        proj = 2 * t * D * D * (1 if cross else 3) + (2 * b * sk * D * 2 * D if cross else 0)
+        return proj + 2 * t * D * D + 4 * b * sq * sk * D
+
+    def ffn(t):
+        return 4 * t * D * FF
+    for b, s in ((1, 128), (8, 256)):
+        assert bw.flops("mha", {"batch": b, "seq": s}) == attn(b, s, s)
+        assert bw.flops("mha_causal", {"batch": b, "seq": s}) == attn(b, s, s)
+        assert bw.flops("encoder", {"batch": b, "seq": s}) == 6 * (attn(b, s, s) + ffn(b * s))
+    b, ss, ts = 2, 9, 7
+    want = 6 * (attn(b, ss, ss) + ffn(b * ss)) + 6 * (attn(b, ts, ts) + attn(b, ts, ss, cross=True) + ffn(b * ts))
+    assert bw.flops("transformer", {"batch": b, "src_seq": ss, "tgt_seq": ts}) == want

@@ -2,13 +2,19 @@
 a spec of specs/, the torch module it is the equivalent of (tools/bench_baselines.py),
 the input cases timed, their inputs, and their FLOP count.
 
-Kept free of torch and of graphc so every benchmark process can import it.
+Kept free of torch, and of graphc at import time (only ``flops`` imports it, to count with
+graphc's own FLOP rules), so every benchmark process can import it.
 """
 from __future__ import annotations
 
+import functools
+
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
 
 D, HEADS, FF = 512, 8, 2048          # the Transformer workloads' widths
 RNN_IN, RNN_H = 256, 512
@@ -86,27 +92,31 @@ def make_inputs(w: Workload, case: Case, seed: int = 0) -> dict[str, np.ndarray]
     return dict(zip(w.torch_args, (x, mask)))          # mha, mha_causal (no mask), encoder
 
 
+# the products' FLOPs, counted by graphc's own per-primitive rules (graphc.prims._flops: one
+# multiply-add = 2); the softmax term of the Attention rule (one per score) and elementwise
+# ops are left out: the convention of shared/ANCHORS.md's GFLOP column
+PRODUCTS = ("MatMul", "QuantMatMul", "QuantMatMulBlocks", "LSTM", "GRU")
+
+
+@functools.lru_cache(maxsize=None)
+def _graph(spec: str):
+    from graphc.expand import build_graph
+    from graphc.specfile import load_spec
+    return build_graph(load_spec(str(ROOT / spec)))
+
+
 def flops(name: str, dims: dict) -> int:
-    """Multiply-adds x 2 of every MatMul (attention scores and mixing counted in full,
-    causal or not): the convention of shared/ANCHORS.md's GFLOP column."""
-    b = dims["batch"]
-
-    def attn(tq, sq, sk, cross=False):
-        proj = 2 * tq * D * D * (1 if cross else 3) + (2 * b * sk * D * 2 * D if cross else 0)
-        return proj + 2 * tq * D * D + 4 * b * sq * sk * D
-
-    def ffn(t):
-        return 4 * t * D * FF
-
-    if name in ("mha", "mha_causal", "encoder"):
-        s = dims["seq"]
-        return 6 * (attn(b * s, s, s) + ffn(b * s)) if name == "encoder" else attn(b * s, s, s)
-    if name == "transformer":
-        ss, ts = dims["src_seq"], dims["tgt_seq"]
-        enc = 6 * (attn(b * ss, ss, ss) + ffn(b * ss))
-        dec = 6 * (attn(b * ts, ts, ts) + attn(b * ts, ts, ss, cross=True) + ffn(b * ts))
-        return enc + dec
-    t = b * dims["seq"]
-    gates = 3 if name == "gru" else 4
-    dirs = 2 if name == "lstm" else 1
-    return sum(2 * t * dirs * (fan_in + RNN_H) * gates * RNN_H for fan_in in (RNN_IN, RNN_H * dirs))
+    """Multiply-adds x 2 of every product of the workload's spec at ``dims`` (attention scores
+    and mixing counted in full, causal or not; a recurrent layer's rule, whose gate arithmetic
+    adds 0.1%), by graphc's FLOP rules rather than a second formula here."""
+    from graphc.analysis import op_flops
+    from graphc.prims._flops import numel
+    g = _graph(WORKLOADS[name].spec)
+    total = 0
+    for op in g.ops():
+        if op.op in PRODUCTS:
+            total += op_flops(g, op, dims)
+        elif op.op == "Attention":
+            q, k = g.input_types(op)[:2]
+            total += op_flops(g, op, dims) - numel(q.shape[:3] + k.shape[2:3], dims)   # less the softmax term
+    return total
