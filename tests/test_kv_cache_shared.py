@@ -153,3 +153,27 @@ def test_run_refuses_more_filled_columns_than_the_buffer_holds(tmp_path):
     rc, out, err = cli("run", model, "--random", "--dim", "past_seq=12", "--dim", "total_seq=9", "--dim", "seq=1")
     assert rc == 0, err
     assert "present.1.key: float32[2, 4, 12, 8]" in out
+
+
+def test_last_position_logits_and_int8_combine_with_the_shared_layout(tmp_path):
+    """--logits last and --quantize int8 (MatMulNBits) on a shared-layout bundle: the last
+    position's logits equal the full-logits shared bundle's (float), and the int8 bundle's
+    rows do not depend on the rest of the batch (MatMulNBits quantizes per row)."""
+    spec = tmp_path / "model.yaml"
+    spec.write_text(LLAMA.format(rope="half"))
+    weights = random_weights(build_graph(load_spec(spec)), 6, 0.15)
+    kw = dict(target="ort", cache_layout="shared")
+    build_bundle(spec, tmp_path / "all", dict(weights), **kw)
+    build_bundle(spec, tmp_path / "last", dict(weights), logits="last", **kw)
+    build_bundle(spec, tmp_path / "int8", dict(weights), quantize="int8", **kw)
+    ids = np.array([[0, 0, 5, 6, 7, 8], [4, 3, 2, 5, 6, 7]])
+    mask = (ids != 0).astype(np.int64)
+    a, b = (DecoderRunner(load_bundle(tmp_path / d), threads=1) for d in ("all", "last"))
+    worst = float(np.abs(a.start(ids, mask, 3) - b.start(ids, mask, 3)).max())
+    for t in (9, 11, 13):
+        worst = max(worst, float(np.abs(a.step(np.array([t, t])) - b.step(np.array([t, t]))).max()))
+    assert worst <= 1e-6
+    batch = graphc.generate(tmp_path / "int8", input_ids=ids, max_new_tokens=6)
+    for r in range(2):
+        alone = graphc.generate(tmp_path / "int8", input_ids=[ids[r][mask[r] == 1].tolist()], max_new_tokens=6)[0]
+        np.testing.assert_array_equal(alone, batch[r, :len(alone)])
