@@ -177,3 +177,15 @@ def test_last_position_logits_and_int8_combine_with_the_shared_layout(tmp_path):
     for r in range(2):
         alone = graphc.generate(tmp_path / "int8", input_ids=[ids[r][mask[r] == 1].tolist()], max_new_tokens=6)[0]
         np.testing.assert_array_equal(alone, batch[r, :len(alone)])
+
+
+def test_flop_rule_counts_both_products_and_the_softmax():
+    from graphc.prims import PRIMS
+    from graphc.shapes import Dim
+    from graphc.tensors import TensorType
+    t = lambda *s: TensorType("float32", tuple(Dim.sym(d) if isinstance(d, str) else Dim.const(d) for d in s))
+    ins = [t("b", "s", (4 + 2 * 2) * 8), None, None, t("b", 2, "c", 8), t("b", 2, "c", 8), t("b", 1, "s", "t")]
+    dims = {"b": 3, "s": 5, "t": 11, "c": 16}
+    b, h, s, tt, d = 3, 4, 5, 11, 8          # 4 query heads on 2 kv heads of width 8, packed q/k/v
+    got = PRIMS["SharedCacheAttention"].flops({"heads": h, "kv_heads": 2}, ins, [], dims)
+    assert got == b * h * s * tt * (2 * d + 2 * d + 1)     # q·kᵀ, p·v (one multiply-add = 2), softmax

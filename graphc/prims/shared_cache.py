@@ -77,8 +77,8 @@ def _eval(q, k, v, past_k, past_v, bias, *, heads, kv_heads, **_):
 def _flops(attrs, ins, outs, dims) -> int | None:
     """2·B·H·S·T·2D for the two products plus one per score (the softmax); the
     buffer write is a copy."""
-    q, bias = ins[0], ins[5]
-    scores = numel(bias.shape[:1] + (ins[3].shape[1],) + bias.shape[2:], dims)
+    bias = ins[5]
+    scores = numel(bias.shape[:1] + (ins[3].shape[1],) + bias.shape[2:], dims)      # B * Hkv * S * T
     width = numel(ins[3].shape[3:], dims)
     if scores is None or width is None:
         return None
