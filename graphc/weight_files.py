@@ -272,14 +272,22 @@ def _read_npz(raw, shown: str, max_bytes: int | None) -> dict[str, np.ndarray]:
     return out
 
 
-def _npy_header(f, shown: str, key: str):
+def read_npy_header(f) -> tuple[tuple, tuple, bool, np.dtype]:
+    """(format version, shape, Fortran order, dtype) of the .npy stream ``f`` at its
+    start; shape is None for a format version graphc does not read (not 1.0 or 2.0).
+    numpy's own errors for a malformed header propagate; each caller words them."""
     fmt = np.lib.format
     version = fmt.read_magic(f)
     if version == (1, 0):
-        shape, fortran, dtype = fmt.read_array_header_1_0(f)
-    elif version == (2, 0):
-        shape, fortran, dtype = fmt.read_array_header_2_0(f)
-    else:
+        return (version, *fmt.read_array_header_1_0(f))
+    if version == (2, 0):
+        return (version, *fmt.read_array_header_2_0(f))
+    return version, None, False, None
+
+
+def _npy_header(f, shown: str, key: str):
+    version, shape, fortran, dtype = read_npy_header(f)
+    if shape is None:
         raise GraphcError(f"{shown}: tensor '{key}' uses .npy format {version}, which graphc does not read")
     if dtype.hasobject or dtype.fields is not None or dtype.subdtype is not None:
         raise GraphcError(f"{shown}: tensor '{key}' has dtype {dtype}; weights are plain numeric tensors")

@@ -16,17 +16,16 @@ import numpy as np
 import pytest
 
 import graphc
+from graphc.expand import build_graph
 from graphc.generation.bundle import load_bundle
+from graphc.generation.bundle_write import build_bundle
 from graphc.generation.runner import DecoderRunner
 from graphc.prims.attention_core import attention_reference
 from graphc.prims.shared_cache import shared_cache_reference
+from graphc.specfile import load_spec
 from helpers import cli, compile_text, random_weights, user_error
 from kv_helpers import session
 from test_kv_cache import GPT, LLAMA, T5_DECODER, TOL
-
-from graphc.expand import build_graph
-from graphc.generation.bundle_write import build_bundle
-from graphc.specfile import load_spec
 
 
 def test_reference_is_attention_over_the_concatenated_cache():

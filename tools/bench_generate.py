@@ -207,15 +207,15 @@ def bench_workload(name, dims, args, tmp: Path) -> dict:
                 med[tool]["ids_equal_rows"] = (None if ref is None else
                                                [bool(r) for r in (outs[tool] == ref).all(axis=1)]
                                                if outs[tool].shape == ref.shape else [False] * batch)
+        def ratios(mine: str, others) -> dict:
+            m = med[mine]
+            out = {f"decode_tok_s_vs_{t}": m["decode_tok_s"] / med[t]["decode_tok_s"] for t in others}
+            out.update({f"ttft_vs_{t}": m["ttft_ms"] / med[t]["ttft_ms"] for t in others})
+            return out
         g = med["graphc"]
-        med["ratios"] = {f"decode_tok_s_vs_{t}": g["decode_tok_s"] / med[t]["decode_tok_s"] for t in tools if t != "graphc"}
-        med["ratios"].update({f"ttft_vs_{t}": g["ttft_ms"] / med[t]["ttft_ms"] for t in tools if t != "graphc"})
+        med["ratios"] = ratios("graphc", [t for t in tools if t != "graphc"])
         if "graphc-shared" in tools:
-            s = med["graphc-shared"]
-            med["ratios_shared"] = {f"decode_tok_s_vs_{t}": s["decode_tok_s"] / med[t]["decode_tok_s"]
-                                    for t in tools if not t.startswith("graphc")}
-            med["ratios_shared"].update({f"ttft_vs_{t}": s["ttft_ms"] / med[t]["ttft_ms"]
-                                         for t in tools if not t.startswith("graphc")})
+            med["ratios_shared"] = ratios("graphc-shared", [t for t in tools if not t.startswith("graphc")])
         med["ratios"]["graphc_step120_over_step8"] = (g["step120_ms"] / g["step8_ms"]
                                                       if g["step8_ms"] and g["step120_ms"] else None)
         med["ids_equal"] = None if ref is None else all(g["ids_equal_rows"])

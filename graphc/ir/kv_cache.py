@@ -92,6 +92,7 @@ class CacheContext:
         self.max_positions: int | None = None
         self.input_names: dict[str, str] = {}      # spec input -> ONNX input (bundle_input_names)
         self._mask: Value | None = None
+        self._additive: dict[str, Value] = {}      # dtype -> the shared layout's padding bias
 
     # ------------------------------------------------------------------ queries
     def applies(self, seq: Dim) -> bool:
@@ -111,12 +112,23 @@ class CacheContext:
         """int64 [seq, past_seq + seq]: key column minus query column (k - (past_seq + j)),
         from distances to the last column like ``mask``, so no run-time past length is needed:
         k - (T-S+j) = (S-1-j) - (T-1-k). Relative-position layers read it (T5's bias)."""
+        key_back, query_back = self._distances_to_last(b)
+        return b.op("Sub", [query_back, key_back])                                             # [S, T]
+
+    def _padding(self, b: Builder) -> Value:
+        """bool [B, 1, 1, T]: True where attention_mask is 0 (a padding column)."""
+        pad = b.op("Equal", [self.attention_mask, b.const(np.array(0, np.int64), "zero")])    # [B, T]
+        return b.op("Reshape", [pad], shape=(self.batch, Dim.const(1), Dim.const(1), self.total))   # -> [B, 1, 1, T]
+
+    def _distances_to_last(self, b: Builder) -> tuple[Value, Value]:
+        """int64 [1, T] and [S, 1]: each key column's and each query's distance from the
+        last column (T-1 .. 0 and S-1 .. 0), read from the inputs' run-time lengths."""
         one = Dim.const
         key_back = b.op("Arange", [self.attention_mask], axis=1, reverse=True)                 # [T]: T-1 .. 0
         query_back = b.op("Arange", [self.input_ids], axis=1, reverse=True)                    # [S]: S-1 .. 0
         key_back = b.op("Reshape", [key_back], shape=(one(1), self.total))                    # [T] -> [1, T]
         query_back = b.op("Reshape", [query_back], shape=(self.seq, one(1)))                  # [S] -> [S, 1]
-        return b.op("Sub", [query_back, key_back])                                             # [S, T]
+        return key_back, query_back
 
     # ------------------------------------------------------------------ emitting
     def self_attention(self, b: Builder, kh: Value, vh: Value) -> tuple[Value, Value]:
@@ -159,17 +171,15 @@ class CacheContext:
         finite value for padding (finite: -inf would give 0/0 in rows with no visible key).
         Causality is part of SharedCacheAttention itself, so this is padding only, built
         from attention_mask in six nodes (the broadcast over S comes from input_ids' shape)."""
-        key = "_additive_" + dtype
-        if getattr(self, key, None) is None:
+        if dtype not in self._additive:
             one = Dim.const
             low = b.const(np.array(np.finfo(dtype).min, dtype), "masked_score")
-            pad = b.op("Equal", [self.attention_mask, b.const(np.array(0, np.int64), "zero")])    # [B, T]
-            pad = b.op("Reshape", [pad], shape=(self.batch, one(1), one(1), self.total))         # -> [B, 1, 1, T]
+            pad = self._padding(b)                                                               # [B, 1, 1, T]
             zero = b.op("Mul", [b.op("Cast", [self.input_ids], to=dtype),
                                 b.const(np.array(0, dtype), "visible_score")])                    # [B, S] zeros
             zero = b.op("Reshape", [zero], shape=(self.batch, one(1), self.seq, one(1)))         # -> [B, 1, S, 1]
-            setattr(self, key, b.op("Where", [pad, low, zero]))                                  # [B, 1, S, T]
-        return getattr(self, key)
+            self._additive[dtype] = b.op("Where", [pad, low, zero])                              # [B, 1, S, T]
+        return self._additive[dtype]
 
     def mask(self, b: Builder) -> Value:
         """bool [B, 1, S, T], True = masked out: padding (attention_mask == 0) or a
@@ -177,12 +187,8 @@ class CacheContext:
         if self._mask is not None:
             return self._mask
         one = Dim.const
-        pad = b.op("Equal", [self.attention_mask, b.const(np.array(0, np.int64), "zero")])    # [B, T]
-        pad = b.op("Reshape", [pad], shape=(self.batch, one(1), one(1), self.total))           # -> [B, 1, 1, T]
-        key_back = b.op("Arange", [self.attention_mask], axis=1, reverse=True)                 # [T]: T-1 .. 0
-        query_back = b.op("Arange", [self.input_ids], axis=1, reverse=True)                    # [S]: S-1 .. 0
-        key_back = b.op("Reshape", [key_back], shape=(one(1), self.total))                    # [T] -> [1, T]
-        query_back = b.op("Reshape", [query_back], shape=(self.seq, one(1)))                  # [S] -> [S, 1]
+        pad = self._padding(b)                                                                 # [B, 1, 1, T]
+        key_back, query_back = self._distances_to_last(b)
         later = b.op("Less", [key_back, query_back])                                           # [S, T]: key after query
         later = b.op("Reshape", [later], shape=(one(1), one(1), self.seq, self.total))         # -> [1, 1, S, T]
         self._mask = b.op("Or", [pad, later])                                                  # [B, 1, S, T]

@@ -367,6 +367,28 @@ class LearnedPE(LayerKind):
 # ------------------------------------------------------------------ rotary
 
 
+def _rope_table_consts(b: Builder, max_len: int, d: int, base: float, style: str, dtype: str,
+                       layout: tuple[int, int], fail: Callable[[str, str], Exception]) -> tuple[tuple, Value, Value]:
+    """The cos and signed-sin tables of ``rope_tables`` as graph constants shaped to
+    broadcast against an input of ``layout`` (rank, seq axis); one pair per graph,
+    however many layers rotate with it, checked against the parameter budget once.
+    Returns their sharing key and the two constants."""
+    key = ("rope", max_len, d, float(base), style, dtype, layout)
+    if not _is_shared(b, key + ("cos",)):
+        check_table_budget(b, (max_len, d), dtype, 2, fail)
+    computed: list = []
+
+    def tables(which: int) -> Callable[[], np.ndarray]:
+        def make() -> np.ndarray:
+            if not computed:        # cos and sin come from one pass
+                computed.extend(_table_layout(t, *layout)
+                                for t in rope_tables(max_len, d, base, style, np.dtype(dtype)))
+            return computed[which]
+        return make
+    return (key, _shared_const(b, key + ("cos",), tables(0), "rope_cos"),
+            _shared_const(b, key + ("sin",), tables(1), "rope_sin"))
+
+
 def apply_rope(b: Builder, x: Value, style: str, base: float, max_len: int, seq_axis: int = -2,
                fail: Callable[[str, str], Exception] | None = None, positions: Value | None = None) -> Value:
     """Rotary position embedding of x (queries or keys), positions 0..seq-1.
@@ -379,7 +401,7 @@ def apply_rope(b: Builder, x: Value, style: str, base: float, max_len: int, seq_
     length. Errors are GraphcErrors located at the current layer (`fail(message,
     hint)`, if given, makes the one for tables over the parameter budget). ``positions``
     (int64 [batch, seq], a KV-cache build's position_ids; x must be
-    [batch, heads, seq, head_dim], or [batch, seq, heads, head_dim] with seq_axis 1): each row's positions instead of 0..seq-1.
+    [batch, heads, seq, head_dim]): each row's positions instead of 0..seq-1.
     """
     if style not in ("half", "interleaved"):
         raise b.error(f"unknown rope style {style!r}", hint="'half' (GPT-NeoX) or 'interleaved' (GPT-J)")
@@ -395,32 +417,12 @@ def apply_rope(b: Builder, x: Value, style: str, base: float, max_len: int, seq_
         raise b.error(f"rope base must be greater than 1, got {base}")
     d, h = dim.value, dim.value // 2
     layout = (x.rank, seq_axis % x.rank)
-
-    key = ("rope", max_len, d, float(base), style, x.dtype, layout)
-    if not _is_shared(b, key + ("cos",)):
-        check_table_budget(b, (max_len, d), x.dtype, 2,
-                           fail or (lambda message, hint: b.error("rope: " + message, hint=hint)))
-    computed: list = []
-
-    def tables(which: int) -> Callable[[], np.ndarray]:
-        def make() -> np.ndarray:
-            if not computed:        # cos and sin come from one pass
-                computed.extend(_table_layout(t, *layout)
-                                for t in rope_tables(max_len, d, base, style, np.dtype(x.dtype)))
-            return computed[which]
-        return make
-
-    cos_table = _shared_const(b, key + ("cos",), tables(0), "rope_cos")
-    sin_table = _shared_const(b, key + ("sin",), tables(1), "rope_sin")
-    if positions is not None and layout == (4, 1):
-        # [batch, seq, heads, head_dim] (the shared cache layout): the table is [L, 1, d], so
-        # gathering [B, S] positions gives [B, S, 1, d] with no reshape
-        cos = b.op("Gather", [cos_table, positions], axis=0)                  # [B, S, 1, d]
-        sin = b.op("Gather", [sin_table, positions], axis=0)                  # [B, S, 1, d]
-    elif positions is not None:
+    _, cos_table, sin_table = _rope_table_consts(
+        b, max_len, d, base, style, x.dtype, layout,
+        fail or (lambda message, hint: b.error("rope: " + message, hint=hint)))
+    if positions is not None:
         if layout != (4, 2):
-            raise b.error("rope: cached positions need [batch, heads, seq, head_dim] or [batch, seq, heads, "
-                          "head_dim] tensors")
+            raise b.error("rope: cached positions need [batch, heads, seq, head_dim] tensors")
         bsz, seq = positions.shape
         four = (bsz, Dim.const(1), seq, Dim.const(d))
         cos = b.op("Reshape", [b.op("Gather", [cos_table, positions], axis=0)], shape=four)   # [B, S, d] -> [B, 1, S, d]
@@ -459,25 +461,12 @@ def apply_rope_packed(b: Builder, y: Value, style: str, base: float, max_len: in
         raise b.error(f"rope needs an even head_dim (rotation pairs), got {d}")
     if not base > 1.0:
         raise b.error(f"rope base must be greater than 1, got {base}")
-    key = ("rope", max_len, d, float(base), style, y.dtype, (4, 1))
-    if not _is_shared(b, key + ("cos",)):
-        check_table_budget(b, (max_len, d), y.dtype, 2, fail)
-    computed: list = []
-
-    def tables(which: int) -> Callable[[], np.ndarray]:
-        def make() -> np.ndarray:
-            if not computed:
-                computed.extend(_table_layout(t, 4, 1) for t in rope_tables(max_len, d, base, style, np.dtype(y.dtype)))
-            return computed[which]
-        return make
+    key, *per_row = _rope_table_consts(b, max_len, d, base, style, y.dtype, (4, 1), fail)   # [L, 1, d] each
     bsz, seq = positions.shape
+    keep = _shared_const(b, ("rope_kept_heads", rotated, kept),
+                         lambda: np.arange(n).reshape(1, 1, n, 1) >= rotated, "rope_kept_heads")   # True on kept heads
     per_column = []
-    for which, kept_value in ((0, 1.0), (1, 0.0)):
-        table = _shared_const(b, key + (("cos", "sin")[which],), tables(which), ("rope_cos", "rope_sin")[which])
-
-        def expand() -> np.ndarray:
-            return np.arange(n).reshape(1, 1, n, 1) >= rotated                    # True on the kept heads
-        keep = _shared_const(b, ("rope_kept_heads", rotated, kept), expand, "rope_kept_heads")
+    for which, (table, kept_value) in enumerate(zip(per_row, (1.0, 0.0))):
         full_key = key + ("packed", which, rotated, kept)
         if not _is_shared(b, full_key):
             rows = b.op("Gather", [table, positions], axis=0)                          # [B, S, 1, d]

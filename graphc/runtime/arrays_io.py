@@ -22,12 +22,12 @@ import os
 import stat
 import zipfile
 import zlib
-from pathlib import Path
 from typing import BinaryIO, Callable, Mapping, Sequence
 
 import numpy as np
 
 from ..errors import GraphcError
+from ..weight_files import read_npy_header
 
 # inputs that must be inflated (compressed .npz members) are capped: a small
 # zip of zeros inflates a thousandfold. Uncompressed data is mapped from its file.
@@ -51,20 +51,13 @@ def placeholder(shape: Sequence[int], dtype: np.dtype) -> np.ndarray:
 
 
 def _header(f, shown: str):
-    fmt = np.lib.format
     try:
-        version = fmt.read_magic(f)
-        if version == (1, 0):
-            shape, fortran, dtype = fmt.read_array_header_1_0(f)
-        elif version == (2, 0):
-            shape, fortran, dtype = fmt.read_array_header_2_0(f)
-        else:
-            raise GraphcError(f"cannot read {shown}: .npy format {version} is not supported")
-    except GraphcError:
-        raise
+        version, shape, fortran, dtype = read_npy_header(f)
     except _ERRORS as exc:
         raise GraphcError(f"cannot read {shown}: not a valid .npy array ({str(exc)[:200]})",
                           hint="save it with numpy.save (or numpy.savez for several)") from None
+    if shape is None:
+        raise GraphcError(f"cannot read {shown}: .npy format {version} is not supported")
     if dtype.hasobject or dtype.fields is not None or dtype.subdtype is not None or dtype.kind not in "biufc":
         raise GraphcError(f"cannot read {shown}: dtype {dtype} is not a plain numeric array")
     if any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in shape):
