@@ -119,6 +119,7 @@ def compile_spec(path: str | os.PathLike, weights: str | os.PathLike | Mapping[s
         raise GraphcError(f"unknown model dtype '{dtype}'", hint="choose float32 or float16")
     report(progress, "check")
     spec, graph = check_spec(path, include_dirs, max_param_bytes)
+    mode = quantized.check_request(quantize, spec, dtype, max_error)    # before the weights are read
     notes: list[str] = []
     n_params = param_total(graph)
     if isinstance(weights, (str, os.PathLike)):
@@ -133,7 +134,6 @@ def compile_spec(path: str | os.PathLike, weights: str | os.PathLike | Mapping[s
         expected = {p.name: p.type.concrete_shape() for p in graph.params()}
         weights, more = apply_weights_section(spec.weights, weights, expected, source, ignore_weights)
         notes += more
-    mode = quantized.resolve_mode(quantize, spec)
     options = Options(weights, seed, source, dtype, attention, quantize=mode, spec=spec,
                       opset=opset or DEFAULT_OPSET, target=target, progress=progress)
     weights = None          # the passes take them over (and drop them once the graph holds them)

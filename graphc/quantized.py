@@ -38,13 +38,16 @@ class Quantization:
 
     def summary(self) -> list[str]:
         r = self.report
-        lines = [f"quantized {len(r.quantized)} layers to {self.mode} "
+        n = len(r.quantized)
+        lines = [f"quantized {n} layer{'' if n == 1 else 's'} to {self.mode} "
                  f"({r.weight_bytes_before / 1e6:.1f} MB of float weights -> {r.weight_bytes_after / 1e6:.1f} MB)"]
         if r.kept_head:
             lines.append(f"kept float (output head; quantize: {{head: true}} to include): {', '.join(r.kept_head)}")
         if r.kept_excluded:
             shown = ", ".join(r.kept_excluded[:6]) + (" ..." if len(r.kept_excluded) > 6 else "")
             lines.append(f"kept float (excluded): {shown}")
+        if r.kept_tied:
+            lines.append(f"kept float (tied to a table the model also reads as float): {', '.join(r.kept_tied)}")
         for e in self.errors:
             lines.append(f"error against float, output {e.name}: max abs {e.max_abs:.3g}, "
                          f"relative RMS {e.rel_rms:.3%} (random inputs, seed {ERROR_SEED})")
@@ -57,6 +60,31 @@ def resolve_mode(cli_mode: str | None, spec: Spec) -> str:
     if cli_mode is not None:
         return check_mode(cli_mode, what="--quantize mode")
     return decl.mode if decl is not None else "none"
+
+
+def check_request(cli_mode: str | None, spec: Spec, dtype: str = "float32", max_error: float | None = None) -> str:
+    """The flags of an int8 build checked before any work: ``--max-error`` needs
+    an int8 build (a float build has no error to bound: silently ignoring it
+    would pass a check nobody ran) and a number >= 0 (a negative or NaN bound
+    refuses every model, after the whole build); int8 needs ``--dtype float32``.
+    Located at the spec's ``quantize:`` section when the mode came from it.
+    Returns the mode (``resolve_mode``)."""
+    mode = resolve_mode(cli_mode, spec)
+    decl = spec.quantize
+    from_spec = cli_mode is None and decl is not None
+    if max_error is not None and not max_error >= 0:
+        raise GraphcError(f"--max-error must be a number >= 0, not {max_error:g}",
+                          hint="a relative RMS error, e.g. --max-error 0.02 (2%)")
+    if max_error is not None and mode == "none":
+        raise GraphcError("--max-error bounds the error of an int8 build, and this build is float",
+                          hint="add --quantize int8 (or a quantize: section to the spec), or leave out --max-error")
+    if mode == "int8" and dtype != "float32":
+        where = (decl.mode_span or decl.span) if from_spec else None
+        raise GraphcError(f"int8 needs a float32 model, not --dtype {dtype}"
+                          + (" (the spec's quantize: section asks for int8)" if from_spec else ""), where,
+                          hint="leave out --dtype (int8 replaces the float weights itself)"
+                               + ("; --quantize none builds float16 without int8" if from_spec else ""))
+    return mode
 
 
 def options_for(mode: str, spec: Spec) -> QuantizeOptions:
@@ -81,8 +109,30 @@ def apply(graph: Graph, spec: Spec, mode: str, block_size: int | None = None) ->
     options = options_for(mode, spec)
     options.block_size = block_size
     report = quantize(graph, options)
+    if not report.quantized:
+        _refuse_nothing_quantized(report, spec)
     graph.metadata["graphc.quantize"] = mode
     return Quantization(mode, report)
+
+
+def _refuse_nothing_quantized(report: QuantizeReport, spec: Spec) -> None:
+    """An int8 build that would quantize no layer is refused: its file would say
+    int8 (metadata, summary) and be the float model."""
+    where = spec.quantize.span if spec.quantize is not None else None
+    kept = report.kept_head + report.kept_excluded
+    if not kept:
+        raise GraphcError("int8: the model has no layer to quantize (a linear, attention or feed-forward "
+                          "product against a weight)", where,
+                          hint="recurrent layers, embeddings, norms and tied output heads stay float "
+                               "(docs/quantize.md); build it without --quantize int8")
+    hints = []
+    if report.kept_head:
+        hints.append(f"quantize: {{head: true}} quantizes the output head ({', '.join(report.kept_head)})")
+    if report.kept_excluded:
+        hints.append("the spec's include/exclude patterns leave out " + ", ".join(report.kept_excluded[:6])
+                     + (" ..." if len(report.kept_excluded) > 6 else ""))
+    raise GraphcError("int8: every quantizable layer of the model is kept float, so the int8 build would "
+                      "be the float model", where, hint="; ".join(hints))
 
 
 def measure(q: Quantization, float_model: bytes, quant_model: bytes, max_error: float | None = None,

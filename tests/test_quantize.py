@@ -243,9 +243,125 @@ def test_max_error_refuses_and_writes_nothing(tmp_path):
 
 
 def test_float16_with_int8_is_an_error(tmp_path):
-    user_error(cli("build", write(tmp_path, MLP), "-o", tmp_path / "m.onnx", "--quantize", "int8",
-                   "--dtype", "float16"), "--quantize int8 needs a float32 model", located=str(tmp_path / "m.yaml"),
-               where="4:3")
+    """A command-line conflict: not located (it was once placed at a float32 input's line)."""
+    out = tmp_path / "m.onnx"
+    user_error(cli("build", write(tmp_path, MLP), "-o", out, "--quantize", "int8", "--dtype", "float16"),
+               "int8 needs a float32 model, not --dtype float16", hint="leave out --dtype")
+    assert not out.exists()
+
+
+def test_float16_with_the_spec_section_is_located_at_it(tmp_path):
+    p = write(tmp_path, MLP + "quantize: {exclude: [fc2]}\n")
+    user_error(cli("build", p, "-o", tmp_path / "m.onnx", "--dtype", "float16"),
+               "the spec's quantize: section asks for int8", located=str(p), where="10:11",
+               hint="--quantize none")
+    rc, _, _ = cli("build", p, "-o", tmp_path / "m.onnx", "--dtype", "float16", "--quantize", "none")
+    assert rc == 0
+
+
+def test_max_error_without_int8_is_an_error(tmp_path):
+    """--max-error on a float build was ignored: a bound nobody checked, and exit 0."""
+    out = tmp_path / "m.onnx"
+    user_error(cli("build", write(tmp_path, MLP), "-o", out, "--max-error", "0.01"),
+               "--max-error bounds the error of an int8 build", hint="--quantize int8")
+    assert not out.exists()
+    user_error(cli("build", write(tmp_path, MLP + "quantize: {mode: none}\n"), "-o", out, "--max-error", "0.01"),
+               "this build is float")
+
+
+@pytest.mark.parametrize("bound", ["-0.5", "nan"])
+def test_max_error_must_be_a_non_negative_number(tmp_path, bound):
+    """Refused before the build, not by a misleading 'error is above --max-error nan' after it."""
+    out = tmp_path / "m.onnx"
+    user_error(cli("build", write(tmp_path, MLP), "-o", out, "--quantize", "int8", "--max-error", bound),
+               "--max-error must be a number >= 0")
+    assert not out.exists()
+
+
+RECURRENT_ONLY = """graphc: 1
+dims: {batch: 2, seq: 5}
+inputs:
+  x: {dtype: float32, shape: [seq, batch, 8]}
+layers:
+  - {name: lstm, kind: lstm, input: x, hidden_size: 16}
+  - {name: gru, kind: gru, input: lstm, hidden_size: 8}
+outputs: {y: gru}
+"""
+
+HEAD_ONLY = """graphc: 1
+dims: {batch: 2}
+inputs:
+  x: {dtype: float32, shape: [batch, 8]}
+layers:
+  - {name: n, kind: layer_norm, input: x}
+  - {name: head, kind: linear, input: n, out_features: 3}
+outputs: {y: head}
+"""
+
+
+@pytest.mark.parametrize("text, message, hint, where", [
+    (RECURRENT_ONLY, "the model has no layer to quantize", "recurrent layers", None),
+    (HEAD_ONLY, "every quantizable layer of the model is kept float", "quantize: {head: true}", None),
+    (MLP + "quantize: {exclude: [fc1]}\n", "every quantizable layer of the model is kept float", "leave out fc1",
+     "10:11"),                                              # at the spec's section when there is one
+], ids=["recurrent_only", "head_only", "all_excluded"])
+def test_an_int8_build_that_quantizes_nothing_is_refused(tmp_path, text, message, hint, where):
+    """It used to write the float model labelled int8 ('quantized 0 layers')."""
+    out, p = tmp_path / "m.onnx", write(tmp_path, text)
+    user_error(cli("build", p, "-o", out, "--quantize", "int8"), message, hint=hint,
+               located=p if where else None, where=where)
+    assert not out.exists()
+
+
+TIED = """graphc: 1
+dims: {batch: 2, seq: 6}
+params: {vocab: 50, d: 32}
+inputs:
+  ids: {dtype: int64, shape: [batch, seq], range: [0, vocab]}
+layers:
+  - {name: embed, kind: embedding, input: ids, num_embeddings: vocab, embedding_dim: d}
+  - {name: ff, kind: linear, input: embed, out_features: d}
+  - {name: lm_head, kind: linear, input: ff, out_features: vocab, bias: false, tie: embed.weight}
+outputs: {logits: lm_head}
+quantize: {head: true}
+"""
+
+
+def test_a_tied_head_stays_float_and_the_build_says_so(tmp_path):
+    """A linear tied to the embedding reads the table through a run-time Transpose;
+    it stays float even with head: true (docs/quantize.md), and the summary names it."""
+    w = weights_for({"embed.weight": (50, 32), "ff.weight": (32, 32), "ff.bias": (32,)})
+    p = write(tmp_path, TIED)
+    rc, _, err = cli("build", p, "-o", tmp_path / "m.onnx", "--weights", _npz(tmp_path, w))
+    assert rc == 0, err
+    assert "quantized 1 layer to int8" in err
+    assert "kept float (tied to a table the model also reads as float): lm_head" in err
+    ids = np.random.default_rng(1).integers(0, 50, (2, 6)).astype(np.int64)
+    got = ort_run((tmp_path / "m.onnx").read_bytes(), {"ids": ids})["logits"]
+    e = w["embed.weight"][ids]
+    ref = int8_linear(e, w["ff.weight"], w["ff.bias"]) @ w["embed.weight"].T      # the head's product in float
+    assert rel_rms(got, ref) < 2e-4
+
+
+def _npz(tmp_path, w):
+    path = tmp_path / "w.npz"
+    np.savez(path, **w)
+    return path
+
+
+@pytest.mark.parametrize("target", ["onnx", "ort"])
+def test_reported_errors_are_the_measured_ones(tmp_path, target):
+    """The printed max abs and relative RMS, recomputed here from the float and int8
+    models on the inputs the build says it used (random, seed 0, example dims)."""
+    from graphc.runtime import make_session, random_inputs
+    p = write(tmp_path, ENCODER)
+    q, f = compile_spec(p, quantize="int8", target=target), compile_spec(p, target=target)
+    feeds = random_inputs(make_session(f.to_bytes()), {}, 0)
+    yq, yf = ort_run(q.to_bytes(), feeds)["y"], ort_run(f.to_bytes(), feeds)["y"]
+    (err,) = q.quantization.errors
+    d = yq.astype(np.float64) - yf
+    assert err.max_abs == pytest.approx(float(np.abs(d).max()), rel=1e-3)
+    assert err.rel_rms == pytest.approx(rel_rms(yq, yf), rel=1e-3)
 
 
 def test_unknown_target(tmp_path):

@@ -101,7 +101,7 @@ def build_bundle(spec_path: str | os.PathLike, output: str | os.PathLike,
     report(progress, "check")
     spec = load_spec(spec_path, include_dirs)
     from .. import quantized
-    mode = quantized.resolve_mode(quantize, spec)
+    mode = quantized.check_request(quantize, spec, dtype, max_error)
     graph = build_graph(spec, max_param_bytes, kv_cache=True, cache_layout=cache_layout)
     gen, cache = spec.generation, graph.generation
     for src in spec.sources + ([str(weights)] if isinstance(weights, (str, os.PathLike)) else []):

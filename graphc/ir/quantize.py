@@ -54,6 +54,7 @@ class QuantizeReport:
     quantized: list[str] = field(default_factory=list)      # layer paths, in graph order
     kept_head: list[str] = field(default_factory=list)
     kept_excluded: list[str] = field(default_factory=list)
+    kept_tied: list[str] = field(default_factory=list)      # products reading a transposed shared table
     weight_bytes_before: int = 0
     weight_bytes_after: int = 0
 
@@ -144,6 +145,21 @@ def _per_head_site(g: Graph, op: OpNode, x: str, w: str) -> _Site | None:
     return _Site(op, rs.inputs[0], w, heads=True, reshape=rs)
 
 
+def tied_layers(g: Graph) -> list[str]:
+    """Layers whose MatMul reads a weight through a run-time Transpose: a ``linear``
+    tied to an embedding table (``tie:``). They stay float (the Gather reads the
+    float table too, so an int8 copy would add bytes, not save them); the build says so."""
+    out = []
+    for op in g.ops():
+        if op.op != "MatMul" or _weight_value(g, op.inputs[1]) is not None:
+            continue
+        producer = g.value(op.inputs[1]).producer
+        if producer is not None and g.op(producer).op == "Transpose" \
+                and _weight_value(g, g.op(producer).inputs[0]) is not None and op.layer not in out:
+            out.append(op.layer)
+    return out
+
+
 def head_layers(g: Graph, sites: list[_Site]) -> set[str]:
     """Top-level layers whose product reaches a model output with no other weight MatMul between."""
     site_ops = {s.op.id for s in sites}
@@ -190,7 +206,7 @@ def quantize(g: Graph, options: QuantizeOptions) -> QuantizeReport:
             raise GraphcError(f"quantize pattern '{pat.text}' matches no quantizable layer", pat.span,
                               hint=f"quantizable layers (projections and feed-forward): {shown or 'none'}")
     heads = head_layers(g, sites)
-    report = QuantizeReport()
+    report = QuantizeReport(kept_tied=tied_layers(g))
     chosen = []
     for s in sites:
         layer = s.op.layer
