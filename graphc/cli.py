@@ -215,6 +215,8 @@ def cmd_run(args) -> int:
         model = serialize(_compile(args).model)
     else:
         from .runtime.arrays_io import require_file
+        from .spec_or_model import refuse_compile_flags
+        refuse_compile_flags(args, args.model)
         require_file(args.model, "model file")
         model = args.model
     session = make_session(model, args.provider, args.threads)

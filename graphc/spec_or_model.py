@@ -40,3 +40,23 @@ def refuse_compiled_model(path: str | Path, command: str) -> None:
         f"graphc {command} needs a spec (.yaml); {path} is a compiled model",
         hint=f"give the spec it was built from (graphc {command} SPEC.yaml); for the compiled model use "
              f"'graphc run {path} --random' (its inputs, outputs and their shapes; --bench N to time it)")
+
+
+# graphc run's options that only a spec's compilation reads: (flag, default)
+_COMPILE_ONLY = {"weights": ("--weights", None), "ignore_weights": ("--ignore-weights", []),
+                 "opset": ("--opset", None), "include_dir": ("--include-dir", []),
+                 "dtype": ("--dtype", "float32"), "quantize": ("--quantize", None),
+                 "target": ("--target", "onnx"), "max_error": ("--max-error", None)}
+
+
+def refuse_compile_flags(args, path: str | Path) -> None:
+    """`graphc run model.onnx --quantize int8` ran the float model it was given and
+    exited 0: a compile option on a compiled model changes nothing, so it is refused."""
+    from .expand import DEFAULT_MAX_PARAM_BYTES
+    given = [flag for dest, (flag, default) in _COMPILE_ONLY.items() if getattr(args, dest, default) != default]
+    if getattr(args, "max_param_bytes", DEFAULT_MAX_PARAM_BYTES) != DEFAULT_MAX_PARAM_BYTES:
+        given.append("--max-param-bytes")
+    if given:
+        raise GraphcError(f"{', '.join(given)} {'applies' if len(given) == 1 else 'apply'} when graphc run compiles "
+                          f"a spec; {path} is already compiled",
+                          hint="rebuild it with graphc build SPEC ... (these options), or run the spec itself")

@@ -383,3 +383,16 @@ def test_ort_target_runs_and_matches_the_standard_target(tmp_path, quantize):
     x = RNG.standard_normal((2, 12, 64)).astype(np.float32)
     a, b = ort_run(std.to_bytes(), {"x": x})["y"], ort_run(ort_t.to_bytes(), {"x": x})["y"]
     assert np.abs(a - b).max() < 1e-4 * max(1.0, float(np.abs(a).max()))
+
+
+def test_run_refuses_compile_options_on_a_compiled_model(tmp_path):
+    """`graphc run model.onnx --quantize int8` ran the float model and exited 0."""
+    model = tmp_path / "m.onnx"
+    assert cli("build", write(tmp_path, MLP), "-o", model, "-q")[0] == 0
+    user_error(cli("run", model, "--random", "--quantize", "int8", "--max-error", "0.1"),
+               ("--quantize, --max-error apply when graphc run compiles a spec", "already compiled"))
+    user_error(cli("run", model, "--random", "--target", "ort"), "--target applies")
+    rc, out, err = cli("run", model, "--random", "--seed", "3")          # run's own options still work
+    assert rc == 0 and "seed 3" in out, err
+    rc, out, err = cli("run", write(tmp_path, MLP), "--random", "--quantize", "int8")   # a spec compiles with them
+    assert rc == 0 and "quantized 1 layer to int8" in err, err
