@@ -396,3 +396,42 @@ def test_run_refuses_compile_options_on_a_compiled_model(tmp_path):
     assert rc == 0 and "seed 3" in out, err
     rc, out, err = cli("run", write(tmp_path, MLP), "--random", "--quantize", "int8")   # a spec compiles with them
     assert rc == 0 and "quantized 1 layer to int8" in err, err
+
+
+CHAIN = """graphc: 1
+dims: {batch: 3, seq: 5}
+inputs:
+  x: {dtype: float32, shape: [batch, seq, 16]}
+layers:
+  - {name: fc1, kind: linear, input: x, out_features: 24}
+  - {name: fc2, kind: linear, input: fc1, out_features: 16}
+  - {name: fc3, kind: linear, input: fc2, out_features: 8}
+outputs: {y: fc3}
+quantize: {head: true}
+"""
+
+
+def test_back_to_back_linears_are_each_quantized(tmp_path):
+    """linear -> linear with nothing between: the second product's input is the first's
+    bias Add, which the first rewrite replaces (it was an internal error)."""
+    w = weights_for({"fc1.weight": (24, 16), "fc1.bias": (24,), "fc2.weight": (16, 24), "fc2.bias": (16,),
+                     "fc3.weight": (8, 16), "fc3.bias": (8,)})
+    c = compile_spec(write(tmp_path, CHAIN), w)
+    assert c.quantization.report.quantized == ["fc1", "fc2", "fc3"]
+    x = RNG.standard_normal((3, 5, 16)).astype(np.float32)
+    y = ort_run(c.to_bytes(), {"x": x})["y"]
+    h = x
+    for k in (1, 2, 3):
+        h = int8_linear(h, w[f"fc{k}.weight"], w[f"fc{k}.bias"])
+    assert rel_rms(y, h) < 2e-4
+
+
+def test_a_linear_feeding_attention_is_quantized_with_it(tmp_path):
+    text = MHA.replace("layers:\n  - {name: attn, kind: multihead_attention, input: x,",
+                       "layers:\n  - {name: proj, kind: linear, input: x, out_features: 32}\n"
+                       "  - {name: attn, kind: multihead_attention, input: proj,")
+    c = compile_spec(write(tmp_path, text), quantize="int8")
+    assert c.quantization.report.quantized == ["proj", "attn", "attn.out_proj"]
+    assert sum(n.op_type == "MatMulInteger" for n in c.model.graph.node) == 3
+    (err,) = c.quantization.errors
+    assert 0 < err.rel_rms < 0.05

@@ -271,12 +271,16 @@ def _rewrite(g: Graph, s: _Site, done: dict[str, tuple[str, str]], block: int | 
         new_ops.append(oid)
         return oid
 
-    xt = g.value(s.x).type
+    # read x from the graph, not from the site: an earlier rewrite may have replaced it
+    # (linear -> linear, or a linear feeding an attention's projections: the first one's
+    # bias Add, which ``s.x`` names, is gone)
+    x = s.reshape.inputs[0] if s.heads else op.inputs[0]
+    xt = g.value(x).type
     wt = g.value(wq).type
     if wt.dtype == "uint8":                 # [N, K / block, block]
-        y = emit("QuantMatMulBlocks", [s.x, wq, ws], TensorType("float32", xt.shape[:-1] + (wt.shape[0],)))
+        y = emit("QuantMatMulBlocks", [x, wq, ws], TensorType("float32", xt.shape[:-1] + (wt.shape[0],)))
     else:
-        y = emit("QuantMatMul", [s.x, wq, ws], TensorType("float32", xt.shape[:-1] + (wt.shape[1],)))
+        y = emit("QuantMatMul", [x, wq, ws], TensorType("float32", xt.shape[:-1] + (wt.shape[1],)))
     if s.bias is not None:
         bias = s.bias
         if s.heads:
