@@ -134,6 +134,28 @@ def read_index(path: Path, max_bytes: int | None = None, converted: dict[str, st
     return out
 
 
+def checkpoint_files(path: str | os.PathLike) -> list[Path]:
+    """The files a weights path stands for: itself, or for a checkpoint
+    directory or index the files graphc reads there (config, weights, index and
+    the shards it names). An output path must be none of them: writing a model
+    over ``DIR/model.safetensors`` would destroy the checkpoint it came from.
+    Best effort: an unreadable index adds no shards (loading it reports that)."""
+    p = Path(path)
+    if is_checkpoint_dir(p):
+        files = [p / SINGLE, p / INDEX, p / "config.json", p / "generation_config.json"]
+        index = p / INDEX
+    else:
+        files = [p]
+        index = p if p.name.endswith(".index.json") else None
+    if index is not None:
+        try:
+            wmap = read_json(index, MAX_INDEX_BYTES, "checkpoint index").get("weight_map")
+            files += [index.parent / Path(str(s)).name for s in set(wmap.values())]
+        except (GraphcError, AttributeError, TypeError):
+            pass
+    return files
+
+
 def tensor_names(path: str | os.PathLike) -> dict[str, tuple[int, ...]]:
     """Names and shapes of a checkpoint's tensors (for graphc import: which heads
     and tied copies the file holds). The data stay mapped, unread."""

@@ -63,8 +63,9 @@ def check_output_path(output: str | os.PathLike, inputs: Iterable[str | os.PathL
         raise GraphcError(f"cannot write {out}: permission denied on directory {directory}")
     if not out.exists():
         return
-    for src in inputs:
-        if src is None or not Path(src).exists():
+    from .checkpoint import checkpoint_files
+    for src in (f for i in inputs if i is not None for f in checkpoint_files(i)):   # a directory: its files
+        if not Path(src).exists():
             continue
         try:
             same = os.path.samefile(out, src)

@@ -29,6 +29,24 @@ def _attention_rules(src: str, dst: str) -> list[str]:
             rule(src + "out_proj.*", dst + "out_proj.{2}")]
 
 
+def _table_sources(cfg: Config, names: dict | None, p: str, shared: bool) -> tuple[str, str, str]:
+    """The checkpoint tensors the encoder embedding, the decoder embedding and the
+    LM head read. Tied (tie_word_embeddings, the default): one table, the shared
+    one (or, for Marian without shared embeddings, the decoder's for the head).
+    Untied, transformers 5 keeps each as its own parameter, so each loads the
+    tensor saved under its own name when the file has it (a save whose tables
+    were one module stores one name: the shared table is then the fallback)."""
+    tied = cfg.get("tie_word_embeddings", True) is not False
+    E, D = f"{p}encoder.embed_tokens.weight", f"{p}decoder.embed_tokens.weight"
+    if shared and tied:
+        return f"{p}shared.weight", f"{p}shared.weight", f"{p}shared.weight"
+    have = (lambda n: n in names) if names is not None else (lambda n: True)
+    enc = E if not shared or have(E) else f"{p}shared.weight"
+    dec = D if not shared or have(D) else f"{p}shared.weight"
+    head = dec if tied or not have("lm_head.weight") else "lm_head.weight"
+    return enc, dec, head
+
+
 def spec_text(cfg: Config, names: dict | None, source: str) -> str:
     marian = cfg.model_type == "marian"
     family = "Marian" if marian else "BART"
@@ -54,7 +72,10 @@ def spec_text(cfg: Config, names: dict | None, source: str) -> str:
     archs = cfg.get("architectures") or []
     lm = (names is not None and "final_logits_bias" in names) or any(
         a in ("BartForConditionalGeneration", "MarianMTModel") for a in archs)
-    p = prefix_of(names, "shared.weight", ("model.", ""))
+    # Marian with share_encoder_decoder_embeddings false saves no shared table
+    p = prefix_of(names, "shared.weight" if shared else "encoder.embed_tokens.weight", ("model.", ""))
+    E, D = f"{p}encoder.", f"{p}decoder."
+    enc_src, dec_src, head_src = _table_sources(cfg, names, p, shared)
     s = "true" if scale else "false"
     out = [
         f"# {family} imported by 'graphc import' from {source}",
@@ -81,10 +102,9 @@ def spec_text(cfg: Config, names: dict | None, source: str) -> str:
         f"  - {{name: shared, kind: embedding, input: input_ids, num_embeddings: vocab, embedding_dim: d_model, "
         f"scale: {s}}}   # scale_embedding",
     ]
-    dec_tie = ", tie: shared.weight" if shared else ""
+    dec_tie = ", tie: shared.weight" if dec_src == enc_src else ""
     out.append(f"  - {{name: dec_embed, kind: embedding, input: decoder_input_ids, num_embeddings: vocab, "
                f"embedding_dim: d_model, scale: {s}{dec_tie}}}")
-    E, D = f"{p}encoder.", f"{p}decoder."
     # some saves store Marian's fixed tables: then they are loaded as they are
     stored = names is not None and E + "embed_positions.weight" in names and D + "embed_positions.weight" in names
     if marian and stored:
@@ -117,7 +137,9 @@ def spec_text(cfg: Config, names: dict | None, source: str) -> str:
             "    layers: dec_layers"] + common
     outputs = ["outputs:"]
     if lm:
-        out.append("  - {name: lm_head, kind: linear, input: decoder, out_features: vocab, tie: shared.weight}"
+        head_tie = ", tie: shared.weight" if head_src == enc_src else \
+            ", tie: dec_embed.weight" if head_src == dec_src else ""
+        out.append(f"  - {{name: lm_head, kind: linear, input: decoder, out_features: vocab{head_tie}}}"
                    "   # + final_logits_bias")
         outputs.append("  logits: lm_head                    # [batch, tgt_seq, vocab]")
     else:
@@ -126,16 +148,19 @@ def spec_text(cfg: Config, names: dict | None, source: str) -> str:
     out += outputs
     ignore = []
     if names is not None:
-        # tied copies of the shared table, if this save stored them
-        ignore = [n for n in (E + "embed_tokens.weight", D + "embed_tokens.weight", "lm_head.weight")
-                  if n in names and (shared or n != D + "embed_tokens.weight")]
+        # tied copies of the table a layer loads, if this save stored them
+        used = {enc_src, dec_src, head_src if lm else enc_src}
+        ignore = [n for n in (f"{p}shared.weight", E + "embed_tokens.weight", D + "embed_tokens.weight",
+                              "lm_head.weight") if n in names and n not in used]
     w = ["weights:"]
     if ignore:
         w.append("  ignore:      # tied copies of the shared embedding")
         w += [f"    - '{n}'" for n in ignore]
-    w += ["  map:", rule(f"{p}shared.weight", "shared.weight")]
-    if not shared:
-        w.append(rule(D + "embed_tokens.weight", "dec_embed.weight"))
+    w += ["  map:", rule(enc_src, "shared.weight")]
+    if dec_src != enc_src:
+        w.append(rule(dec_src, "dec_embed.weight"))
+    if lm and head_src not in (enc_src, dec_src):
+        w.append(rule(head_src, "lm_head.weight"))
     if marian and stored:
         w += [rule(E + "embed_positions.weight", "enc_pos.weight"), rule(D + "embed_positions.weight", "dec_pos.weight")]
     if not marian:

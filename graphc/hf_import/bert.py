@@ -46,12 +46,28 @@ def _header(family: str, cfg: Config, source: str, max_len: int) -> list[str]:
             f"dims: {{batch: 2, seq: {min(16, max_len)}}}      # example sizes; both stay symbolic"]
 
 
-def _mlm_head(src: str, act: str, vocab_tie: str) -> list[str]:
+def _act_layer(act: str) -> str:
+    """The layer kind (and option) of a standalone activation: the tanh GELU is
+    the gelu kind's approximate form, not a kind of its own."""
+    kind = ACTIVATIONS[act]
+    return "gelu, approximate: tanh" if kind == "gelu_tanh" else kind
+
+
+def _tied(cfg: Config) -> bool:
+    """tie_word_embeddings (default true): false means the MLM decoder has its own
+    matrix (transformers then neither ties nor overwrites it)."""
+    return cfg.get("tie_word_embeddings", True) is not False
+
+
+def _mlm_head(src: str, act: str, vocab_tie: str | None) -> list[str]:
+    decoder = (f"  - {{name: decoder, kind: linear, input: transform_norm, out_features: vocab, tie: {vocab_tie}}}"
+               "   # tied to the word embeddings; its own bias" if vocab_tie else
+               "  - {name: decoder, kind: linear, input: transform_norm, out_features: vocab}"
+               "   # tie_word_embeddings false: its own matrix")
     return [f"  - {{name: transform, kind: linear, input: {src}, out_features: d_model}}",
-            f"  - {{name: transform_act, kind: {ACTIVATIONS[act]}, input: transform}}",
+            f"  - {{name: transform_act, kind: {_act_layer(act)}, input: transform}}",
             "  - {name: transform_norm, kind: layer_norm, input: transform_act, eps: eps}",
-            f"  - {{name: decoder, kind: linear, input: transform_norm, out_features: vocab, tie: {vocab_tie}}}"
-            "   # tied to the word embeddings; its own bias"]
+            decoder]
 
 
 def spec_text(cfg: Config, names: dict | None, source: str) -> str:
@@ -65,6 +81,7 @@ def spec_text(cfg: Config, names: dict | None, source: str) -> str:
     mlm = _has(names, "cls.predictions.") or (names is None and "BertForMaskedLM" in archs)
     classifier = _has(names, "classifier.") or (names is None and "BertForSequenceClassification" in archs)
     pooler = _has(names, p + "pooler.") or (names is None and not mlm)
+    tied = _tied(cfg)
     if classifier and not pooler:
         raise cfg.unsupported("architectures", archs, "a classifier on a BERT without its pooler")
     out = _header("BERT", cfg, source, max_len) + [
@@ -105,18 +122,20 @@ def spec_text(cfg: Config, names: dict | None, source: str) -> str:
         out.append("  - {name: classifier, kind: linear, input: pooler_act, out_features: num_labels}")
         outputs.append("  logits: classifier                 # [batch, num_labels]")
     if mlm:
-        out += _mlm_head("encoder", act, "word_embeddings.weight")
+        out += _mlm_head("encoder", act, "word_embeddings.weight" if tied else None)
         outputs.append("  logits: decoder                    # [batch, seq, vocab]")
     out += outputs
     E, L = f"{p}embeddings.", f"{p}encoder.layer.*."
     ignore = []
     if names is not None:
         ignore += [n for n in sorted(names) if n.endswith("embeddings.position_ids")]   # an old buffer
-        if mlm:
-            ignore += [n for n in ("cls.predictions.decoder.weight", "cls.predictions.decoder.bias") if n in names]
+        if mlm:     # tied: the decoder's copies; untied: the decoder reads its own bias, not this one
+            ignore += [n for n in (("cls.predictions.decoder.weight", "cls.predictions.decoder.bias") if tied
+                                   else ("cls.predictions.bias",)) if n in names]
     w = ["weights:"]
     if ignore:
-        w.append("  ignore:      # tied copies (the word embeddings, cls.predictions.bias) and buffers")
+        w.append("  ignore:      # tied copies (the word embeddings, cls.predictions.bias) and buffers" if tied
+                 else "  ignore:      # buffers, and cls.predictions.bias (untied: the decoder has its own)")
         w += [f"    - '{n}'" for n in ignore]
     w += ["  map:",
           rule(E + "word_embeddings.weight", "word_embeddings.weight"),
@@ -136,7 +155,8 @@ def spec_text(cfg: Config, names: dict | None, source: str) -> str:
     if mlm:
         w += [rule("cls.predictions.transform.dense.*", "transform.{1}"),
               rule("cls.predictions.transform.LayerNorm.*", "transform_norm.{1}"),
-              rule("cls.predictions.bias", "decoder.bias")]
+              rule("cls.predictions.bias", "decoder.bias") if tied else
+              rule("cls.predictions.decoder.*", "decoder.{1}")]
     return "\n".join(out + w) + "\n"
 
 
@@ -147,6 +167,7 @@ def distilbert_spec_text(cfg: Config, names: dict | None, source: str) -> str:
     p = prefix_of(names, "embeddings.word_embeddings.weight", ("distilbert.", ""))
     mlm = _has(names, "vocab_projector.") or _has(names, "vocab_transform.") or \
         (names is None and "DistilBertForMaskedLM" in archs)
+    tied = _tied(cfg)
     out = _header("DistilBERT", cfg, source, max_len) + [
         "params:",
         f"  vocab: {cfg.int('vocab_size')}          # vocab_size",
@@ -167,12 +188,12 @@ def distilbert_spec_text(cfg: Config, names: dict | None, source: str) -> str:
     ] + _encoder("embed_norm", act, "activation")
     outputs = ["outputs:", "  last_hidden_state: encoder          # [batch, seq, d_model]"]
     if mlm:
-        out += _mlm_head("encoder", act, "word_embeddings.weight")
+        out += _mlm_head("encoder", act, "word_embeddings.weight" if tied else None)
         outputs.append("  logits: decoder                    # [batch, seq, vocab]")
     out += outputs
     E, L = f"{p}embeddings.", f"{p}transformer.layer.*."
     w = ["weights:"]
-    if mlm and names is not None and "vocab_projector.weight" in names:
+    if mlm and tied and names is not None and "vocab_projector.weight" in names:
         w += ["  ignore: ['vocab_projector.weight']   # tied: the word embeddings"]
     w += ["  map:",
           rule(E + "word_embeddings.weight", "word_embeddings.weight"),
@@ -187,5 +208,5 @@ def distilbert_spec_text(cfg: Config, names: dict | None, source: str) -> str:
     if mlm:
         w += [rule("vocab_transform.*", "transform.{1}"),
               rule("vocab_layer_norm.*", "transform_norm.{1}"),
-              rule("vocab_projector.bias", "decoder.bias")]
+              rule("vocab_projector.bias", "decoder.bias") if tied else rule("vocab_projector.*", "decoder.{1}")]
     return "\n".join(out + w) + "\n"

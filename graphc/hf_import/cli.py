@@ -19,8 +19,8 @@ def cmd_import(args) -> int:
         from ..compiler import check_output_path
         from ..atomic_write import write_atomic
         from pathlib import Path
-        d = Path(args.directory)
-        check_output_path(args.output, [d / "config.json", d / "model.safetensors", d / "generation_config.json"])
+        # never over the checkpoint's files (config, weights, index, shards)
+        check_output_path(args.output, [args.directory, Path(args.directory) / "config.json"])
         write_atomic(args.output, text)
         print(f"wrote {args.output}; build it with: graphc build {args.output} --weights {args.directory} "
               f"-o model.onnx", file=sys.stderr)

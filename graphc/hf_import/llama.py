@@ -122,8 +122,14 @@ def spec_text(cfg: Config, names: dict | None, source: str) -> str:
     L = f"{p}layers.*."
     A = L + "self_attn."
     w = ["weights:"]
+    ignore = []
     if lm and tied and names is not None and "lm_head.weight" in names:
-        w += ["  ignore: ['lm_head.weight']      # tied: the same table as embed_tokens"]
+        ignore.append("  - 'lm_head.weight'                # tied: the same table as embed_tokens")
+    if names is not None and any(n.endswith(".rotary_emb.inv_freq") for n in names):
+        # saves before transformers 4.31 stored the rotary frequencies, a buffer the rope layer computes
+        ignore.append(f"  - '{A}rotary_emb.inv_freq'")
+    if ignore:
+        w += ["  ignore:"] + ["  " + i for i in ignore]
     w += ["  map:",
           rule(f"{p}embed_tokens.weight", "embed.weight"),
           rule(L + "input_layernorm.weight", "blocks.layers.{1}.norm1.weight"),
