@@ -1,0 +1,129 @@
+"""Config and file variants of Hugging Face checkpoints that users really have,
+through the CLI, against transformers itself (the same oracle and tolerance as
+tests/test_hf_import.py: tiny random models, every weight perturbed, float32,
+max abs diff 1e-5).
+
+Each case here once imported and built without an error and gave wrong logits
+(an untied head or table ignored as if it were a tied copy), or failed on a
+checkpoint transformers loads (a missing ``shared`` table, a stored rotary
+buffer, the tanh GELU in an MLM head). Last, an output path that is one of the
+checkpoint's own files is refused, so a build can never destroy its weights.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tests.helpers import cli, ort_run, user_error
+
+transformers = pytest.importorskip("transformers")
+torch = pytest.importorskip("torch")
+from tests.test_hf_import import _perturb  # noqa: E402  (after the skip: it imports torch)
+
+TOL = 1e-5
+T = transformers
+
+
+def _bert_mlm(**kw):
+    return T.BertForMaskedLM(T.BertConfig(hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                                          num_attention_heads=4, vocab_size=61, max_position_embeddings=32, **kw))
+
+
+def _distilbert_mlm(**kw):
+    return T.DistilBertForMaskedLM(T.DistilBertConfig(dim=32, hidden_dim=48, n_layers=2, n_heads=4, vocab_size=61,
+                                                      max_position_embeddings=32, **kw))
+
+
+_S2S = dict(d_model=32, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4, decoder_attention_heads=4,
+            encoder_ffn_dim=48, decoder_ffn_dim=48, vocab_size=61, max_position_embeddings=32)
+
+
+def _bart(cls=T.BartForConditionalGeneration, **kw):
+    return cls(T.BartConfig(**_S2S, **kw))
+
+
+def _marian(**kw):
+    return T.MarianMTModel(T.MarianConfig(pad_token_id=60, decoder_start_token_id=60, eos_token_id=0,
+                                          scale_embedding=True, **_S2S, **kw))
+
+
+def _llama(**kw):
+    return T.LlamaForCausalLM(T.LlamaConfig(hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                                            num_attention_heads=4, num_key_value_heads=2, vocab_size=61,
+                                            max_position_embeddings=32, rms_norm_eps=1e-5, **kw))
+
+
+def _add_rotary_buffers(ckpt):
+    """What a LLaMA saved before transformers 4.31 holds: each layer's inv_freq buffer."""
+    from safetensors.numpy import load_file, save_file
+    t = load_file(ckpt / "model.safetensors")
+    for i in range(2):
+        t[f"model.layers.{i}.self_attn.rotary_emb.inv_freq"] = 1.0 / 10000 ** (np.arange(0, 8, 2, dtype=np.float32) / 8)
+    save_file(t, ckpt / "model.safetensors", metadata={"format": "pt"})
+
+
+CASES = {   # name: (model, output, what the file holds that the old import mishandled)
+    "bert-mlm-untied": (lambda: _bert_mlm(tie_word_embeddings=False), "logits"),
+    "bert-mlm-gelu-new": (lambda: _bert_mlm(hidden_act="gelu_new"), "logits"),
+    "distilbert-mlm-untied": (lambda: _distilbert_mlm(tie_word_embeddings=False), "logits"),
+    "bart-lm-untied": (lambda: _bart(tie_word_embeddings=False), "logits"),
+    "bart-base-untied": (lambda: _bart(T.BartModel, tie_word_embeddings=False), "last_hidden_state"),
+    "marian-not-shared": (lambda: _marian(share_encoder_decoder_embeddings=False), "logits"),
+    "marian-not-shared-untied": (lambda: _marian(share_encoder_decoder_embeddings=False, tie_word_embeddings=False),
+                                 "logits"),
+    "llama-rotary-buffers": (lambda: _llama(), "logits"),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_variant_parity(case, tmp_path):
+    make, output = CASES[case]
+    torch.manual_seed(0)
+    model = make()
+    _perturb(model)
+    ckpt = tmp_path / "ckpt"
+    model.save_pretrained(ckpt)
+    if case == "llama-rotary-buffers":
+        _add_rotary_buffers(ckpt)
+    spec, onnx_path = tmp_path / "spec.yaml", tmp_path / "m.onnx"
+    rc, _, err = cli("import", ckpt, "-o", spec)
+    assert rc == 0, err
+    rc, _, err = cli("build", spec, "--weights", ckpt, "-o", onnx_path)
+    assert rc == 0, err
+    rng = np.random.default_rng(1)
+    ids = rng.integers(3, 60, size=(2, 6)).astype(np.int64)
+    mask = np.ones_like(ids)
+    mask[1, 4:] = 0                     # right padding
+    feeds = {"input_ids": ids, "attention_mask": mask}
+    if case.startswith("bert"):
+        feeds["token_type_ids"] = np.zeros_like(ids)
+    if case.startswith(("bart", "marian")):
+        feeds["decoder_input_ids"] = rng.integers(3, 59, size=(2, 4)).astype(np.int64)
+        feeds["decoder_attention_mask"] = np.ones((2, 4), np.int64)
+    got = ort_run(onnx_path.read_bytes(), feeds)[output]
+    with torch.no_grad():
+        want = getattr(model(**{k: torch.from_numpy(v) for k, v in feeds.items()}), output).numpy()
+    assert got.shape == want.shape
+    err = float(np.abs(got - want).max())
+    assert err <= TOL, f"{case}: max abs diff {err:.2e}"
+
+
+def test_output_over_a_checkpoint_file_is_refused(tmp_path):
+    """-o naming a file of the --weights directory (its model.safetensors, a
+    shard its index names) is refused before anything is written, for build
+    and import, whether --weights is the directory or the index."""
+    torch.manual_seed(0)
+    model = _llama()
+    one, sharded = tmp_path / "one", tmp_path / "sharded"
+    model.save_pretrained(one)
+    model.save_pretrained(sharded, max_shard_size="20KB")
+    index = sharded / "model.safetensors.index.json"
+    shard = sorted(p for p in sharded.iterdir() if p.name.startswith("model-"))[1]
+    spec = tmp_path / "spec.yaml"
+    assert cli("import", one, "-o", spec)[0] == 0
+    before = {p: p.read_bytes() for p in [one / "model.safetensors", shard]}
+    for weights, out in [(one, one / "model.safetensors"), (sharded, shard), (index, shard)]:
+        user_error(cli("build", spec, "--weights", weights, "-o", out),
+                   f"refusing to write the output over the input {out}", hint="choose another output path")
+    user_error(cli("import", sharded, "-o", shard), f"refusing to write the output over the input {shard}")
+    assert all(p.read_bytes() == data for p, data in before.items())
