@@ -47,6 +47,10 @@ def _marian(**kw):
                                           scale_embedding=True, **_S2S, **kw))
 
 
+def _gpt2(**kw):
+    return T.GPT2LMHeadModel(T.GPT2Config(n_embd=32, n_layer=2, n_head=4, vocab_size=61, n_positions=32, **kw))
+
+
 def _llama(**kw):
     return T.LlamaForCausalLM(T.LlamaConfig(hidden_size=32, intermediate_size=48, num_hidden_layers=2,
                                             num_attention_heads=4, num_key_value_heads=2, vocab_size=61,
@@ -72,6 +76,10 @@ CASES = {   # name: (model, output, what the file holds that the old import mish
     "marian-not-shared-untied": (lambda: _marian(share_encoder_decoder_embeddings=False, tie_word_embeddings=False),
                                  "logits"),
     "llama-rotary-buffers": (lambda: _llama(), "logits"),
+    # activations transformers' GPT-2 takes from ACT2FN (the import refused them)
+    "gpt2-relu": (lambda: _gpt2(activation_function="relu"), "logits"),
+    "gpt2-silu": (lambda: _gpt2(activation_function="silu"), "logits"),
+    "gpt2-gelu-fast": (lambda: _gpt2(activation_function="gelu_fast"), "logits"),
 }
 
 
@@ -127,3 +135,17 @@ def test_output_over_a_checkpoint_file_is_refused(tmp_path):
                    f"refusing to write the output over the input {out}", hint="choose another output path")
     user_error(cli("import", sharded, "-o", shard), f"refusing to write the output over the input {shard}")
     assert all(p.read_bytes() == data for p, data in before.items())
+
+
+def test_pre_quantized_checkpoint_is_refused_at_import(tmp_path):
+    """A GPTQ/AWQ/bitsandbytes save holds packed integers (qweight, scales), not
+    the float matrices the weight map loads: refused by name at import, not
+    written as a spec whose build fails on missing tensors."""
+    import json
+    _llama().config.save_pretrained(tmp_path)
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    cfg["quantization_config"] = {"quant_method": "gptq", "bits": 4, "group_size": 128}
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    user_error(cli("import", tmp_path, "-o", tmp_path / "s.yaml"),
+               'quantization_config.quant_method = "gptq" is not supported', hint="import the float checkpoint")
+    assert not (tmp_path / "s.yaml").exists()

@@ -43,6 +43,13 @@ def import_checkpoint(directory: str | Path) -> str:
         missing = MISSING.get(cfg.model_type, "an importer for this family")
         raise GraphcError(f"{cfg.path}: model_type '{cfg.model_type}' is not supported: graphc lacks {missing}",
                           hint="supported model types: " + ", ".join(sorted(FAMILIES)))
+    quant = cfg.get("quantization_config")
+    if quant is not None:
+        # its tensors are packed integers and scales (qweight, qzeros ...), not the float matrices the map loads
+        method = quant.get("quant_method", "?") if isinstance(quant, dict) else quant
+        raise cfg.unsupported("quantization_config.quant_method", method, "a reader for pre-quantized checkpoints",
+                              hint="import the float checkpoint the quantized one was made from; "
+                                   "graphc build --quantize int8 quantizes it")
     names = tensor_names(cfg)
     return _align_comments(family(cfg, names, str(directory)))
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from .common import Config, prefix_of, rule, yfloat
 
-ACTIVATIONS = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "relu": "relu"}
+ACTIVATIONS = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu_fast": "gelu_tanh",
+               "relu": "relu"}
 
 
 def _has(names: dict | None, start: str) -> bool:

@@ -10,7 +10,9 @@ from __future__ import annotations
 from .common import Config, prefix_of, rule, yfloat
 from .generation import generation_section
 
-ACTIVATIONS = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu": "gelu"}
+# transformers' ACT2FN names -> graphc's; gelu_fast is the same tanh formula as gelu_new
+ACTIVATIONS = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu_fast": "gelu_tanh", "gelu": "gelu",
+               "relu": "relu", "silu": "silu", "swish": "silu"}
 
 
 def spec_text(cfg: Config, names: dict | None, source: str) -> str:
