@@ -39,15 +39,29 @@ def is_checkpoint_dir(path: str | os.PathLike) -> bool:
         return False
 
 
+def present(path: Path) -> bool:
+    """Whether a checkpoint file is there; a dangling symlink is an error, not
+    absence: a Hugging Face cache snapshot links each file to a blob, and a copy
+    made without its blobs (or a download cut short) leaves links to nothing,
+    which must not read as "this directory has no weights"."""
+    if path.exists():
+        return True
+    if path.is_symlink():
+        raise GraphcError(f"{path} is a symbolic link to {os.readlink(path)}, which does not exist",
+                          hint="a Hugging Face cache snapshot copied without its blobs, or a download cut short: "
+                               "copy it with 'cp -rL' (following links), or download it again")
+    return False
+
+
 def load_checkpoint(path: str | os.PathLike, max_bytes: int | None = None) -> tuple[dict[str, np.ndarray], list[str]]:
     """The tensors of a weights file, checkpoint directory or index file, and
     notes for the user (conversions). ``max_bytes`` bounds all shards together."""
     p = Path(path)
     converted: dict[str, str] = {}
     if is_checkpoint_dir(p):
-        if (p / SINGLE).exists():
+        if present(p / SINGLE):
             tensors = read_safetensors(p / SINGLE, max_bytes, converted)
-        elif (p / INDEX).exists():
+        elif present(p / INDEX):
             tensors = read_index(p / INDEX, max_bytes, converted)
         else:
             raise _no_weights_in(p)
@@ -109,7 +123,7 @@ def read_index(path: Path, max_bytes: int | None = None, converted: dict[str, st
         if Path(shard).name != shard or shard in (".", ".."):
             raise GraphcError(f"{shown}: shard '{shard}' is not a file name beside the index",
                               hint="an index names its shards by file name, in its own directory")
-        if not (path.parent / shard).exists():
+        if not present(path.parent / shard):
             raise GraphcError(f"{shown} names shard '{shard}' (for {len(shards[shard])} tensors, e.g. "
                               f"'{shards[shard][0]}'), which is not in {path.parent}",
                               hint="copy every shard of the checkpoint next to its index")

@@ -149,3 +149,35 @@ def test_pre_quantized_checkpoint_is_refused_at_import(tmp_path):
     user_error(cli("import", tmp_path, "-o", tmp_path / "s.yaml"),
                'quantization_config.quant_method = "gptq" is not supported', hint="import the float checkpoint")
     assert not (tmp_path / "s.yaml").exists()
+
+
+def test_dangling_symlinks_in_a_checkpoint_are_named(tmp_path):
+    """A Hugging Face cache snapshot links each file to a blob; copied without
+    the blobs (or cut short while downloading) the links lead nowhere. That was
+    read as "no weights here": import wrote a spec from the config alone and
+    build said the directory had no model.safetensors. Now both name the link."""
+    import os
+    import shutil
+    torch.manual_seed(0)
+    model = _gpt2()
+    single, sharded = tmp_path / "single", tmp_path / "sharded"
+    model.save_pretrained(single)
+    model.save_pretrained(sharded, max_shard_size="40KB")
+    spec = tmp_path / "spec.yaml"
+    assert cli("import", single, "-o", spec)[0] == 0
+    (single / "model.safetensors").unlink()
+    os.symlink("../blobs/0123abcd", single / "model.safetensors")
+    shard = sorted(p for p in sharded.iterdir() if p.name.startswith("model-"))[0]
+    shard.unlink()
+    os.symlink("../blobs/4567ef01.incomplete", shard)
+    for ckpt, link in [(single, single / "model.safetensors"), (sharded, shard)]:
+        for res in (cli("import", ckpt, "-o", tmp_path / "s.yaml"),
+                    cli("build", spec, "--weights", ckpt, "-o", tmp_path / "m.onnx")):
+            user_error(res, f"{link} is a symbolic link to ../blobs/", hint="cp -rL")
+        assert not (tmp_path / "s.yaml").exists() and not (tmp_path / "m.onnx").exists()
+    # a dangling config.json is named too, not "no config.json"
+    cfgdir = tmp_path / "cfg"
+    shutil.copytree(sharded, cfgdir, symlinks=True)
+    (cfgdir / "config.json").unlink()
+    os.symlink("../blobs/89ab", cfgdir / "config.json")
+    user_error(cli("import", cfgdir), f"{cfgdir / 'config.json'} is a symbolic link to ../blobs/89ab")

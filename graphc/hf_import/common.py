@@ -81,6 +81,9 @@ def read_config(directory: str | Path) -> Config:
             raise GraphcError(f"{directory} is not a checkpoint directory",
                               hint="pass the directory save_pretrained wrote (config.json, model.safetensors)")
     path = d / "config.json"
+    from ..checkpoint import present
+    if present(path) and not path.is_file():
+        raise GraphcError(f"{path} is not a file", hint="pass the directory save_pretrained wrote")
     if not path.is_file():
         raise GraphcError(f"{d} has no config.json", hint="pass the directory save_pretrained wrote")
     data = read_json(path, MAX_CONFIG_BYTES, "model config")
@@ -95,9 +98,9 @@ def read_config(directory: str | Path) -> Config:
 def tensor_names(cfg: Config) -> dict[str, tuple[int, ...]] | None:
     """The checkpoint's tensor names and shapes, or None when the directory holds
     only a config (the spec is then written from the config alone)."""
-    from ..checkpoint import INDEX, SINGLE
+    from ..checkpoint import INDEX, SINGLE, present
     from ..checkpoint import tensor_names as names
-    if not (cfg.dir / SINGLE).exists() and not (cfg.dir / INDEX).exists():
+    if not present(cfg.dir / SINGLE) and not present(cfg.dir / INDEX):
         return None
     return names(cfg.dir)
 
