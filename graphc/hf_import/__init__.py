@@ -25,6 +25,18 @@ FAMILIES = {
     "marian": bart.spec_text,
     "t5": t5.spec_text,
 }
+# the architectures (config.json's "architectures") each family's spec reproduces; a head
+# not listed (question answering, token classification, ...) would be dropped from the spec
+ARCHITECTURES = {
+    "gpt2": ("GPT2Model", "GPT2LMHeadModel"),
+    "llama": ("LlamaModel", "LlamaForCausalLM"),
+    "mistral": ("MistralModel", "MistralForCausalLM"),
+    "bert": ("BertModel", "BertForMaskedLM", "BertForSequenceClassification"),
+    "distilbert": ("DistilBertModel", "DistilBertForMaskedLM"),
+    "bart": ("BartModel", "BartForConditionalGeneration"),
+    "marian": ("MarianModel", "MarianMTModel"),
+    "t5": ("T5Model", "T5ForConditionalGeneration", "T5EncoderModel"),
+}
 # families people ask for, and what graphc lacks for each (so the error can say)
 MISSING = {
     "mt5": "an importer (mT5 is T5 v1.1 with another vocabulary: not tested yet)",
@@ -43,6 +55,11 @@ def import_checkpoint(directory: str | Path) -> str:
         missing = MISSING.get(cfg.model_type, "an importer for this family")
         raise GraphcError(f"{cfg.path}: model_type '{cfg.model_type}' is not supported: graphc lacks {missing}",
                           hint="supported model types: " + ", ".join(sorted(FAMILIES)))
+    archs = cfg.get("architectures")
+    if isinstance(archs, list) and archs and not any(a in ARCHITECTURES[cfg.model_type] for a in archs):
+        raise cfg.unsupported("architectures", archs, f"the {' / '.join(map(str, archs))} head",
+                              hint=f"graphc imports {', '.join(ARCHITECTURES[cfg.model_type])}; for the base "
+                                   "model's hidden states, import a checkpoint of the base model")
     quant = cfg.get("quantization_config")
     if quant is not None:
         # its tensors are packed integers and scales (qweight, qzeros ...), not the float matrices the map loads

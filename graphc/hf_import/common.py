@@ -113,8 +113,8 @@ def prefix_of(names: dict | None, probe: str, candidates: tuple[str, ...]) -> st
     for c in candidates:
         if c + probe in names:
             return c
-    raise GraphcError(f"the checkpoint has no tensor '{candidates[0]}{probe}' (nor "
-                      + ", ".join(f"'{c}{probe}'" for c in candidates[1:]) + ")",
+    others = ", ".join(f"'{c}{probe}'" for c in candidates[1:])
+    raise GraphcError(f"the checkpoint has no tensor '{candidates[0]}{probe}'" + (f" (nor {others})" if others else ""),
                       hint="the tensors do not follow the naming of this model_type; was config.json edited?")
 
 
