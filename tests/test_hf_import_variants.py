@@ -207,3 +207,25 @@ def test_a_head_the_import_does_not_model_is_refused(tmp_path, make, arch):
         user_error(cli("import", tmp_path / d, "-o", tmp_path / "s.yaml"),
                    f'architectures = ["{arch}"] is not supported: graphc lacks the {arch} head', hint="graphc imports")
         assert not (tmp_path / "s.yaml").exists()
+
+
+def test_line_breaks_in_names_and_settings_stay_in_comments(tmp_path):
+    """The spec's comments quote the checkpoint's path and its generation
+    settings; a line break in either ended the comment and the rest became YAML
+    (a duplicate key, or a key the user never wrote). Both are shown escaped."""
+    import json
+    import yaml
+    ckpt = tmp_path / "ckpt\nname: injected"
+    ckpt.mkdir()
+    torch.manual_seed(0)
+    _gpt2(bos_token_id=1, eos_token_id=2).save_pretrained(ckpt)
+    gen = json.loads((ckpt / "generation_config.json").read_text())
+    gen["temperature"] = "0.7\nlayers: []"
+    (ckpt / "generation_config.json").write_text(json.dumps(gen))
+    spec = tmp_path / "spec.yaml"
+    rc, _, err = cli("import", ckpt, "-o", spec)
+    assert rc == 0, err
+    data = yaml.safe_load(spec.read_text())
+    assert data["name"] == "gpt2" and data["layers"], data.get("layers")
+    rc, _, err = cli("build", spec, "--weights", ckpt, "-o", tmp_path / "m.onnx")
+    assert rc == 0, err

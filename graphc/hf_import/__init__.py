@@ -68,7 +68,16 @@ def import_checkpoint(directory: str | Path) -> str:
                               hint="import the float checkpoint the quantized one was made from; "
                                    "graphc build --quantize int8 quantizes it")
     names = tensor_names(cfg)
-    return _align_comments(family(cfg, names, str(directory)))
+    return _align_comments(family(cfg, names, _comment_safe(str(directory))))
+
+
+def _comment_safe(path: str) -> str:
+    """The directory as the spec's comments show it: a name holding a line break
+    (YAML also breaks lines at NEL, LS and PS) would end the comment and put the
+    rest of the name into the spec as YAML; such a name is shown escaped."""
+    if any(ord(c) < 32 or c in "\x7f\x85\u2028\u2029" for c in path):
+        return ascii(path)
+    return path
 
 
 def _align_comments(text: str) -> str:

@@ -16,6 +16,8 @@ refuse the whole spec.
 """
 from __future__ import annotations
 
+import json
+
 from ..json_files import read_json
 from .common import MAX_CONFIG_BYTES, Config
 
@@ -97,7 +99,8 @@ def generation_section(cfg: Config, vocab: int, tokens: str, tokens_mask: str, l
         return ["# no generation: section (graphc build --kv-cache needs one): " + "; ".join(problems) + ".",
                 "# Write one by hand (docs/generation.md); the section it would have been:"] + \
                ["# " + ln for ln in lines]
-    other = [f"{k}: {v}" for k, default in OTHER_SETTINGS.items() for v in [_lookup(k, gen, config)[0]]
+    # a string is shown JSON-quoted: a line break in it would end the comment and inject YAML
+    other = [f"{k}: {json.dumps(v) if isinstance(v, str) else v}" for k, default in OTHER_SETTINGS.items() for v in [_lookup(k, gen, config)[0]]
              if v is not None and v != default]
     if other:
         lines.append("  # the checkpoint's generation_config also sets " + ", ".join(other) + ";")
