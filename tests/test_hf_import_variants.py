@@ -93,6 +93,12 @@ def test_variant_parity(case, tmp_path):
     model.save_pretrained(ckpt)
     if case == "llama-rotary-buffers":
         _add_rotary_buffers(ckpt)
+    _check_parity(case, model, ckpt, output, tmp_path)
+
+
+def _check_parity(case, model, ckpt, output, tmp_path):
+    """Import and build ``ckpt`` through the CLI; ``output`` on ONNX Runtime
+    must match ``model``'s within TOL on a right-padded batch."""
     spec, onnx_path = tmp_path / "spec.yaml", tmp_path / "m.onnx"
     rc, _, err = cli("import", ckpt, "-o", spec)
     assert rc == 0, err
@@ -229,3 +235,38 @@ def test_line_breaks_in_names_and_settings_stay_in_comments(tmp_path):
     assert data["name"] == "gpt2" and data["layers"], data.get("layers")
     rc, _, err = cli("build", spec, "--weights", ckpt, "-o", tmp_path / "m.onnx")
     assert rc == 0, err
+
+
+def _differing_copy(copy: str, source: str, bias: tuple[str, str] | None = None):
+    def edit(ckpt):
+        from safetensors.numpy import load_file, save_file
+        t = load_file(ckpt / "model.safetensors")
+        rng = np.random.default_rng(3)
+        t[copy] = (t[source] + 0.2 * rng.standard_normal(t[source].shape)).astype(np.float32)
+        if bias is not None:        # BERT's decoder bias: an equal copy of cls.predictions.bias
+            t[bias[0]] = t[bias[1]].copy()
+        save_file(t, ckpt / "model.safetensors", metadata={"format": "pt"})
+    return edit
+
+
+@pytest.mark.parametrize("case, make, edit", [
+    ("gpt2", lambda: _gpt2(), _differing_copy("lm_head.weight", "transformer.wte.weight")),
+    ("llama", lambda: _llama(tie_word_embeddings=True), _differing_copy("lm_head.weight", "model.embed_tokens.weight")),
+    ("bert", lambda: _bert_mlm(), _differing_copy("cls.predictions.decoder.weight", "bert.embeddings.word_embeddings.weight",
+                                                  ("cls.predictions.decoder.bias", "cls.predictions.bias"))),
+    ("distilbert", lambda: _distilbert_mlm(),
+     _differing_copy("vocab_projector.weight", "distilbert.embeddings.word_embeddings.weight")),
+])
+def test_a_stored_head_that_differs_from_its_tied_table_is_loaded(case, make, edit, tmp_path):
+    """tie_word_embeddings true, but the file stores the head with other values
+    than the embedding (a fine-tune that trained them apart, a hand-edited
+    config). transformers 5 then does not tie them and the head uses its own
+    tensor; the import ignored it as a tied copy (wrong logits, no error)."""
+    torch.manual_seed(0)
+    model = make()
+    _perturb(model)
+    ckpt = tmp_path / "ckpt"
+    model.save_pretrained(ckpt)
+    edit(ckpt)
+    model = type(model).from_pretrained(ckpt, dtype=torch.float32).eval()   # the oracle: what transformers loads
+    _check_parity(case, model, ckpt, "logits", tmp_path)

@@ -36,7 +36,7 @@ def _table_sources(cfg: Config, names: dict | None, p: str, shared: bool) -> tup
     Untied, transformers 5 keeps each as its own parameter, so each loads the
     tensor saved under its own name when the file has it (a save whose tables
     were one module stores one name: the shared table is then the fallback)."""
-    tied = cfg.get("tie_word_embeddings", True) is not False
+    tied = bool(cfg.get("tie_word_embeddings", True))
     E, D = f"{p}encoder.embed_tokens.weight", f"{p}decoder.embed_tokens.weight"
     if shared and tied:
         return f"{p}shared.weight", f"{p}shared.weight", f"{p}shared.weight"

@@ -8,7 +8,7 @@ concatenates them into torch's packed ``in_proj_weight`` rows [W_q; W_k; W_v].
 """
 from __future__ import annotations
 
-from .common import Config, prefix_of, rule, yfloat
+from .common import Config, prefix_of, rule, stored_untied, yfloat
 
 ACTIVATIONS = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu_fast": "gelu_tanh",
                "relu": "relu"}
@@ -57,7 +57,7 @@ def _act_layer(act: str) -> str:
 def _tied(cfg: Config) -> bool:
     """tie_word_embeddings (default true): false means the MLM decoder has its own
     matrix (transformers then neither ties nor overwrites it)."""
-    return cfg.get("tie_word_embeddings", True) is not False
+    return bool(cfg.get("tie_word_embeddings", True))
 
 
 def _mlm_head(src: str, act: str, vocab_tie: str | None) -> list[str]:
@@ -82,7 +82,9 @@ def spec_text(cfg: Config, names: dict | None, source: str) -> str:
     mlm = _has(names, "cls.predictions.") or (names is None and "BertForMaskedLM" in archs)
     classifier = _has(names, "classifier.") or (names is None and "BertForSequenceClassification" in archs)
     pooler = _has(names, p + "pooler.") or (names is None and not mlm)
-    tied = _tied(cfg)
+    tied = _tied(cfg) and not stored_untied(cfg, "cls.predictions.decoder.weight",
+                                             f"{p}embeddings.word_embeddings.weight") \
+        and not stored_untied(cfg, "cls.predictions.decoder.bias", "cls.predictions.bias")
     if classifier and not pooler:
         raise cfg.unsupported("architectures", archs, "a classifier on a BERT without its pooler")
     out = _header("BERT", cfg, source, max_len) + [
@@ -168,7 +170,7 @@ def distilbert_spec_text(cfg: Config, names: dict | None, source: str) -> str:
     p = prefix_of(names, "embeddings.word_embeddings.weight", ("distilbert.", ""))
     mlm = _has(names, "vocab_projector.") or _has(names, "vocab_transform.") or \
         (names is None and "DistilBertForMaskedLM" in archs)
-    tied = _tied(cfg)
+    tied = _tied(cfg) and not stored_untied(cfg, "vocab_projector.weight", f"{p}embeddings.word_embeddings.weight")
     out = _header("DistilBERT", cfg, source, max_len) + [
         "params:",
         f"  vocab: {cfg.int('vocab_size')}          # vocab_size",

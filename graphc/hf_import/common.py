@@ -28,6 +28,7 @@ class Config:
         self.path = path
         self.dir = directory
         self.model_type = data.get("model_type")
+        self.tensors: dict = {}      # the checkpoint's tensors, once tensor_names read them
 
     def get(self, key: str, default: Any = None) -> Any:
         value = self.data.get(key, default)
@@ -98,11 +99,24 @@ def read_config(directory: str | Path) -> Config:
 def tensor_names(cfg: Config) -> dict[str, tuple[int, ...]] | None:
     """The checkpoint's tensor names and shapes, or None when the directory holds
     only a config (the spec is then written from the config alone)."""
-    from ..checkpoint import INDEX, SINGLE, present
-    from ..checkpoint import tensor_names as names
+    from ..checkpoint import INDEX, SINGLE, load_checkpoint, present
     if not present(cfg.dir / SINGLE) and not present(cfg.dir / INDEX):
         return None
-    return names(cfg.dir)
+    cfg.tensors, _ = load_checkpoint(cfg.dir, None)      # mapped, read only where compared
+    return {n: tuple(a.shape) for n, a in cfg.tensors.items()}
+
+
+def stored_untied(cfg: Config, copy: str, source: str) -> bool:
+    """Whether the file holds ``copy`` (a head tied to ``source`` by
+    tie_word_embeddings) with other values than ``source``. transformers 5 then
+    does not tie them ("both are present in the checkpoints with different
+    values, so we will NOT tie them") and the head uses its own tensor; so must
+    the spec, or its logits would differ silently."""
+    t = cfg.tensors
+    if copy not in t or source not in t:
+        return False
+    import numpy as np
+    return t[copy].shape != t[source].shape or not np.array_equal(t[copy], t[source])
 
 
 def prefix_of(names: dict | None, probe: str, candidates: tuple[str, ...]) -> str:

@@ -7,7 +7,7 @@ square ``attn.c_proj`` would load transposed without any error.
 """
 from __future__ import annotations
 
-from .common import Config, prefix_of, rule, yfloat
+from .common import Config, prefix_of, rule, stored_untied, yfloat
 from .generation import generation_section
 
 # transformers' ACT2FN names -> graphc's; gelu_fast is the same tanh formula as gelu_new
@@ -27,8 +27,9 @@ def spec_text(cfg: Config, names: dict | None, source: str) -> str:
     archs = cfg.get("architectures") or []
     # a tied head is not saved (it is wte): the architecture says whether there is one
     lm = "GPT2LMHeadModel" in archs or (names is not None and any(n.startswith("lm_head.") for n in names))
-    tied = cfg.get("tie_word_embeddings", True)
     p = prefix_of(names, "wte.weight", ("transformer.", ""))
+    tied = bool(cfg.get("tie_word_embeddings", True)) and not stored_untied(cfg, "lm_head.weight",
+                                                                                  f"{p}wte.weight")
     ignore = []
     if names is not None:
         ignore = sorted({n.rsplit(".", 1)[0] + ".*" for n in names

@@ -9,7 +9,7 @@ concatenates the three (GQA: k and v have kv_heads * head_dim rows each).
 from __future__ import annotations
 
 from ..errors import GraphcError
-from .common import Config, prefix_of, rule, yfloat
+from .common import Config, prefix_of, rule, stored_untied, yfloat
 from .generation import generation_section
 
 
@@ -67,8 +67,9 @@ def spec_text(cfg: Config, names: dict | None, source: str) -> str:
     archs = cfg.get("architectures") or []
     lm = (names is not None and any(n.startswith("lm_head.") for n in names)) or \
         any(a.endswith("ForCausalLM") for a in archs)
-    tied = bool(cfg.get("tie_word_embeddings", False))
     p = prefix_of(names, "embed_tokens.weight", ("model.", ""))
+    tied = bool(cfg.get("tie_word_embeddings", False)) and not stored_untied(cfg, "lm_head.weight",
+                                                                             f"{p}embed_tokens.weight")
     name = cfg.model_type
     out = [
         f"# {family} imported by 'graphc import' from {source}",
