@@ -47,6 +47,12 @@ def _marian(**kw):
                                           scale_embedding=True, **_S2S, **kw))
 
 
+def _t5(**kw):
+    return T.T5ForConditionalGeneration(T.T5Config(d_model=32, d_kv=8, d_ff=48, num_layers=2, num_heads=4,
+                                                   vocab_size=61, relative_attention_num_buckets=8,
+                                                   relative_attention_max_distance=20, decoder_start_token_id=0, **kw))
+
+
 def _gpt2(**kw):
     return T.GPT2LMHeadModel(T.GPT2Config(n_embd=32, n_layer=2, n_head=4, vocab_size=61, n_positions=32, **kw))
 
@@ -111,7 +117,7 @@ def _check_parity(case, model, ckpt, output, tmp_path):
     feeds = {"input_ids": ids, "attention_mask": mask}
     if case.startswith("bert"):
         feeds["token_type_ids"] = np.zeros_like(ids)
-    if case.startswith(("bart", "marian")):
+    if case.startswith(("bart", "marian", "t5")):
         feeds["decoder_input_ids"] = rng.integers(3, 59, size=(2, 4)).astype(np.int64)
         feeds["decoder_attention_mask"] = np.ones((2, 4), np.int64)
     got = ort_run(onnx_path.read_bytes(), feeds)[output]
@@ -256,12 +262,16 @@ def _differing_copy(copy: str, source: str, bias: tuple[str, str] | None = None)
                                                   ("cls.predictions.decoder.bias", "cls.predictions.bias"))),
     ("distilbert", lambda: _distilbert_mlm(),
      _differing_copy("vocab_projector.weight", "distilbert.embeddings.word_embeddings.weight")),
+    ("bart", lambda: _bart(), _differing_copy("lm_head.weight", "model.shared.weight")),
+    ("bart-encoder-table", lambda: _bart(), _differing_copy("model.encoder.embed_tokens.weight", "model.shared.weight")),
+    ("t5-encoder-table", lambda: _t5(), _differing_copy("encoder.embed_tokens.weight", "shared.weight")),
 ])
 def test_a_stored_head_that_differs_from_its_tied_table_is_loaded(case, make, edit, tmp_path):
     """tie_word_embeddings true, but the file stores the head with other values
     than the embedding (a fine-tune that trained them apart, a hand-edited
     config). transformers 5 then does not tie them and the head uses its own
-    tensor; the import ignored it as a tied copy (wrong logits, no error)."""
+    tensor; the import ignored it as a tied copy (wrong logits, no error).
+    The same holds for BART's and T5's stored encoder/decoder tables."""
     torch.manual_seed(0)
     model = make()
     _perturb(model)

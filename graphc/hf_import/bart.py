@@ -16,7 +16,7 @@ Where the two differ, and how the spec says it:
 from __future__ import annotations
 
 from .bert import ACTIVATIONS as _BASE_ACTS
-from .common import Config, prefix_of, rule
+from .common import Config, prefix_of, rule, stored_untied
 from .generation import generation_section
 
 ACTIVATIONS = {**_BASE_ACTS, "silu": "silu", "swish": "silu"}
@@ -31,20 +31,25 @@ def _attention_rules(src: str, dst: str) -> list[str]:
 
 def _table_sources(cfg: Config, names: dict | None, p: str, shared: bool) -> tuple[str, str, str]:
     """The checkpoint tensors the encoder embedding, the decoder embedding and the
-    LM head read. Tied (tie_word_embeddings, the default): one table, the shared
-    one (or, for Marian without shared embeddings, the decoder's for the head).
-    Untied, transformers 5 keeps each as its own parameter, so each loads the
-    tensor saved under its own name when the file has it (a save whose tables
-    were one module stores one name: the shared table is then the fallback)."""
+    LM head read, as transformers 5 loads them. Tied (tie_word_embeddings, the
+    default): one table, the shared one (Marian without shared embeddings: the
+    decoder's, for the head), except a stored copy whose values differ, which
+    transformers then leaves untied. Untied: each its own tensor, the one saved
+    under its name (a save whose tables were one module stores one name: the
+    shared table is then the fallback)."""
     tied = bool(cfg.get("tie_word_embeddings", True))
-    E, D = f"{p}encoder.embed_tokens.weight", f"{p}decoder.embed_tokens.weight"
-    if shared and tied:
-        return f"{p}shared.weight", f"{p}shared.weight", f"{p}shared.weight"
+    S, E, D, H = f"{p}shared.weight", f"{p}encoder.embed_tokens.weight", f"{p}decoder.embed_tokens.weight", \
+        "lm_head.weight"
     have = (lambda n: n in names) if names is not None else (lambda n: True)
-    enc = E if not shared or have(E) else f"{p}shared.weight"
-    dec = D if not shared or have(D) else f"{p}shared.weight"
-    head = dec if tied or not have("lm_head.weight") else "lm_head.weight"
-    return enc, dec, head
+    if not shared:
+        head = H if (not tied and have(H)) or stored_untied(cfg, H, D) else D
+        return E, D, head
+    if tied:
+        return (E if stored_untied(cfg, E, S) else S, D if stored_untied(cfg, D, S) else S,
+                H if stored_untied(cfg, H, S) else S)
+    enc = E if have(E) else S
+    dec = D if have(D) else S
+    return enc, dec, H if have(H) else dec
 
 
 def spec_text(cfg: Config, names: dict | None, source: str) -> str:

@@ -11,7 +11,7 @@ parameters are named ``enc.{i}...`` / ``dec.{i}...``.
 """
 from __future__ import annotations
 
-from .common import Config, prefix_of, rule, yfloat
+from .common import Config, prefix_of, rule, stored_untied, yfloat
 from .generation import generation_section
 
 FF = {"relu": "relu", "gated-gelu": "gated-gelu"}
@@ -55,6 +55,13 @@ def spec_text(cfg: Config, names: dict | None, source: str) -> str:
     scale = cfg.get("scale_decoder_outputs")
     scale = cfg.get("tie_word_embeddings", True) is not False if scale is None else bool(scale)
     p = prefix_of(names, "shared.weight", ("",))
+    # the tensors the encoder embedding, the decoder embedding and a tied head read: a stored
+    # encoder/decoder copy of the shared table with other values is left untied by transformers 5
+    # ("both are present in the checkpoints with different values"), so it loads as its own
+    S, E, D = f"{p}shared.weight", f"{p}encoder.embed_tokens.weight", f"{p}decoder.embed_tokens.weight"
+    enc_src = E if stored_untied(cfg, E, S) else S
+    dec_src = D if stored_untied(cfg, D, S) else S
+    head_src = S if tied else "lm_head.weight"
     max_len = cfg.int("n_positions", 512)
     out = [
         f"# T5 imported by 'graphc import' from {source}",
@@ -121,8 +128,9 @@ def spec_text(cfg: Config, names: dict | None, source: str) -> str:
     if encoder_only:
         outputs.append("  last_hidden_state: enc_norm         # [batch, src_seq, d_model]")
     else:
+        dec_tie = ", tie: shared.weight" if dec_src == enc_src else ""
         out += ["  - {name: dec_embed, kind: embedding, input: decoder_input_ids, num_embeddings: vocab, "
-                "embedding_dim: d_model, tie: shared.weight}",
+                f"embedding_dim: d_model{dec_tie}}}",
                 "  - {name: dec_bias, kind: relative_position_bias, input: dec_embed, heads: heads, bidirectional: false,",
                 "     num_buckets: buckets, max_distance: max_distance, max_len: max_len}",
                 "  - {name: dec, kind: dec_block, inputs: [dec_embed, dec_bias, decoder_attention_mask, enc_norm, "
@@ -134,7 +142,8 @@ def spec_text(cfg: Config, names: dict | None, source: str) -> str:
                        "   # d_model^-0.5 (scale_decoder_outputs)")
             head_in = "rescale"
         if lm:
-            tie = ", tie: shared.weight" if tied else ""
+            tie = ", tie: shared.weight" if head_src == enc_src else ", tie: dec_embed.weight" \
+                if head_src == dec_src else ""
             out.append(f"  - {{name: lm_head, kind: linear, input: {head_in}, out_features: vocab, bias: false{tie}}}")
         if lm:
             outputs.append("  logits: lm_head                    # [batch, tgt_seq, vocab]")
@@ -144,12 +153,15 @@ def spec_text(cfg: Config, names: dict | None, source: str) -> str:
     out += outputs
     ignore = []
     if names is not None:
-        ignore = [n for n in ("encoder.embed_tokens.weight", "decoder.embed_tokens.weight") if n in names]
+        used = {enc_src} | (set() if encoder_only else {dec_src} | ({head_src} if lm else set()))
+        ignore = [n for n in (S, E, D) if n in names and n not in used]
     w = ["weights:"]
     if ignore:
         w.append("  ignore:      # tied copies of the shared embedding")
         w += [f"    - '{n}'" for n in ignore]
-    w += ["  map:", rule(f"{p}shared.weight", "shared.weight")]
+    w += ["  map:", rule(enc_src, "shared.weight")]
+    if not encoder_only and dec_src != enc_src:
+        w.append(rule(dec_src, "dec_embed.weight"))
 
     def stack(hf: str, g: str, attn: list[tuple[str, str]], ff_at: int) -> list[str]:
         B = f"{p}{hf}.block.*."
@@ -170,8 +182,8 @@ def spec_text(cfg: Config, names: dict | None, source: str) -> str:
     w += stack("encoder", "enc", [("SelfAttention", "sa")], 1)
     if not encoder_only:
         w += stack("decoder", "dec", [("SelfAttention", "sa"), ("EncDecAttention", "ca")], 2)
-    if lm and not tied:
-        w.append(rule("lm_head.weight", "lm_head.weight"))
+    if lm and head_src not in (enc_src, dec_src):
+        w.append(rule(head_src, "lm_head.weight"))
     out += w
     if lm:
         out += generation_section(cfg, cfg.int("vocab_size"), "decoder_input_ids", "decoder_attention_mask",
