@@ -100,7 +100,7 @@ def test_cli_prints_and_writes_ids(bundle, tmp_path):
 @pytest.mark.parametrize("args,message", [
     (["--input-ids", "3,4,99"], "outside the vocabulary [0, 20)"),
     (["--input-ids", "3,x"], "comma-separated integer ids"),
-    (["--input-ids", "3", "--max-new-tokens", "64"], "longer than the model's 64 positions"),
+    (["--input-ids", "3", "--max-new-tokens", "65"], "longer than the model's 64 positions"),
     (["--input-ids", ",".join(["3"] * 65)], "positions go up to 64"),
     (["--input-ids", "0,0"], "all padding"),
     (["--src-ids", "3"], "decoder-only model"),

@@ -33,6 +33,8 @@ def as_id_rows(ids, what: str) -> np.ndarray:
     except ValueError:
         raise GraphcError(f"{what}: rows of different lengths; pad them to one length with the bundle's pad id") from None
     if arr.dtype == object:
+        if arr.ndim in (1, 2) and all(isinstance(v, (int, np.integer)) for v in arr.ravel()):
+            raise GraphcError(f"{what}: id {max(arr.ravel(), key=abs)} does not fit in int64"[:160])
         raise GraphcError(f"{what}: rows of different lengths; pad them to one length with the bundle's pad id")
     if arr.ndim == 1:
         arr = arr[None, :]
@@ -82,7 +84,7 @@ class Generator:
             self._check_ids(src, "--src-ids")
             if (src == b.pad).all(axis=1).any():
                 raise GraphcError(f"--src-ids: row {int(np.argmax((src == b.pad).all(axis=1)))} is all padding")
-            self._check_length(src.shape[1], 0, "source")
+            self._check_length(src.shape[1], 1, "source")
             self._check_length(1, max_new_tokens, "decoder")
             fixed = self.encoder(src)
             self.decoder.set_fixed(fixed)
@@ -110,15 +112,18 @@ class Generator:
         return greedy_or_sample(model, ids, mask, sampling=sampling, **common)
 
     def _check_length(self, length: int, new: int, what: str) -> None:
+        """The decoder reads positions 0 .. length + new - 2: the last new token is
+        returned, never fed back (transformers' generate() accepts a prompt of the
+        full table and one new token the same way)."""
         most = self.bundle.max_positions
         if most is None:
             return
         if length > most:
             raise GraphcError(f"the {what} has {length} tokens; the model's positions go up to {most}",
                               hint=f"shorten it to at most {most} tokens")
-        if length + new > most:
+        if length + new - 1 > most:
             raise GraphcError(f"the {what} ({length} tokens) plus --max-new-tokens {new} is longer than the "
-                              f"model's {most} positions", hint=f"use --max-new-tokens {most - length} or less")
+                              f"model's {most} positions", hint=f"use --max-new-tokens {most - length + 1} or less")
 
 
 class _WithCapacity:
@@ -145,6 +150,12 @@ def check_settings(*, max_new_tokens, num_beams, temperature, top_k, top_p, seed
         if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
             raise GraphcError(f"{flag} must be an integer, got {v!r}")
         return int(v)
+    def real(v, flag):
+        if v is not None and (isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, float, np.integer,
+                                                                                     np.floating))):
+            raise GraphcError(f"{flag} must be a number, got {v!r}"[:120])
+    for v, flag in ((temperature, "--temperature"), (top_p, "--top-p"), (length_penalty, "--length-penalty")):
+        real(v, flag)
     if not 1 <= integer(max_new_tokens, "--max-new-tokens") <= MAX_NEW_TOKENS_LIMIT:
         raise GraphcError(f"--max-new-tokens must be between 1 and {MAX_NEW_TOKENS_LIMIT}, got {max_new_tokens}")
     if not 1 <= integer(num_beams, "--num-beams") <= 1024:

@@ -48,6 +48,11 @@ def _logits_kind(spec) -> str:
 def _check_target(out: Path) -> None:
     if out.exists() and not out.is_dir():
         raise GraphcError(f"cannot write the bundle {out}: it is a file", hint="give a directory path")
+    if out.suffix.lower() == ".onnx" and not (out / CONFIG_NAME).is_file():
+        # `-o model.onnx` out of habit would make a directory named model.onnx
+        raise GraphcError(f"--kv-cache writes a bundle directory, but {out} names an .onnx file",
+                          hint=f"give a directory, e.g. -o {out.with_suffix('')}/ (it holds decoder.onnx and "
+                               f"graphc_generation.json)")
     if out.is_dir() and any(out.iterdir()) and not (out / CONFIG_NAME).is_file():
         raise GraphcError(f"refusing to write the bundle into {out}: it is a directory that is not a bundle",
                           hint="choose a new directory (an existing bundle there would be replaced)")

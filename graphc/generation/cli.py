@@ -98,10 +98,10 @@ def cmd_generate(args) -> int:
     tok = _tokenizer(args.tokenizer) if args.tokenizer else None
     if args.text and tok is None:
         raise GraphcError("--text needs --tokenizer tokenizer.json")
-    if args.text and (args.input_ids or args.src_ids):
+    if args.text and (args.input_ids is not None or args.src_ids is not None):
         raise GraphcError("give either --text or --input-ids/--src-ids, not both")
-    input_ids = _ids_arg(args.input_ids, "--input-ids") if args.input_ids else None
-    src_ids = _ids_arg(args.src_ids, "--src-ids") if args.src_ids else None
+    input_ids = _ids_arg(args.input_ids, "--input-ids") if args.input_ids is not None else None
+    src_ids = _ids_arg(args.src_ids, "--src-ids") if args.src_ids is not None else None
     if args.text:
         rows = [e.ids for e in tok.encode_batch(args.text)]
         width = max(len(r) for r in rows)

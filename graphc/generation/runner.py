@@ -20,6 +20,8 @@ step allocates or copies the cache (docs/generation.md, "The shared cache buffer
 """
 from __future__ import annotations
 
+import re
+
 import numpy as np
 
 from ..errors import GraphcError
@@ -32,6 +34,17 @@ _NP = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int64
 def _session(path, threads: int | None):
     from ..runtime.session import make_session
     return make_session(str(path), "cpu", threads)
+
+
+def _run_failed(path, exc: Exception) -> GraphcError:
+    """ONNX Runtime refused a run of a bundle's file: the inputs come from graphc,
+    so the bundle is what is wrong (files from different builds, an edited config
+    such as a larger max_positions than the decoder's tables). Said as a user error
+    with ORT's first line, not a traceback."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).splitlines()[0][:400]        # ORT colours its log lines
+    return GraphcError(f"ONNX Runtime failed running {path}: {text}",
+                       hint="the bundle's files or its graphc_generation.json may not belong together; "
+                            "rebuild it with graphc build --kv-cache")
 
 
 class EncoderRunner:
@@ -67,7 +80,10 @@ class EncoderRunner:
             else:                                                       # source_lengths
                 v = real.sum(axis=1)
             feeds[name] = np.ascontiguousarray(v.astype(self.types[name]))
-        values = self.session.run(list(self.bundle.encoder.outputs), feeds)
+        try:
+            values = self.session.run(list(self.bundle.encoder.outputs), feeds)
+        except Exception as exc:                                        # ORT's own exception types
+            raise _run_failed(self.bundle.encoder.path, exc) from None
         return dict(zip(self.bundle.encoder.outputs, values))
 
 
@@ -93,6 +109,17 @@ class DecoderRunner:
         if isinstance(vocab, int) and vocab != bundle.vocab_size:
             raise GraphcError(f"{bundle.decoder} scores {vocab} tokens but {bundle.directory}/graphc_generation.json "
                               f"says vocab_size {bundle.vocab_size}", hint="rebuild the bundle with graphc build --kv-cache")
+        for c in bundle.cache:                      # a config and a decoder from different builds
+            for name in (c.past_key, c.past_value):
+                shape = ins[name].shape
+                want = {1: c.kv_heads, 3: c.head_dim}
+                bad = [(ax, shape[ax], n) for ax, n in want.items()
+                       if len(shape) == 4 and isinstance(shape[ax], int) and shape[ax] != n]
+                if len(shape) != 4 or bad:
+                    got = ", ".join(f"axis {ax} is {d}, the config says {n}" for ax, d, n in bad) or \
+                        f"shape {shape}, not [batch, kv_heads, past_seq, head_dim]"
+                    raise GraphcError(f"{bundle.decoder} does not match {bundle.directory}/graphc_generation.json: "
+                                      f"input {name}: {got}", hint="rebuild the bundle with graphc build --kv-cache")
         self.has_positions = "position_ids" in ins
         self.shared = bundle.cache_layout == "shared"
         self.past = past
@@ -210,7 +237,10 @@ class DecoderRunner:
         feeds.update(self.fixed)
         for name, value in feeds.items():
             bind.bind_cpu_input(name, np.ascontiguousarray(value))
-        self.session.run_with_iobinding(bind)
+        try:
+            self.session.run_with_iobinding(bind)
+        except Exception as exc:                                        # ORT's own exception types
+            raise _run_failed(self.bundle.decoder, exc) from None
         logits = self.step_logits if one_token else bind.get_outputs()[0].numpy()
         return np.array(logits[:, -1, :], dtype=np.float32)             # [B, V], a copy: the buffer is reused
 
@@ -220,6 +250,9 @@ class DecoderRunner:
         feeds.update(self.fixed)
         if self.cache is not None:
             feeds.update(zip(self.past, self.cache))
-        values = self.session.run(self.out_names, feeds)
+        try:
+            values = self.session.run(self.out_names, feeds)
+        except Exception as exc:                                        # ORT's own exception types
+            raise _run_failed(self.bundle.decoder, exc) from None
         self.cache = values[1:]
         return np.ascontiguousarray(values[0][:, -1, :], dtype=np.float32)      # [B, V]

@@ -61,7 +61,7 @@ def warp(scores: np.ndarray, s: Sampling) -> np.ndarray:
     (min_tokens_to_keep=1, filter value -inf), in that order."""
     scores = scores.astype(np.float32, copy=True)
     if s.temperature != 1.0:
-        scores /= np.float32(s.temperature)
+        scores = _cool(scores, s.temperature)
     v = scores.shape[-1]
     if s.top_k is not None and s.top_k > 0:
         k = min(s.top_k, v)
@@ -77,6 +77,23 @@ def warp(scores: np.ndarray, s: Sampling) -> np.ndarray:
         np.put_along_axis(remove, order, remove_sorted, axis=-1)
         scores[remove] = -np.inf
     return scores
+
+
+def _cool(scores: np.ndarray, temperature: float) -> np.ndarray:
+    """scores / temperature in float32, as transformers divides. A temperature so
+    small that the quotient overflows (1e-40, or one that rounds to 0 in float32)
+    would give inf - inf = NaN in the softmax and every row would draw id 0; there
+    the same distribution is taken from each score's distance to its row's best,
+    in float64: the best score(s) 0, the others their (possibly -inf) quotient."""
+    with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
+        scaled = scores / np.float32(temperature)
+        if not (np.isnan(scaled).any() or np.isinf(scaled[np.isfinite(scores)]).any()):
+            return scaled
+        best = scores.max(axis=-1, keepdims=True)
+        d = (scores.astype(np.float64) - best) / float(temperature)
+        d[np.isneginf(scores)] = -np.inf
+        d[scores == best] = 0.0
+        return d.astype(np.float32)
 
 
 def _softmax(x: np.ndarray) -> np.ndarray:

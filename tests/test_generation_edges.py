@@ -1,0 +1,137 @@
+"""Generation at its edges (a reliability sweep of `graphc generate`, graphc.generate and
+`graphc build --kv-cache`): each test failed before the fix it names.
+
+The oracle is the hand-written toy bundle's numpy reference (tests/generation_toy.py:
+the whole sequence recomputed from the math at every step, no cache), or the math of
+the sampling limit itself; nothing is compared with graphc's own earlier output."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import graphc
+from graphc.errors import GraphcError
+from graphc.generation.search import Sampling, greedy_or_sample, warp
+
+import generation_toy as toy
+from helpers import cli, user_error
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory):
+    return toy.write_bundle(tmp_path_factory.mktemp("toy") / "bundle")
+
+
+def _reference_greedy(prompt: np.ndarray, n: int) -> list[int]:
+    """argmax of the no-cache reference's last position, n times (stopping after eos)."""
+    w, ids, out = toy.toy_weights(), prompt[None, :], []
+    for _ in range(n):
+        tok = int(toy.reference_logits(w, ids, np.ones_like(ids))[0, -1].argmax())
+        out.append(tok)
+        if tok == toy.EOS:
+            break
+        ids = np.concatenate([ids, [[tok]]], 1)
+    return out
+
+
+@pytest.mark.parametrize("length, new", [(toy.P, 1), (toy.P - 2, 3)])
+def test_a_prompt_may_fill_the_position_table(bundle, length, new):
+    """The last generated token is returned, never fed: a prompt of L tokens and N new
+    ones reads positions 0 .. L + N - 2 (transformers' generate() accepts a GPT-2
+    prompt of n_positions tokens and one new token). graphc refused L + N > table."""
+    prompt = np.random.default_rng(length).integers(3, toy.V, length)
+    got = graphc.generate(bundle, input_ids=prompt, max_new_tokens=new)[0]
+    want = _reference_greedy(prompt, new)
+    np.testing.assert_array_equal(got[:len(want)], want)
+
+
+def test_one_new_token_past_the_table_is_refused(bundle, tmp_path):
+    ids = ",".join(["3"] * (toy.P - 2))
+    user_error(cli("generate", bundle, "--input-ids", ids, "--max-new-tokens", "4", "-o", tmp_path / "i.npy"),
+               "longer than the model's 64 positions", hint="--max-new-tokens 3 or less")
+    assert not (tmp_path / "i.npy").exists()
+
+
+@pytest.mark.parametrize("over, message", [
+    ({"kv_heads": 2}, "axis 1 is 1, the config says 2"),
+    ({"head_dim": 4}, f"axis 3 is {toy.E}, the config says 4"),
+])
+def test_config_cache_dims_that_disagree_with_the_decoder(tmp_path, over, message):
+    """Was an ORT INVALID_ARGUMENT at the first run: 'internal error', exit 1."""
+    cache = [{**toy.config()["cache"][0], **over}]
+    d = toy.write_bundle(tmp_path / "b", cache=cache)
+    user_error(cli("generate", d, "--input-ids", "3,4"), ("does not match", message), hint="rebuild the bundle")
+
+
+def test_a_run_the_decoder_refuses_is_a_user_error(tmp_path):
+    """A config claiming more positions than the decoder's table (an edited or mixed-up
+    bundle): ORT's Gather fails mid-run. Was 'internal error' with exit 1."""
+    d = toy.write_bundle(tmp_path / "b", max_positions=1000)
+    out = tmp_path / "ids.json"
+    user_error(cli("generate", d, "--input-ids", ",".join(["3"] * 70), "--max-new-tokens", "2", "-o", out),
+               ("ONNX Runtime failed running", "decoder.onnx"), hint="rebuild it")
+    assert not out.exists()
+
+
+class _Fixed:
+    """A step model whose scores never change: the best token is 2, not 0."""
+
+    logits = np.array([1.0, 3.0, 3.5, -2.0, 0.5], np.float32)
+
+    def start(self, ids, mask):
+        return np.repeat(self.logits[None], len(ids), 0)
+
+    def step(self, tok):
+        return np.repeat(self.logits[None], len(tok), 0)
+
+    def reorder(self, index):
+        pass
+
+
+@pytest.mark.parametrize("temperature", [1e-40, 1e-45, 1e-320])
+def test_a_tiny_temperature_samples_the_argmax(temperature):
+    """softmax(s / T) tends to the argmax as T -> 0. These temperatures make s / T
+    overflow float32 (or T round to 0): the softmax was inf - inf = NaN and every
+    draw came out as id 0, silently."""
+    ids = np.zeros((3, 1), np.int64)
+    got = greedy_or_sample(_Fixed(), ids, np.ones_like(ids), max_new_tokens=50, eos=(), pad=0,
+                           sampling=Sampling(temperature=temperature, seed=0))
+    assert (got == 2).all()
+    w = warp(_Fixed.logits[None], Sampling(temperature=temperature))
+    assert not np.isnan(w).any() and w[0, 2] == 0 and np.isneginf(w[0, [0, 3, 4]]).all()
+
+
+def test_a_tiny_temperature_on_the_cli_equals_greedy(bundle):
+    rc, greedy, err = cli("generate", bundle, "--input-ids", "3,4,5", "--max-new-tokens", "8")
+    assert rc == 0, err
+    rc, cold, err = cli("generate", bundle, "--input-ids", "3,4,5", "--max-new-tokens", "8",
+                        "--temperature", "1e-40", "--seed", "1")
+    assert rc == 0, err
+    assert cold == greedy and "RuntimeWarning" not in err
+
+
+def test_kv_cache_build_refuses_an_onnx_file_name(tmp_path):
+    """`-o model.onnx` out of habit made a directory named model.onnx."""
+    out = tmp_path / "model.onnx"
+    user_error(cli("build", "specs/gpt_decoder_only.yaml", "--kv-cache", "-o", out),
+               "writes a bundle directory", hint=f"-o {tmp_path / 'model'}/")
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("kw, message", [
+    ({"temperature": "0.5"}, "--temperature must be a number"),
+    ({"top_p": True}, "--top-p must be a number"),
+    ({"num_beams": 2, "length_penalty": "x"}, "--length-penalty must be a number"),
+])
+def test_python_settings_of_the_wrong_type(bundle, kw, message):
+    """Were a TypeError/ValueError traceback (or True taken as 1.0)."""
+    with pytest.raises(GraphcError, match=message):
+        graphc.generate(bundle, input_ids=[3, 4], max_new_tokens=2, **kw)
+
+
+def test_ids_beyond_int64_and_an_empty_prompt(bundle):
+    """10**30 said 'rows of different lengths'; --input-ids '' said 'give a prompt'."""
+    with pytest.raises(GraphcError, match="does not fit in int64"):
+        graphc.generate(bundle, input_ids=[3, 10 ** 30])
+    user_error(cli("generate", bundle, "--input-ids", "99999999999999999999999"), "does not fit in int64")
+    user_error(cli("generate", bundle, "--input-ids", ""), "--input-ids: no ids given")
