@@ -135,3 +135,39 @@ def test_ids_beyond_int64_and_an_empty_prompt(bundle):
         graphc.generate(bundle, input_ids=[3, 10 ** 30])
     user_error(cli("generate", bundle, "--input-ids", "99999999999999999999999"), "does not fit in int64")
     user_error(cli("generate", bundle, "--input-ids", ""), "--input-ids: no ids given")
+
+
+TINY_GEN = """graphc: 1
+dims: {batch: 2, seq: 8}
+params: {vocab: 40}
+inputs:
+  tokens: {dtype: int64, shape: [batch, seq], range: [0, vocab]}
+layers:
+  - {name: emb, kind: embedding, input: tokens, num_embeddings: vocab, embedding_dim: 16}
+  - {name: attn, kind: multihead_attention, input: emb, heads: 2, causal: true}
+  - {name: head, kind: linear, input: attn, out_features: vocab}
+outputs:
+  logits: head
+generation: {tokens: tokens, logits: logits, bos: 1, eos: 2, pad: 0}
+"""
+
+
+def test_rebuilding_a_bundle_keeps_the_files_the_user_added(tmp_path):
+    """onnxruntime-genai reads tokenizer.json from the model directory, so users put it
+    in the bundle; a rebuild replaced the directory and deleted it silently. Files a
+    build writes are still not carried over (a stale encoder.onnx)."""
+    spec = tmp_path / "tiny.yaml"
+    spec.write_text(TINY_GEN)
+    out = tmp_path / "bundle"
+    rc, _, err = cli("build", spec, "--kv-cache", "-o", out)
+    assert rc == 0, err
+    (out / "tokenizer.json").write_text('{"mine": 1}')
+    (out / "notes").mkdir()
+    (out / "notes" / "a.txt").write_text("keep")
+    (out / "encoder.onnx").write_bytes(b"stale")
+    rc, _, err = cli("build", spec, "--kv-cache", "-o", out, "--seed", "3")
+    assert rc == 0, err
+    assert (out / "tokenizer.json").read_text() == '{"mine": 1}'
+    assert (out / "notes" / "a.txt").read_text() == "keep"
+    assert not (out / "encoder.onnx").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle", "tiny.yaml"]       # no temporary left

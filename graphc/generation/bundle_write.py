@@ -9,8 +9,8 @@ only on the source (run once per source) and the rest (run at every step).
 
 The directory appears whole or not at all: everything is written into a
 private temporary directory beside it, which is renamed into place at the
-end (an earlier bundle there is replaced in one step; a directory that is
-not a bundle is never touched).
+end (an earlier bundle there is replaced in one step, files the user added
+to it copied over; a directory that is not a bundle is never touched).
 """
 from __future__ import annotations
 
@@ -211,6 +211,7 @@ def _write_directory(out: Path, models: dict, config: dict, verify: bool, progre
             (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
             if config["architecture"] == "decoder-only":
                 _genai_config(tmp, config)
+            _keep_user_files(out, tmp)
             checkpoint()
             with deferred():
                 old = Path(tmp_root) / "old"
@@ -222,6 +223,28 @@ def _write_directory(out: Path, models: dict, config: dict, verify: bool, progre
     finally:
         if tmp_root is not None:
             shutil.rmtree(tmp_root, ignore_errors=True)
+
+
+# every name a build writes into a bundle (save_model puts large weights in NAME.data)
+_BUNDLE_FILES = {CONFIG_NAME, "genai_config.json"} | {f + ext for f in (DECODER_FILE, ENCODER_FILE)
+                                                      for ext in ("", ".data")}
+
+
+def _keep_user_files(out: Path, tmp: Path) -> None:
+    """Copies what the user added to an earlier bundle at ``out`` (a tokenizer.json
+    beside the model, as onnxruntime-genai reads it) into the new one, so replacing
+    the bundle does not delete them; the files a build writes are not carried over
+    (a stale encoder.onnx must not outlive a rebuild as a decoder-only model).
+    Copies, not moves: until the final rename the earlier bundle stays whole."""
+    if not (out / CONFIG_NAME).is_file():
+        return
+    for entry in out.iterdir():
+        if entry.name in _BUNDLE_FILES:
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.copytree(entry, tmp / entry.name, symlinks=True)
+        else:
+            shutil.copy2(entry, tmp / entry.name, follow_symlinks=False)
 
 
 def _genai_config(directory: Path, config: dict) -> None:
