@@ -6,6 +6,8 @@ the whole sequence recomputed from the math at every step, no cache), or the mat
 the sampling limit itself; nothing is compared with graphc's own earlier output."""
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
@@ -135,6 +137,11 @@ def test_ids_beyond_int64_and_an_empty_prompt(bundle):
         graphc.generate(bundle, input_ids=[3, 10 ** 30])
     user_error(cli("generate", bundle, "--input-ids", "99999999999999999999999"), "does not fit in int64")
     user_error(cli("generate", bundle, "--input-ids", ""), "--input-ids: no ids given")
+    # a uint64 or float array wrapped to a negative id in the cast (and warned) before
+    for arr, shown in ((np.array([[3, 2 ** 63 + 5]], np.uint64), "9223372036854775813"),
+                       (np.array([[3.0, 1e30]]), "1e+30")):
+        with pytest.raises(GraphcError, match=re.escape(f"id {shown} does not fit in int64")):
+            graphc.generate(bundle, input_ids=arr)
 
 
 TINY_GEN = """graphc: 1

@@ -43,9 +43,13 @@ def as_id_rows(ids, what: str) -> np.ndarray:
     if arr.size == 0:
         raise GraphcError(f"{what}: no token ids (shape {list(arr.shape)})")
     if arr.dtype.kind == "f" and np.all(np.isfinite(arr)) and np.all(arr == np.round(arr)):
+        if np.abs(arr).max() >= 2.0 ** 63:              # the cast would wrap: name the id the user gave
+            raise GraphcError(f"{what}: id {np.abs(arr).max():g} does not fit in int64")
         arr = arr.astype(np.int64)
     if arr.dtype.kind not in "iu":
         raise GraphcError(f"{what}: token ids must be integers, got {arr.dtype}")
+    if arr.dtype.kind == "u" and int(arr.max()) > np.iinfo(np.int64).max:
+        raise GraphcError(f"{what}: id {int(arr.max())} does not fit in int64")
     return arr.astype(np.int64)
 
 
