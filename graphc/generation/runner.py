@@ -183,8 +183,11 @@ class DecoderRunner:
             self.fixed_rows = rows
         if self.shared:
             if len(index) == self.cache[0].shape[0]:
-                for buf in self.cache:
-                    buf[...] = buf[index]                               # in place: the bound memory stays
+                filled = self.length                                    # the columns written so far: the rest
+                for buf in self.cache:                                  # are zeros in every row, and copying a
+                    buf[:, :, :filled] = buf[index, :, :filled]         # whole --max-new-tokens buffer per step
+                                                                        # cost as much as the step; in place:
+                                                                        # the bound memory stays
             else:                                                       # prompts -> beams: new buffers
                 self._allocate(len(index), self.cache[0].shape[2], [buf[index] for buf in self.cache])
             return
