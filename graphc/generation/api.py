@@ -89,7 +89,7 @@ class Generator:
             if (src == b.pad).all(axis=1).any():
                 raise GraphcError(f"--src-ids: row {int(np.argmax((src == b.pad).all(axis=1)))} is all padding")
             self._check_length(src.shape[1], 1, "source")
-            self._check_length(1, max_new_tokens, "decoder")
+            self._check_length(1, max_new_tokens, "decoder start token")
             fixed = self.encoder(src)
             self.decoder.set_fixed(fixed)
             ids = np.full((src.shape[0], 1), b.decoder_start, dtype=np.int64)
@@ -126,7 +126,8 @@ class Generator:
             raise GraphcError(f"the {what} has {length} tokens; the model's positions go up to {most}",
                               hint=f"shorten it to at most {most} tokens")
         if length + new - 1 > most:
-            raise GraphcError(f"the {what} ({length} tokens) plus --max-new-tokens {new} is longer than the "
+            raise GraphcError(f"the {what} ({length} token{'s' if length != 1 else ''}) plus --max-new-tokens {new} "
+                              f"is longer than the "
                               f"model's {most} positions", hint=f"use --max-new-tokens {most - length + 1} or less")
 
 
