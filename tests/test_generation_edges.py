@@ -205,3 +205,13 @@ def test_shared_layout_beam_reorder_copies_only_the_written_columns(tmp_path):
     marker[1, :, 40] = 7.0                                      # beyond the 5 written columns
     runner.reorder(np.array([1, 0, 3, 2]))
     assert (marker[1, :, 40] == 7.0).all() and (marker[0, :, 40] == 0).all()
+
+
+def test_output_over_the_bundles_own_config_is_refused(tmp_path):
+    """-o BUNDLE/graphc_generation.json (a .json name, so accepted) overwrote the config
+    with the ids and the bundle could not be loaded again."""
+    d = toy.write_bundle(tmp_path / "b")
+    before = (d / "graphc_generation.json").read_bytes()
+    user_error(cli("generate", d, "--input-ids", "3,4", "-o", d / "graphc_generation.json"),
+               "refusing to write the output over", hint="another output path")
+    assert (d / "graphc_generation.json").read_bytes() == before

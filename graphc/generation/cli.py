@@ -93,7 +93,8 @@ def cmd_generate(args) -> int:
         if Path(out).suffix.lower() not in (".npy", ".json"):
             raise GraphcError(f"--output {out}: expected a .npy or .json file name")
         from ..compiler import check_output_path
-        check_output_path(out, [args.input_ids, args.src_ids, args.tokenizer])
+        own = [Path(args.bundle) / n for n in ("graphc_generation.json", "genai_config.json")]   # the bundle's own
+        check_output_path(out, [args.input_ids, args.src_ids, args.tokenizer, *own])
     bundle = load_bundle(args.bundle)
     tok = _tokenizer(args.tokenizer) if args.tokenizer else None
     if args.text and tok is None:
