@@ -240,3 +240,59 @@ def test_generate_runs_last_logits_bundles_unchanged(tmp_path):
         a = graphc.generate(fbundle, input_ids=ids, max_new_tokens=6, num_beams=beams)
         b = graphc.generate(tmp_path / "last", input_ids=ids, max_new_tokens=6, num_beams=beams)
         assert np.array_equal(a, b) and a.shape[0] == 2
+
+
+def test_int8_ort_blocks_take_a_k_that_is_not_a_multiple_of_the_block(tmp_path):
+    """A product over K = 80 (d_ff) is 2.5 blocks of 32: the last block is padded with
+    zero rows, as MatMulNBits lays it out. Such a product fell back silently to
+    per-tensor dynamic int8 (DynamicQuantizeLinear + MatMulInteger), so a row's logits
+    depended on the other rows of the batch (up to 0.01 on a tiny LLaMA-like import),
+    which is what --target ort's blocks are there to prevent. Oracles: the block math
+    in numpy, the standard-form lowering against it, and each row run alone."""
+    from graphc.generation.bundle_write import build_bundle
+    from graphc.ir.graph import Graph, OpNode, TensorType, ValueInfo
+    from graphc.ir.quantize import quantize_weight_blocks
+    from graphc.lower import lower
+    from graphc.lower.model import serialize
+    from graphc.prims.quant import dequantize_blocks
+    from graphc.shapes import Dim
+    from helpers import ort_run
+    rng = np.random.default_rng(2)
+    w = rng.standard_normal((40, 24)).astype(np.float32)
+    q, s = quantize_weight_blocks(w, 32)
+    assert q.shape == (24, 2, 32) and s.shape == (48,)
+    assert (q[:, 1, 8:] == 128).all()                                   # the padding: zero, stored + 128
+    back = dequantize_blocks(q, s, 40)
+    for b, rows in ((0, slice(0, 32)), (1, slice(32, 40))):             # per block, per column: half a step
+        step = np.abs(w[rows]).max(axis=0) / 127
+        assert np.all(np.abs(back[rows] - w[rows]) <= step / 2 + 1e-7), b
+    g = Graph("blocks")
+    shape = lambda *ds: tuple(Dim.const(d) if isinstance(d, int) else Dim.sym(d) for d in ds)  # noqa: E731
+    g.add_value(ValueInfo("x", TensorType("float32", shape("b", 40)), "input"))
+    g.inputs.append("x")
+    g.add_value(ValueInfo("w", TensorType("uint8", shape(24, 2, 32)), "const", data=q))
+    g.add_value(ValueInfo("s", TensorType("float32", shape(48)), "const", data=s))
+    g.add_value(ValueInfo("y", TensorType("float32", shape("b", 24))))
+    g.add_op(OpNode("mm", "QuantMatMulBlocks", ["x", "w", "s"], ["y"]))
+    g.outputs["y"] = "y"
+    x = rng.standard_normal((3, 40)).astype(np.float32)
+    assert np.abs(ort_run(serialize(lower(g, 17)), {"x": x})["y"] - x @ back).max() < 1e-5
+
+    _, fbundle, config, weights = build_both(tmp_path, SPEC.replace("d_ff: 96", "d_ff: 80"), scale=0.1)
+    qbundle = tmp_path / "q8"
+    build_bundle(tmp_path / "model.yaml", qbundle, dict(weights), quantize="int8", target="ort", verify=True)
+    ops = _ops(qbundle / "decoder.onnx")
+    assert ops["MatMulNBits"] == 2 * 5 and ops["MatMulInteger"] == 0
+    ids = rng.integers(3, 80, (3, 6))
+    outs = []
+    for bundle in (qbundle, fbundle):
+        d = Decoder(bundle, config, 3)
+        outs.append(np.concatenate([d.step(ids[:, :4], np.tile(np.arange(4), (3, 1)))[:, -1:],
+                                    d.step(ids[:, 4:5], np.full((3, 1), 4))], axis=1))
+    for r in range(3):
+        alone = Decoder(qbundle, config, 1)
+        got = np.concatenate([alone.step(ids[r:r + 1, :4], np.arange(4)[None])[:, -1:],
+                              alone.step(ids[r:r + 1, 4:5], np.full((1, 1), 4))], axis=1)
+        assert np.array_equal(got[0], outs[0][r])                     # a row alone == the row in the batch
+    rel = np.sqrt(((outs[0] - outs[1]) ** 2).sum() / (outs[1] ** 2).sum())
+    assert 0 < rel < 0.05

@@ -83,11 +83,17 @@ def quantize_weight(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def quantize_weight_blocks(w: np.ndarray, block: int) -> tuple[np.ndarray, np.ndarray]:
-    """[K, N] float -> (uint8 [N, K / block, block], float32 scales [N * K / block]):
+    """[K, N] float -> (uint8 [N, nb, block], float32 scales [N * nb]), nb = ceil(K / block):
     symmetric per block of ``block`` rows of one column, stored + 128 (MatMulNBits'
-    8-bit layout with its default zero point). K must be a multiple of ``block``."""
+    8-bit layout with its default zero point). A K that is not a multiple of ``block``
+    is padded with zero rows (stored 128, i.e. 0), as MatMulNBits lays out its last
+    block; the product reads only the first K."""
     k, n = w.shape
-    wt = np.asarray(w, np.float32).T.reshape(n, k // block, block)
+    nb = -(-k // block)
+    w = np.asarray(w, np.float32)
+    if nb * block != k:
+        w = np.concatenate([w, np.zeros((nb * block - k, n), np.float32)])     # [nb * block, N]
+    wt = w.T.reshape(n, nb, block)
     scale = (np.abs(wt).max(axis=2) / np.float32(127)).astype(np.float32)
     scale[scale == 0] = 1
     q = np.clip(np.rint(wt / scale[..., None]), -127, 127).astype(np.int16) + 128
@@ -249,7 +255,10 @@ def _const(g: Graph, name: str, array: np.ndarray, like: ValueInfo) -> str:
 def _rewrite(g: Graph, s: _Site, done: dict[str, tuple[str, str]], block: int | None = None) -> None:
     op = s.op
     wv = g.value(s.weight)
-    blocks = block is not None and wv.type.shape[-2 if not s.heads else 1].value % block == 0
+    # any K: a K that is not a multiple of the block is padded (per-tensor dynamic int8
+    # instead would make a row's result depend on the other rows, which --target ort's
+    # blocks are there to prevent)
+    blocks = block is not None
     if s.weight not in done:
         w = wv.data
         if s.heads:

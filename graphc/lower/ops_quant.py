@@ -39,7 +39,11 @@ def _quant_matmul_blocks(ctx: LowerContext, op: OpNode) -> None:
     import numpy as np
     x, w, scales = op.inputs
     n, nb, block = (d.value for d in ctx.g.value(w).type.shape)
+    k = ctx.g.value(x).type.shape[-1].value
     wf = ctx.one("Sub", [ctx.one("Cast", [w], to=TensorProto.FLOAT), ctx.const(np.array(128, np.float32))])
     wf = ctx.one("Mul", [wf, ctx.one("Reshape", [scales, ctx.const(np.array([n, nb, 1], np.int64))])])
-    wf = ctx.one("Reshape", [wf, ctx.const(np.array([n, nb * block], np.int64))])      # [N, nb, block] -> [N, K]
+    wf = ctx.one("Reshape", [wf, ctx.const(np.array([n, nb * block], np.int64))])      # [N, nb, block] -> [N, nb*block]
+    if k != nb * block:                                                               # the last block's padding
+        wf = ctx.one("Slice", [wf, ctx.const(np.array([0], np.int64)), ctx.const(np.array([k], np.int64)),
+                               ctx.const(np.array([1], np.int64))])                     # -> [N, K]
     ctx.node("MatMul", [x, ctx.one("Transpose", [wf], perm=[1, 0])], op.outputs)     # x @ [K, N]

@@ -57,7 +57,8 @@ def _quant_matmul_blocks(ctx: LowerContext, op: OpNode) -> None:
     depend on the rest of the batch."""
     x, w, scales = op.inputs
     n, nb, block = (d.value for d in ctx.g.value(w).type.shape)
-    ctx.node("MatMulNBits", [x, w, scales], op.outputs, domain=MS_DOMAIN, K=nb * block, N=n, bits=8,
+    k = ctx.g.value(x).type.shape[-1].value            # nb * block, or less: the last block padded
+    ctx.node("MatMulNBits", [x, w, scales], op.outputs, domain=MS_DOMAIN, K=k, N=n, bits=8,
              block_size=block, accuracy_level=4)
 
 

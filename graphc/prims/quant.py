@@ -55,32 +55,34 @@ def quant_matmul_infer(attrs, ins):
 
 # ``QuantMatMulBlocks(x, w_blocks, scales)``: weight-only int8 in blocks along K,
 # the layout of ONNX Runtime's com.microsoft MatMulNBits (bits 8): ``w_blocks``
-# uint8 [N, K / block, block] holds round(W[k, n] / scale[n, b]) + 128 for the k of
-# block b, symmetric per block (scale = max |W| over the block / 127), ``scales``
-# float32 [N * K / block]. Each row of ``x`` is quantized on its own (MatMulNBits
+# uint8 [N, nb, block] (nb = ceil(K / block), a partial last block padded with 0)
+# holds round(W[k, n] / scale[n, b]) + 128 for the k of block b, symmetric per block
+# (scale = max |W| over the block / 127), ``scales`` float32 [N * nb]. Each row of ``x`` is quantized on its own (MatMulNBits
 # with accuracy_level 4 quantizes the activations per row and block), so a row's
 # result never depends on the other rows of the batch. The reference here is the
 # float product with the dequantized weights.
-def dequantize_blocks(w_blocks: np.ndarray, scales: np.ndarray) -> np.ndarray:
-    """[N, nb, block] uint8, [N * nb] -> float32 W [K, N]."""
+def dequantize_blocks(w_blocks: np.ndarray, scales: np.ndarray, k: int | None = None) -> np.ndarray:
+    """[N, nb, block] uint8, [N * nb] -> float32 W [K, N] (K = nb * block unless given:
+    the rows past K pad the last block)."""
     n, nb, bs = w_blocks.shape
     w = (w_blocks.astype(np.float32) - 128) * scales.reshape(n, nb, 1)
-    return np.ascontiguousarray(w.reshape(n, nb * bs).T)
+    return np.ascontiguousarray(w.reshape(n, nb * bs).T[:nb * bs if k is None else k])
 
 
 def _quant_matmul_blocks(x, w_blocks, scales, **_):
-    return np.matmul(x.astype(np.float32), dequantize_blocks(w_blocks, scales)).astype(np.float32)
+    return np.matmul(x.astype(np.float32), dequantize_blocks(w_blocks, scales, x.shape[-1])).astype(np.float32)
 
 
 @prim("QuantMatMulBlocks", _quant_matmul_blocks, flops=matmul_flops)   # as the float product
 def quant_matmul_blocks_infer(attrs, ins):
-    """float32 [..., K] x uint8 [N, K/block, block] (scales float32 [N*K/block]) -> float32 [..., N]."""
+    """float32 [..., K] x uint8 [N, nb, block] (scales float32 [N*nb]) -> float32 [..., N],
+    nb = ceil(K / block)."""
     x, w, s = ins
     if x.dtype != "float32" or w.dtype != "uint8" or s.dtype != "float32":
         raise ShapeError(f"QuantMatMulBlocks needs float32, uint8 and float32 inputs, got {x.dtype}, {w.dtype}, "
                          f"{s.dtype}")
     if (w.rank != 3 or s.rank != 1 or x.rank < 1 or not x.shape[-1].is_const
-            or x.shape[-1].value != w.shape[1].value * w.shape[2].value
+            or not (w.shape[1].value - 1) * w.shape[2].value < x.shape[-1].value <= w.shape[1].value * w.shape[2].value
             or s.shape[0].value != w.shape[0].value * w.shape[1].value):
         raise ShapeError(f"QuantMatMulBlocks of {format_shape(x.shape)} and {format_shape(w.shape)} "
                          f"(scales {format_shape(s.shape)}) does not fit")
