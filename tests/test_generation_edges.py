@@ -215,3 +215,24 @@ def test_output_over_the_bundles_own_config_is_refused(tmp_path):
     user_error(cli("generate", d, "--input-ids", "3,4", "-o", d / "graphc_generation.json"),
                "refusing to write the output over", hint="another output path")
     assert (d / "graphc_generation.json").read_bytes() == before
+
+
+@pytest.mark.parametrize("penalty", ["1000", "-1000", "1e308"])
+def test_a_length_penalty_that_overflows_float32_is_refused(bundle, penalty):
+    """Finished beams are ranked by score / length ** penalty in float32 (transformers'
+    rule): 2 ** 1e308 was a Python OverflowError ('internal error'), and 5 ** -1000
+    rounds to 0, so every finished score became -inf and the row came back empty."""
+    user_error(cli("generate", bundle, "--input-ids", "3,4", "--num-beams", "2", "--max-new-tokens", "5",
+                   "--length-penalty", penalty), "--length-penalty", hint="between -49.7 and 49.7")
+
+
+def test_the_largest_accepted_length_penalty_still_ranks(bundle):
+    """At the bound (80 / ln(max_new_tokens)) length ** penalty stays a finite float32 and
+    the search runs; the ids equal beam search with the same penalty on the reference."""
+    from graphc.generation.search import beam_search
+    ids = np.array([[3, 4, 5]])
+    for penalty in (49.0, -49.0):
+        got = graphc.generate(bundle, input_ids=ids, max_new_tokens=5, num_beams=2, length_penalty=penalty)
+        want = beam_search(toy.ReferenceStepModel(toy.toy_weights()), ids, np.ones_like(ids), max_new_tokens=5,
+                           eos=(toy.EOS,), pad=toy.PAD, num_beams=2, length_penalty=penalty)
+        np.testing.assert_array_equal(got, want)

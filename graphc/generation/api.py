@@ -179,6 +179,15 @@ def check_settings(*, max_new_tokens, num_beams, temperature, top_k, top_p, seed
         raise GraphcError(f"--early-stopping must be true, false or never, got {early_stopping!r}")
     if length_penalty is not None and not np.isfinite(float(length_penalty)):
         raise GraphcError("--length-penalty must be a finite number")
+    if length_penalty is not None and max_new_tokens > 1:
+        # scores are divided by length ** penalty in float32 (as transformers does): past
+        # e^80 either way that overflows (a Python OverflowError) or turns every finished
+        # score into -inf / 0, and the ranking is lost
+        most = 80.0 / float(np.log(max_new_tokens))
+        if abs(float(length_penalty)) > most:
+            raise GraphcError(f"--length-penalty {length_penalty:g} is too large for {max_new_tokens} new tokens: "
+                              f"length ** penalty leaves float32", hint=f"use a penalty between {-most:.3g} and "
+                                                                        f"{most:.3g} (1.0 is the usual; 0.6-2 in practice)")
     if seed is not None and not sampling_flags:
         raise GraphcError("--seed only applies to sampling", hint="add --temperature, --top-k or --top-p")
     if seed is not None and not 0 <= integer(seed, "--seed") < 2 ** 63:
