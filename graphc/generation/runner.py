@@ -36,15 +36,18 @@ def _session(path, threads: int | None):
     return make_session(str(path), "cpu", threads)
 
 
-def _run_failed(path, exc: Exception) -> GraphcError:
-    """ONNX Runtime refused a run of a bundle's file: the inputs come from graphc,
-    so the bundle is what is wrong (files from different builds, an edited config
-    such as a larger max_positions than the decoder's tables). Said as a user error
-    with ORT's first line, not a traceback."""
-    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).splitlines()[0][:400]        # ORT colours its log lines
-    return GraphcError(f"ONNX Runtime failed running {path}: {text}",
-                       hint="the bundle's files or its graphc_generation.json may not belong together; "
-                            "rebuild it with graphc build --kv-cache")
+def _ort_run(path, run, *args):
+    """``run(*args)``, a session run of a bundle's file. When ONNX Runtime refuses it,
+    the inputs came from graphc, so the bundle is what is wrong (files from different
+    builds, an edited config such as a larger max_positions than the decoder's tables):
+    said as a user error with ORT's first line, not a traceback."""
+    try:
+        return run(*args)
+    except Exception as exc:                                            # ORT's own exception types
+        text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).splitlines()[0][:400]    # ORT colours its log lines
+        raise GraphcError(f"ONNX Runtime failed running {path}: {text}",
+                          hint="the bundle's files or its graphc_generation.json may not belong together; "
+                               "rebuild it with graphc build --kv-cache") from None
 
 
 class EncoderRunner:
@@ -80,10 +83,7 @@ class EncoderRunner:
             else:                                                       # source_lengths
                 v = real.sum(axis=1)
             feeds[name] = np.ascontiguousarray(v.astype(self.types[name]))
-        try:
-            values = self.session.run(list(self.bundle.encoder.outputs), feeds)
-        except Exception as exc:                                        # ORT's own exception types
-            raise _run_failed(self.bundle.encoder.path, exc) from None
+        values = _ort_run(self.bundle.encoder.path, self.session.run, list(self.bundle.encoder.outputs), feeds)
         return dict(zip(self.bundle.encoder.outputs, values))
 
 
@@ -240,10 +240,7 @@ class DecoderRunner:
         feeds.update(self.fixed)
         for name, value in feeds.items():
             bind.bind_cpu_input(name, np.ascontiguousarray(value))
-        try:
-            self.session.run_with_iobinding(bind)
-        except Exception as exc:                                        # ORT's own exception types
-            raise _run_failed(self.bundle.decoder, exc) from None
+        _ort_run(self.bundle.decoder, self.session.run_with_iobinding, bind)
         logits = self.step_logits if one_token else bind.get_outputs()[0].numpy()
         return np.array(logits[:, -1, :], dtype=np.float32)             # [B, V], a copy: the buffer is reused
 
@@ -253,9 +250,6 @@ class DecoderRunner:
         feeds.update(self.fixed)
         if self.cache is not None:
             feeds.update(zip(self.past, self.cache))
-        try:
-            values = self.session.run(self.out_names, feeds)
-        except Exception as exc:                                        # ORT's own exception types
-            raise _run_failed(self.bundle.decoder, exc) from None
+        values = _ort_run(self.bundle.decoder, self.session.run, self.out_names, feeds)
         self.cache = values[1:]
         return np.ascontiguousarray(values[0][:, -1, :], dtype=np.float32)      # [B, V]
