@@ -53,23 +53,26 @@ def present(path: Path) -> bool:
     return False
 
 
-def load_checkpoint(path: str | os.PathLike, max_bytes: int | None = None) -> tuple[dict[str, np.ndarray], list[str]]:
+def load_checkpoint(path: str | os.PathLike, max_bytes: int | None = None,
+                    raw_bf16: bool = False) -> tuple[dict[str, np.ndarray], list[str]]:
     """The tensors of a weights file, checkpoint directory or index file, and
-    notes for the user (conversions). ``max_bytes`` bounds all shards together."""
+    notes for the user (conversions). ``max_bytes`` bounds all shards together.
+    ``raw_bf16``: bfloat16 tensors stay mapped uint16 bits (graphc.weight_files)."""
     p = Path(path)
     converted: dict[str, str] = {}
     if is_checkpoint_dir(p):
         if present(p / SINGLE):
-            tensors = read_safetensors(p / SINGLE, max_bytes, converted)
+            tensors = read_safetensors(p / SINGLE, max_bytes, converted, raw_bf16)
         elif present(p / INDEX):
-            tensors = read_index(p / INDEX, max_bytes, converted)
+            tensors = read_index(p / INDEX, max_bytes, converted, raw_bf16)
         else:
             raise _no_weights_in(p)
     elif p.name.endswith(".index.json"):
-        tensors = read_index(p, max_bytes, converted)
+        tensors = read_index(p, max_bytes, converted, raw_bf16)
     elif p.suffix.lower() == ".safetensors":
         # load_weights checks the path (missing, a FIFO ...) and then calls the same reader
-        tensors = load_weights(p, max_bytes) if not p.is_file() else read_safetensors(p, max_bytes, converted)
+        tensors = (load_weights(p, max_bytes) if not p.is_file()
+                   else read_safetensors(p, max_bytes, converted, raw_bf16))
     else:
         tensors = load_weights(p, max_bytes)
     return tensors, conversion_notes(tensors, converted, str(path))
@@ -105,8 +108,8 @@ def _no_weights_in(p: Path) -> GraphcError:
                        hint="a checkpoint directory is what save_pretrained writes: config.json and model.safetensors")
 
 
-def read_index(path: Path, max_bytes: int | None = None, converted: dict[str, str] | None = None
-               ) -> dict[str, np.ndarray]:
+def read_index(path: Path, max_bytes: int | None = None, converted: dict[str, str] | None = None,
+               raw_bf16: bool = False) -> dict[str, np.ndarray]:
     """A sharded checkpoint: ``{"weight_map": {tensor: shard file}}`` next to its
     shards. Every shard named must exist (beside the index, no other directory),
     hold the tensors the index assigns to it, and nothing else."""
@@ -130,7 +133,7 @@ def read_index(path: Path, max_bytes: int | None = None, converted: dict[str, st
     out: dict[str, np.ndarray] = {}
     left = max_bytes
     for shard in sorted(shards):
-        tensors = read_safetensors(path.parent / shard, left, converted)
+        tensors = read_safetensors(path.parent / shard, left, converted, raw_bf16)
         want = set(shards[shard])
         absent = sorted(want - tensors.keys())
         if absent:
@@ -168,10 +171,3 @@ def checkpoint_files(path: str | os.PathLike) -> list[Path]:
         except (GraphcError, AttributeError, TypeError):
             pass
     return files
-
-
-def tensor_names(path: str | os.PathLike) -> dict[str, tuple[int, ...]]:
-    """Names and shapes of a checkpoint's tensors (for graphc import: which heads
-    and tied copies the file holds). The data stay mapped, unread."""
-    tensors, _ = load_checkpoint(path, None)
-    return {n: tuple(a.shape) for n, a in tensors.items()}

@@ -68,7 +68,7 @@ def _open_regular(path: Path, shown: str):
 
 
 def read_safetensors(path: Path, max_bytes: int | None = None,
-                     converted: dict[str, str] | None = None) -> dict[str, np.ndarray]:
+                     converted: dict[str, str] | None = None, raw_bf16: bool = False) -> dict[str, np.ndarray]:
     """A strict reader of the safetensors format (8-byte header length, JSON
     header, raw little-endian data); every offset is bounds-checked so a
     truncated or foreign file is an error, never a crash or a huge allocation.
@@ -76,12 +76,14 @@ def read_safetensors(path: Path, max_bytes: int | None = None,
     string-to-string map, and the tensors tile the data section exactly (no
     overlaps, no holes). bfloat16 tensors (numpy has no such dtype) become
     float32 copies, exactly (bf16 is float32's upper half); ``converted``, if
-    given, hears of each (name -> 'bfloat16') so the caller can say so."""
+    given, hears of each (name -> 'bfloat16') so the caller can say so.
+    ``raw_bf16``: leave them as mapped uint16 views of their bits instead (names,
+    shapes and bitwise comparisons need no float32 copy of a whole checkpoint)."""
     shown = str(path)
     f = _open_regular(path, shown)
     try:
         with f:
-            return _read_safetensors(f, path, shown, max_bytes, converted)
+            return _read_safetensors(f, path, shown, max_bytes, converted, raw_bf16)
     except OSError as exc:
         raise GraphcError(f"cannot read weights file {shown}: {exc.strerror or exc}") from None
 
@@ -100,7 +102,7 @@ def _unique_keys(pairs: list) -> dict:
 
 
 def _read_safetensors(f, path: Path, shown: str, max_bytes: int | None,
-                      converted: dict[str, str] | None = None) -> dict[str, np.ndarray]:
+                      converted: dict[str, str] | None = None, raw_bf16: bool = False) -> dict[str, np.ndarray]:
     head = f.read(8)
     if len(head) < 8:
         raise GraphcError(f"{shown}: not a safetensors file (shorter than its 8-byte header)")
@@ -166,7 +168,7 @@ def _read_safetensors(f, path: Path, shown: str, max_bytes: int | None,
             arr = np.frombuffer(mapped, dtype=dtype, count=math.prod(shape), offset=8 + n + start).reshape(shape)
         except ValueError as exc:       # e.g. more dimensions than numpy supports
             raise GraphcError(f"{shown}: tensor '{name}' cannot be loaded ({str(exc)[:200]})") from None
-        if bf16:       # bfloat16 bits are the upper 16 bits of the float32 with the same value
+        if bf16 and not raw_bf16:   # bfloat16 bits are the upper 16 bits of the float32 with the same value
             arr = (arr.astype(np.uint32) << 16).view(np.float32)
             if converted is not None:
                 converted[name] = "bfloat16"

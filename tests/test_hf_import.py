@@ -204,6 +204,13 @@ def test_sharded_bfloat16_checkpoint(tmp_path):
     ckpt = tmp_path / "ckpt"
     model.save_pretrained(ckpt, max_shard_size="20KB")
     assert (ckpt / "model.safetensors.index.json").exists()
+    # the import reads names, shapes and (for tied heads) bits: no float32 copy of the
+    # checkpoint (a 7B bfloat16 model would need 28 GB for it)
+    from graphc.hf_import.common import read_config, tensor_names
+    cfg = read_config(ckpt)
+    assert tensor_names(cfg)["model.embed_tokens.weight"] == tuple(model.model.embed_tokens.weight.shape)
+    table = cfg.tensors["model.embed_tokens.weight"]
+    assert table.dtype == np.uint16 and not table.flags.owndata       # the file's mapped bits
     spec = tmp_path / "spec.yaml"
     assert cli("import", ckpt, "-o", spec)[0] == 0
     rc, _, err = cli("build", spec, "--weights", ckpt, "-o", tmp_path / "m.onnx")

@@ -102,7 +102,8 @@ def tensor_names(cfg: Config) -> dict[str, tuple[int, ...]] | None:
     from ..checkpoint import INDEX, SINGLE, load_checkpoint, present
     if not present(cfg.dir / SINGLE) and not present(cfg.dir / INDEX):
         return None
-    cfg.tensors, _ = load_checkpoint(cfg.dir, None)      # mapped, read only where compared
+    # mapped, read only where compared; bfloat16 as its bits (an import converts nothing)
+    cfg.tensors, _ = load_checkpoint(cfg.dir, None, raw_bf16=True)
     return {n: tuple(a.shape) for n, a in cfg.tensors.items()}
 
 
@@ -116,7 +117,8 @@ def stored_untied(cfg: Config, copy: str, source: str) -> bool:
     if copy not in t or source not in t:
         return False
     import numpy as np
-    return t[copy].shape != t[source].shape or not np.array_equal(t[copy], t[source])
+    a, b = t[copy], t[source]
+    return a.dtype != b.dtype or a.shape != b.shape or not np.array_equal(a, b)
 
 
 def prefix_of(names: dict | None, probe: str, candidates: tuple[str, ...]) -> str:
