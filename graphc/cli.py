@@ -41,6 +41,8 @@ def _dims(values: Sequence[str], known: Iterable[str] | None = None) -> dict[str
         most = getattr(declared.get(name), "max", None)
         if most is not None and n > most:
             raise GraphcError(f"--dim {name}={n}: the spec declares {name} at most {most}", hint=f"use {name} <= {most}")
+        if out.get(name, n) != n:       # the later one silently won
+            raise GraphcError(f"--dim {name} is given twice, as {out[name]} and as {n}", hint="give each dim once")
         out[name] = n
     return out
 

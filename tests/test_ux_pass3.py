@@ -180,3 +180,20 @@ def test_ignore_weights_without_weights_is_refused(tiny, tmp_path, command):
     args = ["build", tiny, "-o", tmp_path / "m.onnx"] if command == "build" else ["run", tiny, "--random"]
     user_error(cli(*args, "--ignore-weights", "fc.*"), "--ignore-weights applies to the tensors of a --weights file")
     assert not (tmp_path / "m.onnx").exists()
+
+
+def test_an_input_given_twice_is_refused(tiny_model, tmp_path):
+    """The later file silently won: which values ran depended on the flags' order."""
+    a, b, both = tmp_path / "a.npy", tmp_path / "b.npy", tmp_path / "both.npz"
+    np.save(a, np.zeros((2, 4), np.float32))
+    np.save(b, np.ones((2, 4), np.float32))
+    np.savez(both, x=np.ones((2, 4), np.float32))
+    user_error(cli("run", tiny_model, "--input", f"x={a}", "--input", f"x={b}"),
+               f"input 'x' is given twice: from {a} and from {b}")
+    user_error(cli("run", tiny_model, "--input", both, "--input", f"x={a}"), "input 'x' is given twice")
+
+
+def test_a_dim_given_twice_with_two_sizes_is_refused(tiny_model, tiny):
+    user_error(cli("run", tiny_model, "--random", "--dim", "batch=3", "--dim", "batch=5"),
+               "--dim batch is given twice, as 3 and as 5")
+    assert cli("check", tiny, "--dim", "batch=3", "--dim", "batch=3")[0] == 0
