@@ -197,3 +197,18 @@ def test_a_dim_given_twice_with_two_sizes_is_refused(tiny_model, tiny):
     user_error(cli("run", tiny_model, "--random", "--dim", "batch=3", "--dim", "batch=5"),
                "--dim batch is given twice, as 3 and as 5")
     assert cli("check", tiny, "--dim", "batch=3", "--dim", "batch=3")[0] == 0
+
+
+def test_an_ignore_pattern_that_drops_a_parameter_says_so(tiny, tmp_path):
+    """`--ignore-weights 'fc.*'` dropped the spec's own fc.weight and fc.bias, and
+    the error listed them as "missing" although the file holds them."""
+    w = tmp_path / "w.npz"
+    np.savez(w, **{"fc.weight": np.zeros((3, 4), np.float32), "fc.bias": np.zeros(3, np.float32),
+                   "fc.extra": np.zeros(3, np.float32)})
+    user_error(cli("build", tiny, "-o", tmp_path / "m.onnx", "--weights", w, "--ignore-weights", "fc.*"),
+               "--ignore-weights 'fc.*' drops 'fc.bias' (and 1 more) of", hint="make the pattern match only")
+    spec = write(tmp_path, "ig.yaml", TINY + "weights:\n  ignore: ['fc.*']\n")
+    user_error(cli("build", spec, "-o", tmp_path / "m.onnx", "--weights", w), "a parameter of the spec",
+               located=spec, where="10:12")
+    assert not (tmp_path / "m.onnx").exists()
+    assert cli("build", tiny, "-q", "-o", tmp_path / "m.onnx", "--weights", w, "--ignore-weights", "fc.extra")[0] == 0
