@@ -87,13 +87,13 @@ def _is_spec(path: str) -> bool:
     return Path(path).suffix.lower() in (".yaml", ".yml")
 
 
-def _add_compile_args(p: argparse.ArgumentParser) -> None:
+def _add_compile_args(p: argparse.ArgumentParser, seed_also: str = "") -> None:
     p.add_argument("--weights", help="a .safetensors or .npz file with torch state_dict names, or a checkpoint "
                    "directory (model.safetensors, or sharded with model.safetensors.index.json)")
     p.add_argument("--ignore-weights", action="append", default=[], metavar="PATTERN",
                    help="drop the checkpoint's tensors matching PATTERN ('*' = one name segment), with a note")
     p.add_argument("--seed", type=int, default=0,
-                   help="seed for initial weights when --weights is not given (run: and for --random's inputs)")
+                   help=f"seed for initial weights when --weights is not given{seed_also} (default 0)")
     p.add_argument("--opset", type=int, default=None, help="target ONNX opset (17..26; default 17)")
     p.add_argument("--include-dir", action="append", default=[], metavar="DIR",
                    help=INCLUDE_DIR_HELP)
@@ -462,7 +462,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--bench", type=int, default=None, metavar="N",
                    help="time N runs and print the median and quantiles (without --input: random inputs)")
     r.add_argument("--warmup", type=int, default=None, metavar="N", help="untimed runs before --bench's (default 3)")
-    _add_compile_args(r)
+    _add_compile_args(r, seed_also=", and for --random's inputs")
     r.set_defaults(fn=cmd_run)
 
     pa = sub.add_parser("params", help="list every parameter: name, shape, count")
@@ -505,7 +505,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_import_parser(sub)          # graphc import DIR: a spec for a Hugging Face checkpoint
 
     sc = sub.add_parser("schema", help="print the JSON Schema of the spec format (for editors)")
-    sc.add_argument("-o", "--output", help="write to this file instead of stdout")
+    sc.add_argument("-o", "--output", metavar="FILE", help="write to this file instead of stdout")
     sc.set_defaults(fn=cmd_schema)
 
     from .generation.cli import add_parser as add_generate    # graphc generate DIR (its own module)
