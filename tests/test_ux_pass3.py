@@ -212,3 +212,16 @@ def test_an_ignore_pattern_that_drops_a_parameter_says_so(tiny, tmp_path):
                located=spec, where="10:12")
     assert not (tmp_path / "m.onnx").exists()
     assert cli("build", tiny, "-q", "-o", tmp_path / "m.onnx", "--weights", w, "--ignore-weights", "fc.extra")[0] == 0
+
+
+def test_a_spec_without_its_yaml_suffix_given_to_run_is_recognised(tiny, tiny_model, tmp_path):
+    """ORT's "[ONNXRuntimeError] : 7 : INVALID_PROTOBUF : Load model from X
+    failed:Protobuf parsing failed." was shown as it is."""
+    bare = tmp_path / "tinyspec"
+    bare.write_text("# a spec\n" + TINY)
+    err = user_error(cli("run", bare, "--random"), "it is a graphc spec (YAML text), not a compiled model",
+                     hint="ends in .yaml or .yml")
+    assert "ONNXRuntimeError" not in err and "Protobuf" not in err
+    (cut := tmp_path / "cut.onnx").write_bytes(tiny_model.read_bytes()[:100])
+    err = user_error(cli("run", cut, "--random"), "it is not an ONNX model (a truncated file")
+    assert "ONNXRuntimeError" not in err
