@@ -55,6 +55,8 @@ def output_target(path: str | os.PathLike) -> OutputTarget:
     """Resolve an output path before any work is done; refuses a missing
     directory, a directory as the target, and paths the system rejects."""
     p = Path(path)
+    if not str(path):            # Path('') is '.', which would be reported as "cannot write .: a directory"
+        raise GraphcError("the output path is empty", hint="give a file name")
     if str(path).endswith(("/", os.sep)) and not p.is_dir():
         # Path() drops the slash: 'newdir/' would silently become a file named 'newdir'
         raise GraphcError(f"cannot write {path}: a path ending in '/' names a directory, and {p} is none",

@@ -41,6 +41,8 @@ def _dims(values: Sequence[str], known: Iterable[str] | None = None) -> dict[str
         most = getattr(declared.get(name), "max", None)
         if most is not None and n > most:
             raise GraphcError(f"--dim {name}={n}: the spec declares {name} at most {most}", hint=f"use {name} <= {most}")
+        if out.get(name, n) != n:       # the later one silently won
+            raise GraphcError(f"--dim {name} is given twice, as {out[name]} and as {n}", hint="give each dim once")
         out[name] = n
     return out
 
@@ -63,6 +65,17 @@ def _byte_size(text: str) -> int:
     return int(n * _SIZE_UNITS[unit])
 
 
+def _depth(text: str) -> int:
+    """--depth N: 1 is the spec's top-level layers, so 0 or less names no level."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got '{text}'") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1 (1: the spec's top-level layers), got {n}")
+    return n
+
+
 def _add_budget_arg(p: argparse.ArgumentParser) -> None:
     from .expand import DEFAULT_MAX_PARAM_BYTES
     p.add_argument("--max-param-bytes", type=_byte_size, default=DEFAULT_MAX_PARAM_BYTES, metavar="SIZE",
@@ -74,13 +87,13 @@ def _is_spec(path: str) -> bool:
     return Path(path).suffix.lower() in (".yaml", ".yml")
 
 
-def _add_compile_args(p: argparse.ArgumentParser) -> None:
+def _add_compile_args(p: argparse.ArgumentParser, seed_also: str = "") -> None:
     p.add_argument("--weights", help="a .safetensors or .npz file with torch state_dict names, or a checkpoint "
                    "directory (model.safetensors, or sharded with model.safetensors.index.json)")
     p.add_argument("--ignore-weights", action="append", default=[], metavar="PATTERN",
                    help="drop the checkpoint's tensors matching PATTERN ('*' = one name segment), with a note")
     p.add_argument("--seed", type=int, default=0,
-                   help="seed for initial weights when --weights is not given (run: and for --random's inputs)")
+                   help=f"seed for initial weights when --weights is not given{seed_also} (default 0)")
     p.add_argument("--opset", type=int, default=None, help="target ONNX opset (17..26; default 17)")
     p.add_argument("--include-dir", action="append", default=[], metavar="DIR",
                    help=INCLUDE_DIR_HELP)
@@ -96,9 +109,18 @@ def _add_compile_args(p: argparse.ArgumentParser) -> None:
     _add_budget_arg(p)
 
 
+def _refuse_ignore_without_weights(args) -> None:
+    """--ignore-weights drops tensors of the --weights file; without one it
+    changed nothing, silently (the weights were initialised from --seed)."""
+    if getattr(args, "ignore_weights", None) and not args.weights:
+        raise GraphcError("--ignore-weights applies to the tensors of a --weights file, and none is given",
+                          hint="add --weights FILE, or leave out --ignore-weights")
+
+
 def _compile(args, progress=None, keep_weights=True):
     from .compiler import compile_spec
     from .progress import Progress
+    _refuse_ignore_without_weights(args)
     compiled = compile_spec(args.spec, args.weights, args.seed, args.opset, args.include_dir, progress=progress,
                             keep_weights=keep_weights, max_param_bytes=args.max_param_bytes, dtype=args.dtype,
                             quantize=args.quantize, target=args.target, max_error=args.max_error,
@@ -154,8 +176,9 @@ def cmd_check(args) -> int:
     for public, name in g.outputs.items():
         print(f"output {public}: {g.value(name).type}")
     n_params = sum(int(np.prod(p.type.concrete_shape())) for p in g.params())
-    n_layers = len(with_opless_layers(layer_rows(g, dims, depth=1), spec, g, dims))   # the same at every --depth
-    print(f"ok: {spec.path}: {n_layers} layers, {n_params:,} parameters, checked in "
+    # the same at every --depth; "(outputs)" (an input or a layer output twice, copied) is no layer
+    n_layers = sum(r.layer != "(outputs)" for r in with_opless_layers(layer_rows(g, dims, depth=1), spec, g, dims))
+    print(f"ok: {spec.path}: {n_layers} layer{'' if n_layers == 1 else 's'}, {n_params:,} parameters, checked in "
           f"{(time.perf_counter() - t0) * 1000:.0f} ms")
     return 0
 
@@ -163,6 +186,7 @@ def cmd_check(args) -> int:
 def cmd_build(args) -> int:
     from .lower import check_model_file
     from .compiler import check_output_path
+    _refuse_ignore_without_weights(args)
     if args.kv_cache:
         from .generation.bundle_write import build_bundle_cli
         return build_bundle_cli(args)
@@ -205,6 +229,16 @@ def cmd_run(args) -> int:
     for flag in ("bench", "warmup", "threads"):
         if (getattr(args, flag) or 0) < 0:
             raise GraphcError(f"--{flag} must not be negative")
+    if args.bench == 0:         # it ran once and printed no timing
+        raise GraphcError("--bench 0 times no runs", hint="give the number of timed runs, e.g. --bench 50")
+    if args.warmup is not None and args.bench is None:
+        raise GraphcError("--warmup applies to --bench", hint="add --bench N, or leave out --warmup")
+    args.warmup = 3 if args.warmup is None else args.warmup
+    if args.output and Path(args.output).suffix.lower() == ".npy":
+        # numpy.savez's archive under a .npy name: numpy.load then returns an NpzFile, not an array
+        raise GraphcError(f"--output {args.output}: graphc run writes an .npz archive (every output by name), "
+                          f"not a .npy", hint=f"name it {Path(args.output).with_suffix('.npz')}; "
+                                              f"numpy.load(FILE)[NAME] reads one output")
     if args.output:
         from .compiler import check_output_path
         check_output_path(args.output, [args.model, args.weights] +
@@ -388,7 +422,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("spec", help=SPEC_HELP)
     c.add_argument("--dim", action="append", default=[], metavar="NAME=N",
                    help="show shapes at these dim sizes (repeatable), e.g. --dim seq=128")
-    c.add_argument("--depth", type=int, default=None, metavar="N",
+    c.add_argument("--depth", type=_depth, default=None, metavar="N",
                    help="show sub-layers down to this nesting depth (default 1: the spec's top-level layers)")
     c.add_argument("--include-dir", action="append", default=[], metavar="DIR", help=INCLUDE_DIR_HELP)
     _add_budget_arg(c)
@@ -425,10 +459,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--provider", default="cpu", choices=["cpu", "cuda"], help="ONNX Runtime execution provider")
     r.add_argument("--threads", type=int, default=None, metavar="N",
                    help="ONNX Runtime intra-op threads (default: ONNX Runtime's choice, one per core)")
-    r.add_argument("--bench", type=int, default=0, metavar="N",
+    r.add_argument("--bench", type=int, default=None, metavar="N",
                    help="time N runs and print the median and quantiles (without --input: random inputs)")
-    r.add_argument("--warmup", type=int, default=3, metavar="N", help="untimed runs before --bench's (default 3)")
-    _add_compile_args(r)
+    r.add_argument("--warmup", type=int, default=None, metavar="N", help="untimed runs before --bench's (default 3)")
+    _add_compile_args(r, seed_also=", and for --random's inputs")
     r.set_defaults(fn=cmd_run)
 
     pa = sub.add_parser("params", help="list every parameter: name, shape, count")
@@ -441,7 +475,7 @@ def build_parser() -> argparse.ArgumentParser:
     i = sub.add_parser("info", help="per-layer table: output shape, params, FLOPs")
     i.add_argument("spec", help=SPEC_HELP)
     i.add_argument("--dim", action="append", default=[], metavar="NAME=N", help=DIM_HELP)
-    i.add_argument("--depth", type=int, default=None, metavar="N",
+    i.add_argument("--depth", type=_depth, default=None, metavar="N",
                    help="group sub-layers at this nesting depth (1: top-level layers; default: every layer)")
     i.add_argument("--json", action="store_true", help="print JSON (shapes as lists) for programs")
     i.add_argument("--include-dir", action="append", default=[], metavar="DIR", help=INCLUDE_DIR_HELP)
@@ -471,7 +505,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_import_parser(sub)          # graphc import DIR: a spec for a Hugging Face checkpoint
 
     sc = sub.add_parser("schema", help="print the JSON Schema of the spec format (for editors)")
-    sc.add_argument("-o", "--output", help="write to this file instead of stdout")
+    sc.add_argument("-o", "--output", metavar="FILE", help="write to this file instead of stdout")
     sc.set_defaults(fn=cmd_schema)
 
     from .generation.cli import add_parser as add_generate    # graphc generate DIR (its own module)
@@ -500,6 +534,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         with honoured():                # a Ctrl-C that lands in a finalizer is not lost (graphc.interrupt)
             parser = build_parser()     # inside the try: Ctrl-C during start-up is no traceback either
             args = parser.parse_args(argv)
+            if getattr(args, "output", None) == "":     # -o "": an unset variable; not stdout, not '.'
+                raise GraphcError("the output path is empty", hint="give a file name after -o/--output")
             code = args.fn(args)
             sys.stdout.flush()          # a reader that went away is seen here, not at interpreter exit
             return code

@@ -185,9 +185,6 @@ class _Expander:
         kind = LAYERS.get(decl.kind)
         if block is None and kind is None:
             raise unknown_kind_error(decl, self.spec)
-        if block is not None and kind is not None:
-            raise GraphcError(f"block '{decl.kind}' has the name of a built-in layer kind", block.span,
-                              hint="rename the block")
         inputs = [(ref, scope.resolve(ref)) for ref in decl.inputs]
         repeat = 1
         if decl.repeat is not None:

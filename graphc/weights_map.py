@@ -206,6 +206,7 @@ def apply_weights_section(section: WeightsSection | None, tensors: Mapping[str, 
     notes: list[str] = []
     names = sorted(tensors)
     ignored: set[str] = set()
+    dropped_by: dict[str, object] = {}
     for p in patterns:
         hit = [n for n in names if p.regex.fullmatch(n)]
         if not hit:
@@ -213,6 +214,8 @@ def apply_weights_section(section: WeightsSection | None, tensors: Mapping[str, 
             raise GraphcError(f"{where} '{p.text}' matches no tensor of {source}", p.span,
                               hint=_near(p.text, names))
         ignored.update(hit)
+        for n in hit:
+            dropped_by.setdefault(n, p)
     if ignored:
         shown = sorted(ignored)
         notes.append(f"ignored {len(shown)} tensor{'s' if len(shown) > 1 else ''} of {source} as the "
@@ -259,6 +262,16 @@ def apply_weights_section(section: WeightsSection | None, tensors: Mapping[str, 
             raise GraphcError(f"{source} holds '{n}', and {made_by[n].where()} also produces that name",
                               made_by[n].span, hint=f"ignore the file's own '{n}' or map it elsewhere")
         out[n] = tensors[n]
+    # a pattern that drops a parameter under its own name, with no rule making it
+    # again, left a bare "missing: fc.weight" for a tensor that is in the file
+    lost = sorted(n for n in ignored if n in expected and n not in out)
+    if lost:
+        p = dropped_by[lost[0]]
+        where = "--ignore-weights" if p.span is None else "this ignore pattern"
+        more = f" (and {len(lost) - 1} more)" if len(lost) > 1 else ""
+        raise GraphcError(f"{where} '{p.text}' drops '{lost[0]}'{more} of {source}, a parameter of the spec",
+                          p.span,
+                          hint="make the pattern match only the tensors to drop ('*' is one name segment)")
     return out, notes
 
 

@@ -56,6 +56,8 @@ def mismatch_error(expected: Mapping[str, object], weights: Mapping[str, np.ndar
         strip, add = renaming
         found = {add + n[len(strip):] for n in weights if n.startswith(strip)}
         missing.sort(key=lambda line: line.split(" ")[1] in found)
+    if not renaming:
+        extra = _close_matches(extra, expected, weights)
     notes = (_some(missing, "missing") + _some(extra, "unexpected (the file's own names)")
              + _some(shapes, "wrong shapes") + _some(kinds, "wrong dtypes"))
     hints = []
@@ -79,6 +81,29 @@ def mismatch_error(expected: Mapping[str, object], weights: Mapping[str, np.ndar
     return GraphcError(f"the tensors in {source} do not match the spec's parameters "
                        f"({count} problem{'s' if count > 1 else ''})", notes=notes,
                        hint="; ".join(hints) + "; 'graphc params SPEC' lists the spec's")
+
+
+def _close_matches(extra: list[str], expected: Mapping[str, object],
+                   weights: Mapping[str, np.ndarray]) -> list[str]:
+    """The shown 'unexpected' lines, each with the missing parameter of the same
+    shape it probably misspells ('norm_1' for 'norm1'): in a list of hundreds of
+    names the pair is otherwise hard to spot. Only the shown lines are matched,
+    so a file of thousands of stray tensors costs SHOWN searches."""
+    import difflib
+    missing = {n: tuple(p.type.concrete_shape()) for n, p in expected.items() if n not in weights}
+    if not missing:
+        return extra
+    out = []
+    for i, line in enumerate(extra):
+        name = line.split(" ")[1]
+        if i < SHOWN:
+            shape = tuple(np.shape(weights[name]))
+            same = [n for n, s in missing.items() if s == shape]
+            match = difflib.get_close_matches(name, same, n=1, cutoff=0.8)
+            if match:
+                line += f" (the spec's {match[0]}?)"
+        out.append(line)
+    return out
 
 
 def _prefixes(hint: str) -> tuple[str, str] | None:

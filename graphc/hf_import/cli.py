@@ -8,7 +8,7 @@ def add_parser(sub) -> None:
     im = sub.add_parser("import", help="write a spec for a Hugging Face checkpoint directory "
                         "(config.json + model.safetensors)")
     im.add_argument("directory", help="what save_pretrained wrote")
-    im.add_argument("-o", "--output", help="the spec to write (default: stdout)")
+    im.add_argument("-o", "--output", metavar="SPEC.yaml", help="the spec to write (default: stdout)")
     im.set_defaults(fn=cmd_import)
 
 

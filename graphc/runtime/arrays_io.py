@@ -211,6 +211,14 @@ def load_inputs(items: Sequence[str], check: Callable[[Mapping[str, np.ndarray]]
     from the headers) before any data is read or inflated."""
     pending: dict[str, _Pending] = {}
     closers = []
+
+    def add(p: _Pending) -> None:
+        # the later one silently won: which values ran depended on the order of the flags
+        if p.name in pending:
+            files = [q.shown.split(" from ", 1)[-1] for q in (pending[p.name], p)]
+            raise GraphcError(f"input '{p.name}' is given twice: from {files[0]} and from {files[1]}",
+                              hint="give each input once")
+        pending[p.name] = p
     try:
         for item in items or ():
             name, sep, path = item.partition("=")
@@ -219,11 +227,12 @@ def load_inputs(items: Sequence[str], check: Callable[[Mapping[str, np.ndarray]]
                     raise GraphcError(f"--input expects NAME=FILE.npy (or FILE.npz), got '{item}'")
                 members, close = _npz(item)
                 closers.append(close)
-                pending.update((p.name, p) for p in members)
+                for p in members:
+                    add(p)
                 continue
             if not name.isidentifier():
                 raise GraphcError(f"--input expects NAME=FILE.npy, got '{item}'")
-            pending[name] = _npy(path, name)
+            add(_npy(path, name))
         if check is not None:
             stand_ins = {}
             for n, p in pending.items():

@@ -33,6 +33,31 @@ MAX_RANDOM_INPUT_BYTES = 1 << 30
 _LOAD_ERRORS = (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error, NotImplementedError, RuntimeError)
 
 
+def _load_error(what: str, model: bytes | str, reason: str) -> GraphcError:
+    """ORT's refusal in a user's words. A file that is not protobuf at all (a spec
+    without its .yaml suffix, a truncated download) gets "[ONNXRuntimeError] : 7 :
+    INVALID_PROTOBUF : Load model from X failed:Protobuf parsing failed." from ORT;
+    that is said as what it means, and a spec is recognised by its first key."""
+    if "INVALID_PROTOBUF" not in reason:
+        return GraphcError(f"ONNX Runtime cannot load {what}: {reason[:300]}")
+    head = b""
+    if isinstance(model, str):
+        try:
+            with open(model, "rb") as f:
+                head = f.read(4096)
+        except OSError:
+            pass
+    else:
+        head = bytes(model[:4096])
+    text = b"\0" not in head
+    if text and (head.lstrip(b"\xef\xbb\xbf \t\r\n").startswith(b"graphc:") or b"\ngraphc:" in head):
+        return GraphcError(f"ONNX Runtime cannot load {what}: it is a graphc spec (YAML text), not a compiled model",
+                           hint="graphc run compiles a spec whose name ends in .yaml or .yml; rename it, "
+                                "or build it first: graphc build SPEC.yaml -o model.onnx")
+    return GraphcError(f"ONNX Runtime cannot load {what}: it is not an ONNX model (a truncated file, or another "
+                       f"kind of file)", hint="build it again with graphc build SPEC -o model.onnx")
+
+
 def make_session(model: bytes | str, provider: str = "cpu", threads: int | None = None,
                  optimized_path: str | None = None, config: Mapping[str, str] | None = None):
     """``config``: ORT session config entries (e.g. session.disable_prepacking)."""
@@ -66,7 +91,7 @@ def make_session(model: bytes | str, provider: str = "cpu", threads: int | None 
         session = ort.InferenceSession(model, sess_options=opts, providers=providers)
     except Exception as exc:  # ORT raises its own exception types for unreadable models
         what = model if isinstance(model, str) else "the model"
-        raise GraphcError(f"ONNX Runtime cannot load {what}: {str(exc).splitlines()[0][:300]}") from None
+        raise _load_error(what, model, str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from None
     try:
         _SOURCES[session] = model
     except TypeError:           # pragma: no cover  (a session type without weak references)

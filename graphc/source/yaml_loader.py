@@ -290,11 +290,31 @@ def _compose(loader_cls: Any, text: str, pos: _Positions) -> tuple[Any, list]:
         loader.dispose()
 
 
+def _in_our_words(exc: yaml.MarkedYAMLError) -> tuple[str, str] | None:
+    """PyYAML's half-sentences for the mistakes people make most, reworded: its
+    problem alone ("but found another document", "second occurrence") loses the
+    context that says what is wrong. (message, hint), or None to keep PyYAML's."""
+    problem, context = exc.problem or "", exc.context or ""
+    if problem == "but found another document":
+        return ("a second YAML document starts here; a spec is one document",
+                "remove this '---' line (or what follows it), or split the file in two")
+    if problem.startswith("found character '\\t'"):
+        return ("a tab character; YAML indents and separates with spaces only",
+                "replace the tab with spaces (most editors can insert spaces for the Tab key)")
+    if context.startswith("found duplicate anchor"):
+        name = context.split("'")[1] if context.count("'") >= 2 else ""
+        return (f"the anchor '&{name}' is defined twice", "give each anchor its own name")
+    return None
+
+
 def _syntax_error(exc: yaml.YAMLError, pos: _Positions) -> GraphcError:
     if isinstance(exc, yaml.MarkedYAMLError):
         mark = exc.problem_mark or exc.context_mark
         span = pos.span(mark)
-        problem = exc.problem or exc.context or "malformed YAML"
+        ours = _in_our_words(exc)
+        if ours is not None:
+            return GraphcError(f"malformed YAML: {ours[0]}", span, hint=ours[1])
+        problem = (exc.problem or exc.context or "malformed YAML").replace("'<stream end>'", "the end of the file")
         return GraphcError(f"malformed YAML: {problem}", span,
                            hint="check indentation, colons and quotes around this position")
     if isinstance(exc, yaml.reader.ReaderError):   # a character YAML does not allow
@@ -405,6 +425,8 @@ def read_spec_bytes(path: str | Path, shown: str) -> bytes:
                 chunks.append(chunk)
                 total += len(chunk)
             raw = b"".join(chunks)
+    except IsADirectoryError:   # os.fdopen refuses a directory before the fstat above can say so
+        raise GraphcError(f"{shown} is a directory, not a spec file") from None
     except OSError as exc:
         raise GraphcError(f"cannot read spec file {shown}: {os_error_reason(exc)}") from None
     finally:

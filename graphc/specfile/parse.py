@@ -193,7 +193,9 @@ def parse_outputs(node: Node, where: str) -> dict[str, InputRef]:
     return out
 
 
-def parse_block(name: str, node: Node) -> BlockDecl:
+def parse_block(name: str, node: Node, name_span: Span | None = None) -> BlockDecl:
+    """``name_span``: where the block's name is written, the place errors about
+    the block as a whole (defined twice) point at."""
     expect_map(node, f"block '{name}'")
     check_keys(node, BLOCK_KEYS, f"block '{name}'")
     m = node.value
@@ -235,7 +237,7 @@ def parse_block(name: str, node: Node) -> BlockDecl:
     if "outputs" not in m:
         raise GraphcError(f"block '{name}' has no 'outputs'", node.span)
     outputs = parse_outputs(m["outputs"], f"block '{name}'")
-    return BlockDecl(name, node.span, params, pspans, inputs, layers, outputs, _doc(m.get("doc")))
+    return BlockDecl(name, name_span or node.span, params, pspans, inputs, layers, outputs, _doc(m.get("doc")))
 
 
 def _evaluate_params(node: Node) -> tuple[dict[str, Any], dict[str, Span]]:
@@ -413,11 +415,18 @@ def parse_blocks(root: Node) -> dict[str, BlockDecl]:
     Included files' blocks are merged by graphc.specfile.includes."""
     if "blocks" not in root.value:
         return {}
+    from ..layers import LAYERS
     b = expect_map(root.value["blocks"], "'blocks'")
     own: dict[str, BlockDecl] = {}
     for name, body in b.value.items():
         _expect_plain(name, "block name", b.key_spans[name])
-        own[name] = parse_block(name, body)
+        if name in LAYERS:
+            # a layer 'kind: linear' would read the built-in kind, and the block's own
+            # layers would never run: the spec is refused where the block is named
+            raise GraphcError(f"block '{name}' has the name of a built-in layer kind", b.key_spans[name],
+                              hint=f"rename the block (e.g. '{name}_block'); 'graphc layers {name}' "
+                                   f"documents the built-in kind")
+        own[name] = parse_block(name, body, b.key_spans[name])
     return own
 
 
