@@ -189,6 +189,33 @@ def test_sdpa_matches_torch_functional(case, impl, opset):
         np.testing.assert_allclose(ref_run(model, feeds)["y"], got, atol=TOL)
 
 
+@pytest.mark.parametrize("opset", [23, 24, 25, 26])
+def test_fused_padding_plus_float_mask_gives_zero_rows_at_every_opset(opset):
+    """impl: fused with a boolean mask and an additive one: the masked keys used to
+    get float32's lowest finite value, and from opset 25 on ORT's Attention turned a
+    row of those into the mean of the values (0.74 max abs diff against torch) where
+    every opset gives a fully masked row zeros with -inf."""
+    b, h, d, sq, sk = 3, 2, 4, 3, 5
+    q, k, v = (RNG.standard_normal((b, h, n, d)).astype(np.float32) for n in (sq, sk, sk))
+    kpm = np.zeros((b, sk), bool)
+    kpm[0, 3:] = True
+    kpm[1] = True                                          # batch row 1: every key padded
+    fm = RNG.standard_normal((sq, sk)).astype(np.float32)
+    fm[2, 0] = -np.inf
+    inputs = {"q": (F32, ["batch", h, "sq", d]), "k": (F32, ["batch", h, "sk", d]), "v": (F32, ["batch", h, "sk", d]),
+              "p": ("bool", ["batch", "sk"]), "m": (F32, ["sq", "sk"])}
+    ports = {"q": "q", "k": "k", "v": "v", "key_padding_mask": "p", "attn_mask": "m"}
+    text = single_layer_spec("scaled_dot_product_attention", {"impl": "fused"}, inputs, dims=("batch", "sq", "sk"),
+                             ports=ports)
+    model, _, _ = compile_text(text, opset=opset)
+    got = ort_run(model, {"q": q, "k": k, "v": v, "p": kpm, "m": fm})["y"]
+    additive = np.where(kpm, -np.inf, 0)[:, None, None, :] + fm               # [B, 1, Sq, Sk]
+    want = torch.nn.functional.scaled_dot_product_attention(
+        *(torch.from_numpy(a) for a in (q, k, v)), attn_mask=torch.from_numpy(additive.astype(np.float32))).numpy()
+    assert np.all(got[1] == 0)                              # fully masked rows: zeros (the module's promise)
+    _compare(got, want, valid_rows=[0, 2])
+
+
 def test_fused_and_decomposed_lowerings_agree_on_mha_with_padding():
     e, h = 32, 4
     m = _torch_mha(e, h)

@@ -10,9 +10,9 @@ a value the pass missed cannot slip through silently: it is an internal error.
 
 The numerically delicate spots keep float32 inside the lowering, where the
 ONNX form is chosen: softmax and log-softmax (attention's and the layers'),
-LayerNormalization and RMSNormalization (``stash_type=1``), and the masked
-fill uses float16's lowest finite value, never -inf. Parameters are checked
-against float16's range (a weight of 1e5 would become inf) and refused with
+LayerNormalization and RMSNormalization (``stash_type=1``). Parameters and
+constants are checked against float16's range (a weight of 1e5 would become
+inf) and refused with
 the parameter's YAML location; values below float16's smallest subnormal
 round to zero, which is what ``torch.Tensor.half()`` does too.
 """
@@ -70,8 +70,11 @@ def check_float16_range(values) -> None:
 
 
 def _check_range(name: str, what: str, data: np.ndarray, span) -> None:
-    if data.size:
-        peak = float(np.max(np.abs(data)))
+    # only finite values can overflow: an infinity (a layer's -inf mask fill) is
+    # one in float16 too (weights with NaN or infinity are refused on reading)
+    finite = np.abs(data[np.isfinite(data)]) if data.size else data
+    if finite.size:
+        peak = float(np.max(finite))
         if peak > FLOAT16_MAX:
             raise GraphcError(
                 f"{what} '{name}' has values up to {peak:.6g}, beyond float16's range "

@@ -296,6 +296,12 @@ class MultiheadAttention(LayerKind):
     output projection the output is the concatenation of the heads, width
     heads * head_dim (the tutorial: 8 heads of width 3 give 24).
 
+    A 3-D ``attn_mask`` is [batch, q, k], one mask for every head of a batch
+    row; torch's 3-D form is [batch * heads, q, k] (head-major within each
+    batch row): give that one as [batch, heads, q, k] (a reshape). ``causal``
+    with q_seq != k_seq is aligned top-left, as torch's ``is_causal``: query i
+    sees keys 0..i, whatever the key length.
+
     ``rope`` rotates queries and keys after the projection (RoFormer; the
     ``rope`` kind's math, positions 0..seq-1), as GPT-NeoX/LLaMA-style models
     do; it adds no parameters.

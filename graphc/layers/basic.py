@@ -228,11 +228,16 @@ class RMSNorm(LayerKind):
     """Root-mean-square normalisation over the last axis (torch.nn.RMSNorm(d)).
 
     y = x / sqrt(mean(x^2) + eps) * weight. Parameter ``<name>.weight`` (ones), [d].
+
+    The default eps, 1e-6, is LLaMA's (HF ``LlamaRMSNorm``), not torch's:
+    ``torch.nn.RMSNorm(d)`` built without eps uses float32's machine epsilon,
+    1.1920929e-07 (set ``eps: 1.1920929e-07`` to match it; inputs of scale
+    0.01 differ by 0.03 between the two defaults).
     """
 
     kind = "rms_norm"
     summary = "RMSNorm over the last axis, like torch.nn.RMSNorm"
-    params = (Param("eps", "float", 1e-6, "added to the mean square (LLaMA-style default)", min=0.0),)
+    params = (Param("eps", "float", 1e-6, "added to the mean square (LLaMA's default; torch.nn.RMSNorm without eps uses 1.1920929e-07)", min=0.0),)
     shape_rule = "[*, d] -> [*, d]"
     example = "{name: norm, kind: rms_norm, input: x, eps: 1.0e-6}"
 

@@ -14,8 +14,9 @@ True = a real position, as HF's attention_mask and tf.sequence_mask; or
 two conventions are both common and a swapped mask gives plausible numbers.
 
 A row whose every position is masked (a sequence of length 0) gets all-zero
-weights, never NaN: masked scores are set to a large finite negative value
-(MASK_FILL, so the softmax is finite) and their weights are zeroed afterwards.
+weights, never NaN: masked scores are set to -inf (MASK_FILL) and the weights
+of masked positions are replaced by exact zeros after the softmax, so the
+0/0 of an empty row is never read.
 """
 from __future__ import annotations
 
@@ -26,11 +27,14 @@ from ..shapes import Dim, format_shape
 from .base import Call, LayerKind, Param, Port
 
 POLARITIES = ("keep", "masked")
-# Masked scores become float16's lowest finite value in either dtype, so a float32
-# model converts to float16 unchanged (--dtype float16). It is exact for every row
-# whose best kept score is above -65416: the masked terms are then below exp(-88),
-# zero in float32, and are zeroed explicitly after the softmax anyway.
-MASK_FILL = float(np.finfo(np.float16).min)        # -65504
+# Masked scores become -inf, in either dtype (float16 holds it: --dtype float16
+# converts it unchanged). A finite fill is not safe: float16's lowest value
+# (-65504, used before) outweighed kept float32 scores below it, and a row of
+# kept scores near -1e5 came out all zeros instead of summing to one. With -inf
+# a masked term is exactly 0 whatever the kept scores are; an empty row's
+# softmax is 0/0 = NaN, but every one of its positions is masked, so the final
+# Where never reads it.
+MASK_FILL = float("-inf")
 POLARITY_DOC = ("what True means in the mask: 'keep' (True = real position: HF attention_mask, tf.sequence_mask) "
                 "or 'masked' (True = padding: torch key_padding_mask)")
 
@@ -143,9 +147,9 @@ class MaskedSoftmax(LayerKind):
             keep = b.op("Reshape", [keep], shape=(x.shape[0],) + (Dim.const(1),) * (x.rank - 2) + (x.shape[-1],))
         lowest = b.const(np.array(MASK_FILL, dtype=x.dtype), "mask_fill")
         zero = b.const(np.array(0, dtype=x.dtype), "zero")
-        scores = b.op("Where", [keep, x, lowest])                # masked -> lowest finite: no inf - inf
+        scores = b.op("Where", [keep, x, lowest])                # masked -> -inf: weight exactly 0
         probs = b.op("Softmax", [scores], axis=-1)
-        return {"y": b.op("Where", [keep, probs, zero])}         # padding (and empty rows) exactly 0
+        return {"y": b.op("Where", [keep, probs, zero])}         # padding (and empty rows' NaN) -> exactly 0
 
     def reference(self, args, weights, inputs):
         x = np.asarray(inputs["x"], dtype=np.float64)

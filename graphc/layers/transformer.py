@@ -345,7 +345,10 @@ class Transformer(LayerKind):
     ``encoder.layers.{i}.*``, ``encoder.norm.*``, ``decoder.layers.{i}.*``,
     ``decoder.norm.*`` (both final norms, as torch always adds them). The
     target self-attention is causal by default; the source padding mask also
-    masks the memory in cross-attention unless a memory mask is given."""
+    masks the memory in cross-attention unless a memory mask is given. That
+    default differs from torch on purpose: ``nn.Transformer.forward`` leaves
+    ``memory_key_padding_mask`` None, so its decoder attends to the padded
+    source positions; pass the source mask there too to compare with torch."""
 
     kind = "transformer"
     summary = "encoder-decoder Transformer, like nn.Transformer (causal target mask built in)"
