@@ -17,8 +17,14 @@ ACTIVATIONS = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu_
 
 def spec_text(cfg: Config, names: dict | None, source: str) -> str:
     act = cfg.expect("activation_function", tuple(ACTIVATIONS), "this feed-forward activation", "gelu_new")
-    for key in ("scale_attn_by_inverse_layer_idx", "reorder_and_upcast_attn", "add_cross_attention"):
-        cfg.expect(key, (False,), f"GPT-2's {key} variant", False)
+    if cfg.get("scale_attn_by_inverse_layer_idx", False) is not False:
+        raise cfg.unsupported("scale_attn_by_inverse_layer_idx", cfg.get("scale_attn_by_inverse_layer_idx"),
+                              "a per-layer attention scale (layer i's scores divided by i + 1)",
+                              hint="graphc's repeated blocks share one scale, 1/sqrt(head_dim)")
+    cfg.expect("add_cross_attention", (False,), "GPT-2's add_cross_attention variant", False)
+    # reorder_and_upcast_attn computes the scores in float32 (and only with eager attention in
+    # transformers 5): what graphc's float32 build computes anyway; no change to the graph
+    cfg.expect("reorder_and_upcast_attn", (False, True), "", False)
     cfg.expect("scale_attn_weights", (True,), "unscaled attention scores", True)
     d = cfg.int("n_embd")
     heads = cfg.int("n_head")

@@ -13,15 +13,26 @@ from .common import Config, prefix_of, rule, stored_untied, yfloat
 from .generation import generation_section
 
 
+# rope kinds whose angles, at every position graphc accepts, are the plain rotation's
+PLAIN_ROPE = ("default", "dynamic")
+ROPE_HINT = ("graphc's rope is the unscaled rotation (rope_type 'default'; 'dynamic' is the same below "
+             "max_position_embeddings); transformers' scaled angles would differ at every position")
+
+
 def _rope_theta(cfg: Config) -> float:
-    """rope_parameters (transformers 5) or rope_theta + rope_scaling (4.x);
-    only the plain rotation is supported: scaled variants change the angles."""
+    """rope_parameters (transformers 5) or rope_theta + rope_scaling (4.x).
+
+    Only the plain rotation is supported, and 'dynamic' (NTK) scaling: transformers
+    recomputes its frequencies only once a position reaches max_position_embeddings
+    (below that they are the plain ones, exactly), and graphc refuses positions
+    from there on (rope_max_len = max_position_embeddings). 'linear', 'llama3',
+    'yarn', ... change the angles at every position: refused."""
     params = cfg.get("rope_parameters")
     if isinstance(params, dict):
         kind = params.get("rope_type", params.get("type", "default"))
-        if kind != "default":
+        if kind not in PLAIN_ROPE:
             raise cfg.unsupported("rope_parameters.rope_type", kind, f"the '{kind}' rotary scaling",
-                                  hint="graphc's rope is the unscaled rotation (rope_type 'default')")
+                                  hint=ROPE_HINT)
         if params.get("partial_rotary_factor", 1.0) != 1.0:
             raise cfg.unsupported("partial_rotary_factor", params["partial_rotary_factor"], "partial rotary embeddings")
         theta = params.get("rope_theta", cfg.get("rope_theta", 10000.0))
@@ -29,9 +40,8 @@ def _rope_theta(cfg: Config) -> float:
         scaling = cfg.get("rope_scaling")
         if scaling is not None:
             kind = scaling.get("rope_type", scaling.get("type")) if isinstance(scaling, dict) else scaling
-            if kind != "default":
-                raise cfg.unsupported("rope_scaling", scaling, f"the '{kind}' rotary scaling",
-                                      hint="graphc's rope is the unscaled rotation")
+            if kind not in PLAIN_ROPE:
+                raise cfg.unsupported("rope_scaling", scaling, f"the '{kind}' rotary scaling", hint=ROPE_HINT)
         theta = cfg.get("rope_theta", 10000.0)
     if isinstance(theta, bool) or not isinstance(theta, (int, float)) or theta <= 0:
         raise GraphcError(f"{cfg.path}: rope_theta must be a positive number, got {theta!r}")
