@@ -12,7 +12,8 @@ tests/test_hf_import.py and tests/test_hf_generate.py for the base cases).
   through `--target ort` (and `--cache-layout shared` where the family allows it),
   greedy and beam ids equal to transformers' generate();
 - config variants: Mistral's sliding window (equal up to the window, refused past
-  it), LLaMA's rope scalings ('dynamic' equal, the others refused at import), GPT-2's
+  it), LLaMA's rope scalings ('dynamic', 'linear', 'llama3' equal, 'yarn' and 'longrope'
+  refused at import), GPT-2's
   reorder_and_upcast_attn (equal) and scale_attn_by_inverse_layer_idx (refused),
   BART's decoder start variants (decoder_start_token_id 0, unset so bos starts,
   generation_config.json overriding config.json).
@@ -162,9 +163,10 @@ def test_t5_shared_cache_layout_is_refused_by_name(imported, tmp_path):  # noqa:
 
 
 def _llama_like(cls=T.LlamaForCausalLM, config=T.LlamaConfig, **kw):
+    kw = {"max_position_embeddings": 24, **kw}
     c = config(vocab_size=96, hidden_size=64, intermediate_size=112, num_hidden_layers=2, num_attention_heads=4,
-               num_key_value_heads=2, max_position_embeddings=24, rms_norm_eps=1e-6, tie_word_embeddings=False,
-               pad_token_id=0, bos_token_id=1, eos_token_id=2, **kw)
+               num_key_value_heads=2, rms_norm_eps=1e-6, tie_word_embeddings=False, pad_token_id=0, bos_token_id=1,
+               eos_token_id=2, **kw)
     torch.manual_seed(0)
     return _init(cls(c))
 
@@ -223,26 +225,91 @@ def test_llama_dynamic_rope_equals_transformers_up_to_max_position_embeddings(tm
                "is longer than the model's 24 positions")
 
 
-@pytest.mark.parametrize("scaling", [{"rope_type": "linear", "factor": 2.0},
-                                     {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
-                                      "high_freq_factor": 4.0, "original_max_position_embeddings": 16},
-                                     {"rope_type": "yarn", "factor": 4.0}])
-def test_scaled_rope_is_refused_at_import(scaling, tmp_path):
-    """Scalings that change the angles at every position: refused, never built as the
-    plain rotation (whose logits would differ from the first token on)."""
+SCALED_ROPE = {
+    "linear": {"rope_type": "linear", "factor": 2.5},
+    # head_dim 16, theta 10000: wavelengths 6.3 (kept: below 32 / 4), 19.9 (blended), 63 and up (divided)
+    "llama3": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+               "original_max_position_embeddings": 32},
+}
+
+
+@pytest.mark.parametrize("kind", list(SCALED_ROPE))
+def test_llama_scaled_rope_equals_transformers(kind, tmp_path):
+    """'linear' and 'llama3' rope (Llama 3.1/3.2 checkpoints) scale the frequencies at
+    every position: imported as the blocks' rope_scaling. Full forward at
+    max_position_embeddings (64), then greedy and 3-beam ids of a left-padded batch
+    through the default, --target ort and shared-cache bundles, all against
+    transformers; and the plain rotation (the rope_scaling lines deleted) differs."""
+    model = _llama_like(rope_scaling=dict(SCALED_ROPE[kind]), max_position_embeddings=64)
+    assert model.config.rope_parameters["rope_type"] == kind
+    onnx_path = _build(model, tmp_path)
+    spec = (tmp_path / "spec.yaml").read_text()
+    assert f"rope_scaling: {kind}" in spec
+    ids = np.random.default_rng(0).integers(3, 96, size=(2, 64)).astype(np.int64)
+    mask = np.ones_like(ids)
+    mask[1, :20] = 0
+    feeds = {"input_ids": ids, "attention_mask": mask}
+    with torch.no_grad():
+        want = model(**{k: torch.from_numpy(v) for k, v in feeds.items()}).logits.numpy()
+    err = _worst(ort_run(onnx_path.read_bytes(), feeds)["logits"], want, mask)
+    assert err <= TOL, f"{kind}: max abs diff {err:.2e}"
+    plain = tmp_path / "plain.yaml"
+    plain.write_text("\n".join(ln for ln in spec.splitlines() if not ln.strip().startswith("rope_")
+                               or ln.strip().startswith(("rope_base", "rope_max_len", "rope_theta"))))
+    assert cli("build", plain, "--weights", tmp_path / "ckpt", "-o", tmp_path / "plain.onnx")[0] == 0
+    assert _worst(ort_run((tmp_path / "plain.onnx").read_bytes(), feeds)["logits"], want, mask) > 1e-3
+    for name, extra in [("b", []), ("ort", ["--target", "ort"]), ("shared", ["--target", "ort", "--cache-layout",
+                                                                            "shared"])]:
+        rc, _, err_text = cli("build", tmp_path / "spec.yaml", "--weights", tmp_path / "ckpt", "--kv-cache", *extra,
+                              "-o", tmp_path / name)
+        assert rc == 0, err_text
+        config = json.loads((tmp_path / name / "graphc_generation.json").read_text())
+        ids, mask = _left_padded(PROMPTS, config["pad"])
+        for beams in (1, 3):
+            with torch.no_grad():
+                want = model.generate(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask),
+                                      max_new_tokens=16, do_sample=False, num_beams=beams).numpy()[:, ids.shape[1]:]
+            got = graphc.generate(tmp_path / name, input_ids=ids, max_new_tokens=16, num_beams=beams)
+            assert len(set(want.ravel().tolist())) > 5
+            np.testing.assert_array_equal(got, _ids_after_eos_as_pad(want, config), err_msg=f"{name} beams {beams}")
+
+
+@pytest.mark.parametrize("scaling", [{"rope_type": "yarn", "factor": 4.0},
+                                     {"rope_type": "longrope", "factor": 4.0, "short_factor": [1.0] * 8,
+                                      "long_factor": [2.0] * 8, "original_max_position_embeddings": 16}])
+def test_other_rope_scalings_are_refused_at_import(scaling, tmp_path):
+    """yarn and longrope also rescale cos/sin (attention_factor): refused, never built
+    as another rotation."""
     c = T.LlamaConfig(vocab_size=96, hidden_size=64, intermediate_size=112, num_hidden_layers=1,
                       num_attention_heads=4, max_position_embeddings=32, rope_scaling=scaling)
     c.save_pretrained(tmp_path / "cfg")
     kind = scaling["rope_type"]
     user_error(cli("import", tmp_path / "cfg", "-o", tmp_path / "s.yaml"),
                f"rope_parameters.rope_type = \"{kind}\" is not supported: graphc lacks the '{kind}' rotary scaling",
-               hint="graphc's rope is the unscaled rotation")
+               hint="supported: 'default', 'linear', 'llama3'")
     assert not (tmp_path / "s.yaml").exists()
-    legacy = json.loads((tmp_path / "cfg" / "config.json").read_text())       # transformers 4.x's keys
+
+
+def test_legacy_rope_scaling_keys(tmp_path):
+    """config.json as transformers 4.x wrote it (rope_theta + rope_scaling with 'type'):
+    linear imports with its factor, yarn is refused the same way, a factor that is not a
+    positive number is named."""
+    c = T.LlamaConfig(vocab_size=96, hidden_size=64, intermediate_size=112, num_hidden_layers=1,
+                      num_attention_heads=4, max_position_embeddings=32)
+    c.save_pretrained(tmp_path / "cfg")
+    legacy = json.loads((tmp_path / "cfg" / "config.json").read_text())
     legacy.pop("rope_parameters")
-    legacy.update(rope_theta=10000.0, rope_scaling={"type": kind, "factor": 2.0})
-    (tmp_path / "cfg" / "config.json").write_text(json.dumps(legacy))
-    user_error(cli("import", tmp_path / "cfg"), f"the '{kind}' rotary scaling")
+    for scaling, want in [({"type": "linear", "factor": 4.0}, "rope_factor: 4.0"),
+                          ({"type": "yarn", "factor": 4.0}, "the 'yarn' rotary scaling"),
+                          ({"type": "linear", "factor": "4"}, "rope_scaling.factor must be a positive number")]:
+        legacy.update(rope_theta=500000.0, rope_scaling=scaling)
+        (tmp_path / "cfg" / "config.json").write_text(json.dumps(legacy))
+        rc, out, err = cli("import", tmp_path / "cfg")
+        if want.startswith("rope_factor"):
+            assert rc == 0, err
+            assert want in out and "rope_scaling: linear" in out and "rope_theta: 500000.0" in out
+        else:
+            user_error((rc, out, err), want)
 
 
 def test_gpt2_reorder_and_upcast_attn_equals_transformers(tmp_path):
@@ -308,3 +375,34 @@ def test_bart_decoder_start_variants_equal_transformers(variant, tmp_path):
         assert (full[:, 0] == expected_start).all()                 # the oracle starts where we think
         got = graphc.generate(tmp_path / "b", src_ids=src, max_new_tokens=8, num_beams=beams)
         np.testing.assert_array_equal(got, _ids_after_eos_as_pad(full[:, 1:], config), err_msg=f"beams {beams}")
+
+
+@pytest.mark.parametrize("extra, message, key", [
+    ("rope_scaling: linear, rope_factor: 0.0", "rope_factor must be positive, got 0.0", "rope_factor"),
+    ("rope_scaling: llama3, rope_factor: 8.0, rope_low_freq_factor: 4.0, rope_high_freq_factor: 1.0",
+     "rope_scaling llama3 needs 0 < rope_low_freq_factor < rope_high_freq_factor, got 4.0 and 1.0",
+     "rope_high_freq_factor"),
+])
+def test_bad_rope_scaling_arguments_are_spec_errors(extra, message, key):
+    text = f"""graphc: 1
+dims: {{batch: 2, seq: 8}}
+inputs:
+  x: {{dtype: float32, shape: [batch, seq, 32]}}
+layers:
+  - {{name: a, kind: multihead_attention, input: x, heads: 4, rope: half, {extra}}}
+outputs: {{y: a}}
+"""
+    user_error(text, message, at=key)
+
+
+def test_rope_scaling_without_rope_is_a_spec_error():
+    text = """graphc: 1
+dims: {batch: 2, seq: 8}
+inputs:
+  x: {dtype: float32, shape: [batch, seq, 32]}
+layers:
+  - {name: a, kind: multihead_attention, input: x, heads: 4, rope_scaling: linear, rope_factor: 2.0}
+outputs: {y: a}
+"""
+    user_error(text, "rope_scaling scales rotary frequencies, but this attention has no rope", at="rope_scaling",
+               hint="add rope: half")

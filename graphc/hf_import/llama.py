@@ -13,39 +13,63 @@ from .common import Config, prefix_of, rule, stored_untied, yfloat
 from .generation import generation_section
 
 
-# rope kinds whose angles, at every position graphc accepts, are the plain rotation's
+# rope kinds graphc reproduces: the plain rotation, 'dynamic' (the plain angles at every
+# position graphc accepts), and the scaled frequencies of the rope layer's rope_scaling
 PLAIN_ROPE = ("default", "dynamic")
-ROPE_HINT = ("graphc's rope is the unscaled rotation (rope_type 'default'; 'dynamic' is the same below "
-             "max_position_embeddings); transformers' scaled angles would differ at every position")
+SCALED_ROPE = {"linear": ("factor",),
+               "llama3": ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")}
+ROPE_HINT = ("supported: 'default', 'linear', 'llama3', and 'dynamic' (the plain angles below "
+             "max_position_embeddings); transformers' angles for this kind would differ")
 
 
-def _rope_theta(cfg: Config) -> float:
-    """rope_parameters (transformers 5) or rope_theta + rope_scaling (4.x).
+def _rope(cfg: Config) -> tuple[float, list[str]]:
+    """rope_theta and the rope_scaling lines of the blocks, from rope_parameters
+    (transformers 5) or rope_theta + rope_scaling (4.x).
 
-    Only the plain rotation is supported, and 'dynamic' (NTK) scaling: transformers
-    recomputes its frequencies only once a position reaches max_position_embeddings
-    (below that they are the plain ones, exactly), and graphc refuses positions
-    from there on (rope_max_len = max_position_embeddings). 'linear', 'llama3',
-    'yarn', ... change the angles at every position: refused."""
+    'dynamic' (NTK) scaling is the plain rotation here: transformers recomputes its
+    frequencies only once a position reaches max_position_embeddings (below that
+    they are the plain ones, exactly), and graphc refuses positions from there on
+    (rope_max_len = max_position_embeddings). 'linear' and 'llama3' scale the
+    frequencies at every position: the rope layer's rope_scaling, with the config's
+    factors. Others ('yarn', 'longrope', ...) also rescale cos/sin: refused."""
     params = cfg.get("rope_parameters")
     if isinstance(params, dict):
-        kind = params.get("rope_type", params.get("type", "default"))
-        if kind not in PLAIN_ROPE:
-            raise cfg.unsupported("rope_parameters.rope_type", kind, f"the '{kind}' rotary scaling",
-                                  hint=ROPE_HINT)
+        key, scaling = "rope_parameters", params
         if params.get("partial_rotary_factor", 1.0) != 1.0:
             raise cfg.unsupported("partial_rotary_factor", params["partial_rotary_factor"], "partial rotary embeddings")
         theta = params.get("rope_theta", cfg.get("rope_theta", 10000.0))
     else:
-        scaling = cfg.get("rope_scaling")
-        if scaling is not None:
-            kind = scaling.get("rope_type", scaling.get("type")) if isinstance(scaling, dict) else scaling
-            if kind not in PLAIN_ROPE:
-                raise cfg.unsupported("rope_scaling", scaling, f"the '{kind}' rotary scaling", hint=ROPE_HINT)
+        key, scaling = "rope_scaling", cfg.get("rope_scaling")
         theta = cfg.get("rope_theta", 10000.0)
     if isinstance(theta, bool) or not isinstance(theta, (int, float)) or theta <= 0:
         raise GraphcError(f"{cfg.path}: rope_theta must be a positive number, got {theta!r}")
-    return float(theta)
+    if scaling is None:
+        return float(theta), []
+    kind = scaling.get("rope_type", scaling.get("type", "default")) if isinstance(scaling, dict) else scaling
+    if kind in PLAIN_ROPE:
+        return float(theta), []
+    if kind not in SCALED_ROPE:
+        raise cfg.unsupported(f"{key}.rope_type" if key == "rope_parameters" else key, kind if key ==
+                              "rope_parameters" else scaling, f"the '{kind}' rotary scaling", hint=ROPE_HINT)
+    values = []
+    for name in SCALED_ROPE[kind]:
+        v = scaling.get(name)
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
+            raise GraphcError(f"{cfg.path}: {key}.{name} must be a positive number for rope_type '{kind}', got {v!r}")
+        values.append(v)
+    if kind == "llama3" and not values[1] < values[2]:
+        raise GraphcError(f"{cfg.path}: {key}: low_freq_factor {values[1]} must be below high_freq_factor "
+                          f"{values[2]}")
+    lines = [f"    rope_scaling: {kind}               # {key}.rope_type: frequencies scaled",
+             f"    rope_factor: {yfloat(values[0])}                # {key}.factor"]
+    if kind == "llama3":
+        if not isinstance(values[3], int):
+            raise GraphcError(f"{cfg.path}: {key}.original_max_position_embeddings must be an integer, "
+                              f"got {values[3]!r}")
+        lines += [f"    rope_low_freq_factor: {yfloat(values[1])}       # {key}.low_freq_factor",
+                  f"    rope_high_freq_factor: {yfloat(values[2])}      # {key}.high_freq_factor",
+                  f"    rope_original_max_len: {values[3]}     # {key}.original_max_position_embeddings"]
+    return float(theta), lines
 
 
 def spec_text(cfg: Config, names: dict | None, source: str) -> str:
@@ -67,7 +91,7 @@ def spec_text(cfg: Config, names: dict | None, source: str) -> str:
     if head_dim != d // heads:
         raise cfg.unsupported("head_dim", head_dim, f"a head width other than hidden_size / num_attention_heads "
                               f"= {d // heads}")
-    theta = _rope_theta(cfg)
+    theta, rope_lines = _rope(cfg)
     max_len = cfg.int("max_position_embeddings")
     window = cfg.get("sliding_window")
     why_len = "max_position_embeddings"
@@ -121,6 +145,7 @@ def spec_text(cfg: Config, names: dict | None, source: str) -> str:
         "    rope: half                       # HF's rotate_half (GPT-NeoX style)",
         "    rope_base: rope_theta",
         "    rope_max_len: max_len",
+        *rope_lines,
     ]
     outputs = ["outputs:"]
     if lm:

@@ -39,7 +39,26 @@ ROPE = (
     Param("rope_base", "float", 10000.0, "with rope: theta_i = rope_base^(-2i/head_dim)"),
     Param("rope_max_len", "int", 4096, "with rope: the longest sequence accepted (rows of the cos/sin tables)",
           min=1, max=MAX_TABLE_LEN),
+    Param("rope_scaling", "str", None, "with rope: scaled frequencies, as transformers' rope_type names them: "
+          "'linear' (every theta_i / rope_factor) or 'llama3' (Llama 3.1: wavelengths above rope_original_max_len"
+          " / rope_low_freq_factor divided by rope_factor, below rope_original_max_len / rope_high_freq_factor "
+          "kept, blended between)", choices=("linear", "llama3")),
+    Param("rope_factor", "float", 1.0, "with rope_scaling: the factor the frequencies are divided by"),
+    Param("rope_low_freq_factor", "float", 1.0, "with rope_scaling llama3: low_freq_factor"),
+    Param("rope_high_freq_factor", "float", 4.0, "with rope_scaling llama3: high_freq_factor"),
+    Param("rope_original_max_len", "int", 8192, "with rope_scaling llama3: original_max_position_embeddings",
+          min=1),
 )
+ROPE_ARGS = tuple(p.name for p in ROPE)
+
+
+def rope_scaling(args) -> tuple | None:
+    """The ``scaling`` tuple of graphc.layers.positional.rope_theta, from a call's (or
+    a reference's) arguments; None without rope_scaling."""
+    if args["rope_scaling"] is None:
+        return None
+    return (args["rope_scaling"], float(args["rope_factor"]), float(args["rope_low_freq_factor"]),
+            float(args["rope_high_freq_factor"]), int(args["rope_original_max_len"]))
 
 IMPL = Param("impl", "str", "auto", "attention lowering: auto (measured choice), decomposed (MatMul/Softmax, "
              "any opset) or fused (ONNX Attention, opset >= 23)", choices=("auto", "decomposed", "fused"))
@@ -268,7 +287,7 @@ def _decode_projection(b: Builder, call: Call, x: Value, w_in: Value, b_in: Valu
         # projection as it is: rope turns its query and key columns in place, no reshapes
         if call["rope"] is not None:
             y = apply_rope_packed(b, y, call["rope"], call["rope_base"], call["rope_max_len"], heads + kvh, kvh, hd,
-                                  b.gen.positions(call["rope_max_len"]), too_long)
+                                  b.gen.positions(call["rope_max_len"]), too_long, rope_scaling(call))
         return y, None, None, call["rope"] is not None
     y = b.op("Reshape", [y], shape=(bsz, sq, one(n), one(hd)))                  # -> [B, S, n, D]
     y = b.op("Transpose", [y], perm=[0, 2, 1, 3])                               # -> [B, n, S, D]
@@ -277,7 +296,7 @@ def _decode_projection(b: Builder, call: Call, x: Value, w_in: Value, b_in: Valu
         return qh, kh, vh, False
     qk, vh = b.op("Split", [y], n_out=2, axis=1, sizes=[heads + kvh, kvh])      # [B, H + Hkv, S, D], [B, Hkv, S, D]
     qk = apply_rope(b, qk, call["rope"], call["rope_base"], call["rope_max_len"], -2, too_long,
-                    b.gen.positions(call["rope_max_len"]))                      # rotated (linear: commutes with the scale)
+                    b.gen.positions(call["rope_max_len"]), rope_scaling(call))  # rotated (linear: commutes with the scale)
     qh, kh = b.op("Split", [qk], n_out=2, axis=1, sizes=[heads, kvh])
     return qh, kh, vh, True
 
@@ -364,11 +383,21 @@ class MultiheadAttention(LayerKind):
         if key.shape[1] != value.shape[1]:
             raise call.error(f"key length {key.shape[1]} differs from value length {value.shape[1]}", "value")
         kdim, vdim = last_dim(call, key, "key"), last_dim(call, value, "value")
+        if call["rope"] is None and call["rope_scaling"] is not None:
+            raise call.error("rope_scaling scales rotary frequencies, but this attention has no rope", "rope_scaling",
+                             hint="add rope: half (HF LLaMA) or rope: interleaved")
         if call["rope"] is not None:
             if hd % 2:
                 raise call.error(f"rope rotates channel pairs and needs an even head_dim, got {hd}", "rope")
             if not call["rope_base"] > 1.0:
                 raise call.error(f"rope_base must be greater than 1, got {call['rope_base']}", "rope_base")
+            if call["rope_scaling"] is not None and not call["rope_factor"] > 0:
+                raise call.error(f"rope_factor must be positive, got {call['rope_factor']}", "rope_factor")
+            if call["rope_scaling"] == "llama3" and \
+                    not 0 < call["rope_low_freq_factor"] < call["rope_high_freq_factor"]:
+                raise call.error("rope_scaling llama3 needs 0 < rope_low_freq_factor < rope_high_freq_factor, got "
+                                 f"{call['rope_low_freq_factor']} and {call['rope_high_freq_factor']}",
+                                 "rope_high_freq_factor")
             for port, t in (("query", q), ("key", key)):
                 n = t.shape[1]
                 if n.is_const and n.value > call["rope_max_len"]:
@@ -468,7 +497,7 @@ class MultiheadAttention(LayerKind):
                 return call.error("rope: " + message, "rope_max_len", hint=hint)
             positions = b.gen.positions(call["rope_max_len"]) if cached else None
             qh, kh = (apply_rope(b, t, call["rope"], call["rope_base"], call["rope_max_len"], -2, too_long,
-                                 positions) for t in (qh, kh))            # [B, n, S, D], rotated
+                                 positions, rope_scaling(call)) for t in (qh, kh))      # [B, n, S, D], rotated
         if cached and b.gen.shared:
             # one buffer per layer updated in place (graphc.prims.shared_cache): [B, S, H*D] out
             if call.inputs.get("attn_mask") is not None or not c["packed"]:
@@ -526,7 +555,7 @@ class MultiheadAttention(LayerKind):
         kh = k.reshape(bsz, sk, kvh, hd).transpose(0, 2, 1, 3)
         vh = v.reshape(bsz, sk, kvh, hd).transpose(0, 2, 1, 3)
         if args.get("rope") is not None:
-            rope_args = dict(style=args["rope"], base=args["rope_base"], seq_axis=-2)
+            rope_args = dict(style=args["rope"], base=args["rope_base"], seq_axis=-2, scaling=rope_scaling(args))
             qh, kh = (Rope().reference(rope_args, {}, {"x": t})["y"] for t in (qh, kh))
         scale = args["scale"] if args["scale"] is not None else 1 / math.sqrt(hd)
         masked, bias = _np_masks(args, inputs, bsz, heads, sq, sk, args["key_padding_polarity"],

@@ -67,18 +67,43 @@ def sinusoid_table(max_len: int, d: int, style: str = "interleaved", dtype=np.fl
     return pe
 
 
+def rope_theta(d: int, base: float, scaling: tuple | None = None) -> np.ndarray:
+    """theta_i = base^(-2i/d), i in [0, d/2) (float64), with ``scaling`` applied.
+
+    ``scaling`` is None or a tuple (kind, factor, low_freq_factor, high_freq_factor,
+    original_max_len), the scaled frequencies of transformers' ``rope_type``s:
+    ``linear`` divides every theta_i by factor (positions interpolated); ``llama3``
+    (Llama 3.1) divides the low frequencies (wavelength 2 pi / theta_i above
+    original_max_len / low_freq_factor) by factor, keeps the high ones (wavelength
+    below original_max_len / high_freq_factor) and blends in between, with
+    s = (original_max_len / wavelength - low) / (high - low):
+    theta' = (1 - s) theta / factor + s theta."""
+    theta = np.power(float(base), -np.arange(0, d, 2, dtype=np.float64) / d)
+    if scaling is None:
+        return theta
+    kind, factor, low, high, original = scaling
+    if kind == "linear":
+        return theta / factor
+    wavelen = 2 * np.pi / theta
+    scaled = np.where(wavelen > original / low, theta / factor, theta)
+    smooth = (original / wavelen - low) / (high - low)
+    medium = ~(wavelen < original / high) & ~(wavelen > original / low)
+    return np.where(medium, (1 - smooth) * scaled / factor + smooth * scaled, scaled)
+
+
 def rope_tables(max_len: int, d: int, base: float, style: str,
-                dtype=np.float64) -> tuple[np.ndarray, np.ndarray]:
+                dtype=np.float64, scaling: tuple | None = None) -> tuple[np.ndarray, np.ndarray]:
     """cos and signed-sin tables, [max_len, d] (computed in float64, stored as
     ``dtype``), for y = x * cos + swap(x) * sin_signed.
 
-    theta_i = base^(-2i/d), angle(pos, i) = pos * theta_i, i in [0, d/2).
+    theta_i = base^(-2i/d) (scaled by ``scaling``, see ``rope_theta``),
+    angle(pos, i) = pos * theta_i, i in [0, d/2).
     ``half``: pair (i, i + d/2) turns by angle_i; swap(x) = [x2 | x1]; sin_signed = [-sin | sin].
     ``interleaved``: pair (2i, 2i+1) turns by angle_i; swap(x) exchanges each pair;
     sin_signed = [-sin_0, sin_0, -sin_1, sin_1, ...]. Folding the sign of the
     usual ``rotate_half`` into the table saves a Neg per tensor at run time.
     """
-    theta = np.power(float(base), -np.arange(0, d, 2, dtype=np.float64) / d)
+    theta = rope_theta(d, base, scaling)
     cos, sin = np.empty((max_len, d), dtype=dtype), np.empty((max_len, d), dtype=dtype)
     h = d // 2
     for lo, hi in _row_chunks(max_len, d):
@@ -368,12 +393,13 @@ class LearnedPE(LayerKind):
 
 
 def _rope_table_consts(b: Builder, max_len: int, d: int, base: float, style: str, dtype: str,
-                       layout: tuple[int, int], fail: Callable[[str, str], Exception]) -> tuple[tuple, Value, Value]:
+                       layout: tuple[int, int], fail: Callable[[str, str], Exception],
+                       scaling: tuple | None = None) -> tuple[tuple, Value, Value]:
     """The cos and signed-sin tables of ``rope_tables`` as graph constants shaped to
     broadcast against an input of ``layout`` (rank, seq axis); one pair per graph,
     however many layers rotate with it, checked against the parameter budget once.
     Returns their sharing key and the two constants."""
-    key = ("rope", max_len, d, float(base), style, dtype, layout)
+    key = ("rope", max_len, d, float(base), style, dtype, layout) + ((scaling,) if scaling else ())
     if not _is_shared(b, key + ("cos",)):
         check_table_budget(b, (max_len, d), dtype, 2, fail)
     computed: list = []
@@ -382,7 +408,7 @@ def _rope_table_consts(b: Builder, max_len: int, d: int, base: float, style: str
         def make() -> np.ndarray:
             if not computed:        # cos and sin come from one pass
                 computed.extend(_table_layout(t, *layout)
-                                for t in rope_tables(max_len, d, base, style, np.dtype(dtype)))
+                                for t in rope_tables(max_len, d, base, style, np.dtype(dtype), scaling))
             return computed[which]
         return make
     return (key, _shared_const(b, key + ("cos",), tables(0), "rope_cos"),
@@ -390,7 +416,8 @@ def _rope_table_consts(b: Builder, max_len: int, d: int, base: float, style: str
 
 
 def apply_rope(b: Builder, x: Value, style: str, base: float, max_len: int, seq_axis: int = -2,
-               fail: Callable[[str, str], Exception] | None = None, positions: Value | None = None) -> Value:
+               fail: Callable[[str, str], Exception] | None = None, positions: Value | None = None,
+               scaling: tuple | None = None) -> Value:
     """Rotary position embedding of x (queries or keys), positions 0..seq-1.
 
     x: [..., seq, ..., head_dim] with its sequence axis at ``seq_axis`` (default
@@ -402,6 +429,7 @@ def apply_rope(b: Builder, x: Value, style: str, base: float, max_len: int, seq_
     hint)`, if given, makes the one for tables over the parameter budget). ``positions``
     (int64 [batch, seq], a KV-cache build's position_ids; x must be
     [batch, heads, seq, head_dim]): each row's positions instead of 0..seq-1.
+    ``scaling``: scaled frequencies (see ``rope_theta``).
     """
     if style not in ("half", "interleaved"):
         raise b.error(f"unknown rope style {style!r}", hint="'half' (GPT-NeoX) or 'interleaved' (GPT-J)")
@@ -419,7 +447,7 @@ def apply_rope(b: Builder, x: Value, style: str, base: float, max_len: int, seq_
     layout = (x.rank, seq_axis % x.rank)
     _, cos_table, sin_table = _rope_table_consts(
         b, max_len, d, base, style, x.dtype, layout,
-        fail or (lambda message, hint: b.error("rope: " + message, hint=hint)))
+        fail or (lambda message, hint: b.error("rope: " + message, hint=hint)), scaling)
     if positions is not None:
         if layout != (4, 2):
             raise b.error("rope: cached positions need [batch, heads, seq, head_dim] tensors")
@@ -443,7 +471,8 @@ def apply_rope(b: Builder, x: Value, style: str, base: float, max_len: int, seq_
 
 
 def apply_rope_packed(b: Builder, y: Value, style: str, base: float, max_len: int, rotated: int, kept: int,
-                      head_dim: int, positions: Value, fail: Callable[[str, str], Exception]) -> Value:
+                      head_dim: int, positions: Value, fail: Callable[[str, str], Exception],
+                      scaling: tuple | None = None) -> Value:
     """Rope on a packed projection y [batch, seq, (rotated + kept) * head_dim] whose first
     ``rotated`` heads (queries, keys) turn and whose last ``kept`` heads (values) do not,
     at each row's ``positions`` [batch, seq] (a KV-cache build's position_ids).
@@ -461,7 +490,7 @@ def apply_rope_packed(b: Builder, y: Value, style: str, base: float, max_len: in
         raise b.error(f"rope needs an even head_dim (rotation pairs), got {d}")
     if not base > 1.0:
         raise b.error(f"rope base must be greater than 1, got {base}")
-    key, *per_row = _rope_table_consts(b, max_len, d, base, style, y.dtype, (4, 1), fail)   # [L, 1, d] each
+    key, *per_row = _rope_table_consts(b, max_len, d, base, style, y.dtype, (4, 1), fail, scaling)  # [L, 1, d] each
     bsz, seq = positions.shape
     keep = _shared_const(b, ("rope_kept_heads", rotated, kept),
                          lambda: np.arange(n).reshape(1, 1, n, 1) >= rotated, "rope_kept_heads")   # True on kept heads
@@ -547,7 +576,7 @@ class Rope(LayerKind):
         x = inputs["x"].astype(np.float64)
         s = args["seq_axis"] % x.ndim
         n, d = x.shape[s], x.shape[-1]
-        theta = args["base"] ** (-2.0 * np.arange(d // 2) / d)
+        theta = rope_theta(d, args["base"], args.get("scaling"))   # attention's rope_scaling passes "scaling"
         rot = np.exp(1j * np.arange(n)[:, None] * theta[None, :])          # [seq, d/2]
         rot = rot.reshape((n,) + (1,) * (x.ndim - 2 - s) + (d // 2,))      # [seq, d/2] -> [seq, 1.., d/2]
         if args["style"] == "half":

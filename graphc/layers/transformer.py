@@ -19,7 +19,7 @@ from typing import Mapping
 import numpy as np
 
 from ..ir import Builder, Value
-from .attention import IMPL, ROPE, MultiheadAttention
+from .attention import IMPL, ROPE, ROPE_ARGS, MultiheadAttention
 from .base import Call, LayerKind, Param, Port
 from .basic import last_dim, layer_norm_op, rms_norm_op
 from .feed_forward import FFN_ACTIVATIONS, feed_forward_op
@@ -48,7 +48,7 @@ def _cfg(call: Call, d_model: int) -> dict:
     return dict(d=d_model, heads=call["heads"], d_ff=call["d_ff"], act=call["activation"], norm=call["norm"],
                 first=call["norm_first"], eps=call["eps"], bias=call["bias"], kv_heads=call["kv_heads"],
                 impl=call["impl"], kp_polarity=call["key_padding_polarity"],
-                rope={k: call[k] for k in ("rope", "rope_base", "rope_max_len")})
+                rope={k: call[k] for k in ROPE_ARGS})
 
 
 def _norm(b: Builder, x: Value, scope: str, cfg: dict) -> Value:
@@ -215,7 +215,7 @@ def _np_cfg(args, d):
     return dict(d=d, heads=args["heads"], d_ff=args["d_ff"], act=args["activation"], norm=args["norm"],
                 first=args["norm_first"], eps=args["eps"], bias=args["bias"], kv_heads=args["kv_heads"],
                 kp_polarity=args["key_padding_polarity"],
-                rope={k: args[k] for k in ("rope", "rope_base", "rope_max_len")})
+                rope={k: args[k] for k in ROPE_ARGS})
 
 
 class TransformerEncoderLayer(LayerKind):
