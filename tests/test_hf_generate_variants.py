@@ -29,7 +29,8 @@ import graphc
 from graphc.errors import GraphcError
 
 from helpers import cli, ort_run, user_error
-from test_hf_generate import MODELS, PROMPTS, _SEQ2SEQ, _eos, _hf_generate, _init, _left_padded, _sources, imported  # noqa: F401,E501
+import test_hf_generate
+from test_hf_generate import PROMPTS, _SEQ2SEQ, _eos, _hf_generate, _init, _left_padded, _sources
 from test_hf_import import CASES, _perturb
 
 transformers = pytest.importorskip("transformers")
@@ -102,6 +103,12 @@ def test_forward_at_length_1_and_at_max_position_embeddings(case, tmp_path):
 # --------------------------------------------------------------- bundles
 
 
+@pytest.fixture(scope="module")
+def imported(tmp_path_factory):
+    """tests/test_hf_generate.py's checkpoints and bundles (family -> model, bundle, config)."""
+    return test_hf_generate.imported.__wrapped__(tmp_path_factory)
+
+
 def _ids_after_eos_as_pad(want, config):
     """transformers fills after a row's eos with pad (beam search: `pad or eos`); graphc with pad."""
     e = np.isin(want, _eos(config))
@@ -109,7 +116,7 @@ def _ids_after_eos_as_pad(want, config):
 
 
 @pytest.mark.parametrize("family, layout", [("gpt2", "concat"), ("llama", "concat"), ("llama", "shared")])
-def test_decoder_only_beam_search_equals_transformers_left_padded(family, layout, imported):  # noqa: F811
+def test_decoder_only_beam_search_equals_transformers_left_padded(family, layout, imported):
     model, bundle, config = imported(family, layout)
     ids, mask = _left_padded(PROMPTS, config["pad"])
     with torch.no_grad():
@@ -123,7 +130,7 @@ def test_decoder_only_beam_search_equals_transformers_left_padded(family, layout
 
 
 @pytest.mark.parametrize("family", ["gpt2", "llama", "bart", "marian", "t5"])
-def test_target_ort_bundle_greedy_and_beam_equal_transformers(family, imported, tmp_path):  # noqa: F811
+def test_target_ort_bundle_greedy_and_beam_equal_transformers(family, imported, tmp_path):
     """The default-layout bundle of `--target ort` (ORT's fused attention ops), greedy
     and 3 beams, against transformers on the same batch as the default target."""
     model, bundle, _ = imported(family)
@@ -147,7 +154,7 @@ def test_target_ort_bundle_greedy_and_beam_equal_transformers(family, imported, 
         np.testing.assert_array_equal(got, _ids_after_eos_as_pad(want, config), err_msg=f"{family} beams {beams}")
 
 
-def test_t5_shared_cache_layout_is_refused_by_name(imported, tmp_path):  # noqa: F811
+def test_t5_shared_cache_layout_is_refused_by_name(imported, tmp_path):
     """T5's relative-position bias over the cache needs the concat layout: the shared
     one is refused at the attention that has it, not built wrong."""
     _, bundle, _ = imported("t5")
@@ -163,10 +170,10 @@ def test_t5_shared_cache_layout_is_refused_by_name(imported, tmp_path):  # noqa:
 
 
 def _llama_like(cls=T.LlamaForCausalLM, config=T.LlamaConfig, **kw):
-    kw = {"max_position_embeddings": 24, **kw}
+    kw = {"max_position_embeddings": 24, "eos_token_id": 2, **kw}
     c = config(vocab_size=96, hidden_size=64, intermediate_size=112, num_hidden_layers=2, num_attention_heads=4,
                num_key_value_heads=2, rms_norm_eps=1e-6, tie_word_embeddings=False, pad_token_id=0, bos_token_id=1,
-               eos_token_id=2, **kw)
+               **kw)
     torch.manual_seed(0)
     return _init(cls(c))
 
@@ -406,3 +413,22 @@ outputs: {y: a}
 """
     user_error(text, "rope_scaling scales rotary frequencies, but this attention has no rope", at="rope_scaling",
                hint="add rope: half")
+
+
+def test_llama3_style_eos_list_ends_rows_at_any_of_its_ids(tmp_path):
+    """eos_token_id a list (Llama 3: <|end_of_text|>, <|eom_id|>, <|eot_id|>): a row ends at
+    whichever comes first, greedy and in beam search, as in transformers."""
+    model = _llama_like(eos_token_id=[2, 33, 23], max_position_embeddings=64)
+    bundle = _build(model, tmp_path, kv=True)
+    config = json.loads((bundle / "graphc_generation.json").read_text())
+    assert config["eos"] == [2, 33, 23]
+    ids, mask = _left_padded(PROMPTS, config["pad"])
+    ended = set()
+    for beams in (1, 3):
+        with torch.no_grad():
+            want = model.generate(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask),
+                                  max_new_tokens=16, do_sample=False, num_beams=beams).numpy()[:, ids.shape[1]:]
+        got = graphc.generate(bundle, input_ids=ids, max_new_tokens=16, num_beams=beams)
+        np.testing.assert_array_equal(got, _ids_after_eos_as_pad(want, config), err_msg=f"beams {beams}")
+        ended |= {int(x) for x in want[np.isin(want, config["eos"])]}
+    assert len(ended) >= 2                      # rows really ended at different ids of the list
