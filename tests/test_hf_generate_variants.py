@@ -342,7 +342,8 @@ def test_gpt2_reorder_and_upcast_attn_equals_transformers(tmp_path):
 
 
 def test_gpt2_scale_attn_by_inverse_layer_idx_is_refused(tmp_path):
-    c = T.GPT2Config(n_embd=32, n_layer=2, n_head=4, vocab_size=61, n_positions=32, scale_attn_by_inverse_layer_idx=True)
+    c = T.GPT2Config(n_embd=32, n_layer=2, n_head=4, vocab_size=61, n_positions=32,
+                     scale_attn_by_inverse_layer_idx=True)
     c.architectures = ["GPT2LMHeadModel"]
     c.save_pretrained(tmp_path / "cfg")
     user_error(cli("import", tmp_path / "cfg", "-o", tmp_path / "s.yaml"),

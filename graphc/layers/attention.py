@@ -295,8 +295,9 @@ def _decode_projection(b: Builder, call: Call, x: Value, w_in: Value, b_in: Valu
         qh, kh, vh = b.op("Split", [y], n_out=3, axis=1, sizes=[heads, kvh, kvh])
         return qh, kh, vh, False
     qk, vh = b.op("Split", [y], n_out=2, axis=1, sizes=[heads + kvh, kvh])      # [B, H + Hkv, S, D], [B, Hkv, S, D]
+    # rotated (linear: commutes with the scale)
     qk = apply_rope(b, qk, call["rope"], call["rope_base"], call["rope_max_len"], -2, too_long,
-                    b.gen.positions(call["rope_max_len"]), rope_scaling(call))  # rotated (linear: commutes with the scale)
+                    b.gen.positions(call["rope_max_len"]), rope_scaling(call))
     qh, kh = b.op("Split", [qk], n_out=2, axis=1, sizes=[heads, kvh])
     return qh, kh, vh, True
 
