@@ -154,6 +154,24 @@ def test_target_ort_bundle_greedy_and_beam_equal_transformers(family, imported, 
         np.testing.assert_array_equal(got, _ids_after_eos_as_pad(want, config), err_msg=f"{family} beams {beams}")
 
 
+def test_t5_past_relative_attention_max_distance(imported):
+    """Sources of 40 tokens and 45 new ones, past relative_attention_max_distance (20):
+    the encoder's and the cached decoder's distances fall in the log-spaced and the
+    saturated buckets. Greedy and 3 beams equal to transformers'."""
+    model, bundle, config = imported("t5")
+    rng = np.random.default_rng(3)
+    src = np.full((3, 40), config["pad"], np.int64)
+    for r, n in enumerate((40, 25, 3)):
+        src[r, :n] = rng.integers(3, 90, n)
+        src[r, n - 1] = 93                                   # eos ends each source, as T5 tokenizers do
+    mask = (src != config["pad"]).astype(np.int64)
+    for beams in (1, 3):
+        want = _hf_generate(model, src, mask, 45, num_beams=beams)
+        got = graphc.generate(bundle, src_ids=src, max_new_tokens=45, num_beams=beams)
+        assert want.shape[1] > 25                            # decoded past max_distance
+        np.testing.assert_array_equal(got, _ids_after_eos_as_pad(want, config), err_msg=f"beams {beams}")
+
+
 def test_t5_shared_cache_layout_is_refused_by_name(imported, tmp_path):
     """T5's relative-position bias over the cache needs the concat layout: the shared
     one is refused at the attention that has it, not built wrong."""
