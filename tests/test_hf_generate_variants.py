@@ -263,7 +263,7 @@ def test_llama_scaled_rope_equals_transformers(kind, tmp_path):
     """'linear' and 'llama3' rope (Llama 3.1/3.2 checkpoints) scale the frequencies at
     every position: imported as the blocks' rope_scaling. Full forward at
     max_position_embeddings (64), then greedy and 3-beam ids of a left-padded batch
-    through the default, --target ort and shared-cache bundles, all against
+    through the default and shared-cache bundles (llama3: --target ort too), all against
     transformers; and the plain rotation (the rope_scaling lines deleted) differs."""
     model = _llama_like(rope_scaling=dict(SCALED_ROPE[kind]), max_position_embeddings=64)
     assert model.config.rope_parameters["rope_type"] == kind
@@ -283,8 +283,8 @@ def test_llama_scaled_rope_equals_transformers(kind, tmp_path):
                                or ln.strip().startswith(("rope_base", "rope_max_len", "rope_theta"))))
     assert cli("build", plain, "--weights", tmp_path / "ckpt", "-o", tmp_path / "plain.onnx")[0] == 0
     assert _worst(ort_run((tmp_path / "plain.onnx").read_bytes(), feeds)["logits"], want, mask) > 1e-3
-    for name, extra in [("b", []), ("ort", ["--target", "ort"]), ("shared", ["--target", "ort", "--cache-layout",
-                                                                            "shared"])]:
+    layouts = [("b", []), ("ort", ["--target", "ort"]), ("shared", ["--target", "ort", "--cache-layout", "shared"])]
+    for name, extra in layouts if kind == "llama3" else layouts[::2]:
         rc, _, err_text = cli("build", tmp_path / "spec.yaml", "--weights", tmp_path / "ckpt", "--kv-cache", *extra,
                               "-o", tmp_path / name)
         assert rc == 0, err_text
@@ -293,8 +293,8 @@ def test_llama_scaled_rope_equals_transformers(kind, tmp_path):
         for beams in (1, 3):
             with torch.no_grad():
                 want = model.generate(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask),
-                                      max_new_tokens=16, do_sample=False, num_beams=beams).numpy()[:, ids.shape[1]:]
-            got = graphc.generate(tmp_path / name, input_ids=ids, max_new_tokens=16, num_beams=beams)
+                                      max_new_tokens=12, do_sample=False, num_beams=beams).numpy()[:, ids.shape[1]:]
+            got = graphc.generate(tmp_path / name, input_ids=ids, max_new_tokens=12, num_beams=beams)
             assert len(set(want.ravel().tolist())) > 5
             np.testing.assert_array_equal(got, _ids_after_eos_as_pad(want, config), err_msg=f"{name} beams {beams}")
 
@@ -374,7 +374,7 @@ def test_gpt2_scale_attn_by_inverse_layer_idx_is_refused(tmp_path):
 def test_bart_decoder_start_variants_equal_transformers(variant, tmp_path):
     """Which id starts the decoder: decoder_start_token_id (0 here, not BART's usual 2);
     unset, so transformers starts from bos; generation_config.json's value over
-    config.json's. Greedy and 3 beams equal to generate()."""
+    config.json's. Greedy ids (and 3 beams' from 0) equal to generate()'s."""
     kw = {"start-0": dict(decoder_start_token_id=0), "start-unset": dict(decoder_start_token_id=None),
           "generation-config-overrides": dict(decoder_start_token_id=2)}[variant]
     torch.manual_seed(0)
@@ -393,7 +393,7 @@ def test_bart_decoder_start_variants_equal_transformers(variant, tmp_path):
     assert rc == 0, err
     config = json.loads((tmp_path / "b" / "graphc_generation.json").read_text())
     src, mask = _sources(config["pad"])
-    for beams in (1, 3):
+    for beams in (1, 3) if variant == "start-0" else (1,):
         t = torch.from_numpy
         with torch.no_grad():
             full = model.generate(input_ids=t(src), attention_mask=t(mask), max_new_tokens=8, do_sample=False,
