@@ -89,8 +89,8 @@ def build_bundle(spec_path: str | os.PathLike, output: str | os.PathLike,
     from ..lower import DEFAULT_OPSET, lower_by_reference
     from ..progress import report
     out = Path(output)
-    if dtype != "float32":
-        raise GraphcError(f"--kv-cache bundles are float32 for now, not {dtype}", hint="leave out --dtype")
+    if dtype not in ("float32", "float16"):
+        raise GraphcError(f"unknown dtype '{dtype}'", hint="float32 or float16")
     from ..lower.targets import check_target
     check_target(target)        # ort: graphc.lower.target_ort's measured choices apply to bundles too
     if logits not in ("all", "last"):
@@ -124,7 +124,7 @@ def build_bundle(spec_path: str | os.PathLike, output: str | os.PathLike,
         weights, more = apply_weights_section(spec.weights, weights, expected, source, ignore_weights)
         notes += more
     from . import bundle_quant
-    options = Options(weights, seed, source, progress=progress, quantize=mode, spec=spec, opset=opset or DEFAULT_OPSET,
+    options = Options(weights, seed, source, dtype=dtype, progress=progress, quantize=mode, spec=spec, opset=opset or DEFAULT_OPSET,
                       target=target, quantize_block=bundle_quant.BLOCK if target == "ort" else None,
                       last_logits=logits == "last")
     weights = None              # the options hand them to the materialize pass, which lets go

@@ -83,5 +83,10 @@ def _check_range(name: str, what: str, data: np.ndarray, span) -> None:
 
 
 def _to_float16(name: str, kind: str, data: np.ndarray, span) -> np.ndarray:
+    if kind == "const" and data.size and np.all(data == np.finfo(np.float32).min):
+        # a masking sentinel ("the dtype's lowest finite value", the shared KV cache's
+        # padding bias): it becomes float16's lowest, not inf (which would make a
+        # fully masked row 0/0 = NaN) and not an error (no weight is exactly this)
+        return np.full(data.shape, np.finfo(np.float16).min, np.float16)
     _check_range(name, "parameter" if kind == "param" else "tensor computed from the weights", data, span)
     return np.ascontiguousarray(data.astype(np.float16))
