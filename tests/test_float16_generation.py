@@ -7,11 +7,11 @@ steps), the plain float32 build, and the float32 bundle's greedy ids.
 Tolerance: relative RMS 1e-2 over the logits (RMS of the difference / RMS of the
 float32 logits). Float16 rounds to 2^-11 relative (4.9e-4); a 2-layer model rounds
 every activation and sums 64-wide dot products, so float16 noise of ~1e-3 relative
-is expected (measured here: 1.3e-3 to 1.9e-3, cached steps against either plain
+is expected (measured here: 1.2e-3 to 1.4e-3, cached steps against either plain
 build), while a wrong position, mask or cache column moves the logits by O(1)
-relative. Greedy ids may differ from float32's only where float32's top-2 margin is
-within float16's noise (in these tests no such step occurs before the first
-checked id differs: the test checks the ids up to the first close margin).
+relative. Greedy ids may legitimately differ from float32's where float32's top-2
+margin is within float16's noise, so ids are compared up to the first such step
+(the test requires at least 10 ids to be checked, so it cannot pass vacuously).
 """
 from __future__ import annotations
 
