@@ -530,8 +530,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         # started with stdout closed (`graphc schema >&-`): what print() already does
         # for every command, discard, instead of failing on sys.stdout.write
         sys.stdout = open(os.devnull, "w")
+    from .process_owner import as_cli
     try:
-        with honoured():                # a Ctrl-C that lands in a finalizer is not lost (graphc.interrupt)
+        with honoured(), as_cli():      # Ctrl-C in a finalizer is not lost (graphc.interrupt); ORT's logger quiet
             parser = build_parser()     # inside the try: Ctrl-C during start-up is no traceback either
             args = parser.parse_args(argv)
             if getattr(args, "output", None) == "":     # -o "": an unset variable; not stdout, not '.'

@@ -54,7 +54,13 @@ def as_id_rows(ids, what: str) -> np.ndarray:
 
 
 class Generator:
-    """A loaded bundle (its ONNX Runtime sessions kept between calls)."""
+    """A loaded bundle (its ONNX Runtime sessions kept between calls).
+
+    One Generator may serve several threads at once (a server's request
+    handlers): each ``generate`` call decodes with its own copy of the decoder's
+    per-call state (caches, mask, encoder outputs) over the shared sessions, whose
+    ``run`` ONNX Runtime allows concurrently. A call that raised leaves nothing
+    behind, so the Generator stays usable."""
 
     def __init__(self, bundle: str | os.PathLike | Bundle, threads: int | None = DEFAULT_THREADS):
         from .runner import DecoderRunner, EncoderRunner
@@ -74,6 +80,8 @@ class Generator:
                  temperature: float | None = None, top_k: int | None = None, top_p: float | None = None,
                  seed: int | None = None, length_penalty: float | None = None,
                  early_stopping: bool | str | None = None) -> np.ndarray:
+        """Decode ``input_ids`` (decoder-only) or ``src_ids`` (encoder-decoder); the
+        arguments and the result are graphc.generate's (int64 [batch, n], new ids only)."""
         b = self.bundle
         sampling = check_settings(max_new_tokens=max_new_tokens, num_beams=num_beams, temperature=temperature,
                                   top_k=top_k, top_p=top_p, seed=seed, length_penalty=length_penalty,
@@ -90,8 +98,8 @@ class Generator:
                 raise GraphcError(f"--src-ids: row {int(np.argmax((src == b.pad).all(axis=1)))} is all padding")
             self._check_length(src.shape[1], 1, "source")
             self._check_length(1, max_new_tokens, "decoder start token")
-            fixed = self.encoder(src)
-            self.decoder.set_fixed(fixed)
+            decoder = self.decoder.for_one_call()
+            decoder.set_fixed(self.encoder(src))
             ids = np.full((src.shape[0], 1), b.decoder_start, dtype=np.int64)
             mask = np.ones_like(ids)
         else:
@@ -106,9 +114,10 @@ class Generator:
             if empty.any():
                 raise GraphcError(f"--input-ids: row {int(np.argmax(empty))} is all padding (pad id {b.pad})")
             self._check_length(int(mask.sum(axis=1).max()), max_new_tokens, "prompt")
-            self.decoder.set_fixed({})
+            decoder = self.decoder.for_one_call()
+            decoder.set_fixed({})
         common = dict(max_new_tokens=max_new_tokens, eos=b.eos, pad=b.pad)
-        model = _WithCapacity(self.decoder, max_new_tokens)
+        model = _WithCapacity(decoder, max_new_tokens)
         if num_beams > 1:
             return beam_search(model, ids, mask, num_beams=num_beams,
                                length_penalty=1.0 if length_penalty is None else float(length_penalty),

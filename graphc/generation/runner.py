@@ -128,6 +128,15 @@ class DecoderRunner:
         self.fixed: dict[str, np.ndarray] = {}
         self.fixed_rows = None
 
+    def for_one_call(self) -> "DecoderRunner":
+        """A runner for one generation that shares this one's session and checked
+        metadata but keeps its own step state (mask, positions, caches, bindings):
+        every attribute a generation changes is assigned anew in set_fixed, start and
+        _allocate, never mutated in place on the shared object, so concurrent calls
+        (threads sharing one Generator) cannot see each other's caches."""
+        import copy
+        return copy.copy(self)
+
     # --------------------------------------------------------------- step model
     def set_fixed(self, fixed: dict[str, np.ndarray]) -> None:
         self.fixed = {k: np.ascontiguousarray(v) for k, v in fixed.items()}

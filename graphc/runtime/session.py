@@ -75,7 +75,9 @@ def make_session(model: bytes | str, provider: str = "cpu", threads: int | None 
     if threads is not None and not 0 <= threads <= MAX_THREADS:
         # ORT would try to start them all: 99999 threads is a hang, not an error
         raise GraphcError(f"--threads must be between 0 and {MAX_THREADS}, got {threads}")
-    ort.set_default_logger_severity(4)      # failures are reported once, by us, not also as ORT log lines
+    from .. import process_owner
+    if process_owner.cli:                   # process-wide and unreadable: a library call leaves it alone
+        ort.set_default_logger_severity(4)  # failures are reported once, by us, not also as ORT log lines
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     opts.log_severity_level = 4             # fatal only: run_model reports failures itself
