@@ -5,6 +5,7 @@ The Python API (docs/python.md), the same work as the ``graphc`` command:
     import graphc
     model = graphc.compile_spec("model.yaml", weights="model.safetensors")   # -> graphc.Compiled
     model.save("model.onnx")            # written atomically; or model.to_bytes()
+    spec, graph = graphc.check_spec("model.yaml")  # graphc check: shapes, no weights
     graphc.build_bundle("gpt.yaml", "bundle")      # graphc build --kv-cache: a generation bundle
     ids = graphc.generate("bundle", [[5, 9, 13]], max_new_tokens=20)
     gen = graphc.Generator("bundle")    # sessions loaded once; generate() from many threads

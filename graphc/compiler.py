@@ -27,21 +27,31 @@ class Compiled:
     notes: list = field(default_factory=list)     # for the user: e.g. a weights file matched by renaming
     quantization: object = None   # graphc.quantized.Quantization of an int8 build (its report, measured error)
     param_count: int = 0   # the spec's parameters, each counted once, as `graphc params` totals them
+    weight_names: frozenset = frozenset()   # keep_weights=True: the initializers a streamed build appends
+
+    def _streamed(self) -> tuple[object, list]:
+        """(model without its weights, [(name, array)]), as ``keep_weights=False``
+        builds it: both forms then give the same bytes as ``graphc build``."""
+        if self.weights or not self.weight_names:
+            return self.model, self.weights
+        from .lower.stream import split_weights
+        return split_weights(self.model, self.weight_names)
 
     def to_bytes(self) -> bytes:
-        from .lower import serialize
-        if not self.weights:
-            return serialize(self.model)
+        """The .onnx file's bytes (what ``save`` writes for a model under 2 GB)."""
         import io
         from .lower.stream import write_model
         buf = io.BytesIO()
-        write_model(buf, self.model, self.weights)
+        write_model(buf, *self._streamed())
         return buf.getvalue()
 
     def save(self, path: str | os.PathLike, verify=None) -> int:
-        """Write atomically (see graphc.lower.save_model); returns the bytes written."""
+        """Write atomically (see graphc.lower.save_model); returns the bytes written.
+        ``verify(temporary_path)``, when given, runs on the written file before it
+        replaces anything at ``path`` (raise to keep the earlier file)."""
         from .lower import save_model
-        return save_model(self.model, path, self.weights, verify)
+        model, weights = self._streamed()
+        return save_model(model, path, weights, verify)
 
     def count_weights(self) -> int:
         inline = sum(int(np.prod(t.dims)) for t in self.model.graph.initializer)
@@ -142,8 +152,10 @@ def compile_spec(path: str | os.PathLike, weights: str | os.PathLike | Mapping[s
     notes, quant, float_model = notes + state.notes, state.quantization, state.float_model
     report(progress, "lower")
     if keep_weights:
+        # the weights lower_by_reference would stream (lower appends them as initializers)
+        weight_names = frozenset(v.name for v in graph.values() if v.kind in ("param", "const"))
         compiled = Compiled(spec, graph, lower(graph, opset or DEFAULT_OPSET, target=target), notes=notes,
-                            param_count=n_params)
+                            param_count=n_params, weight_names=weight_names)
     else:
         model, arrays = lower_by_reference(graph, opset or DEFAULT_OPSET, target)
         compiled = Compiled(spec, graph, model, arrays, notes=notes, param_count=n_params)

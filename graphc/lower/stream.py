@@ -120,3 +120,33 @@ def with_external_data(model: onnx.ModelProto, weights: Sequence[tuple[str, np.n
             entry.key, entry.value = k, v
         offset += raw.nbytes
     return out
+
+
+
+def split_weights(model: onnx.ModelProto, names) -> tuple[onnx.ModelProto, list[tuple[str, np.ndarray]]]:
+    """A model whose weights are inline initializers -> (the model without the
+    initializers named in ``names``, their (name, array) in order): the pair
+    lower_by_reference returns, so write_model and save_model lay it out as a
+    streamed build. Why: a ``Compiled`` that keeps its weights in the proto and
+    one that does not must give the same bytes (``graphc build`` streams; a
+    library caller keeps the proto by default), and protobuf's own serialisation
+    puts the initializers in the middle of the graph instead of after it.
+    The arrays are read-only views of copies of each tensor's raw_data."""
+    bare = onnx.ModelProto()
+    bare.CopyFrom(model)
+    inits = bare.graph.initializer
+    arrays = []
+    for i in reversed(range(len(inits))):
+        t = inits[i]
+        if t.name in names:
+            dtype = _ONNX_TO_NP[t.data_type]
+            data = np.frombuffer(t.raw_data, dtype=np.uint8 if dtype == np.bool_ else dtype)
+            arrays.append((t.name, data.view(dtype).reshape(tuple(t.dims))))
+            del inits[i]
+    arrays.reverse()
+    return bare, arrays
+
+
+_ONNX_TO_NP = {onnx.np_dtype_to_tensor_dtype(d): np.dtype(d) for d in
+               (np.float32, np.float16, np.float64, np.int8, np.uint8, np.int16, np.uint16, np.int32,
+                np.uint32, np.int64, np.uint64, np.bool_)}
