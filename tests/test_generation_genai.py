@@ -29,6 +29,16 @@ def test_genai_config_maps_the_bundle():
     assert g["model"]["context_length"] == toy.P and g["search"]["past_present_share_buffer"] is False
 
 
+def test_query_heads_from_the_cache_entries():
+    """num_attention_heads is the layer's query heads (written per cache entry), not its kv heads:
+    bundles before the entries carried it fall back to the kv-head count."""
+    cfg = toy.config()
+    assert genai_config(cfg)["model"]["decoder"]["num_attention_heads"] == 1
+    cfg["cache"] = [dict(cfg["cache"][0], heads=4)]
+    dec = genai_config(cfg)["model"]["decoder"]
+    assert (dec["num_attention_heads"], dec["num_key_value_heads"], dec["hidden_size"]) == (4, 1, 4 * toy.E)
+
+
 def test_no_genai_config_where_genai_cannot_run_it():
     assert genai_config(toy.config(architecture="encoder-decoder")) is None
     two = toy.config()
@@ -59,6 +69,12 @@ def test_bundle_runs_in_onnxruntime_genai_like_transformers(tmp_path, layout):
     cfg = json.loads((tmp_path / "b" / "genai_config.json").read_text())
     assert cfg == genai_config(json.loads((tmp_path / "b" / "graphc_generation.json").read_text()))
     assert cfg["search"]["past_present_share_buffer"] is (layout == "shared")
+    hf, dec = model.config, cfg["model"]["decoder"]       # the model's facts, GQA: 4 query heads over 2 kv heads
+    assert (dec["num_attention_heads"], dec["num_key_value_heads"], dec["head_size"], dec["hidden_size"]) == (
+        hf.num_attention_heads, hf.num_key_value_heads, hf.hidden_size // hf.num_attention_heads, hf.hidden_size)
+    assert (cfg["model"]["context_length"], cfg["model"]["eos_token_id"], cfg["model"]["pad_token_id"],
+            cfg["model"]["bos_token_id"]) == (hf.max_position_embeddings, hf.eos_token_id, hf.pad_token_id,
+                                              hf.bos_token_id)
     prompt = [5, 9, 13, 7, 21]
     with torch.no_grad():
         want = model.generate(input_ids=torch.tensor([prompt]), attention_mask=torch.ones(1, 5, dtype=torch.long),

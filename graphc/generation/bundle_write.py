@@ -146,7 +146,8 @@ def build_bundle(spec_path: str | os.PathLike, output: str | os.PathLike,
         "decoder": {"file": DECODER_FILE},
         "encoder": None,
         "cache": [{"past_key": e.past_key, "past_value": e.past_value, "present_key": e.present_key,
-                   "present_value": e.present_value, "kv_heads": e.kv_heads, "head_dim": e.head_dim}
+                   "present_value": e.present_value, "kv_heads": e.kv_heads, "head_dim": e.head_dim,
+                   **({"heads": e.heads} if e.heads is not None else {})}
                   for e in cache.entries],
         **({"logits_positions": "last"} if logits == "last" else {}),
         **({"cache_layout": "shared"} if cache_layout == "shared" else {}),

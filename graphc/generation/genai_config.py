@@ -14,9 +14,13 @@ out), so the config only maps the bundle's facts onto genai's fields:
   preallocated max-length buffer as genai's own models do;
 - ``num_key_value_heads`` / ``head_size`` from the cache entries, which genai
   needs to be the same in every layer (otherwise no config is written);
-- ``num_attention_heads`` / ``hidden_size``: genai uses them only for inputs_embeds
-  models and cross-attention caches, neither of which applies; they are taken from
-  the config's optional ``heads`` (else the kv-head count).
+- ``num_attention_heads`` / ``hidden_size`` (heads x head_size): from the cache
+  entries' ``heads`` (the layer's query heads, written since 2026-12-05; a
+  grouped-query model has more query than kv heads), else the config's optional
+  ``heads``, else the kv-head count (older bundles). genai 0.18 reads them only
+  for inputs_embeds models and cross-attention caches (neither applies; a run with
+  them set to nonsense gives the same ids), but other readers of the file take
+  them as the model's facts.
 
 Encoder-decoder bundles get no genai config (genai's only encoder-decoder
 types are Whisper and Marian exports of its own layout).
@@ -46,7 +50,9 @@ def genai_config(gen_config: dict) -> dict | None:
     if names != [(f"past_key_values.{i}.key", f"past_key_values.{i}.value", f"present.{i}.key",
                   f"present.{i}.value") for i in range(len(cache))]:
         return None                 # genai addresses the caches by a %d template only
-    heads = gen_config.get("heads") or kv_heads
+    per_layer = {c.get("heads") for c in cache}
+    heads = (per_layer.pop() if len(per_layer) == 1 and None not in per_layer else None) \
+        or gen_config.get("heads") or kv_heads
     eos = gen_config.get("eos")
     eos_list = [] if eos is None else (list(eos) if isinstance(eos, list) else [eos])
     pad = gen_config["pad"]

@@ -64,6 +64,7 @@ class CacheEntry:
     head_dim: int
     layer: str
     key_value: tuple[str, str] = ("", "")      # the IR values of the present key/value
+    heads: int | None = None                    # the layer's query heads (genai_config's num_attention_heads)
 
 
 class CacheContext:
@@ -131,9 +132,10 @@ class CacheContext:
         return key_back, query_back
 
     # ------------------------------------------------------------------ emitting
-    def self_attention(self, b: Builder, kh: Value, vh: Value) -> tuple[Value, Value]:
+    def self_attention(self, b: Builder, kh: Value, vh: Value, heads: int | None = None) -> tuple[Value, Value]:
         """Concat the cache before this step's keys/values [B, Hkv, S, D]:
-        returns [B, Hkv, past_seq + S, D] each (the layer's present)."""
+        returns [B, Hkv, past_seq + S, D] each (the layer's present). ``heads``: the
+        layer's query heads, recorded for the bundle config (not in the graph)."""
         i = len(self.entries)
         kvh, hd = kh.shape[1], kh.shape[3]
         if not (kvh.is_const and hd.is_const):
@@ -144,7 +146,7 @@ class CacheContext:
         k = b.op("Concat", [past_k, kh], axis=2, name_hint="present_key")      # [B, Hkv, P, D] + [B, Hkv, S, D]
         v = b.op("Concat", [past_v, vh], axis=2, name_hint="present_value")    # -> [B, Hkv, P+S, D]
         self.entries.append(CacheEntry(past_k.name, past_v.name, f"present.{i}.key", f"present.{i}.value",
-                                       kvh.value, hd.value, b.path, (k.name, v.name)))
+                                       kvh.value, hd.value, b.path, (k.name, v.name), heads))
         return k, v
 
     def shared_attention(self, b: Builder, q: Value, k: Value | None, v: Value | None, heads: int, kv_heads: int,
@@ -163,7 +165,7 @@ class CacheContext:
         y, pk, pv = b.op("SharedCacheAttention", [q, k, v, past_k, past_v, self.additive_mask(b, q.dtype)], n_out=3,
                          heads=heads, kv_heads=kv_heads)
         self.entries.append(CacheEntry(past_k.name, past_v.name, f"present.{i}.key", f"present.{i}.value",
-                                       kv_heads, head_dim, b.path, (pk.name, pv.name)))
+                                       kv_heads, head_dim, b.path, (pk.name, pv.name), heads))
         return y
 
     def additive_mask(self, b: Builder, dtype: str) -> Value:

@@ -509,7 +509,7 @@ class MultiheadAttention(LayerKind):
             y = b.gen.shared_attention(b, qh, kh, vh, heads, kvh, hd)
         elif cached:
             # [B, Hkv, S, D] -> [B, Hkv, past + S, D]; the mask is bottom-right causal + attention_mask
-            kh, vh = b.gen.self_attention(b, kh, vh)
+            kh, vh = b.gen.self_attention(b, kh, vh, heads)
             masked, bias = b.gen.mask(b), None
             if call.inputs.get("attn_mask") is not None:
                 # over the cached keys too ([.., seq, past_seq + seq], e.g. T5's relative-position bias)
