@@ -79,13 +79,14 @@ class Generator:
     def generate(self, input_ids=None, src_ids=None, *, max_new_tokens: int = 20, num_beams: int = 1,
                  temperature: float | None = None, top_k: int | None = None, top_p: float | None = None,
                  seed: int | None = None, length_penalty: float | None = None,
-                 early_stopping: bool | str | None = None) -> np.ndarray:
+                 early_stopping: bool | str | None = None, num_return_sequences: int = 1) -> np.ndarray:
         """Decode ``input_ids`` (decoder-only) or ``src_ids`` (encoder-decoder); the
-        arguments and the result are graphc.generate's (int64 [batch, n], new ids only)."""
+        arguments and the result are graphc.generate's (int64 [batch * num_return_sequences,
+        n], new ids only)."""
         b = self.bundle
         sampling = check_settings(max_new_tokens=max_new_tokens, num_beams=num_beams, temperature=temperature,
                                   top_k=top_k, top_p=top_p, seed=seed, length_penalty=length_penalty,
-                                  early_stopping=early_stopping)
+                                  early_stopping=early_stopping, num_return_sequences=num_return_sequences)
         if b.encoder_decoder:
             if src_ids is None:
                 raise GraphcError("this bundle is an encoder-decoder model: give the source ids (--src-ids)")
@@ -116,7 +117,7 @@ class Generator:
             self._check_length(int(mask.sum(axis=1).max()), max_new_tokens, "prompt")
             decoder = self.decoder.for_one_call()
             decoder.set_fixed({})
-        common = dict(max_new_tokens=max_new_tokens, eos=b.eos, pad=b.pad)
+        common = dict(max_new_tokens=max_new_tokens, eos=b.eos, pad=b.pad, num_return_sequences=num_return_sequences)
         model = _WithCapacity(decoder, max_new_tokens)
         if num_beams > 1:
             return beam_search(model, ids, mask, num_beams=num_beams,
@@ -157,7 +158,7 @@ class _WithCapacity:
 
 
 def check_settings(*, max_new_tokens, num_beams, temperature, top_k, top_p, seed, length_penalty,
-                   early_stopping) -> Sampling | None:
+                   early_stopping, num_return_sequences=1) -> Sampling | None:
     """Settings that contradict each other or are out of range -> GraphcError.
     Returns the Sampling to use, or None for greedy / beam search."""
     def integer(v, flag):
@@ -197,6 +198,19 @@ def check_settings(*, max_new_tokens, num_beams, temperature, top_k, top_p, seed
             raise GraphcError(f"--length-penalty {length_penalty:g} is too large for {max_new_tokens} new tokens: "
                               f"length ** penalty leaves float32", hint=f"use a penalty between {-most:.3g} and "
                                                                         f"{most:.3g} (1.0 is the usual; 0.6-2 in practice)")
+    # transformers' GenerationConfig.validate: R copies of one greedy row would be
+    # identical, and beam search has only num_beams finished hypotheses to return
+    if not 1 <= integer(num_return_sequences, "--num-return-sequences") <= 1024:
+        raise GraphcError(f"--num-return-sequences must be between 1 and 1024, got {num_return_sequences}")
+    if num_return_sequences > 1 and num_beams == 1 and not sampling_flags:
+        raise GraphcError(f"--num-return-sequences {num_return_sequences} needs sampling or beam search: greedy "
+                          f"decoding returns one sequence per row",
+                          hint="add --temperature, --top-k or --top-p to sample, or --num-beams N with N >= "
+                               f"{num_return_sequences}")
+    if num_beams > 1 and num_return_sequences > num_beams:
+        raise GraphcError(f"--num-return-sequences {num_return_sequences} is more than --num-beams {num_beams}: "
+                          f"beam search returns at most num_beams hypotheses per row",
+                          hint=f"use --num-beams {num_return_sequences} or more")
     if seed is not None and not sampling_flags:
         raise GraphcError("--seed only applies to sampling", hint="add --temperature, --top-k or --top-p")
     if seed is not None and not 0 <= integer(seed, "--seed") < 2 ** 63:
@@ -216,16 +230,22 @@ def check_settings(*, max_new_tokens, num_beams, temperature, top_k, top_p, seed
 def generate(bundle: str | os.PathLike, input_ids=None, src_ids=None, *, max_new_tokens: int = 20,
              num_beams: int = 1, temperature: float | None = None, top_k: int | None = None,
              top_p: float | None = None, seed: int | None = None, length_penalty: float | None = None,
-             early_stopping: bool | str | None = None, threads: int | None = DEFAULT_THREADS) -> np.ndarray:
+             early_stopping: bool | str | None = None, num_return_sequences: int = 1,
+             threads: int | None = DEFAULT_THREADS) -> np.ndarray:
     """Generate with a bundle built by ``graphc build SPEC --kv-cache -o DIR``.
 
     input_ids: decoder-only prompts, [batch, len] left-padded with the bundle's
     pad id (or one list of ids); src_ids: encoder-decoder sources, padded with
     pad. Greedy by default; sampling when temperature, top_k or top_p is given;
-    beam search when num_beams > 1. Returns int64 [batch, n]: the generated ids
+    beam search when num_beams > 1. num_return_sequences R: R independent samples
+    per row, or the R (<= num_beams) best beam hypotheses, best first (greedy
+    takes only 1, as in transformers). Returns int64 [batch * R, n], rows grouped
+    by input row (rows i*R .. i*R + R-1 are row i's): the generated ids
     only (pad after a row's eos)."""
     check_settings(max_new_tokens=max_new_tokens, num_beams=num_beams, temperature=temperature, top_k=top_k,
-                   top_p=top_p, seed=seed, length_penalty=length_penalty, early_stopping=early_stopping)
+                   top_p=top_p, seed=seed, length_penalty=length_penalty, early_stopping=early_stopping,
+                   num_return_sequences=num_return_sequences)
     return Generator(bundle, threads).generate(
         input_ids, src_ids, max_new_tokens=max_new_tokens, num_beams=num_beams, temperature=temperature,
-        top_k=top_k, top_p=top_p, seed=seed, length_penalty=length_penalty, early_stopping=early_stopping)
+        top_k=top_k, top_p=top_p, seed=seed, length_penalty=length_penalty, early_stopping=early_stopping,
+        num_return_sequences=num_return_sequences)

@@ -60,6 +60,9 @@ def add_parser(sub) -> None:
                    help="beam search: finished hypotheses ranked by score / length**P (default 1)")
     g.add_argument("--early-stopping", type=_early_stopping, default=None, metavar="true|false|never",
                    help="beam search: when a row stops (transformers' meaning; default false)")
+    g.add_argument("--num-return-sequences", type=int, default=1, metavar="N",
+                   help="N sequences per input row (sampling: N draws; beam search: the N best, N <= --num-beams); "
+                        "printed and written grouped by row")
     g.add_argument("--output", "-o", metavar="ids.npy|ids.json", help="also write the generated ids here")
     g.add_argument("--threads", type=int, default=2, metavar="N", help="ONNX Runtime intra-op threads (default 2)")
     g.set_defaults(fn=cmd_generate)
@@ -85,7 +88,7 @@ def cmd_generate(args) -> int:
     from .bundle import load_bundle
     check_settings(max_new_tokens=args.max_new_tokens, num_beams=args.num_beams, temperature=args.temperature,
                    top_k=args.top_k, top_p=args.top_p, seed=args.seed, length_penalty=args.length_penalty,
-                   early_stopping=args.early_stopping)
+                   early_stopping=args.early_stopping, num_return_sequences=args.num_return_sequences)
     if args.threads is not None and not 0 <= args.threads <= 1024:
         raise GraphcError(f"--threads must be between 0 and 1024, got {args.threads}")
     out = args.output
@@ -114,7 +117,8 @@ def cmd_generate(args) -> int:
     gen = Generator(bundle, args.threads)
     ids = gen.generate(input_ids, src_ids, max_new_tokens=args.max_new_tokens, num_beams=args.num_beams,
                        temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
-                       length_penalty=args.length_penalty, early_stopping=args.early_stopping)
+                       length_penalty=args.length_penalty, early_stopping=args.early_stopping,
+                       num_return_sequences=args.num_return_sequences)
     if out is not None:
         from ..atomic_write import write_atomic
         if out.lower().endswith(".json"):

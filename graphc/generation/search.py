@@ -20,7 +20,10 @@ like torch's, so near-ties break the same way. The one deliberate difference:
 positions after a hypothesis ends hold ``pad`` (transformers' beam search uses
 ``eos`` there when pad is 0).
 
-Every function returns only the generated ids, [B, n] with n <= max_new_tokens.
+Every function returns only the generated ids, [B * R, n] with n <= max_new_tokens
+and R = num_return_sequences, rows grouped by prompt (rows i*R .. i*R + R-1 are
+prompt i's), as transformers returns them: R independent samples per prompt, or
+the R best finished hypotheses of its beam search, best first.
 """
 from __future__ import annotations
 
@@ -111,14 +114,23 @@ def _sample_rows(probs: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 def greedy_or_sample(model: StepModel, input_ids: np.ndarray, attention_mask: np.ndarray, *,
                      max_new_tokens: int, eos: tuple, pad: int,
-                     sampling: Sampling | None = None) -> np.ndarray:
-    """transformers' ``_sample``: greedy (argmax) or sampling, stopping rows at eos."""
-    batch = input_ids.shape[0]
+                     sampling: Sampling | None = None, num_return_sequences: int = 1) -> np.ndarray:
+    """transformers' ``_sample``: greedy (argmax) or sampling, stopping rows at eos.
+
+    num_return_sequences R > 1 (sampling only: greedy would repeat one row) runs the
+    prompt once and then copies each row's cache R times, which is what
+    transformers' input expansion (repeat_interleave) computes; the R copies then
+    draw independently."""
+    R = num_return_sequences
+    batch = input_ids.shape[0] * R
     out = np.full((batch, max_new_tokens), pad, dtype=np.int64)
     unfinished = np.ones(batch, dtype=bool)
     eos_arr = np.asarray(eos, dtype=np.int64)
     rng = np.random.default_rng(sampling.seed) if sampling is not None else None
-    scores = model.start(input_ids, attention_mask)
+    scores = model.start(input_ids, attention_mask)                     # [b, V]
+    if R > 1:
+        model.reorder(np.repeat(np.arange(input_ids.shape[0]), R))      # prompt i -> rows i*R .. i*R+R-1
+        scores = np.repeat(scores, R, axis=0)                           # [b*R, V]
     n = 0
     while n < max_new_tokens:
         if sampling is None:
@@ -141,8 +153,11 @@ def greedy_or_sample(model: StepModel, input_ids: np.ndarray, attention_mask: np
 
 def beam_search(model: StepModel, input_ids: np.ndarray, attention_mask: np.ndarray, *,
                 max_new_tokens: int, eos: tuple, pad: int, num_beams: int,
-                length_penalty: float = 1.0, early_stopping: bool | str = False) -> np.ndarray:
-    """transformers' ``_beam_search`` (num_return_sequences=1, no sampling).
+                length_penalty: float = 1.0, early_stopping: bool | str = False,
+                num_return_sequences: int = 1) -> np.ndarray:
+    """transformers' ``_beam_search`` (no sampling); returns the num_return_sequences
+    (<= num_beams) best finished hypotheses of each row, best first: the finished
+    set is kept sorted by its length-penalised score, as transformers' is.
 
     Shapes: b = prompt rows, nb = num_beams, K = candidates kept per row, V = vocab,
     N = max_new_tokens; running hypotheses live in [b, nb, N] arrays."""
@@ -220,9 +235,10 @@ def beam_search(model: StepModel, input_ids: np.ndarray, attention_mask: np.ndar
         model.reorder((parent + np.arange(b)[:, None] * nb).reshape(-1))
         scores = model.step(running[:, :, t - 1].reshape(-1))
 
-    out = seqs[:, 0, :]
+    R = num_return_sequences
+    out = seqs[:, :R, :].reshape(b * R, N)                             # [b, R, N] -> [b*R, N], grouped by row
     # hypotheses never finished (a row that could not improve) keep their fill
-    length = int(seq_lens[:, 0].max()) if b else 0
+    length = int(seq_lens[:, :R].max()) if b else 0
     return out[:, :length]
 
 
