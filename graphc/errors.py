@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import difflib
 import re
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
@@ -27,13 +29,25 @@ class Span:
         return f"{self.path}:{self.line}:{self.col}"
 
 
-# Texts of the spec files read in this process, so diagnostics can quote the
-# offending line even when the file changed on disk since (or never existed).
-_SOURCES: dict[str, str] = {}
+# Texts of the spec files read recently, so diagnostics can quote the offending
+# line even when the file changed on disk since (or never existed). Least
+# recently read first: a long-running process compiling spec after spec keeps
+# only the last MAX_REMEMBERED_SOURCES texts, not every spec it ever read.
+# The bound exceeds what one compile reads (its spec plus at most
+# graphc.specfile.includes.MAX_INCLUDED_FILES = 256 includes), so every file
+# of the compile in flight can still be quoted; an older one is re-read from
+# disk when an error about it is rendered.
+MAX_REMEMBERED_SOURCES = 512
+_SOURCES: "OrderedDict[str, str]" = OrderedDict()
+_SOURCES_LOCK = threading.Lock()      # threads may compile at once (docs/python.md)
 
 
 def remember_source(path: str, text: str) -> None:
-    _SOURCES[path] = text
+    with _SOURCES_LOCK:
+        _SOURCES[path] = text
+        _SOURCES.move_to_end(path)
+        while len(_SOURCES) > MAX_REMEMBERED_SOURCES:
+            _SOURCES.popitem(last=False)
 
 
 class GraphcError(Exception):
