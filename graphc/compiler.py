@@ -28,6 +28,7 @@ class Compiled:
     quantization: object = None   # graphc.quantized.Quantization of an int8 build (its report, measured error)
     param_count: int = 0   # the spec's parameters, each counted once, as `graphc params` totals them
     weight_names: frozenset = frozenset()   # keep_weights=True: the initializers a streamed build appends
+    weights_path: str | None = None   # the weights file or checkpoint directory it was compiled from, if any
 
     def _streamed(self) -> tuple[object, list]:
         """(model without its weights, [(name, array)]), as ``keep_weights=False``
@@ -48,8 +49,11 @@ class Compiled:
     def save(self, path: str | os.PathLike, verify=None) -> int:
         """Write atomically (see graphc.lower.save_model); returns the bytes written.
         ``verify(temporary_path)``, when given, runs on the written file before it
-        replaces anything at ``path`` (raise to keep the earlier file)."""
+        replaces anything at ``path`` (raise to keep the earlier file).
+        Like ``graphc build``, refuses (GraphcError, nothing written) a path that
+        is the spec, a file it includes or the weights it was compiled from."""
         from .lower import save_model
+        check_output_path(path, [*self.spec.sources, self.weights_path])
         model, weights = self._streamed()
         return save_model(model, path, weights, verify)
 
@@ -135,11 +139,11 @@ def compile_spec(path: str | os.PathLike, weights: str | os.PathLike | Mapping[s
     n_params = param_total(graph)
     if isinstance(weights, (str, os.PathLike)):
         from .checkpoint import load_checkpoint
-        source = str(weights)
+        source = weights_path = str(weights)
         report(progress, "read", detail=source)
         weights, notes = load_checkpoint(weights, max_bytes=max_param_bytes)
     else:
-        source = "weights"
+        source, weights_path = "weights", None
     if weights is not None and (spec.weights is not None or ignore_weights):
         from .weights_map import apply_weights_section
         expected = {p.name: p.type.concrete_shape() for p in graph.params()}
@@ -159,6 +163,7 @@ def compile_spec(path: str | os.PathLike, weights: str | os.PathLike | Mapping[s
     else:
         model, arrays = lower_by_reference(graph, opset or DEFAULT_OPSET, target)
         compiled = Compiled(spec, graph, model, arrays, notes=notes, param_count=n_params)
+    compiled.weights_path = weights_path
     if quant is not None:
         report(progress, "measure")
         quantized.measure(quant, float_model, compiled.to_bytes(), max_error)
