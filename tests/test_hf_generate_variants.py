@@ -216,7 +216,7 @@ def test_mistral_sliding_window_equal_up_to_it_and_refused_past_it(tmp_path):
     got, want = _greedy_pair(model, bundle, config, 6)
     assert len(set(want.ravel().tolist())) > 4
     np.testing.assert_array_equal(got, want)
-    with pytest.raises(GraphcError, match=r"the prompt \(7 tokens\) plus --max-new-tokens 7 is longer than "
+    with pytest.raises(GraphcError, match=r"the prompt \(7 tokens\) plus max_new_tokens=7 is longer than "
                                                  r"the model's 12 positions"):
         graphc.generate(bundle, input_ids=PROMPTS[0], max_new_tokens=7)
     user_error(cli("generate", bundle, "--input-ids", ",".join(map(str, PROMPTS[0])), "--max-new-tokens", "7"),

@@ -16,6 +16,8 @@ import, graphc build --kv-cache), decoded by graphc and by transformers:
 """
 from __future__ import annotations
 
+import re
+
 import json
 
 import numpy as np
@@ -185,7 +187,10 @@ def test_cli_writes_the_grouped_rows(built, tmp_path):
 ])
 def test_bad_num_return_sequences_are_user_errors(args, message, built, tmp_path):
     _, bundle, _ = built("gpt2")
-    user_error(lambda: graphc.generate(bundle, input_ids=[[1, 5, 9]], max_new_tokens=3, **args), message)
+    # from Python the message names the arguments: --num-beams 4 -> num_beams=4
+    python_message = re.sub(r"--([a-z-]+)(?: (\d+))?",
+                            lambda m: m.group(1).replace("-", "_") + (f"={m.group(2)}" if m.group(2) else ""), message)
+    user_error(lambda: graphc.generate(bundle, input_ids=[[1, 5, 9]], max_new_tokens=3, **args), python_message)
     if isinstance(args["num_return_sequences"], int):
         flags = [f"--{k.replace('_', '-')}={v}" for k, v in args.items()]
         out = tmp_path / "ids.npy"

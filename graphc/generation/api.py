@@ -26,6 +26,25 @@ DEFAULT_THREADS = 2
 MAX_NEW_TOKENS_LIMIT = 1 << 20
 
 
+class Names:
+    """How a message names a setting: ``graphc generate`` has flags
+    (``--max-new-tokens 5``), a Python caller has arguments (``max_new_tokens=5``);
+    an error should name what its reader typed. ``names("max_new_tokens")``,
+    ``names("max_new_tokens", 5)``; settings are given by their Python name."""
+
+    def __init__(self, cli: bool):
+        self.cli = cli
+
+    def __call__(self, name: str, *value) -> str:
+        if self.cli:
+            flag = "--" + name.replace("_", "-")
+            return f"{flag} {value[0]}" if value else flag
+        return f"{name}={value[0]}" if value else name
+
+
+CLI_NAMES, PYTHON_NAMES = Names(cli=True), Names(cli=False)
+
+
 def as_id_rows(ids, what: str) -> np.ndarray:
     """A list, a list of lists or an integer array -> int64 [batch, len]."""
     try:
@@ -83,38 +102,50 @@ class Generator:
         """Decode ``input_ids`` (decoder-only) or ``src_ids`` (encoder-decoder); the
         arguments and the result are graphc.generate's (int64 [batch * num_return_sequences,
         n], new ids only)."""
+        return self.generate_named(PYTHON_NAMES, input_ids, src_ids, max_new_tokens=max_new_tokens,
+                                   num_beams=num_beams, temperature=temperature, top_k=top_k, top_p=top_p,
+                                   seed=seed, length_penalty=length_penalty, early_stopping=early_stopping,
+                                   num_return_sequences=num_return_sequences)
+
+    def generate_named(self, names: Names, input_ids=None, src_ids=None, *, max_new_tokens: int = 20,
+                       num_beams: int = 1, temperature: float | None = None, top_k: int | None = None,
+                       top_p: float | None = None, seed: int | None = None, length_penalty: float | None = None,
+                       early_stopping: bool | str | None = None, num_return_sequences: int = 1) -> np.ndarray:
+        """``generate``, its errors naming the settings as ``names`` does (the CLI: its flags)."""
         b = self.bundle
         sampling = check_settings(max_new_tokens=max_new_tokens, num_beams=num_beams, temperature=temperature,
                                   top_k=top_k, top_p=top_p, seed=seed, length_penalty=length_penalty,
-                                  early_stopping=early_stopping, num_return_sequences=num_return_sequences)
+                                  early_stopping=early_stopping, num_return_sequences=num_return_sequences,
+                                  names=names)
+        src_name, input_name = names("src_ids"), names("input_ids")
         if b.encoder_decoder:
             if src_ids is None:
-                raise GraphcError("this bundle is an encoder-decoder model: give the source ids (--src-ids)")
+                raise GraphcError(f"this bundle is an encoder-decoder model: give the source ids ({src_name})")
             if input_ids is not None:
-                raise GraphcError("this bundle is an encoder-decoder model: it takes --src-ids, not --input-ids",
+                raise GraphcError(f"this bundle is an encoder-decoder model: it takes {src_name}, not {input_name}",
                                   hint="the decoder starts from the bundle's decoder_start id")
-            src = as_id_rows(src_ids, "--src-ids")
-            self._check_ids(src, "--src-ids")
+            src = as_id_rows(src_ids, src_name)
+            self._check_ids(src, src_name)
             if (src == b.pad).all(axis=1).any():
-                raise GraphcError(f"--src-ids: row {int(np.argmax((src == b.pad).all(axis=1)))} is all padding")
-            self._check_length(src.shape[1], 1, "source")
-            self._check_length(1, max_new_tokens, "decoder start token")
+                raise GraphcError(f"{src_name}: row {int(np.argmax((src == b.pad).all(axis=1)))} is all padding")
+            self._check_length(src.shape[1], 1, "source", names)
+            self._check_length(1, max_new_tokens, "decoder start token", names)
             decoder = self.decoder.for_one_call()
             decoder.set_fixed(self.encoder(src))
             ids = np.full((src.shape[0], 1), b.decoder_start, dtype=np.int64)
             mask = np.ones_like(ids)
         else:
             if input_ids is None:
-                raise GraphcError("this bundle is a decoder-only model: give a prompt (--input-ids)")
+                raise GraphcError(f"this bundle is a decoder-only model: give a prompt ({input_name})")
             if src_ids is not None:
-                raise GraphcError("this bundle is a decoder-only model: it takes --input-ids, not --src-ids")
-            ids = as_id_rows(input_ids, "--input-ids")
-            self._check_ids(ids, "--input-ids")
+                raise GraphcError(f"this bundle is a decoder-only model: it takes {input_name}, not {src_name}")
+            ids = as_id_rows(input_ids, input_name)
+            self._check_ids(ids, input_name)
             mask = (np.cumsum(ids != b.pad, axis=1) > 0).astype(np.int64)   # leading pads are padding
             empty = ~mask.any(axis=1)
             if empty.any():
-                raise GraphcError(f"--input-ids: row {int(np.argmax(empty))} is all padding (pad id {b.pad})")
-            self._check_length(int(mask.sum(axis=1).max()), max_new_tokens, "prompt")
+                raise GraphcError(f"{input_name}: row {int(np.argmax(empty))} is all padding (pad id {b.pad})")
+            self._check_length(int(mask.sum(axis=1).max()), max_new_tokens, "prompt", names)
             decoder = self.decoder.for_one_call()
             decoder.set_fixed({})
         common = dict(max_new_tokens=max_new_tokens, eos=b.eos, pad=b.pad, num_return_sequences=num_return_sequences)
@@ -125,7 +156,7 @@ class Generator:
                                early_stopping=False if early_stopping is None else early_stopping, **common)
         return greedy_or_sample(model, ids, mask, sampling=sampling, **common)
 
-    def _check_length(self, length: int, new: int, what: str) -> None:
+    def _check_length(self, length: int, new: int, what: str, names: Names) -> None:
         """The decoder reads positions 0 .. length + new - 2: the last new token is
         returned, never fed back (transformers' generate() accepts a prompt of the
         full table and one new token the same way)."""
@@ -136,9 +167,9 @@ class Generator:
             raise GraphcError(f"the {what} has {length} tokens; the model's positions go up to {most}",
                               hint=f"shorten it to at most {most} tokens")
         if length + new - 1 > most:
-            raise GraphcError(f"the {what} ({length} token{'s' if length != 1 else ''}) plus --max-new-tokens {new} "
-                              f"is longer than the "
-                              f"model's {most} positions", hint=f"use --max-new-tokens {most - length + 1} or less")
+            raise GraphcError(f"the {what} ({length} token{'s' if length != 1 else ''}) plus "
+                              f"{names('max_new_tokens', new)} is longer than the model's {most} positions",
+                              hint=f"use {names('max_new_tokens', most - length + 1)} or less")
 
 
 class _WithCapacity:
@@ -158,9 +189,10 @@ class _WithCapacity:
 
 
 def check_settings(*, max_new_tokens, num_beams, temperature, top_k, top_p, seed, length_penalty,
-                   early_stopping, num_return_sequences=1) -> Sampling | None:
-    """Settings that contradict each other or are out of range -> GraphcError.
-    Returns the Sampling to use, or None for greedy / beam search."""
+                   early_stopping, num_return_sequences=1, names: Names = PYTHON_NAMES) -> Sampling | None:
+    """Settings that contradict each other or are out of range -> GraphcError,
+    naming them as ``names`` does. Returns the Sampling to use, or None for
+    greedy / beam search."""
     def integer(v, flag):
         if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
             raise GraphcError(f"{flag} must be an integer, got {v!r}")
@@ -169,61 +201,66 @@ def check_settings(*, max_new_tokens, num_beams, temperature, top_k, top_p, seed
         if v is not None and (isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, float, np.integer,
                                                                                      np.floating))):
             raise GraphcError(f"{flag} must be a number, got {v!r}"[:120])
-    for v, flag in ((temperature, "--temperature"), (top_p, "--top-p"), (length_penalty, "--length-penalty")):
-        real(v, flag)
-    if not 1 <= integer(max_new_tokens, "--max-new-tokens") <= MAX_NEW_TOKENS_LIMIT:
-        raise GraphcError(f"--max-new-tokens must be between 1 and {MAX_NEW_TOKENS_LIMIT}, got {max_new_tokens}")
-    if not 1 <= integer(num_beams, "--num-beams") <= 1024:
-        raise GraphcError(f"--num-beams must be between 1 and 1024, got {num_beams}")
-    sampling_flags = [f for f, v in (("--temperature", temperature), ("--top-k", top_k), ("--top-p", top_p))
+    for v, name in ((temperature, "temperature"), (top_p, "top_p"), (length_penalty, "length_penalty")):
+        real(v, names(name))
+    if not 1 <= integer(max_new_tokens, names("max_new_tokens")) <= MAX_NEW_TOKENS_LIMIT:
+        raise GraphcError(f"{names('max_new_tokens')} must be between 1 and {MAX_NEW_TOKENS_LIMIT}, "
+                          f"got {max_new_tokens}")
+    if not 1 <= integer(num_beams, names("num_beams")) <= 1024:
+        raise GraphcError(f"{names('num_beams')} must be between 1 and 1024, got {num_beams}")
+    sampling_flags = [names(n) for n, v in (("temperature", temperature), ("top_k", top_k), ("top_p", top_p))
                       if v is not None]
     if num_beams > 1 and sampling_flags:
-        raise GraphcError(f"{', '.join(sampling_flags)} cannot be combined with --num-beams {num_beams}",
-                          hint="beam search is deterministic; drop --num-beams to sample")
+        raise GraphcError(f"{', '.join(sampling_flags)} cannot be combined with {names('num_beams', num_beams)}",
+                          hint=f"beam search is deterministic; drop {names('num_beams')} to sample")
     if num_beams == 1:
-        beam_flags = [f for f, v in (("--length-penalty", length_penalty), ("--early-stopping", early_stopping))
+        beam_flags = [names(n) for n, v in (("length_penalty", length_penalty), ("early_stopping", early_stopping))
                       if v is not None]
         if beam_flags:
-            raise GraphcError(f"{', '.join(beam_flags)} only apply to beam search", hint="add --num-beams N (N > 1)")
+            raise GraphcError(f"{', '.join(beam_flags)} only apply to beam search",
+                              hint=f"add {names('num_beams', 'N')} (N > 1)")
     if early_stopping not in (None, True, False, "never"):
-        raise GraphcError(f"--early-stopping must be true, false or never, got {early_stopping!r}")
+        choices = "true, false or never" if names.cli else "True, False or 'never'"
+        raise GraphcError(f"{names('early_stopping')} must be {choices}, got {early_stopping!r}")
     if length_penalty is not None and not np.isfinite(float(length_penalty)):
-        raise GraphcError("--length-penalty must be a finite number")
+        raise GraphcError(f"{names('length_penalty')} must be a finite number")
     if length_penalty is not None and max_new_tokens > 1:
         # scores are divided by length ** penalty in float32 (as transformers does): past
         # e^80 either way that overflows (a Python OverflowError) or turns every finished
         # score into -inf / 0, and the ranking is lost
         most = 80.0 / float(np.log(max_new_tokens))
         if abs(float(length_penalty)) > most:
-            raise GraphcError(f"--length-penalty {length_penalty:g} is too large for {max_new_tokens} new tokens: "
-                              f"length ** penalty leaves float32", hint=f"use a penalty between {-most:.3g} and "
-                                                                        f"{most:.3g} (1.0 is the usual; 0.6-2 in practice)")
+            raise GraphcError(f"{names('length_penalty', f'{length_penalty:g}')} is too large for "
+                              f"{max_new_tokens} new tokens: length ** penalty leaves float32",
+                              hint=f"use a penalty between {-most:.3g} and "
+                                   f"{most:.3g} (1.0 is the usual; 0.6-2 in practice)")
     # transformers' GenerationConfig.validate: R copies of one greedy row would be
     # identical, and beam search has only num_beams finished hypotheses to return
-    if not 1 <= integer(num_return_sequences, "--num-return-sequences") <= 1024:
-        raise GraphcError(f"--num-return-sequences must be between 1 and 1024, got {num_return_sequences}")
+    if not 1 <= integer(num_return_sequences, names("num_return_sequences")) <= 1024:
+        raise GraphcError(f"{names('num_return_sequences')} must be between 1 and 1024, got {num_return_sequences}")
     if num_return_sequences > 1 and num_beams == 1 and not sampling_flags:
-        raise GraphcError(f"--num-return-sequences {num_return_sequences} needs sampling or beam search: greedy "
-                          f"decoding returns one sequence per row",
-                          hint="add --temperature, --top-k or --top-p to sample, or --num-beams N with N >= "
-                               f"{num_return_sequences}")
+        raise GraphcError(f"{names('num_return_sequences', num_return_sequences)} needs sampling or beam search: "
+                          f"greedy decoding returns one sequence per row",
+                          hint=f"add {names('temperature')}, {names('top_k')} or {names('top_p')} to sample, or "
+                               f"{names('num_beams', 'N')} with N >= {num_return_sequences}")
     if num_beams > 1 and num_return_sequences > num_beams:
-        raise GraphcError(f"--num-return-sequences {num_return_sequences} is more than --num-beams {num_beams}: "
-                          f"beam search returns at most num_beams hypotheses per row",
-                          hint=f"use --num-beams {num_return_sequences} or more")
+        raise GraphcError(f"{names('num_return_sequences', num_return_sequences)} is more than "
+                          f"{names('num_beams', num_beams)}: beam search returns at most num_beams hypotheses "
+                          f"per row", hint=f"use {names('num_beams', num_return_sequences)} or more")
     if seed is not None and not sampling_flags:
-        raise GraphcError("--seed only applies to sampling", hint="add --temperature, --top-k or --top-p")
-    if seed is not None and not 0 <= integer(seed, "--seed") < 2 ** 63:
-        raise GraphcError(f"--seed must be a non-negative integer, got {seed}")
+        raise GraphcError(f"{names('seed')} only applies to sampling",
+                          hint=f"add {names('temperature')}, {names('top_k')} or {names('top_p')}")
+    if seed is not None and not 0 <= integer(seed, names("seed")) < 2 ** 63:
+        raise GraphcError(f"{names('seed')} must be a non-negative integer, got {seed}")
     if not sampling_flags:
         return None
     if temperature is not None and not (np.isfinite(temperature) and temperature > 0):
-        raise GraphcError(f"--temperature must be a positive number, got {temperature}",
-                          hint="leave out the sampling flags for greedy decoding")
-    if top_k is not None and integer(top_k, "--top-k") < 1:
-        raise GraphcError(f"--top-k must be at least 1, got {top_k}")
+        raise GraphcError(f"{names('temperature')} must be a positive number, got {temperature}",
+                          hint=f"leave out the sampling {'flags' if names.cli else 'arguments'} for greedy decoding")
+    if top_k is not None and integer(top_k, names("top_k")) < 1:
+        raise GraphcError(f"{names('top_k')} must be at least 1, got {top_k}")
     if top_p is not None and not 0 < top_p <= 1:
-        raise GraphcError(f"--top-p must be in (0, 1], got {top_p}")
+        raise GraphcError(f"{names('top_p')} must be in (0, 1], got {top_p}")
     return Sampling(1.0 if temperature is None else float(temperature), top_k, top_p, seed)
 
 

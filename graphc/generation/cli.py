@@ -84,11 +84,12 @@ def _tokenizer(path: str):
 
 def cmd_generate(args) -> int:
     import numpy as np
-    from .api import Generator, check_settings
+    from .api import CLI_NAMES, Generator, check_settings
     from .bundle import load_bundle
     check_settings(max_new_tokens=args.max_new_tokens, num_beams=args.num_beams, temperature=args.temperature,
                    top_k=args.top_k, top_p=args.top_p, seed=args.seed, length_penalty=args.length_penalty,
-                   early_stopping=args.early_stopping, num_return_sequences=args.num_return_sequences)
+                   early_stopping=args.early_stopping, num_return_sequences=args.num_return_sequences,
+                   names=CLI_NAMES)
     if args.threads is not None and not 0 <= args.threads <= 1024:
         raise GraphcError(f"--threads must be between 0 and 1024, got {args.threads}")
     out = args.output
@@ -115,10 +116,10 @@ def cmd_generate(args) -> int:
         else:
             input_ids = [[pad] * (width - len(r)) + r for r in rows]
     gen = Generator(bundle, args.threads)
-    ids = gen.generate(input_ids, src_ids, max_new_tokens=args.max_new_tokens, num_beams=args.num_beams,
-                       temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
-                       length_penalty=args.length_penalty, early_stopping=args.early_stopping,
-                       num_return_sequences=args.num_return_sequences)
+    ids = gen.generate_named(CLI_NAMES, input_ids, src_ids, max_new_tokens=args.max_new_tokens,
+                             num_beams=args.num_beams, temperature=args.temperature, top_k=args.top_k,
+                             top_p=args.top_p, seed=args.seed, length_penalty=args.length_penalty,
+                             early_stopping=args.early_stopping, num_return_sequences=args.num_return_sequences)
     if out is not None:
         from ..atomic_write import write_atomic
         if out.lower().endswith(".json"):
