@@ -48,6 +48,9 @@ class Quantization:
             lines.append(f"kept float (excluded): {shown}")
         if r.kept_tied:
             lines.append(f"kept float (tied to a table the model also reads as float): {', '.join(r.kept_tied)}")
+        if r.kept_exact:
+            lines.append(f"kept float (a matmul against a spec constant; list it under quantize: include: "
+                         f"to quantize it): {', '.join(r.kept_exact)}")
         for e in self.errors:
             lines.append(f"error against float, output {e.name}: max abs {e.max_abs:.3g}, "
                          f"relative RMS {e.rel_rms:.3%} (random inputs, seed {ERROR_SEED})")
@@ -119,7 +122,7 @@ def _refuse_nothing_quantized(report: QuantizeReport, spec: Spec) -> None:
     """An int8 build that would quantize no layer is refused: its file would say
     int8 (metadata, summary) and be the float model."""
     where = spec.quantize.span if spec.quantize is not None else None
-    kept = report.kept_head + report.kept_excluded
+    kept = report.kept_head + report.kept_excluded + report.kept_exact
     if not kept:
         raise GraphcError("int8: the model has no layer to quantize (a linear, attention or feed-forward "
                           "product against a weight)", where,
@@ -131,6 +134,9 @@ def _refuse_nothing_quantized(report: QuantizeReport, spec: Spec) -> None:
     if report.kept_excluded:
         hints.append("the spec's include/exclude patterns leave out " + ", ".join(report.kept_excluded[:6])
                      + (" ..." if len(report.kept_excluded) > 6 else ""))
+    if report.kept_exact:
+        hints.append("a matmul against a spec constant stays exact unless a quantize: include: pattern names it ("
+                     + ", ".join(report.kept_exact[:6]) + ")")
     raise GraphcError("int8: every quantizable layer of the model is kept float, so the int8 build would "
                       "be the float model", where, hint="; ".join(hints))
 

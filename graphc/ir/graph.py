@@ -65,6 +65,11 @@ class Graph:
         # op id -> {option: value}: per-op choices between ONNX forms of the same function
         # (the names a primitive declares in Prim.lowering_options); absent = the lowering's default
         self.lowering_options: dict[str, dict[str, Any]] = {}
+        # MatMul op ids whose right operand the spec fixed (a `matmul` layer against a
+        # `constant`: an averaging or selection matrix meant to be exact), recorded
+        # at expansion, when a constant is still told apart from a layer's weight;
+        # the int8 pass keeps them float (graphc.ir.quantize)
+        self.exact_products: set[str] = set()
 
     # values ---------------------------------------------------------------
     def add_value(self, info: ValueInfo) -> ValueInfo:
@@ -124,6 +129,7 @@ class Graph:
         self.nx.remove_node("op:" + op_id)
         del self._op_order[op_id]
         self.lowering_options.pop(op_id, None)
+        self.exact_products.discard(op_id)
 
     def drop_op(self, op_id: str) -> None:
         """Remove an op and the values it produces (their readers must be gone or rewired)."""

@@ -11,7 +11,9 @@ What is quantized. MatMuls whose right operand is a weight: ``linear`` layers
 projections, FFN linear1/linear2, GRU/LSTM are ONNX recurrent ops and stay
 float) and the per-head attention projections ([B, 1, S, W] @ [n, W, D]).
 What stays float, by default: embeddings (Gather), norms, attention scores
-and softmax (inside the Attention primitive), recurrent layers, and the output
+and softmax (inside the Attention primitive), recurrent layers, a ``matmul``
+layer against a spec ``constant`` (Graph.exact_products: an averaging or
+selection matrix meant to be exact; an ``include:`` pattern opts in), and the output
 head: a top-level layer whose MatMul reaches a model output with no other
 weight MatMul between (an LM head, a classifier), whose errors the user sees
 undiluted; ``quantize: {head: true}`` includes it.
@@ -55,6 +57,7 @@ class QuantizeReport:
     kept_head: list[str] = field(default_factory=list)
     kept_excluded: list[str] = field(default_factory=list)
     kept_tied: list[str] = field(default_factory=list)      # products reading a transposed shared table
+    kept_exact: list[str] = field(default_factory=list)     # `matmul` layers against a spec `constant`
     weight_bytes_before: int = 0
     weight_bytes_after: int = 0
 
@@ -157,7 +160,7 @@ def tied_layers(g: Graph) -> list[str]:
     float table too, so an int8 copy would add bytes, not save them); the build says so."""
     out = []
     for op in g.ops():
-        if op.op != "MatMul" or _weight_value(g, op.inputs[1]) is not None:
+        if op.op != "MatMul" or _weight_value(g, op.inputs[1]) is not None or op.id in g.exact_products:
             continue
         producer = g.value(op.inputs[1]).producer
         if producer is not None and g.op(producer).op == "Transpose" \
@@ -220,12 +223,19 @@ def quantize(g: Graph, options: QuantizeOptions) -> QuantizeReport:
         if any(matches(layer, p.text) for p in options.exclude) or not included:
             _once(report.kept_excluded, layer)
             continue
+        if s.op.id in g.exact_products and options.include is None:
+            _once(report.kept_exact, layer)      # meant to be exact; an include: pattern opts in
+            continue
         if layer in heads and not options.head:
             _once(report.kept_head, layer)
             continue
         chosen.append(s)
     before = {s.weight: g.value(s.weight).data.nbytes for s in chosen}
     quantized_weights: dict[str, tuple[str, str]] = {}
+    site_ops = {s.op.id for s in sites}
+    for op in g.ops():      # an exact product read through a run-time Transpose (transpose_b) is no site
+        if op.id in g.exact_products and op.id not in site_ops:
+            _once(report.kept_exact, op.layer)
     for s in chosen:
         _rewrite(g, s, quantized_weights, options.block_size)
         _once(report.quantized, s.op.layer)

@@ -316,11 +316,31 @@ class MatMul(LayerKind):
             perm = list(range(rhs.rank))
             perm[-1], perm[-2] = perm[-2], perm[-1]
             rhs = b.op("Transpose", [rhs], perm=perm)
-        return {"y": b.op("MatMul", [a, rhs])}
+        y = b.op("MatMul", [a, rhs])
+        if _fixed_by_spec(b.g, rhs.name):
+            b.g.exact_products.add(b.g.value(y.name).producer)
+        return {"y": y}
 
     def reference(self, args, weights, inputs):
         rhs = np.swapaxes(inputs["b"], -1, -2) if args["transpose_b"] else inputs["b"]
         return {"y": inputs["a"] @ rhs}
+
+
+def _fixed_by_spec(g, name: str, limit: int = 64) -> bool:
+    """Whether value ``name`` is computed from constants only (a spec `constant`,
+    perhaps reshaped or transposed), no parameter and no input: folded later, it is
+    indistinguishable from a weight, so the int8 pass learns it here."""
+    todo, seen = [name], set()
+    while todo:
+        v = g.value(todo.pop())
+        if v.kind == "const":
+            continue
+        if v.kind != "intermediate" or v.producer is None or len(seen) >= limit:
+            return False
+        if v.producer not in seen:
+            seen.add(v.producer)
+            todo.extend(i for i in g.op(v.producer).inputs if i)
+    return True
 
 
 KINDS = (Linear, Embedding, LayerNorm, RMSNorm, Dropout, Add, Mul, MatMul)
