@@ -30,6 +30,21 @@ layers:
 outputs: {y: act}
 """
 
+# the smallest decoder for --kv-cache builds (no generation: section; TINY_DECODER_GEN adds it)
+TINY_DECODER = """graphc: 1
+dims: {batch: 2, seq: 8}
+params: {vocab: 40}
+inputs:
+  tokens: {dtype: int64, shape: [batch, seq], range: [0, vocab]}
+layers:
+  - {name: emb, kind: embedding, input: tokens, num_embeddings: vocab, embedding_dim: 16}
+  - {name: attn, kind: multihead_attention, input: emb, heads: 2, causal: true}
+  - {name: head, kind: linear, input: attn, out_features: vocab}
+outputs:
+  logits: head
+"""
+TINY_DECODER_GEN = "generation: {tokens: tokens, logits: logits, bos: 1, eos: 2, pad: 0}\n"
+
 
 def random_weights(graph, seed: int = 0, scale: float | None = None) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)

@@ -16,7 +16,7 @@ from graphc.errors import GraphcError
 from graphc.generation.search import Sampling, greedy_or_sample, warp
 
 import generation_toy as toy
-from helpers import cli, user_error
+from helpers import TINY_DECODER, TINY_DECODER_GEN, cli, user_error
 
 
 @pytest.fixture(scope="module")
@@ -144,19 +144,7 @@ def test_ids_beyond_int64_and_an_empty_prompt(bundle):
             graphc.generate(bundle, input_ids=arr)
 
 
-TINY_GEN = """graphc: 1
-dims: {batch: 2, seq: 8}
-params: {vocab: 40}
-inputs:
-  tokens: {dtype: int64, shape: [batch, seq], range: [0, vocab]}
-layers:
-  - {name: emb, kind: embedding, input: tokens, num_embeddings: vocab, embedding_dim: 16}
-  - {name: attn, kind: multihead_attention, input: emb, heads: 2, causal: true}
-  - {name: head, kind: linear, input: attn, out_features: vocab}
-outputs:
-  logits: head
-generation: {tokens: tokens, logits: logits, bos: 1, eos: 2, pad: 0}
-"""
+TINY_GEN = TINY_DECODER + TINY_DECODER_GEN
 
 
 def test_rebuilding_a_bundle_keeps_the_files_the_user_added(tmp_path):

@@ -5,21 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from helpers import cli, user_error
+from helpers import TINY_DECODER, TINY_DECODER_GEN, cli, user_error
 
-BASE = """graphc: 1
-dims: {batch: 2, seq: 8}
-params: {vocab: 40}
-inputs:
-  tokens: {dtype: int64, shape: [batch, seq], range: [0, vocab]}
-layers:
-  - {name: emb, kind: embedding, input: tokens, num_embeddings: vocab, embedding_dim: 16}
-  - {name: attn, kind: multihead_attention, input: emb, heads: 2, causal: true}
-  - {name: head, kind: linear, input: attn, out_features: vocab}
-outputs:
-  logits: head
-"""
-GEN = "generation: {tokens: tokens, logits: logits, bos: 1, eos: 2, pad: 0}\n"
+BASE, GEN = TINY_DECODER, TINY_DECODER_GEN
 
 CASES = {
     # name: (spec text, expected 'line:col: error: ...' prefix, a fragment of the hint or None)
